@@ -1,0 +1,107 @@
+"""The `ltbench` command (also `python -m bench`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from bench.config import ConfigError, describe_fields, dump_yaml, load_config
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that are the user's input, printed as one line instead of a traceback."""
+    from bench.data.cards import DatasetError
+    from bench.models import ModelError
+    from bench.train.checkpoint import CheckpointError
+
+    return (ConfigError, DatasetError, ModelError, CheckpointError)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bench.progress import log
+    from bench.rundir import RunDir
+    from bench.train.stage1 import train_stage1
+
+    cfg = load_config(args.config, args.overrides)
+    run = RunDir(Path(args.run_dir)) if args.run_dir else RunDir.for_config(cfg, args.runs_root)
+    if run.is_complete():
+        log(f"run complete, nothing to do: {run.path}")
+        return 0
+    log(f"run directory: {run.path}")
+    result = train_stage1(cfg, run)
+    m = result["metrics"]
+    from bench.metrics import format_pct
+    log(f"done: test all {format_pct(m['all'])} many {format_pct(m['many'])} medium {format_pct(m['medium'])} "
+        f"few {format_pct(m['few'])} -> {run.result_file}")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    if args.describe:
+        for key, default, doc in describe_fields():
+            print(f"{key:34s} {default:>12s}  {doc}")
+        return 0
+    if not args.config:
+        raise ConfigError("ltbench config: give a CONFIG file or --describe")
+    cfg = load_config(args.config, args.overrides)
+    sys.stdout.write(dump_yaml(cfg))
+    print(f"# run directory: {Path(args.runs_root) / cfg.name / cfg.run_name()}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from bench.demo import run_demo
+
+    return run_demo(args.runs_root, args.overrides)
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from bench.demo import ensure_fashion_mnist
+    from bench.progress import log
+
+    log(f"fashion-mnist: {ensure_fashion_mnist()}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ltbench", description="Long-tailed recognition benchmark runner "
+                                "(weight balancing and its single-stage simplification).")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp: argparse.ArgumentParser, config: bool = True) -> None:
+        if config:
+            sp.add_argument("config", nargs="?" if sp.prog.endswith("config") else None, help="experiment YAML file")
+        sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.lr=0.1")
+        sp.add_argument("--runs-root", default="runs", help="where run directories are created (default: runs/)")
+
+    sp = sub.add_parser("run", help="train (or resume, or skip if complete) one experiment")
+    common(sp)
+    sp.add_argument("--run-dir", default=None, help="use this run directory instead of <runs-root>/<name>/<run>")
+    sp.set_defaults(fn=cmd_run)
+
+    sp = sub.add_parser("config", help="print the resolved config, or --describe every field")
+    common(sp)
+    sp.add_argument("--describe", action="store_true", help="list every config key with its default and meaning")
+    sp.set_defaults(fn=cmd_config)
+
+    sp = sub.add_parser("demo", help="the main job: naive vs tuned weight decay on Fashion-MNIST-LT (IF 100)")
+    common(sp, config=False)
+    sp.set_defaults(fn=cmd_demo)
+
+    sp = sub.add_parser("fetch", help="make sure a dataset is present (Debian package as root, else download)")
+    sp.add_argument("dataset", choices=["fashion-mnist"])
+    sp.set_defaults(fn=cmd_fetch)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except _user_errors() as e:
+        print(f"ltbench: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ltbench: interrupted; run the same command again to resume from the last checkpoint", file=sys.stderr)
+        return 130

@@ -1,0 +1,335 @@
+"""Typed experiment configuration: defaults <- YAML file <- command-line `key.sub=value` overrides.
+
+Every field that changes a reported number lives outside `runtime`; the run directory name hashes
+everything except `runtime` (threads, progress bars, checkpoint cadence), so the same experiment
+always lands in the same directory and a second `ltbench run` resumes it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad configuration; the message is one line naming the key and the problem."""
+
+
+def _f(default: Any, doc: str, *, ge: float | None = None, gt: float | None = None,
+       le: float | None = None) -> Any:
+    """A dataclass field with a docstring and an optional numeric range."""
+    meta = {"doc": doc, "ge": ge, "gt": gt, "le": le}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class SyntheticConfig:
+    """The synthetic dataset used by tests and the smoke config (no files needed)."""
+
+    num_classes: int = _f(10, "number of classes", ge=2)
+    train_per_class: int = _f(300, "images per class in the full (balanced) training pool", ge=1)
+    test_per_class: int = _f(50, "images per class in the balanced test split", ge=1)
+    image_size: int = _f(16, "height = width of the generated images", ge=4)
+    channels: int = _f(3, "image channels", ge=1)
+    noise: float = _f(0.6, "std of the pixel noise added to each class template (in [0,1] pixel units)", ge=0)
+    seed: int = _f(1234, "seed of the generator (templates and noise); independent of the run seed")
+
+
+@dataclass
+class DataConfig:
+    """Which dataset, which long-tailed subset of it, and how batches are drawn."""
+
+    dataset: Literal["fashion-mnist", "cifar10", "cifar100", "synthetic"] = _f(
+        "fashion-mnist", "dataset name; its card in datasets/<name>.yaml supplies the defaults marked 'card'")
+    root: str | None = _f(None, "directory holding the raw files; None = auto-detect (see README)")
+    imbalance_factor: float = _f(100.0, "n_max / n_min of the long-tailed training profile (1 = balanced)", ge=1)
+    profile: Literal["exp", "step"] = _f("exp", "class-count profile: exp n_c = n_max * IF^(-c/(C-1)); step = half n_max, half n_max/IF")
+    n_max: int | None = _f(None, "images of the largest class; None = the card's pool per class minus val_per_class (HS: 480 for CIFAR-100 with 20 val; 500 without val, as WB)", ge=1)
+    rounding: Literal["floor", "round"] = _f("floor", "int() of the profile as in WB/LDAM-DRW (floor) or round() as in HS")
+    selection: Literal["first", "shuffle"] = _f("first", "which n_c images of a class: first in file order (WB code) or after a seeded shuffle (LDAM-DRW)")
+    selection_seed: int = _f(0, "numpy seed of the per-class shuffle when selection=shuffle (LDAM-DRW uses 0)")
+    val_per_class: int = _f(20, "held-out validation images per class, taken from the training pool after the selected ones (HS: 20); 0 = no val split", ge=0)
+    augment: Literal["crop_flip", "flip", "none"] = _f("crop_flip", "training augmentation: random crop with zero padding + horizontal flip (WB/CIFAR standard), flip only, or none")
+    crop_padding: int = _f(4, "zero padding of the random crop, pixels", ge=0)
+    pad_to: int | None = _f(None, "zero-pad images to this size first (e.g. 32 for 28x28 Fashion-MNIST, as the measured reference run did); None = native size", ge=1)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class GroupsConfig:
+    """Many / medium / few split by TRAINING count n_c (REFERENCE.md section 3)."""
+
+    many: int | None = _f(None, "many-shot threshold; None = dataset card (100 for CIFAR-100-LT, 1000 for 10-class sets)", ge=0)
+    few: int | None = _f(None, "few-shot threshold; None = dataset card (20 / 200)", ge=0)
+    inclusive: bool = _f(False, "False: many n_c > many, few n_c < few (WB, Decoupling); True: >= and <= (OLTR)")
+
+
+@dataclass
+class ModelConfig:
+    """Backbone + linear classifier, any timm model name (CIFAR ResNets are registered by bench.models)."""
+
+    name: str = _f("resnet32_cifar", "timm model name, e.g. resnet32_cifar, resnet34_wb, resnet50, resnext50_32x4d")
+    pretrained_file: str | None = _f(None, "local weights file to start from (classifier re-initialised when shapes differ)")
+    drop_rate: float = _f(0.0, "dropout before the classifier", ge=0, le=1)
+
+
+@dataclass
+class TrainConfig:
+    """Stage-1 optimisation (WB: CE, SGD lr 0.01 momentum 0.9, cosine to 0, WD on all parameters)."""
+
+    epochs: int = _f(20, "training epochs", ge=1)
+    batch_size: int = _f(64, "batch size (WB: 64)", ge=1)
+    lr: float = _f(0.01, "base learning rate", gt=0)
+    momentum: float = _f(0.9, "SGD momentum", ge=0, le=1)
+    nesterov: bool = _f(False, "Nesterov momentum")
+    weight_decay: float = _f(5e-3, "L2 weight decay lambda (WB CIFAR-100-LT tuned value 5e-3; naive baseline 0)", ge=0)
+    wd_scope: Literal["all", "no_norm_bias"] = _f("all", "which parameters decay: all (WB: conv, BN, biases, fc) or all but norm/bias (timm's default)")
+    schedule: Literal["cosine", "constant"] = _f("cosine", "learning-rate schedule, annealed to 0")
+    schedule_unit: Literal["step", "epoch"] = _f("epoch", "update the lr every optimiser step or once per epoch")
+    schedule_step_at_epoch_start: bool = _f(False, "WB reference: the per-epoch scheduler steps before each epoch, so epoch 1 already runs decayed")
+    warmup_epochs: int = _f(0, "linear warm-up epochs before the schedule", ge=0)
+    loss: Literal["ce"] = _f("ce", "training loss (named part from bench.methods.losses); WB stage 1: plain cross-entropy")
+    label_smoothing: float = _f(0.0, "cross-entropy label smoothing", ge=0, le=1)
+    drop_last: bool = _f(False, "drop the last incomplete batch of an epoch")
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation and model selection."""
+
+    selection_split: Literal["val", "test"] = _f("val", "split evaluated every epoch and used to pick the best epoch; 'test' is the WB CIFAR protocol (peeks at test)")
+    select: Literal["best", "last"] = _f("last", "report test metrics of the best epoch on the selection split, or of the last epoch")
+    tta_flip: bool = _f(False, "average logits of x and its horizontal flip (WB reports with it, HS without)")
+    batch_size: int = _f(500, "evaluation batch size", ge=1)
+
+
+@dataclass
+class RuntimeConfig:
+    """How the run executes; never changes a reported number, so it is not part of the run hash."""
+
+    device: Literal["auto", "cpu", "cuda"] = _f("auto", "auto = cuda when available")
+    threads: int | None = _f(None, "torch intra-op threads; None = all cores", ge=1)
+    deterministic: bool = _f(True, "torch.use_deterministic_algorithms: bit-exact resume on CPU")
+    checkpoint_every_steps: int = _f(0, "also checkpoint every N optimiser steps inside an epoch (0 = epoch ends only)", ge=0)
+    progress: Literal["auto", "on", "off"] = _f("auto", "per-epoch progress bar: auto = only on a terminal")
+    plot: bool = _f(True, "write per_class.png (per-class accuracy against class size)")
+
+
+@dataclass
+class Config:
+    """One experiment: a stage-1 training run on a long-tailed dataset."""
+
+    name: str = _f("default", "experiment name; runs go to <runs-root>/<name>/<method>-seed<seed>-<hash>")
+    method: str = _f("ce", "method label used in tables (e.g. naive, wd)")
+    seed: int = _f(0, "seed of weight init, data order and augmentation")
+    data: DataConfig = field(default_factory=DataConfig)
+    groups: GroupsConfig = field(default_factory=GroupsConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def run_hash(self) -> str:
+        """Hash of everything that can change a result (all but `runtime`), 10 hex chars."""
+        d = self.to_dict()
+        d.pop("runtime")
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
+
+    def run_name(self) -> str:
+        return f"{self.method}-seed{self.seed}-{self.run_hash()}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Building typed configs from plain dicts, with one-line errors.
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    return {int: "an integer", float: "a number", str: "a string", bool: "true/false",
+            type(None): "null"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`; ints are accepted where floats are expected."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except ConfigError:
+                pass
+        raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        options = typing.get_args(tp)
+        if isinstance(value, bool) and {"on", "off"} <= set(options):
+            value = "on" if value else "off"  # YAML 1.1 reads on/off as booleans
+        if value in options and not (isinstance(value, bool) and bool not in map(type, options)):
+            return value
+        raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "5e-3" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"config key '{prefix.rstrip('.') or '<root>'}': expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        import difflib
+        key = prefix + str(unknown[0])
+        near = difflib.get_close_matches(str(unknown[0]), list(fields), n=1)
+        hint = f" (did you mean '{prefix}{near[0]}'?)" if near else ""
+        raise ConfigError(f"unknown config key '{key}'{hint}")
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        tp, key = hints[name], prefix + name
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value, key + ".")
+            continue
+        value = _coerce(value, tp, key)
+        meta = fields[name].metadata
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            for bound, ok, word in (("ge", lambda v, b: v >= b, ">="), ("gt", lambda v, b: v > b, ">"),
+                                    ("le", lambda v, b: v <= b, "<=")):
+                b = meta.get(bound)
+                if b is not None and not ok(value, b):
+                    raise ConfigError(f"config key '{key}': value {value!r} out of range (must be {word} {b})")
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`train.lr=0.1` -> (['train', 'lr'], 0.1); the value is parsed as YAML (so `null`, `true`, `[1,2]`)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected key=value, e.g. train.lr=0.1")
+    key, raw = text.split("=", 1)
+    if not key or any(not p for p in key.split(".")):
+        raise ConfigError(f"override {text!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def _set(d: dict[str, Any], path: list[str], value: Any) -> None:
+    for p in path[:-1]:
+        nxt = d.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"config key '{'.'.join(path)}': '{p}' is not a section")
+        d = nxt
+    d[path[-1]] = value
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p}: not found")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config file {p}{where}: invalid YAML ({getattr(e, 'problem', e)})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p}: top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults <- YAML file <- overrides, then dataset-card defaults filled in and cross-field checks."""
+    raw: dict[str, Any] = load_yaml(path) if path is not None else {}
+    for ov in overrides:
+        keys, value = parse_override(ov)
+        _set(raw, keys, value)
+    cfg: Config = _build(Config, raw, "")
+    return resolve(cfg)
+
+
+def from_dict(raw: dict[str, Any]) -> Config:
+    """Rebuild a Config from a resolved dict (e.g. a run directory's config.yaml)."""
+    return resolve(_build(Config, raw, ""))
+
+
+def resolve(cfg: Config) -> Config:
+    """Fill 'card' defaults from the dataset card and check combinations of fields."""
+    from bench.data.cards import load_card  # local: cards read YAML files of the repo
+
+    card = load_card(cfg.data.dataset)
+    if cfg.data.n_max is None:
+        # HS convention: the head class keeps the whole pool minus its validation images
+        # (CIFAR-100: 500 - 20 = 480); with no val split this is the WB/LDAM-DRW profile (500).
+        pool = cfg.data.synthetic.train_per_class if cfg.data.dataset == "synthetic" else int(card["pool_per_class"])
+        cfg.data.n_max = pool - cfg.data.val_per_class
+        if cfg.data.n_max < 1:
+            raise ConfigError(f"config key 'data.val_per_class': {cfg.data.val_per_class} leaves no training "
+                              f"images of {cfg.data.dataset} (pool of {pool} per class)")
+    if cfg.groups.many is None:
+        cfg.groups.many = int(card["groups"]["many"])
+    if cfg.groups.few is None:
+        cfg.groups.few = int(card["groups"]["few"])
+    if cfg.groups.few > cfg.groups.many:
+        raise ConfigError(f"config key 'groups.few': {cfg.groups.few} is above groups.many = {cfg.groups.many}")
+    if cfg.eval.selection_split == "val" and cfg.data.val_per_class == 0:
+        raise ConfigError("config key 'data.val_per_class': 0 leaves no validation split for "
+                          "eval.selection_split=val (set val_per_class > 0, or selection_split=test)")
+    return cfg
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def describe_fields(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key, default, doc) for every field: used by `ltbench config --describe` and the README."""
+    rows = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            rows += describe_fields(tp, prefix + f.name + ".")
+        else:
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            rows.append((prefix + f.name, repr(default), f.metadata.get("doc", "")))
+    return rows

@@ -1,0 +1,1 @@
+"""Methods as compositions of named parts: losses (and, later, samplers, classifiers, post-hoc steps)."""

@@ -1,0 +1,203 @@
+"""Build any timm model by name, optionally initialised from a local weights file.
+
+Weights are only ever read from a local file, through timm's own mechanism
+(``timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=path))``), so that the
+classifier is dropped when the class count differs and the stem conv is adapted to ``in_chans``
+exactly as timm does for its hosted weights. Nothing here touches the network.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+import timm
+import torch
+import torch.nn as nn
+from timm.models import get_pretrained_cfg, load_state_dict, parse_model_name, split_model_name_tag
+
+from . import cifar_resnet  # noqa: F401  (registers the CIFAR ResNets with timm)
+
+__all__ = ['ModelError', 'build_model', 'feature_dim', 'classifier']
+
+
+class ModelError(ValueError):
+    """A model cannot be built or its weights cannot be loaded (one-line, user-facing message)."""
+
+
+def _one_line(err: BaseException, limit: int = 300) -> str:
+    msg = re.sub(r'\s+', ' ', str(err)).strip() or type(err).__name__
+    return msg if len(msg) <= limit else msg[:limit - 3] + '...'
+
+
+def _unknown_model_message(name: str) -> str:
+    arch = split_model_name_tag(name)[0]
+    names = timm.list_models()
+    close = difflib.get_close_matches(arch, names, n=5, cutoff=0.6)
+    if len(close) < 5:  # also offer registry names containing the given one (timm wildcard filter)
+        close += [n for n in timm.list_models(f'*{arch}*') if n not in close][:5 - len(close)]
+    hint = f"; did you mean: {', '.join(close)}?" if close else "; see timm.list_models()"
+    return f"model.name: unknown model {name!r}{hint}"
+
+
+def _names(value: Any) -> Tuple[str, ...]:
+    if not value:
+        return ()
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+def _read_state_dict(path: Path) -> Dict[str, torch.Tensor]:
+    """Read a checkpoint the way timm's load_pretrained will (EMA > 'state_dict' > 'model' > top level,
+    'module.' / '_orig_mod.' prefixes stripped, weights_only unpickling)."""
+    try:
+        sd = load_state_dict(str(path))
+    except Exception as e:  # truncated zip, not a pickle, unsafe globals, bad safetensors header, ...
+        raise ModelError(
+            f"model.pretrained_file: {path} is not a readable PyTorch/safetensors checkpoint "
+            f"({type(e).__name__}: {_one_line(e)})") from e
+    if not isinstance(sd, Mapping) or not sd or not all(torch.is_tensor(v) for v in sd.values()):
+        raise ModelError(f"model.pretrained_file: {path} does not contain a state_dict of tensors")
+    return dict(sd)
+
+
+def _check_keys(model: nn.Module, sd: Mapping[str, torch.Tensor], classifiers: Tuple[str, ...],
+                path: Path, name: str) -> None:
+    """Every non-classifier tensor of the model must come from the file and vice versa.
+
+    timm loads non-strictly when the classifier is dropped, which would silently leave missing
+    layers randomly initialised (e.g. resnet20 weights into resnet32); refuse that here.
+    """
+    def relevant(k: str) -> bool:
+        return not k.endswith('num_batches_tracked') and not any(k.startswith(c + '.') for c in classifiers)
+
+    model_keys = {k for k in model.state_dict() if relevant(k)}
+    file_keys = {k for k in sd if relevant(k)}
+    missing, unexpected = sorted(model_keys - file_keys), sorted(file_keys - model_keys)
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
+        raise ModelError(f"model.pretrained_file: {path} does not match model {name!r}: "
+                         f"{'; '.join(parts)} tensors")
+
+
+def build_model(
+        name: str,
+        num_classes: int,
+        in_chans: int = 3,
+        pretrained_file: Optional[str] = None,
+        **kwargs: Any,
+) -> nn.Module:
+    """Build the timm model ``name`` with ``num_classes`` outputs and ``in_chans`` input channels.
+
+    If ``pretrained_file`` is given its weights are loaded through timm's
+    ``pretrained_cfg_overlay=dict(file=...)`` path: the classifier is kept only if its class count
+    matches ``num_classes`` (otherwise it is freshly initialised), and the first conv is adapted when
+    the file's input channels differ from ``in_chans`` (timm's ``adapt_input_conv``). All other
+    tensors must be present in the file. Extra ``kwargs`` go to the model constructor
+    (e.g. ``drop_rate``). Raises ``ModelError`` for unknown names and unusable weight files.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise ModelError(f"model.name: expected a timm model name, got {name!r}")
+    try:
+        source, _ = parse_model_name(name)
+    except ValueError as e:
+        raise ModelError(f"model.name: {_one_line(e)}") from e
+    if source is not None:
+        raise ModelError(f"model.name: {name!r} names a '{source}:' source; only timm registry names are "
+                         f"supported (use model.pretrained_file for weights; no network access)")
+    if not timm.is_model(name):
+        raise ModelError(_unknown_model_message(name))
+    for key in ('pretrained', 'pretrained_cfg_overlay', 'checkpoint_path'):
+        if key in kwargs:
+            raise ModelError(f"model: {key!r} is not supported here; give a local file as model.pretrained_file")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+        raise ModelError(f"model.num_classes: expected an integer >= 0, got {num_classes!r}")
+    if isinstance(in_chans, bool) or not isinstance(in_chans, int) or in_chans < 1:
+        raise ModelError(f"model.in_chans: expected an integer >= 1, got {in_chans!r}")
+
+    if pretrained_file is None:
+        try:
+            return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs)
+        except Exception as e:
+            raise ModelError(f"model {name!r} could not be built: {_one_line(e)}") from e
+
+    path = Path(pretrained_file).expanduser()
+    if not path.exists():
+        raise ModelError(f"model.pretrained_file: {path} does not exist")
+    if not path.is_file():
+        raise ModelError(f"model.pretrained_file: {path} is not a file")
+
+    try:
+        cfg = get_pretrained_cfg(name)
+    except RuntimeError as e:  # invalid pretrained tag
+        raise ModelError(f"model.name: {_one_line(e)}") from e
+    classifiers = _names(cfg.classifier if cfg is not None else None)
+    first_convs = _names(cfg.first_conv if cfg is not None else None)
+    arch = split_model_name_tag(name)[0]
+
+    # Peek at the file so the overlay describes *this* checkpoint, not the registry's hosted weights.
+    sd = _read_state_dict(path)
+    if arch in cifar_resnet.CIFAR_MODEL_NAMES:
+        sd = cifar_resnet.checkpoint_filter_fn(sd)  # the same filter build_model_with_cfg applies
+    overlay: Dict[str, Any] = dict(file=str(path), source=None, label_offset=None)
+    if classifiers:
+        w = sd.get(classifiers[0] + '.weight')
+        # a headless checkpoint (no classifier tensors) counts as 0 classes -> classifier freshly initialised
+        overlay['num_classes'] = int(w.shape[0]) if w is not None and w.ndim >= 1 else 0
+    if arch in cifar_resnet.CIFAR_MODEL_NAMES and first_convs:
+        # Our stems are plain convs, so the file's input channels are read off the stem weight; this lets
+        # timm adapt e.g. a 1-channel checkpoint to a 3-channel model (native models keep timm's cfg).
+        w = sd.get(first_convs[0] + '.weight')
+        if w is not None and w.ndim == 4 and cfg is not None:
+            overlay['input_size'] = (int(w.shape[1]),) + tuple(cfg.input_size[1:])
+
+    try:
+        model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay,
+                                  num_classes=num_classes, in_chans=in_chans, **kwargs)
+    except ModelError:
+        raise
+    except Exception as e:  # size mismatch, missing keys under strict load, ...
+        raise ModelError(f"model.pretrained_file: {path} could not be loaded into {name!r}: "
+                         f"{type(e).__name__}: {_one_line(e)}") from e
+    _check_keys(model, sd, classifiers, path, name)
+    return model
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """Strip DataParallel/DDP (``.module``) and torch.compile (``._orig_mod``) wrappers."""
+    while True:
+        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        elif hasattr(model, '_orig_mod') and isinstance(model._orig_mod, nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def classifier(model: nn.Module) -> nn.Linear:
+    """The model's final ``nn.Linear`` classifier (``model.get_classifier()``)."""
+    m = _unwrap(model)
+    if not hasattr(m, 'get_classifier'):
+        raise ModelError(f"model {type(m).__name__} has no get_classifier() (not a timm-style model)")
+    head = m.get_classifier()
+    if not isinstance(head, nn.Linear):
+        raise ModelError(f"model {type(m).__name__}: classifier is {type(head).__name__}, not nn.Linear "
+                         f"(num_classes=0 or a non-linear head)")
+    return head
+
+
+def feature_dim(model: nn.Module) -> int:
+    """Dimension of the pooled features fed to the classifier (= ``forward_head(x, pre_logits=True)``)."""
+    m = _unwrap(model)
+    head = m.get_classifier() if hasattr(m, 'get_classifier') else None
+    if isinstance(head, nn.Linear):
+        return int(head.in_features)
+    dim = getattr(m, 'head_hidden_size', None) or getattr(m, 'num_features', None)
+    if not isinstance(dim, int):
+        raise ModelError(f"model {type(m).__name__} exposes neither a Linear classifier nor num_features")
+    return dim

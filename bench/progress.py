@@ -1,0 +1,28 @@
+"""Progress output: one log line per event, plus a tqdm bar for long loops on a terminal."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from tqdm import tqdm
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+class Progress:
+    """A tqdm bar when mode is 'on', or 'auto' and stderr is a terminal; otherwise silent."""
+
+    def __init__(self, total: int, desc: str, mode: str = "auto", start: int = 0) -> None:
+        show = mode == "on" or (mode == "auto" and sys.stderr.isatty())
+        self.bar = tqdm(total=total, initial=start, desc=desc, leave=False, dynamic_ncols=True) if show else None
+
+    def update(self, n: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -1,0 +1,89 @@
+"""The run directory: one per (experiment, resolved config), written by rank 0 only.
+
+<runs-root>/<name>/<method>-seed<seed>-<hash>/
+    config.yaml        fully resolved config (what produced every number in this directory)
+    run.json           class counts, selection hash, versions, host, command
+    metrics.jsonl      one JSON line per finished epoch
+    checkpoints/last.pt   everything needed to continue exactly (atomic)
+    checkpoints/best.pt   model weights of the best epoch on the selection split
+    result.json        final metrics; its presence with status=complete marks the run done
+    per_class.png      per-class accuracy against training class size
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench.config import Config, ConfigError, dump_yaml
+
+
+class RunDir:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    @classmethod
+    def for_config(cls, cfg: Config, runs_root: str | Path) -> "RunDir":
+        return cls(Path(runs_root) / cfg.name / cfg.run_name())
+
+    # paths
+    @property
+    def config_file(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def last_ckpt(self) -> Path:
+        return self.path / "checkpoints" / "last.pt"
+
+    @property
+    def best_ckpt(self) -> Path:
+        return self.path / "checkpoints" / "best.pt"
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def result_file(self) -> Path:
+        return self.path / "result.json"
+
+    def is_complete(self) -> bool:
+        if not self.result_file.is_file():
+            return False
+        try:
+            return json.loads(self.result_file.read_text()).get("status") == "complete"
+        except json.JSONDecodeError:
+            return False
+
+    def prepare(self, cfg: Config) -> None:
+        """Create the directory and write config.yaml; refuse a directory that holds another config."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        text = dump_yaml(cfg)
+        if self.config_file.is_file():
+            old = yaml.safe_load(self.config_file.read_text()) or {}
+            old.pop("runtime", None)
+            new = cfg.to_dict()
+            new.pop("runtime")
+            if old != new:
+                diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+                raise ConfigError(f"run directory {self.path} holds a run of a different config "
+                                  f"(sections differ: {', '.join(diff)}); choose another --run-dir")
+        write_text_atomic(self.config_file, text)
+
+    def write_json(self, name: str, obj: Any) -> None:
+        write_text_atomic(self.path / name, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+    def write_metrics(self, history: list[dict[str, Any]]) -> None:
+        """Rewritten whole from the checkpointed history, so it never holds an epoch the checkpoint lacks."""
+        write_text_atomic(self.metrics_file, "".join(json.dumps(h) + "\n" for h in history))
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -1,0 +1,1 @@
+"""Training: optimiser and schedule, checkpoints, the stage-1 loop."""

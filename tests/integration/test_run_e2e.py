@@ -1,0 +1,169 @@
+"""End-to-end: the real `ltbench run` on the smoke config, exact resume after SIGKILL, CLI errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import REPO, run_cli
+
+pytestmark = pytest.mark.slow
+
+SMOKE = str(REPO / "configs" / "smoke.yaml")
+# One thread: identical float reduction order in every process, so resumed == uninterrupted bit for bit.
+FIXED = ["runtime.threads=1"]
+
+
+def result_of(run_dir: Path) -> dict:
+    return json.loads((run_dir / "result.json").read_text())
+
+
+def only_run_dir(root: Path) -> Path:
+    dirs = [p for p in (root / "smoke").iterdir() if p.is_dir()]
+    assert len(dirs) == 1, dirs
+    return dirs[0]
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory) -> Path:
+    """One uninterrupted smoke run shared by the tests of this module."""
+    root = tmp_path_factory.mktemp("ref")
+    r = run_cli("run", SMOKE, *FIXED, "--runs-root", str(root))
+    assert r.returncode == 0, r.stderr
+    return only_run_dir(root)
+
+
+def test_smoke_run_writes_the_run_directory(reference_run):
+    res = result_of(reference_run)
+    for key in ("dataset", "method", "seed", "metrics", "val_metrics", "per_class_acc", "class_counts"):
+        assert key in res
+    assert res["status"] == "complete" and res["dataset"] == "synthetic" and res["method"] == "ce"
+    assert set(res["metrics"]) == {"all", "many", "medium", "few"}
+    assert res["class_counts"] == [190, 147, 113, 88, 68, 52, 40, 31, 24, 19]
+    assert len(res["per_class_acc"]) == 10
+    # learned something: well above the 10 % of chance on a balanced test set
+    assert res["metrics"]["all"] > 30
+    lines = (reference_run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(l)["epoch"] for l in lines] == [1, 2, 3]
+    import yaml
+    resolved = yaml.safe_load((reference_run / "config.yaml").read_text())
+    assert resolved["data"]["n_max"] == 190 and resolved["groups"] == {"many": 100, "few": 40, "inclusive": False}
+    assert (reference_run / "per_class.png").stat().st_size > 1000
+    assert (reference_run / "checkpoints" / "last.pt").is_file()
+    run_json = json.loads((reference_run / "run.json").read_text())
+    assert run_json["selection_hash"] == res["selection_hash"]
+
+
+def test_complete_run_is_not_rerun(reference_run):
+    before = (reference_run / "result.json").read_text()
+    r = run_cli("run", SMOKE, *FIXED, "--runs-root", str(reference_run.parents[1]))
+    assert r.returncode == 0 and "nothing to do" in r.stdout
+    assert (reference_run / "result.json").read_text() == before
+
+
+def _start(root: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "bench", "run", SMOKE, *FIXED, *extra, "--runs-root", str(root)],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def _kill_when(proc: subprocess.Popen, ready, timeout: float = 300) -> None:
+    t0 = time.time()
+    while not ready():
+        assert proc.poll() is None, f"run ended before it could be killed:\n{proc.stdout.read()}"
+        assert time.time() - t0 < timeout, "timed out waiting for the kill point"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def _same_numbers(a: dict, b: dict) -> None:
+    for key in ("metrics", "val_metrics", "per_class_acc", "selected_epoch", "metrics_last_epoch", "selection_hash"):
+        assert a[key] == b[key], key
+
+
+def test_sigkill_after_first_epoch_then_resume_is_exact(reference_run, tmp_path):
+    proc = _start(tmp_path)
+    metrics = lambda: next(iter((tmp_path / "smoke").glob("*/metrics.jsonl")), None)  # noqa: E731
+    _kill_when(proc, lambda: metrics() is not None and metrics().read_text().count("\n") >= 1)
+    run_dir = only_run_dir(tmp_path)
+    assert not (run_dir / "result.json").exists()
+    r = run_cli("run", SMOKE, *FIXED, "--runs-root", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert "resuming" in r.stdout
+    _same_numbers(result_of(run_dir), result_of(reference_run))
+    ref_hist = [json.loads(l) for l in (reference_run / "metrics.jsonl").read_text().splitlines()]
+    new_hist = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    drop = ("epoch_time_s", "images_per_s")
+    assert [{k: v for k, v in h.items() if k not in drop} for h in new_hist] == \
+           [{k: v for k, v in h.items() if k not in drop} for h in ref_hist]
+
+
+def test_sigkill_mid_epoch_then_resume_is_exact(reference_run, tmp_path):
+    """Checkpoints every 3 steps; killed as soon as the first mid-epoch checkpoint exists."""
+    proc = _start(tmp_path, "runtime.checkpoint_every_steps=3")
+    last = lambda: next(iter((tmp_path / "smoke").glob("*/checkpoints/last.pt")), None)  # noqa: E731
+    _kill_when(proc, lambda: last() is not None)
+    saved = torch.load(last(), weights_only=True)
+    assert saved["state"]["step"] > 0 or saved["state"]["epoch"] > 0
+    r = run_cli("run", SMOKE, *FIXED, "runtime.checkpoint_every_steps=3", "--runs-root", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    _same_numbers(result_of(only_run_dir(tmp_path)), result_of(reference_run))
+
+
+def test_truncated_checkpoint_is_a_one_line_error(tmp_path):
+    proc = _start(tmp_path)
+    metrics = lambda: next(iter((tmp_path / "smoke").glob("*/metrics.jsonl")), None)  # noqa: E731
+    _kill_when(proc, lambda: metrics() is not None)
+    ck = only_run_dir(tmp_path) / "checkpoints" / "last.pt"
+    ck.write_bytes(ck.read_bytes()[:1000])
+    r = run_cli("run", SMOKE, *FIXED, "--runs-root", str(tmp_path))
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0
+    assert "last.pt is truncated or corrupt" in r.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train.lrr=0.1"], "unknown config key 'train.lrr'"),
+    (["train.epochs=x"], "config key 'train.epochs': expected an integer"),
+    (["train.momentum=2"], "config key 'train.momentum': value 2.0 out of range"),
+    (["model.name=resnet_nonexistent"], "resnet_nonexistent"),
+    (["data.dataset=cifar10", "data.root=/nonexistent/cifar"], "CIFAR-10-LT not found (looked in: /nonexistent/cifar)"),
+])
+def test_bad_input_one_line_error_and_exit_2(tmp_path, args, message):
+    r = run_cli("run", SMOKE, *args, "--runs-root", str(tmp_path))
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert message in r.stderr
+    assert r.stderr.strip().count("\n") == 0, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_python_m_bench_and_console_script_agree(tmp_path):
+    r = run_cli("config", SMOKE, "train.epochs=1")
+    assert r.returncode == 0 and "epochs: 1" in r.stdout and "# run directory: runs/smoke/ce-seed0-" in r.stdout
+    exe = Path(sys.executable).parent / "ltbench"
+    if exe.exists():
+        out = subprocess.run([str(exe), "config", SMOKE, "train.epochs=1"], capture_output=True, text=True, cwd=REPO)
+        assert out.stdout == r.stdout
+
+
+def test_demo_on_real_fashion_mnist_short(tmp_path):
+    """The main job end to end on the real data, shortened (1 epoch, n_max 600) to keep CI fast."""
+    r = run_cli("demo", "train.epochs=1", "data.n_max=600", "--runs-root", str(tmp_path))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "| naive | 0 |" in r.stdout and "| wd | 0.0005 |" in r.stdout
+    res = [json.loads(p.read_text()) for p in sorted((tmp_path / "demo").glob("*/result.json"))]
+    assert sorted(x["method"] for x in res) == ["naive", "wd"]
+    for x in res:
+        assert x["class_counts"] == [600, 359, 215, 129, 77, 46, 27, 16, 10, 6]
+        assert x["metrics"]["all"] > 20      # one epoch on 1.5k images: well above chance (10 %)
+        assert x["metrics"]["many"] is None  # no class above 1,000 images: reported empty, not 0
+    assert "| — |" in r.stdout

@@ -1,0 +1,56 @@
+"""In-memory batches: exact positions for resume, augmentation equal to the per-image transforms."""
+
+import torch
+import torch.nn.functional as F
+
+from bench.data.batches import InMemoryLoader, Normalize, derived_generator, random_crop_flip
+from bench.data.lt import Split
+
+
+def _split(n=50, c=1, s=8):
+    x = torch.arange(n * c * s * s, dtype=torch.int64).remainder(251).to(torch.uint8).view(n, c, s, s)
+    return Split(x, torch.arange(n) % 5)
+
+
+def test_epoch_is_a_permutation_and_differs_between_epochs():
+    loader = InMemoryLoader(_split(), 8, seed=0, normalize=Normalize((0.0,), (1 / 255,), 1))
+    assert len(loader) == 7
+    o0, o1 = loader.order(0), loader.order(1)
+    assert sorted(o0.tolist()) == list(range(50)) and not torch.equal(o0, o1)
+    assert torch.equal(o0, InMemoryLoader(_split(), 8, 0, loader.normalize).order(0))   # reproducible
+
+
+def test_resume_from_a_step_yields_the_same_tail():
+    loader = InMemoryLoader(_split(), 8, seed=3, normalize=Normalize((0.5,), (0.25,), 1), augment="crop_flip", crop_padding=2)
+    full = list(loader.epoch(2))
+    tail = list(loader.epoch(2, start_step=4))
+    assert len(tail) == 3
+    for (xa, ya), (xb, yb) in zip(full[4:], tail):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def test_drop_last():
+    assert len(InMemoryLoader(_split(), 8, 0, Normalize((0.0,), (1.0,), 1), drop_last=True)) == 6
+
+
+def test_crop_flip_equals_per_image_pad_crop_flip():
+    x = torch.randint(0, 256, (16, 3, 6, 6), dtype=torch.uint8)
+    pad = 2
+    out = random_crop_flip(x, derived_generator(7), pad, flip=True)
+    # Redraw the same random numbers and apply torchvision-style per-image ops by hand.
+    g = derived_generator(7)
+    oy = torch.randint(0, 2 * pad + 1, (16,), generator=g)
+    ox = torch.randint(0, 2 * pad + 1, (16,), generator=g)
+    fl = torch.rand(16, generator=g) < 0.5
+    for i in range(16):
+        img = F.pad(x[i], (pad, pad, pad, pad))[:, oy[i]:oy[i] + 6, ox[i]:ox[i] + 6]
+        if fl[i]:
+            img = img.flip(2)
+        assert torch.equal(out[i], img)
+    assert not torch.equal(out, x)
+
+
+def test_normalize():
+    n = Normalize((0.5,), (0.25,), 3)
+    y = n(torch.full((1, 3, 2, 2), 255, dtype=torch.uint8))
+    assert torch.allclose(y, torch.full_like(y, 2.0))

@@ -1,0 +1,81 @@
+"""Config loading: defaults <- YAML <- overrides, one-line errors, resolution from dataset cards."""
+
+import pytest
+
+from bench.config import Config, ConfigError, load_config, parse_override
+
+
+def test_smoke_config_loads_and_resolves(repo):
+    cfg = load_config(repo / "configs" / "smoke.yaml")
+    assert cfg.data.dataset == "synthetic" and cfg.data.n_max == 190     # 200 per class - 10 val
+    assert cfg.model.name == "resnet8_cifar"
+
+
+def test_card_defaults_fill_thresholds_and_n_max():
+    cfg = load_config(None, ["data.dataset=fashion-mnist"])
+    assert (cfg.groups.many, cfg.groups.few, cfg.data.n_max) == (1000, 200, 5980)
+    # HS: 20 val images per class leave n_max = 480; without val the WB profile keeps 500
+    cfg = load_config(None, ["data.dataset=cifar100"])
+    assert (cfg.groups.many, cfg.groups.few, cfg.data.n_max) == (100, 20, 480)
+    cfg = load_config(None, ["data.dataset=cifar100", "data.val_per_class=0", "eval.selection_split=test"])
+    assert cfg.data.n_max == 500
+    cfg = load_config(None, ["data.dataset=cifar100", "data.n_max=300"])
+    assert cfg.data.n_max == 300
+    cfg = load_config(None, ["data.dataset=cifar100", "groups.many=50"])
+    assert cfg.groups.many == 50
+
+
+def test_overrides_parse_yaml_values():
+    assert parse_override("train.lr=5e-3") == (["train", "lr"], "5e-3")
+    assert parse_override("data.root=null") == (["data", "root"], None)
+    cfg = load_config(None, ["train.weight_decay=5e-3", "eval.tta_flip=true", "train.epochs=3"])
+    assert cfg.train.weight_decay == 5e-3 and cfg.eval.tta_flip is True and cfg.train.epochs == 3
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.lrr=0.1", "unknown config key 'train.lrr' (did you mean 'train.lr'?)"),
+    ("bogus=1", "unknown config key 'bogus'"),
+    ("train.epochs=abc", "config key 'train.epochs': expected an integer, got 'abc'"),
+    ("train.epochs=2.5", "config key 'train.epochs': expected an integer, got 2.5"),
+    ("train.epochs=0", "config key 'train.epochs': value 0 out of range (must be >= 1)"),
+    ("train.lr=0", "config key 'train.lr': value 0.0 out of range (must be > 0)"),
+    ("train.wd_scope=some", "config key 'train.wd_scope': expected one of 'all', 'no_norm_bias', got 'some'"),
+    ("eval.tta_flip=maybe", "config key 'eval.tta_flip': expected true/false, got 'maybe'"),
+    ("data.dataset=imagenet", "config key 'data.dataset': expected one of"),
+    ("train=3", "config key 'train': expected a mapping, got 3"),
+    ("groups.few=2000", "config key 'groups.few': 2000 is above groups.many = 1000"),
+    ("data.val_per_class=0", "config key 'data.val_per_class': 0 leaves no validation split"),
+    ("train.lr", "override 'train.lr': expected key=value"),
+])
+def test_bad_values_give_one_line_errors(override, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_bad_yaml_file(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("train: {epochs: 3\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml line \d+: invalid YAML"):
+        load_config(p)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_run_hash_ignores_runtime_only():
+    a = load_config(None, [])
+    b = load_config(None, ["runtime.threads=1", "runtime.progress=off"])
+    c = load_config(None, ["train.weight_decay=0"])
+    assert a.run_hash() == b.run_hash() != c.run_hash()
+    assert a.run_name().startswith("ce-seed0-")
+
+
+def test_resolved_config_round_trips(tmp_path):
+    import yaml
+
+    from bench.config import dump_yaml, from_dict
+
+    cfg = load_config(None, ["seed=3"])
+    again = from_dict(yaml.safe_load(dump_yaml(cfg)))
+    assert again == cfg and isinstance(again, Config)
