@@ -40,7 +40,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_config(args: argparse.Namespace) -> int:
     if args.describe:
         for key, default, doc in describe_fields():
-            print(f"{key:34s} {default:>12s}  {doc}")
+            print(f"| `{key}` | `{default}` | {doc} |" if args.markdown else f"{key:36s} {default:>14s}  {doc}")
         return 0
     if not args.config:
         raise ConfigError("ltbench config: give a CONFIG file or --describe")
@@ -83,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("config", help="print the resolved config, or --describe every field")
     common(sp)
     sp.add_argument("--describe", action="store_true", help="list every config key with its default and meaning")
+    sp.add_argument("--markdown", action="store_true", help="with --describe: as Markdown table rows (README)")
     sp.set_defaults(fn=cmd_config)
 
     sp = sub.add_parser("demo", help="the main job: naive vs tuned weight decay on Fashion-MNIST-LT (IF 100)")

@@ -84,6 +84,22 @@ class ModelConfig:
 
 
 @dataclass
+class LossConfig:
+    """A training loss by name (bench.methods.losses) and its parameters."""
+
+    name: Literal["ce", "cb_ce", "cb_bce_softmax", "focal", "ldam", "logit_adjusted", "balanced_softmax"] = _f(
+        "ce", "ce (WB stage 1); cb_ce = class-balanced weighted CE (HS); cb_bce_softmax = the WB code's CB form "
+        "(BCE on softmax, per-sample weight); focal; ldam; logit_adjusted (Menon et al.); balanced_softmax")
+    label_smoothing: float = _f(0.0, "cross-entropy label smoothing (ce only)", ge=0, le=1)
+    cb_beta: float = _f(0.9999, "effective-number beta of the class-balanced weights w_c = (1-beta)/(1-beta^n_c), normalised to sum C", ge=0, le=1)
+    focal_gamma: float = _f(1.0, "focal loss gamma", ge=0)
+    ldam_max_margin: float = _f(0.5, "LDAM largest margin (the rarest class); margins proportional to n_c^(-1/4)", gt=0)
+    ldam_scale: float = _f(30.0, "LDAM logit scale s", gt=0)
+    la_tau: float = _f(1.0, "logit-adjusted loss: logits + tau * log(prior) (balanced_softmax = tau 1 with counts)", ge=0)
+    drw_epoch: int | None = _f(None, "deferred re-weighting: from this 0-based epoch on, weight the loss by CB weights (LDAM-DRW: 160 of 200); None = off", ge=0)
+
+
+@dataclass
 class TrainConfig:
     """Stage-1 optimisation (WB: CE, SGD lr 0.01 momentum 0.9, cosine to 0, WD on all parameters)."""
 
@@ -98,8 +114,7 @@ class TrainConfig:
     schedule_unit: Literal["step", "epoch"] = _f("epoch", "update the lr every optimiser step or once per epoch")
     schedule_step_at_epoch_start: bool = _f(False, "WB reference: the per-epoch scheduler steps before each epoch, so epoch 1 already runs decayed")
     warmup_epochs: int = _f(0, "linear warm-up epochs before the schedule", ge=0)
-    loss: Literal["ce"] = _f("ce", "training loss (named part from bench.methods.losses); WB stage 1: plain cross-entropy")
-    label_smoothing: float = _f(0.0, "cross-entropy label smoothing", ge=0, le=1)
+    loss: LossConfig = field(default_factory=LossConfig)
     drop_last: bool = _f(False, "drop the last incomplete batch of an epoch")
 
 

@@ -84,7 +84,7 @@ def train_stage1(cfg: Config, run: RunDir) -> dict[str, Any]:
                             cfg.data.crop_padding, cfg.train.drop_last)
     optimizer = make_optimizer(model, cfg.train)
     scheduler = make_scheduler(optimizer, cfg.train, len(loader))
-    loss_fn = make_loss(cfg.train, data.class_counts)
+    loss_fn = make_loss(cfg.train.loss, data.class_counts).to(device)
     state = TrainState()
 
     if run.last_ckpt.is_file():
@@ -105,6 +105,7 @@ def train_stage1(cfg: Config, run: RunDir) -> dict[str, Any]:
     every = cfg.runtime.checkpoint_every_steps
     for epoch in range(state.epoch, cfg.train.epochs):
         model.train()
+        loss_fn.set_epoch(epoch)  # deferred re-weighting switches its class weights on by epoch
         t_epoch, start_step, n_images = time.time(), state.step, 0
         # Sums stay on the device inside the epoch: no per-step host synchronisation.
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)

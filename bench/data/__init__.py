@@ -1,0 +1,1 @@
+"""Long-tailed data: dataset cards, raw sources, LT profiles and selection, in-memory batching."""

@@ -1,0 +1,88 @@
+"""Deterministic, resumable batches from an in-memory split, with batched augmentation.
+
+The order of epoch e is a permutation seeded by (seed, e) and the augmentation of step s by
+(seed, e, s). The stream is therefore a pure function of its position (epoch, step): a checkpoint
+only stores that position, and a resumed epoch neither repeats nor skips a sample.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bench.data.lt import Split
+
+
+def derived_generator(*keys: int) -> torch.Generator:
+    """A torch.Generator whose seed mixes `keys` (numpy SeedSequence: no correlated streams)."""
+    seed = int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, np.uint64)[0])
+    return torch.Generator().manual_seed(seed)
+
+
+def random_crop_flip(x: torch.Tensor, gen: torch.Generator, padding: int, flip: bool) -> torch.Tensor:
+    """Batched RandomCrop(size, padding) with zero fill + RandomHorizontalFlip(0.5) on uint8 NCHW.
+
+    Matches torchvision's per-image transforms of the WB/CIFAR pipeline (padding before ToTensor, so
+    the fill is a black pixel), done for the whole batch at once.
+    """
+    b, _, h, w = x.shape
+    if padding > 0:
+        xp = F.pad(x, (padding, padding, padding, padding))
+        oy = torch.randint(0, 2 * padding + 1, (b,), generator=gen)
+        ox = torch.randint(0, 2 * padding + 1, (b,), generator=gen)
+        rows = (oy[:, None] + torch.arange(h))[:, :, None]          # B,H,1
+        cols = (ox[:, None] + torch.arange(w))[:, None, :]          # B,1,W
+        x = xp.permute(0, 2, 3, 1)[torch.arange(b)[:, None, None], rows, cols].permute(0, 3, 1, 2)
+    if flip:
+        flip_mask = torch.rand(b, generator=gen) < 0.5
+        x = torch.where(flip_mask[:, None, None, None], x.flip(3), x)
+    return x.contiguous()
+
+
+class Normalize:
+    """uint8 NCHW -> float32, (x/255 - mean) / std per channel."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], channels: int) -> None:
+        if len(mean) == 1:
+            mean, std = mean * channels, std * channels
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.float() - self.mean) / self.std
+
+
+class InMemoryLoader:
+    """Training batches of one split; `epoch(e, start_step)` yields (images, labels) from that position."""
+
+    def __init__(self, split: Split, batch_size: int, seed: int, normalize: Normalize,
+                 augment: str = "none", crop_padding: int = 0, drop_last: bool = False) -> None:
+        self.split, self.batch_size, self.seed = split, batch_size, seed
+        self.normalize, self.augment, self.crop_padding, self.drop_last = normalize, augment, crop_padding, drop_last
+
+    def __len__(self) -> int:
+        n = len(self.split)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def order(self, epoch: int) -> torch.Tensor:
+        """Instance-balanced sampling: a fresh permutation of the training set every epoch."""
+        return torch.randperm(len(self.split), generator=derived_generator(self.seed, epoch))
+
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = self.order(epoch)
+        for step in range(start_step, len(self)):
+            idx = order[step * self.batch_size:(step + 1) * self.batch_size]
+            x = self.split.x[idx]
+            if self.augment != "none":
+                gen = derived_generator(self.seed, epoch, step, 1)
+                x = random_crop_flip(x, gen, self.crop_padding if self.augment == "crop_flip" else 0, flip=True)
+            yield self.normalize(x), self.split.y[idx]
+
+
+def eval_batches(split: Split, batch_size: int, normalize: Normalize) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The split in order, no augmentation."""
+    for i in range(0, len(split), batch_size):
+        yield normalize(split.x[i:i + batch_size]), split.y[i:i + batch_size]

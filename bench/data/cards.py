@@ -1,0 +1,32 @@
+"""Dataset cards: the YAML files in the repository's datasets/ folder (one per dataset)."""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class DatasetError(RuntimeError):
+    """Missing or malformed data; the message says where we looked and how to get it."""
+
+
+def cards_dir() -> Path:
+    """datasets/ beside the package (editable install), or $LTBENCH_DATASETS_DIR."""
+    env = os.environ.get("LTBENCH_DATASETS_DIR")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "datasets"
+
+
+@functools.lru_cache(maxsize=None)
+def load_card(name: str) -> dict[str, Any]:
+    path = cards_dir() / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in cards_dir().glob("*.yaml"))
+        raise DatasetError(f"dataset card {path} not found (known datasets: {', '.join(known)})")
+    card = yaml.safe_load(path.read_text())
+    if card.get("name") != name:
+        raise DatasetError(f"dataset card {path}: 'name' is {card.get('name')!r}, expected {name!r}")
+    return card

@@ -1,0 +1,181 @@
+"""Raw datasets as uint8 arrays: Fashion-MNIST (IDX files), CIFAR-10/100 (python pickles), synthetic.
+
+Each loader returns the full, balanced training pool and the test set; the long-tailed subset is cut
+from the pool by bench.data.lt.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bench.data.cards import DatasetError, load_card
+
+
+@dataclass
+class RawData:
+    """Images as uint8 (N, H, W, C) and labels as int64 (N,)."""
+
+    train_x: np.ndarray
+    train_y: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+    num_classes: int
+    class_names: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    root: str | None
+
+
+def _search(card: dict, root: str | None, marker) -> Path:
+    """The first candidate directory for which marker(dir) is true, or a DatasetError listing all tried."""
+    candidates = [Path(root).expanduser()] if root else [Path(p).expanduser() for p in card.get("search_paths", [])]
+    if not root and os.environ.get("LTBENCH_DATA"):
+        candidates.insert(0, Path(os.environ["LTBENCH_DATA"]).expanduser() / card["name"])
+    for d in candidates:
+        if marker(d):
+            return d
+    tried = ", ".join(str(c) for c in candidates)
+    raise DatasetError(f"{card['title']} not found (looked in: {tried}); to get it: {card['how_to_get']}")
+
+
+# --- Fashion-MNIST ----------------------------------------------------------------------------
+
+def read_idx(path: Path) -> np.ndarray:
+    """Parse an IDX file (optionally gzipped): magic 0x0000 08 D (ubyte, D dims), D big-endian sizes, data."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:
+        raise DatasetError(f"{path}: cannot read IDX file ({e})") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise DatasetError(f"{path}: not an unsigned-byte IDX file (bad magic {raw[:4].hex()})")
+    ndim = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    offset = 4 + 4 * ndim
+    expected = int(np.prod(shape))
+    if len(raw) - offset != expected:
+        raise DatasetError(f"{path}: truncated or corrupt IDX file ({len(raw) - offset} bytes of data, header says {expected})")
+    return np.frombuffer(bytearray(raw), dtype=np.uint8, offset=offset).reshape(shape)  # writable copy
+
+
+def load_fashion_mnist(root: str | None = None) -> RawData:
+    card = load_card("fashion-mnist")
+    files = card["files"]
+
+    def present(d: Path) -> bool:
+        return all((d / f).is_file() or (d / f.removesuffix(".gz")).is_file() for f in files.values())
+
+    d = _search(card, root, present)
+
+    def get(key: str) -> np.ndarray:
+        p = d / files[key]
+        return read_idx(p if p.is_file() else p.with_suffix(""))
+
+    train_x, train_y = get("train_images"), get("train_labels")
+    test_x, test_y = get("test_images"), get("test_labels")
+    for x, y, split in ((train_x, train_y, "train"), (test_x, test_y, "test")):
+        if len(x) != len(y):
+            raise DatasetError(f"Fashion-MNIST {split} in {d}: {len(x)} images but {len(y)} labels")
+    return RawData(train_x[..., None], train_y.astype(np.int64), test_x[..., None], test_y.astype(np.int64),
+                   card["num_classes"], list(card["class_names"]), tuple(card["mean"]), tuple(card["std"]), str(d))
+
+
+# --- CIFAR-10 / CIFAR-100 ---------------------------------------------------------------------
+
+def _unpickle(blob: bytes, where: str) -> dict:
+    try:
+        return pickle.loads(blob, encoding="bytes")
+    except Exception as e:  # pickle raises many types on corrupt input
+        raise DatasetError(f"{where}: not a readable CIFAR pickle ({type(e).__name__}: {e})") from None
+
+
+def load_cifar(num_classes: int, root: str | None = None) -> RawData:
+    """CIFAR python version: a directory holding the extracted folder, the folder itself, or the .tar.gz."""
+    name = f"cifar{num_classes}"
+    card = load_card(name)
+    folder, archive = card["files"]["folder"], card["files"]["archive"]
+    if num_classes == 10:
+        train_members = [f"data_batch_{i}" for i in range(1, 6)]
+        test_members, label_key, meta_member, names_key = ["test_batch"], b"labels", "batches.meta", b"label_names"
+    else:
+        train_members, test_members, label_key = ["train"], ["test"], b"fine_labels"
+        meta_member, names_key = "meta", b"fine_label_names"
+
+    def present(d: Path) -> bool:
+        return (d / folder).is_dir() or (d / archive).is_file() or (d / train_members[0]).is_file()
+
+    d = _search(card, root, present)
+    if (d / folder).is_dir():
+        base = d / folder
+    elif (d / train_members[0]).is_file():
+        base = d
+    else:
+        base = None
+
+    def read(member: str) -> dict:
+        if base is not None:
+            p = base / member
+            if not p.is_file():
+                raise DatasetError(f"{p}: missing CIFAR file (expected {', '.join(train_members + test_members)})")
+            return _unpickle(p.read_bytes(), str(p))
+        try:
+            with tarfile.open(d / archive) as tf:
+                f = tf.extractfile(f"{folder}/{member}")
+                assert f is not None
+                return _unpickle(f.read(), f"{d / archive}:{folder}/{member}")
+        except (KeyError, tarfile.TarError, OSError, EOFError) as e:
+            raise DatasetError(f"{d / archive}: cannot read {folder}/{member} ({e})") from None
+
+    def split(members: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        xs, ys = [], []
+        for m in members:
+            entry = read(m)
+            if b"data" not in entry or label_key not in entry:
+                raise DatasetError(f"{m} in {d}: missing key {b'data' if b'data' not in entry else label_key!r}")
+            xs.append(np.asarray(entry[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+            ys.append(np.asarray(entry[label_key], dtype=np.int64))
+        return np.concatenate(xs), np.concatenate(ys)
+
+    train_x, train_y = split(train_members)
+    test_x, test_y = split(test_members)
+    try:
+        names = [n.decode() for n in read(meta_member)[names_key]]
+    except DatasetError:
+        names = card.get("class_names") or [str(i) for i in range(num_classes)]
+    return RawData(train_x, train_y, test_x, test_y, num_classes, names,
+                   tuple(card["mean"]), tuple(card["std"]), str(d))
+
+
+# --- synthetic --------------------------------------------------------------------------------
+
+def make_synthetic(num_classes: int, train_per_class: int, test_per_class: int, image_size: int,
+                   channels: int, noise: float, seed: int) -> RawData:
+    """Class templates (smooth random images) plus Gaussian pixel noise, quantised to uint8.
+
+    Classes overlap through the noise, so accuracy is informative rather than trivially 100 %.
+    """
+    rng = np.random.default_rng(seed)
+    coarse = rng.random((num_classes, max(2, image_size // 4), max(2, image_size // 4), channels))
+    reps = -(-image_size // coarse.shape[1])
+    templates = coarse.repeat(reps, axis=1).repeat(reps, axis=2)[:, :image_size, :image_size]
+
+    def draw(per_class: int) -> tuple[np.ndarray, np.ndarray]:
+        y = np.repeat(np.arange(num_classes), per_class)
+        x = templates[y] + noise * rng.standard_normal((len(y), image_size, image_size, channels))
+        return (np.clip(x, 0, 1) * 255).round().astype(np.uint8), y.astype(np.int64)
+
+    train_x, train_y = draw(train_per_class)
+    test_x, test_y = draw(test_per_class)
+    card = load_card("synthetic")
+    mean = tuple(card["mean"]) * channels if len(card["mean"]) == 1 else tuple(card["mean"])
+    std = tuple(card["std"]) * channels if len(card["std"]) == 1 else tuple(card["std"])
+    return RawData(train_x, train_y, test_x, test_y, num_classes, [f"class{c}" for c in range(num_classes)],
+                   mean, std, None)
