@@ -29,7 +29,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         log(f"run complete, nothing to do: {run.path}")
         return 0
     log(f"run directory: {run.path}")
-    result = train_stage1(cfg, run)
+    if cfg.stage == "stage1":
+        result = train_stage1(cfg, run)
+    else:
+        from bench.train.stage2 import parent_run, run_posthoc, train_stage2
+
+        parent = parent_run(cfg, args.runs_root, Path(args.config).parent)
+        result = (train_stage2 if cfg.stage == "stage2" else run_posthoc)(cfg, run, parent)
     m = result["metrics"]
     from bench.metrics import format_pct
     log(f"done: test all {format_pct(m['all'])} many {format_pct(m['many'])} medium {format_pct(m['medium'])} "

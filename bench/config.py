@@ -79,6 +79,7 @@ class ModelConfig:
     """Backbone + linear classifier, any timm model name (CIFAR ResNets are registered by bench.models)."""
 
     name: str = _f("resnet32_cifar", "timm model name, e.g. resnet32_cifar, resnet34_wb, resnet50, resnext50_32x4d")
+    classifier: Literal["linear", "etf"] = _f("linear", "linear (trained) or a fixed simplex-ETF whose bias alone trains (HS single-stage method)")
     pretrained_file: str | None = _f(None, "local weights file to start from (classifier re-initialised when shapes differ)")
     drop_rate: float = _f(0.0, "dropout before the classifier", ge=0, le=1)
 
@@ -116,6 +117,37 @@ class TrainConfig:
     warmup_epochs: int = _f(0, "linear warm-up epochs before the schedule", ge=0)
     loss: LossConfig = field(default_factory=LossConfig)
     drop_last: bool = _f(False, "drop the last incomplete batch of an epoch")
+    wd_in_loss: float = _f(0.0, "HS: add lambda/2 * sum ||theta||^2 over the trained parameters to the loss (use with weight_decay 0)", ge=0)
+    feature_reg: float = _f(0.0, "HS feature regularisation lambda_FR/2 * mean_i ||h_i||^2 on the pooled penultimate feature (HS: 0.01)", ge=0)
+    sampler: Literal["instance", "class_balanced"] = _f("instance", "instance-balanced (shuffle) or class-balanced sampling (a uniform class, then a uniform image of it: cRT)")
+
+
+def _stage2_train() -> "TrainConfig":
+    # WB stage 2 (REFERENCE.md section 1): 10 epochs, SGD lr 0.01 momentum 0.9, cosine, WD 0.1, CB loss.
+    return TrainConfig(epochs=10, lr=0.01, weight_decay=0.1, loss=LossConfig(name="cb_ce"))
+
+
+@dataclass
+class Stage2Config:
+    """Classifier learning on the frozen backbone of a finished stage-1 run (WB stage 2, cRT)."""
+
+    train: TrainConfig = field(default_factory=_stage2_train)
+    maxnorm: bool = _f(True, "MaxNorm by projected gradient descent on the classifier rows (bias unconstrained)")
+    maxnorm_thresh: float = _f(0.1, "radius = min + thresh * (max - min) of the stage-1 per-class weight norms", ge=0, le=1)
+    maxnorm_cadence: Literal["step", "epoch"] = _f("step", "project after every step (WB paper) or once per epoch (WB code)")
+    bn_mode: Literal["train", "eval"] = _f("eval", "BatchNorm of the frozen backbone: eval, or train as in the WB code (running stats keep moving)")
+    augment: Literal["crop_flip", "flip", "none"] = _f("none", "stage-2 training augmentation (the WB code keeps crop+flip)")
+    cache_features: bool = _f(True, "with augment=none and bn_mode=eval, extract features once and train the classifier on them")
+
+
+@dataclass
+class PosthocConfig:
+    """A training-free adjustment of a finished run's classifier or logits."""
+
+    kind: Literal["l2norm", "taunorm", "la_add", "la_mult"] = _f(
+        "taunorm", "l2norm: W_k/||W_k||; taunorm: W_k/||W_k||^tau; la_add: z - tau log pi; la_mult (HS): z * pi^-tau")
+    tau: float | None = _f(None, "fixed tau; None = chosen on eval.selection_split from tau_grid (recorded in result.json)", ge=0)
+    tau_grid: list[float] = _f([round(0.1 * i, 2) for i in range(21)], "candidate taus when tau is None")
 
 
 @dataclass
@@ -145,23 +177,34 @@ class Config:
     """One experiment: a stage-1 training run on a long-tailed dataset."""
 
     name: str = _f("default", "experiment name; runs go to <runs-root>/<name>/<method>-seed<seed>-<hash>")
-    method: str = _f("ce", "method label used in tables (e.g. naive, wd)")
+    method: str = _f("ce", "method label used in tables (e.g. naive, wd, wb)")
+    protocol: str = _f("custom", "label of the evaluation protocol the config follows (clean, wb-reference, custom)")
     seed: int = _f(0, "seed of weight init, data order and augmentation")
+    stage: Literal["stage1", "stage2", "posthoc"] = _f("stage1", "stage1: train a model; stage2: retrain the classifier of `parent`; posthoc: adjust `parent` without training")
+    parent: str | None = _f(None, "stage2/posthoc: the run they start from: its run directory, or its experiment YAML (found under the same runs root, same seed)")
+    parent_hash: str | None = _f(None, "filled in by ltbench: the config hash of `parent` (part of this run's hash)")
     data: DataConfig = field(default_factory=DataConfig)
     groups: GroupsConfig = field(default_factory=GroupsConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    stage2: Stage2Config = field(default_factory=Stage2Config)
+    posthoc: PosthocConfig = field(default_factory=PosthocConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def run_hash(self) -> str:
-        """Hash of everything that can change a result (all but `runtime`), 10 hex chars."""
+    def result_dict(self) -> dict[str, Any]:
+        """The fields that can change a result: all but `runtime`, the sections of other stages, the parent's path."""
         d = self.to_dict()
-        d.pop("runtime")
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
+        for key in ["runtime", "parent"] + [k for k in ("stage2", "posthoc") if k != self.stage]:
+            d.pop(key)
+        return d
+
+    def run_hash(self) -> str:
+        """Hash of result_dict(), 10 hex chars: equal hashes = the same experiment."""
+        return hashlib.sha256(json.dumps(self.result_dict(), sort_keys=True).encode()).hexdigest()[:10]
 
     def run_name(self) -> str:
         return f"{self.method}-seed{self.seed}-{self.run_hash()}"
@@ -202,6 +245,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if value in options and not (isinstance(value, bool) and bool not in map(type, options)):
             return value
         raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if isinstance(value, list):
+            return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+        raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -292,14 +340,63 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+INHERITED = ("data", "model", "train")  # a stage2/posthoc run takes these from its parent
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Defaults <- YAML file <- overrides, then dataset-card defaults filled in and cross-field checks."""
+    """Defaults <- YAML file <- overrides, then dataset-card defaults filled in and cross-field checks.
+
+    A stage2/posthoc config inherits data, model, train (and groups, unless it sets them) from its parent.
+    """
     raw: dict[str, Any] = load_yaml(path) if path is not None else {}
     for ov in overrides:
         keys, value = parse_override(ov)
         _set(raw, keys, value)
+    if raw.get("stage", "stage1") != "stage1":
+        raw = _inherit_from_parent(raw, Path(path).parent if path is not None else Path("."))
     cfg: Config = _build(Config, raw, "")
     return resolve(cfg)
+
+
+def parent_path(parent: str, base: Path) -> Path:
+    """A parent given relative to the config file's folder, else to the working directory."""
+    p = Path(parent).expanduser()
+    return base / p if not p.is_absolute() and (base / p).exists() else p
+
+
+def load_parent(parent: str, seed: int, base: Path = Path(".")) -> Config:
+    """The parent run's resolved config: from its run directory, or its YAML with this seed."""
+    p = parent_path(parent, base)
+    if p.is_dir():
+        if not (p / "config.yaml").is_file():
+            raise ConfigError(f"config key 'parent': run directory {p} has no config.yaml (not a run, or never started)")
+        return from_dict(load_yaml(p / "config.yaml"))
+    if p.is_file():
+        return load_config(p, [f"seed={seed}"])
+    raise ConfigError(f"config key 'parent': {parent} is neither a run directory nor a config file")
+
+
+def _inherit_from_parent(raw: dict[str, Any], base: Path) -> dict[str, Any]:
+    stage = raw["stage"]
+    if not raw.get("parent"):
+        raise ConfigError(f"config key 'parent': a {stage} config needs the run it starts from (a run directory or experiment YAML)")
+    for key in INHERITED:
+        if key in raw:
+            raise ConfigError(f"config key '{key}': a {stage} config takes '{key}' from its parent; set it there")
+    seed = raw.get("seed", 0)
+    parent = load_parent(str(raw["parent"]), seed if isinstance(seed, int) else 0, base)
+    if parent.seed != raw.get("seed", parent.seed):
+        raise ConfigError(f"config key 'seed': {raw.get('seed')} differs from the parent run's seed {parent.seed}")
+    pd = parent.to_dict()
+    out = dict(raw)
+    out["seed"] = parent.seed
+    out["parent_hash"] = parent.run_hash()
+    for key in INHERITED:
+        out[key] = pd[key]
+    out.setdefault("groups", pd["groups"])
+    if stage == "posthoc" and parent.stage == "stage2":
+        out.setdefault("stage2", pd["stage2"])
+    return out
 
 
 def from_dict(raw: dict[str, Any]) -> Config:

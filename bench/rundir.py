@@ -6,6 +6,7 @@
     metrics.jsonl      one JSON line per finished epoch
     checkpoints/last.pt   everything needed to continue exactly (atomic)
     checkpoints/best.pt   model weights of the best epoch on the selection split
+    checkpoints/final.pt  weights of the reported model (what stage2 / posthoc children start from)
     result.json        final metrics; its presence with status=complete marks the run done
     per_class.png      per-class accuracy against training class size
 """
@@ -44,6 +45,10 @@ class RunDir:
         return self.path / "checkpoints" / "best.pt"
 
     @property
+    def final_ckpt(self) -> Path:
+        return self.path / "checkpoints" / "final.pt"
+
+    @property
     def metrics_file(self) -> Path:
         return self.path / "metrics.jsonl"
 
@@ -64,10 +69,10 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         text = dump_yaml(cfg)
         if self.config_file.is_file():
-            old = yaml.safe_load(self.config_file.read_text()) or {}
-            old.pop("runtime", None)
-            new = cfg.to_dict()
-            new.pop("runtime")
+            from bench.config import from_dict
+
+            old = from_dict(yaml.safe_load(self.config_file.read_text()) or {}).result_dict()
+            new = cfg.result_dict()
             if old != new:
                 diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
                 raise ConfigError(f"run directory {self.path} holds a run of a different config "

@@ -58,18 +58,40 @@ class Normalize:
 class InMemoryLoader:
     """Training batches of one split; `epoch(e, start_step)` yields (images, labels) from that position."""
 
-    def __init__(self, split: Split, batch_size: int, seed: int, normalize: Normalize,
-                 augment: str = "none", crop_padding: int = 0, drop_last: bool = False) -> None:
+    def __init__(self, split: Split, batch_size: int, seed: int, normalize: Normalize | None,
+                 augment: str = "none", crop_padding: int = 0, drop_last: bool = False,
+                 sampler: str = "instance", num_classes: int | None = None) -> None:
         self.split, self.batch_size, self.seed = split, batch_size, seed
         self.normalize, self.augment, self.crop_padding, self.drop_last = normalize, augment, crop_padding, drop_last
+        self.sampler = sampler
+        if sampler == "class_balanced":
+            nc = num_classes or int(split.y.max()) + 1
+            self.by_class = [torch.nonzero(split.y == c).flatten() for c in range(nc)]
+            if any(len(ix) == 0 for ix in self.by_class):
+                raise ValueError("class-balanced sampling needs at least one training image per class")
 
     def __len__(self) -> int:
         n = len(self.split)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def order(self, epoch: int) -> torch.Tensor:
-        """Instance-balanced sampling: a fresh permutation of the training set every epoch."""
-        return torch.randperm(len(self.split), generator=derived_generator(self.seed, epoch))
+        """The sample indices of epoch `epoch` (N of them).
+
+        instance: a fresh permutation of the training set every epoch (instance-balanced sampling).
+        class_balanced: each draw picks a class uniformly, then one of its images uniformly, with
+        replacement (cRT, Kang et al. 2020), so every class is seen equally often in expectation.
+        """
+        gen = derived_generator(self.seed, epoch)
+        n = len(self.split)
+        if self.sampler == "instance":
+            return torch.randperm(n, generator=gen)
+        classes = torch.randint(0, len(self.by_class), (n,), generator=gen)
+        u = torch.rand(n, generator=gen, dtype=torch.float64)
+        sizes = torch.tensor([len(ix) for ix in self.by_class])
+        within = (u * sizes[classes]).long().clamp_max(sizes[classes] - 1)
+        flat = torch.cat(self.by_class)
+        offsets = torch.cumsum(sizes, 0) - sizes
+        return flat[offsets[classes] + within]
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = self.order(epoch)
@@ -79,7 +101,7 @@ class InMemoryLoader:
             if self.augment != "none":
                 gen = derived_generator(self.seed, epoch, step, 1)
                 x = random_crop_flip(x, gen, self.crop_padding if self.augment == "crop_flip" else 0, flip=True)
-            yield self.normalize(x), self.split.y[idx]
+            yield (self.normalize(x) if self.normalize else x), self.split.y[idx]
 
 
 def eval_batches(split: Split, batch_size: int, normalize: Normalize) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -1,6 +1,23 @@
-"""Training losses, chosen by name from the config (`train.loss.name`)."""
+"""Training losses, chosen by name from the config (`train.loss.name`).
+
+Every loss is a `LossFn`: an nn.Module with forward(logits, y) -> scalar and set_epoch(epoch).
+Class weights are handled once, in the base class: a loss owns an optional per-class weight buffer
+(`class_weight`) and the first epoch from which it applies (`weight_from_epoch`):
+
+- the class-balanced losses (cb_ce, cb_bce_softmax) apply the CB weights from epoch 0;
+- deferred re-weighting (DRW, Cao et al. 2019; `drw_epoch` set) makes ANY loss apply the CB weights
+  from epoch `drw_epoch` on and train unweighted before. For cb_ce / cb_bce_softmax this defers their
+  own CB weights (they are not applied twice).
+
+`set_epoch(e)` must be called at the start of every epoch for DRW to switch on (stage 1 does).
+The weighted reduction of every per-sample loss is PyTorch's weighted-CE convention
+sum_i w_{y_i} l_i / sum_i w_{y_i}; cb_bce_softmax keeps its reference form (mean over B*C entries).
+"""
 
 from __future__ import annotations
+
+import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -9,26 +26,204 @@ import torch.nn.functional as F
 from bench.config import LossConfig
 
 
-class LossFn(nn.Module):
-    """A loss: forward(logits, y) -> scalar; set_epoch(e) for losses that change over training."""
+def cb_weights(class_counts: Sequence[int], beta: float) -> torch.Tensor:
+    """Class-balanced weights from the effective number of samples (Cui et al. 2019, as used by WB).
 
-    def set_epoch(self, epoch: int) -> None:  # noqa: B027 - optional hook
-        pass
+    w_c = (1 - beta) / (1 - beta^{n_c}), then w <- w / sum(w) * C (so the weights average to 1).
+    beta = 0 gives all ones; beta -> 1 tends to w_c ∝ 1 / n_c (inverse frequency), used at beta = 1.
+    Computed in float64, returned as float32 of shape (C,).
+    """
+    n = torch.as_tensor(list(class_counts), dtype=torch.float64)
+    if n.ndim != 1 or n.numel() == 0:
+        raise ValueError("class_counts must be a non-empty 1-D list of counts")
+    if bool((n < 1).any()):
+        raise ValueError(f"class-balanced weights need every class count >= 1, got min {int(n.min())}")
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"cb beta must be in [0, 1], got {beta}")
+    C = n.numel()
+    if beta == 0.0:
+        w = torch.ones_like(n)  # (1 - 0) / (1 - 0^n) = 1 for n >= 1
+    elif beta == 1.0:
+        w = 1.0 / n  # limit of (1 - beta) / (1 - beta^n) = 1 / n as beta -> 1
+    else:
+        # 1 - beta^n = -expm1(n * log(beta)), accurate for beta close to 1 (e.g. 0.9999).
+        eff = -torch.expm1(n * math.log(beta))
+        w = (1.0 - beta) / eff
+    w = w / w.sum() * C
+    return w.to(torch.float32)
+
+
+class LossFn(nn.Module):
+    """A loss: forward(logits, y) -> scalar; set_epoch(e) for losses that change over training.
+
+    Holds the generic class-weight machinery: `class_weight` (buffer, (C,) or None) is applied from
+    epoch `weight_from_epoch` on (None = never). Subclasses read `self.active_weight()`.
+    """
+
+    class_weight: torch.Tensor | None
+
+    def __init__(self, class_weight: torch.Tensor | None = None, weight_from_epoch: int | None = None) -> None:
+        super().__init__()
+        self.register_buffer("class_weight", None if class_weight is None else class_weight.clone())
+        self.weight_from_epoch = weight_from_epoch if class_weight is not None else None
+        # Before any set_epoch call, the state of epoch 0.
+        self._weight_on = self.weight_from_epoch is not None and self.weight_from_epoch <= 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Switch the class weights on from `weight_from_epoch` (DRW), off before it."""
+        self._weight_on = self.weight_from_epoch is not None and epoch >= self.weight_from_epoch
+
+    def active_weight(self) -> torch.Tensor | None:
+        """The per-class weights in force at the current epoch, or None (unweighted)."""
+        return self.class_weight if self._weight_on else None
+
+    def weighted_mean(self, per_sample: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Mean of per-sample losses; with class weights sum_i w_{y_i} l_i / sum_i w_{y_i} (PyTorch CE)."""
+        w = self.active_weight()
+        if w is None:
+            return per_sample.mean()
+        wy = w.to(per_sample.dtype)[y]
+        return (wy * per_sample).sum() / wy.sum()
 
 
 class CrossEntropy(LossFn):
-    """WB stage 1 (REFERENCE.md section 1): plain cross-entropy over instance-balanced batches."""
+    """Cross-entropy. WB stage 1 (REFERENCE.md section 1): plain CE over instance-balanced batches.
 
-    def __init__(self, label_smoothing: float = 0.0) -> None:
-        super().__init__()
+    With class weights (cb_ce, or DRW) this is F.cross_entropy(weight=w), i.e. PyTorch semantics
+    sum_i w_{y_i} l_i / sum_i w_{y_i} (a weighted mean, not a plain mean of weighted terms).
+    """
+
+    def __init__(self, label_smoothing: float = 0.0, class_weight: torch.Tensor | None = None,
+                 weight_from_epoch: int | None = None) -> None:
+        super().__init__(class_weight, weight_from_epoch)
         self.label_smoothing = label_smoothing
 
     def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+        w = self.active_weight()
+        return F.cross_entropy(logits, y, weight=None if w is None else w.to(logits.dtype),
+                               label_smoothing=self.label_smoothing)
+
+
+class CBSoftmaxBCE(LossFn):
+    """The WB reference code's class-balanced loss: the "softmax" mode of the popular CB-loss code.
+
+    p = softmax(z); t = one-hot(y); loss = mean over all B*C entries of
+    w_{y_i} * BCE(p_ic, t_ic) = -w_{y_i} [t_ic log p_ic + (1 - t_ic) log(1 - p_ic)]
+    (F.binary_cross_entropy with weight = w_{y_i} broadcast over row i; logs clamped at -100 by PyTorch).
+    Not the same as weighted CE: it also pushes down the non-target probabilities and divides by B*C.
+    With no active weight (DRW before drw_epoch) every w is 1.
+    """
+
+    def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        C = logits.shape[1]
+        p = logits.softmax(dim=1)
+        onehot = F.one_hot(y, C).to(p.dtype)
+        w = self.active_weight()
+        if w is None:
+            return F.binary_cross_entropy(p, onehot)
+        row_w = w.to(p.dtype)[y].unsqueeze(1).expand(-1, C)
+        return F.binary_cross_entropy(p, onehot, weight=row_w)
+
+
+class FocalLoss(LossFn):
+    """Focal loss (Lin et al. 2017), softmax form: mean_i -(1 - p_{y_i})^gamma log p_{y_i}.
+
+    gamma = 0 is cross-entropy. Class weights (DRW) enter as the weighted mean of LossFn.
+    """
+
+    def __init__(self, gamma: float, class_weight: torch.Tensor | None = None,
+                 weight_from_epoch: int | None = None) -> None:
+        super().__init__(class_weight, weight_from_epoch)
+        self.gamma = gamma
+
+    def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logp_y = F.log_softmax(logits, dim=1).gather(1, y.unsqueeze(1)).squeeze(1)
+        p_y = logp_y.exp()
+        per_sample = -((1.0 - p_y).clamp_min(0.0) ** self.gamma) * logp_y
+        return self.weighted_mean(per_sample, y)
+
+
+def ldam_margins(class_counts: Sequence[int], max_margin: float) -> torch.Tensor:
+    """LDAM margins (Cao et al. 2019, Eq. 12): m_c ∝ n_c^{-1/4}, scaled so max_c m_c = max_margin."""
+    n = torch.as_tensor(list(class_counts), dtype=torch.float64)
+    if bool((n < 1).any()):
+        raise ValueError("LDAM margins need every class count >= 1")
+    m = n.pow(-0.25)
+    return (m * (max_margin / m.max())).to(torch.float32)
+
+
+class LDAMLoss(LossFn):
+    """LDAM (Cao et al. 2019): CE(s * (z - m_y e_y)) -- the true-class logit lowered by its margin,
+    then all logits scaled by s. Class weights (DRW, the LDAM-DRW recipe) as F.cross_entropy(weight=w).
+    """
+
+    margins: torch.Tensor
+
+    def __init__(self, class_counts: Sequence[int], max_margin: float, scale: float,
+                 class_weight: torch.Tensor | None = None, weight_from_epoch: int | None = None) -> None:
+        super().__init__(class_weight, weight_from_epoch)
+        self.register_buffer("margins", ldam_margins(class_counts, max_margin))
+        self.scale = scale
+
+    def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        onehot = F.one_hot(y, logits.shape[1]).to(logits.dtype)
+        adjusted = logits - onehot * self.margins.to(logits.dtype)[y].unsqueeze(1)
+        w = self.active_weight()
+        return F.cross_entropy(self.scale * adjusted, y, weight=None if w is None else w.to(logits.dtype))
+
+
+class AdjustedLogitsCE(LossFn):
+    """CE on logits plus a fixed per-class offset: z_c + offset_c.
+
+    logit_adjusted (Menon et al. 2021, Eq. 10): offset = tau * log(pi_c), pi_c = n_c / N.
+    balanced_softmax (Ren et al. 2020): offset = log(n_c) (= tau 1 up to a constant, which CE ignores).
+    The offset is used only in training; predict with the raw logits.
+    """
+
+    offset: torch.Tensor
+
+    def __init__(self, offset: torch.Tensor, class_weight: torch.Tensor | None = None,
+                 weight_from_epoch: int | None = None) -> None:
+        super().__init__(class_weight, weight_from_epoch)
+        self.register_buffer("offset", offset.to(torch.float32).clone())
+
+    def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        w = self.active_weight()
+        return F.cross_entropy(logits + self.offset.to(logits.dtype), y,
+                               weight=None if w is None else w.to(logits.dtype))
+
+
+LOSS_NAMES = ("ce", "cb_ce", "cb_bce_softmax", "focal", "ldam", "logit_adjusted", "balanced_softmax")
 
 
 def make_loss(cfg: LossConfig, class_counts: list[int]) -> LossFn:
-    """Build the loss named by cfg.name. `class_counts` (training n_c) is for class-aware losses."""
-    if cfg.name == "ce":
-        return CrossEntropy(cfg.label_smoothing)
-    raise ValueError(f"unknown loss {cfg.name!r}")
+    """Build the loss named by cfg.name. `class_counts` (training n_c) is for class-aware losses.
+
+    The CB weights (cfg.cb_beta) are applied from epoch 0 by cb_ce / cb_bce_softmax, and from
+    cfg.drw_epoch on by every loss when DRW is set (then cb_* losses are unweighted before it).
+    """
+    if cfg.name not in LOSS_NAMES:
+        raise ValueError(f"unknown loss {cfg.name!r} (known: {', '.join(LOSS_NAMES)})")
+    if cfg.label_smoothing and cfg.name != "ce":
+        raise ValueError(f"loss.label_smoothing is supported by loss 'ce' only, not {cfg.name!r}")
+    counts = [int(c) for c in class_counts]
+
+    weight: torch.Tensor | None = None
+    start: int | None = None
+    if cfg.drw_epoch is not None:
+        weight, start = cb_weights(counts, cfg.cb_beta), int(cfg.drw_epoch)
+    elif cfg.name in ("cb_ce", "cb_bce_softmax"):
+        weight, start = cb_weights(counts, cfg.cb_beta), 0
+
+    if cfg.name in ("ce", "cb_ce"):
+        return CrossEntropy(cfg.label_smoothing, weight, start)
+    if cfg.name == "cb_bce_softmax":
+        return CBSoftmaxBCE(weight, start)
+    if cfg.name == "focal":
+        return FocalLoss(cfg.focal_gamma, weight, start)
+    if cfg.name == "ldam":
+        return LDAMLoss(counts, cfg.ldam_max_margin, cfg.ldam_scale, weight, start)
+    n = torch.tensor(counts, dtype=torch.float64)
+    if cfg.name == "logit_adjusted":
+        return AdjustedLogitsCE(cfg.la_tau * torch.log(n / n.sum()), weight, start)
+    return AdjustedLogitsCE(torch.log(n), weight, start)  # balanced_softmax

@@ -54,3 +54,15 @@ def test_normalize():
     n = Normalize((0.5,), (0.25,), 3)
     y = n(torch.full((1, 3, 2, 2), 255, dtype=torch.uint8))
     assert torch.allclose(y, torch.full_like(y, 2.0))
+
+
+def test_class_balanced_sampler_draws_classes_uniformly():
+    y = torch.tensor([0] * 90 + [1] * 9 + [2] * 1)
+    split = Split(torch.zeros(100, 1, 2, 2, dtype=torch.uint8), y)
+    loader = InMemoryLoader(split, 10, seed=0, normalize=None, sampler="class_balanced", num_classes=3)
+    drawn = torch.cat([y[loader.order(e)] for e in range(200)])      # 20,000 draws
+    freq = torch.bincount(drawn, minlength=3).double() / len(drawn)
+    assert torch.allclose(freq, torch.full((3,), 1 / 3, dtype=torch.float64), atol=0.015)
+    assert torch.equal(loader.order(5), loader.order(5)) and not torch.equal(loader.order(5), loader.order(6))
+    # every image of a class is reachable
+    assert set(loader.order(0).tolist()) | set(loader.order(1).tolist()) >= {99}

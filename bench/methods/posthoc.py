@@ -1,0 +1,71 @@
+"""Training-free post-hoc adjustments of a trained classifier (REFERENCE.md sections 1 and 2).
+
+- L2-norm / tau-norm of the classifier rows (Kang et al. 2020, as in WB): W_k / ||W_k||^tau, bias unchanged.
+- Logit adjustment with the training prior pi_c = n_c / N: additive z_c - tau log pi_c (Menon et al.
+  2021) and multiplicative z_c * pi_c^(-tau) (HS).
+- choose_tau: pick tau on a validation score, deterministically.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+
+import torch
+
+
+def class_prior(class_counts: Sequence[int] | torch.Tensor) -> torch.Tensor:
+    """Training class prior pi_c = n_c / N as float32, shape (C,)."""
+    n = torch.as_tensor(class_counts, dtype=torch.float64).flatten()
+    total = float(n.sum())
+    if total <= 0:
+        raise ValueError("class_prior needs a positive total count")
+    return (n / total).to(torch.float32)
+
+
+def tau_normalize(weight: torch.Tensor, tau: float) -> torch.Tensor:
+    """tau-norm: W_k / ||W_k||^tau per row (new tensor). tau = 0 is the identity, tau = 1 is L2-norm.
+
+    All-zero rows stay zero (their norm is clamped to the smallest positive float).
+    """
+    w = weight.detach()
+    norms = w.flatten(1).norm(dim=1).clamp_min(torch.finfo(w.dtype).tiny)
+    denom = norms.pow(tau).view((-1,) + (1,) * (w.dim() - 1))
+    return w / denom
+
+
+def l2_normalize(weight: torch.Tensor) -> torch.Tensor:
+    """L2-norm: W_k / ||W_k|| per row (new tensor); tau_normalize with tau = 1."""
+    return tau_normalize(weight, 1.0)
+
+
+def _prior_like(prior: Sequence[float] | torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    return torch.as_tensor(prior, dtype=logits.dtype, device=logits.device)
+
+
+def logit_adjust_additive(logits: torch.Tensor, prior: Sequence[float] | torch.Tensor, tau: float) -> torch.Tensor:
+    """Additive post-hoc logit adjustment (Menon et al. 2021): z_c - tau * log(pi_c)."""
+    return logits - tau * torch.log(_prior_like(prior, logits))
+
+
+def logit_adjust_multiplicative(logits: torch.Tensor, prior: Sequence[float] | torch.Tensor,
+                                tau: float) -> torch.Tensor:
+    """Multiplicative logit adjustment (HS second stage): z_c * pi_c^(-tau)."""
+    return logits * _prior_like(prior, logits).pow(-tau)
+
+
+def choose_tau(score_fn: Callable[[float], float], grid: Iterable[float]) -> tuple[float, float, list[float]]:
+    """Evaluate score_fn(tau) (e.g. validation accuracy) on every tau in `grid` order.
+
+    Returns (best_tau, best_score, all_scores). Ties go to the first tau in grid order (the smallest for
+    an increasing grid); NaN scores never win unless every score is NaN (then the first tau).
+    """
+    taus = [float(t) for t in grid]
+    if not taus:
+        raise ValueError("choose_tau needs a non-empty grid")
+    scores = [float(score_fn(t)) for t in taus]
+    best = 0
+    for i, s in enumerate(scores):
+        if not math.isnan(s) and (math.isnan(scores[best]) or s > scores[best]):
+            best = i
+    return taus[best], scores[best], scores

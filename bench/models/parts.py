@@ -1,0 +1,32 @@
+"""A model seen as encoder (x -> pooled penultimate feature h) and head (h -> logits)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .factory import ModelError
+
+
+def encode(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Pooled penultimate features, timm API: forward_head(forward_features(x), pre_logits=True)."""
+    return model.forward_head(model.forward_features(x), pre_logits=True)
+
+
+def head_of(model: nn.Module) -> nn.Module:
+    """The classifier module (nn.Linear, or an ETF classifier after set_head)."""
+    return model.get_classifier()
+
+
+def set_head(model: nn.Module, head: nn.Module) -> None:
+    """Replace the classifier module named by the model's pretrained_cfg ('fc', 'head.fc', ...)."""
+    name = (getattr(model, "pretrained_cfg", None) or {}).get("classifier")
+    if not isinstance(name, str):
+        raise ModelError(f"model {type(model).__name__}: cannot locate its classifier to replace it")
+    parent = model
+    *path, leaf = name.split(".")
+    for p in path:
+        parent = getattr(parent, p)
+    if not isinstance(getattr(parent, leaf, None), nn.Module):
+        raise ModelError(f"model {type(model).__name__}: classifier '{name}' not found")
+    setattr(parent, leaf, head)

@@ -1,0 +1,143 @@
+"""What every stage shares: runtime setup, the evaluator, analysis at the end, result.json."""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+import sys
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+import torch
+
+from bench import __version__
+from bench.analysis import class_weight_norms, cosine_similarity_stats, fisher_discriminant_ratio
+from bench.config import Config
+from bench.data.lt import LTData
+from bench.evaluation import EvalOutput, evaluate_batches
+from bench.metrics import group_metrics, per_class_accuracy
+from bench.rundir import RunDir
+from bench.train import checkpoint as ckpt
+
+
+def setup_runtime(cfg: Config) -> torch.device:
+    """Threads, determinism and the device; seeds every global RNG from cfg.seed."""
+    rt = cfg.runtime
+    torch.set_num_threads(rt.threads or os.cpu_count() or 1)
+    if rt.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    if rt.device == "cuda" or (rt.device == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+Batches = Callable[[str], Iterable[tuple[torch.Tensor, torch.Tensor]]]
+
+
+class Evaluator:
+    """Evaluates encoder + head on a named split; `batches(split)` yields that split's (inputs, labels)."""
+
+    def __init__(self, encoder: Callable[[torch.Tensor], torch.Tensor], head: Callable[[torch.Tensor], torch.Tensor],
+                 batches: Batches, num_classes: int, groups: dict[str, list[int]], device: torch.device,
+                 tta_flip: bool = False, logit_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 modules: Iterable[torch.nn.Module] = ()) -> None:
+        self.encoder, self.head, self.batches = encoder, head, batches
+        self.num_classes, self.groups, self.device = num_classes, groups, device
+        self.tta_flip, self.logit_fn, self.modules = tta_flip, logit_fn, list(modules)
+
+    def run(self, split: str, keep_features: bool = False) -> tuple[dict[str, Any], list[float | None], EvalOutput]:
+        modes = [m.training for m in self.modules]
+        for m in self.modules:
+            m.eval()
+        out = evaluate_batches(self.encoder, self.head, self.batches(split), self.num_classes, self.device,
+                               self.tta_flip, self.logit_fn, keep_features)
+        for m, mode in zip(self.modules, modes):
+            m.train(mode)
+        return group_metrics(out.correct, out.total, self.groups), per_class_accuracy(out.correct, out.total), out
+
+    def __call__(self, split: str) -> dict[str, Any]:
+        return self.run(split)[0]
+
+
+def analysis(head: torch.nn.Module, out: EvalOutput, split: str) -> dict[str, Any]:
+    """HS analysis measures (REFERENCE.md section 2) on the pooled features of `split`."""
+    res: dict[str, Any] = {"split": split}
+    weight = getattr(head, "weight", None)
+    if weight is not None:
+        res["weight_norms"] = class_weight_norms(weight.detach().cpu())
+    bias = getattr(head, "bias", None)
+    if bias is not None:
+        res["bias"] = [float(b) for b in bias.detach().cpu()]
+    if out.features is not None and len(out.features) > 1:
+        res["fdr"] = fisher_discriminant_ratio(out.features, out.labels)
+        res["cosine"] = cosine_similarity_stats(out.features, out.labels)
+        res["feature_norm_mean"] = float(out.features.norm(dim=1).mean())
+    return res
+
+
+def finish(cfg: Config, run: RunDir, data: LTData, evaluator: Evaluator, head: torch.nn.Module,
+           state_module: torch.nn.Module, selected_epoch: int | None, t_start: float,
+           last_metrics: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Evaluate the reported model on test (and val), save its weights as final.pt, write result.json."""
+    test_metrics, test_per_class, out = evaluator.run("test", keep_features=True)
+    val_metrics = evaluator("val") if data.val is not None else None
+    ckpt.save_atomic({"model": state_module.state_dict()}, run.final_ckpt)
+    result = {
+        "status": "complete",
+        "name": cfg.name,
+        "dataset": cfg.data.dataset,
+        "imbalance_factor": cfg.data.imbalance_factor,
+        "method": cfg.method,
+        "protocol": cfg.protocol,
+        "seed": cfg.seed,
+        "stage": cfg.stage,
+        "model": cfg.model.name,
+        "metrics": test_metrics,
+        "val_metrics": val_metrics,
+        "selected_epoch": selected_epoch,
+        "selection": {"split": cfg.eval.selection_split, "select": cfg.eval.select, "tta_flip": cfg.eval.tta_flip},
+        "metrics_last_epoch": last_metrics or test_metrics,
+        "per_class_acc": test_per_class,
+        "class_counts": data.class_counts,
+        "class_names": data.class_names,
+        "groups": evaluator.groups,
+        "group_thresholds": {"many": cfg.groups.many, "few": cfg.groups.few, "inclusive": cfg.groups.inclusive},
+        "analysis": analysis(head, out, "test"),
+        "selection_hash": data.selection_hash,
+        "config_hash": cfg.run_hash(),
+        "parent_hash": cfg.parent_hash,
+        "wall_time_s": round(time.time() - t_start, 1),
+        **(extra or {}),
+    }
+    run.write_json("result.json", result)
+    if cfg.runtime.plot:
+        from bench.plots import plot_per_class
+        plot_per_class(result, run.path / "per_class.png")
+    return result
+
+
+def run_info(cfg: Config, data: LTData, groups: dict[str, list[int]], device: torch.device) -> dict[str, Any]:
+    """Provenance of the run: what data it saw and what software ran it."""
+    return {
+        "ltbench": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "host": platform.node(),
+        "device": str(device),
+        "command": sys.argv,
+        "data_root": data.root,
+        "class_counts": data.class_counts,
+        "num_train": len(data.train),
+        "num_val": len(data.val) if data.val is not None else 0,
+        "num_test": len(data.test),
+        "selection_hash": data.selection_hash,
+        "groups": groups,
+    }

@@ -1,0 +1,215 @@
+"""Stage 2 (WB classifier learning) and the training-free post-hoc stage, both on a finished parent run.
+
+Stage 2 freezes the parent's backbone and retrains its linear classifier with a class-balanced loss,
+weight decay and MaxNorm (projected gradient descent, REFERENCE.md section 1). With no augmentation and
+BatchNorm in eval mode the backbone is a fixed function, so its features are extracted once and the
+classifier trains on them (the same classifier, far faster).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.config import Config, ConfigError, load_parent
+from bench.data.batches import InMemoryLoader, Normalize, eval_batches
+from bench.data.lt import LTData, Split, build_lt_data
+from bench.methods.classifiers import maxnorm_project_, maxnorm_radius
+from bench.methods.losses import make_loss
+from bench.methods.posthoc import (choose_tau, class_prior, logit_adjust_additive, logit_adjust_multiplicative,
+                                   tau_normalize)
+from bench.metrics import shot_groups
+from bench.models.parts import encode, head_of
+from bench.progress import log
+from bench.rundir import RunDir
+from bench.train import checkpoint as ckpt
+from bench.train.common import Evaluator, finish, run_info, setup_runtime
+from bench.train.loop import Parts, fit
+from bench.train.optim import make_optimizer, make_scheduler
+from bench.train.stage1 import make_model
+
+
+def parent_run(cfg: Config, runs_root: str | Path, base: Path = Path(".")) -> RunDir:
+    """The finished run a stage2/posthoc config starts from; a clear error if it is missing or incomplete."""
+    assert cfg.parent is not None
+    p = Path(cfg.parent).expanduser()
+    cand = base / p if not p.is_absolute() and (base / p).exists() else p
+    run = RunDir(cand) if cand.is_dir() else RunDir.for_config(load_parent(cfg.parent, cfg.seed, base), runs_root)
+    if not run.path.is_dir():
+        raise ConfigError(f"{cfg.stage} needs its parent run {run.path}, which does not exist: run "
+                          f"`ltbench run {cfg.parent} seed={cfg.seed}` first")
+    if not run.is_complete() or not run.final_ckpt.is_file():
+        raise ConfigError(f"{cfg.stage} needs its parent run {run.path} to be complete (no result.json / "
+                          f"final.pt yet): finish it with `ltbench run {cfg.parent} seed={cfg.seed}`")
+    return run
+
+
+def load_parent_model(cfg: Config, data: LTData, parent: RunDir, device: torch.device) -> torch.nn.Module:
+    model = make_model(cfg, data)
+    model.load_state_dict(ckpt.load(parent.final_ckpt)["model"])
+    return model.to(device)
+
+
+@torch.no_grad()
+def extract_features(model: torch.nn.Module, split: Split, normalize: Normalize, batch_size: int,
+                     device: torch.device, tta_flip: bool = False) -> Split:
+    """Pooled features of a split in eval mode (and, for TTA, the mean with the flipped image's features:
+    the head is affine, so head(mean) equals the mean of the two logits)."""
+    model.eval()
+    feats = []
+    for x, _ in eval_batches(split, batch_size, normalize):
+        x = x.to(device)
+        h = encode(model, x)
+        if tta_flip:
+            h = (h + encode(model, x.flip(3))) / 2
+        feats.append(h.float().cpu())
+    return Split(torch.cat(feats), split.y)
+
+
+def feature_batches(split: Split, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    for i in range(0, len(split), batch_size):
+        yield split.x[i:i + batch_size], split.y[i:i + batch_size]
+
+
+class MaxNorm:
+    """WB MaxNorm: after each step (or epoch) rows of W above the radius are projected onto it."""
+
+    def __init__(self, weight: torch.Tensor, radius: float, cadence: str) -> None:
+        self.weight, self.radius, self.cadence = weight, radius, cadence
+
+    def after_step(self) -> None:
+        if self.cadence == "step":
+            maxnorm_project_(self.weight.data, self.radius)
+
+    def after_epoch(self) -> None:
+        if self.cadence == "epoch":
+            maxnorm_project_(self.weight.data, self.radius)
+
+
+def train_stage2(cfg: Config, run: RunDir, parent: RunDir) -> dict[str, Any]:
+    t_start = time.time()
+    s2 = cfg.stage2
+    device = setup_runtime(cfg)
+    data = build_lt_data(cfg.data)
+    groups = shot_groups(data.class_counts, cfg.groups.many, cfg.groups.few, cfg.groups.inclusive)
+    model = load_parent_model(cfg, data, parent, device)
+    head = head_of(model)
+    if not isinstance(head, torch.nn.Linear):
+        raise ConfigError(f"stage2 retrains a linear classifier; the parent run {parent.path} has {type(head).__name__}")
+    run.prepare(cfg)
+    run.write_json("run.json", {**run_info(cfg, data, groups, device), "parent": str(parent.path)})
+
+    # Freeze the backbone; only the classifier (weight and bias) trains.
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in head.parameters():
+        p.requires_grad_(True)
+    radius = maxnorm_radius(head.weight.detach(), s2.maxnorm_thresh)
+    normalize = Normalize(data.mean, data.std, data.in_chans)
+    t = s2.train
+    cached = s2.cache_features and s2.augment == "none" and s2.bn_mode == "eval"
+    seed = cfg.seed + 1_000_003  # a stream of its own, not a replay of stage 1's first epochs
+
+    if cached:
+        t0 = time.time()
+        feats = {"train": extract_features(model, data.train, normalize, cfg.eval.batch_size, device)}
+        for split in ("val", "test") if data.val is not None else ("test",):
+            feats[split] = extract_features(model, data.split(split), normalize, cfg.eval.batch_size, device,
+                                            cfg.eval.tta_flip)
+        log(f"stage 2: cached {len(data.train)} training features in {time.time() - t0:.1f} s")
+        loader = InMemoryLoader(feats["train"], t.batch_size, seed, None, "none", 0, t.drop_last, t.sampler,
+                                data.num_classes)
+        encoder = lambda x: x  # noqa: E731 - the features are the input
+        evaluator = Evaluator(encoder, head, lambda s: feature_batches(feats[s], cfg.eval.batch_size),
+                              data.num_classes, groups, device)
+        set_train_mode = head.train
+    else:
+        loader = InMemoryLoader(data.train, t.batch_size, seed, normalize, s2.augment, cfg.data.crop_padding,
+                                t.drop_last, t.sampler, data.num_classes)
+
+        def encoder(x: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():  # frozen backbone; BN running stats still move in train mode (WB code)
+                return encode(model, x)
+
+        evaluator = Evaluator(lambda x: encode(model, x), head,
+                              lambda s: eval_batches(data.split(s), cfg.eval.batch_size, normalize),
+                              data.num_classes, groups, device, cfg.eval.tta_flip, modules=[model])
+
+        def set_train_mode() -> None:
+            model.train(s2.bn_mode == "train")
+
+    optimizer = make_optimizer(head, t)
+    parts = Parts(encoder=encoder, head=head, loss=make_loss(t.loss, data.class_counts).to(device),
+                  state_module=model, set_train_mode=set_train_mode, loader=loader, optimizer=optimizer,
+                  scheduler=make_scheduler(optimizer, t, len(loader)), evaluate=evaluator,
+                  constraints=[MaxNorm(head.weight, radius, s2.maxnorm_cadence)] if s2.maxnorm else [])
+    state = fit(parts, run, t.epochs, cfg.eval.selection_split, device, cfg.runtime.checkpoint_every_steps,
+                cfg.runtime.progress)
+
+    last_metrics, selected = None, t.epochs
+    if cfg.eval.select == "best" and state.best_epoch != t.epochs:
+        last_metrics = evaluator("test")
+        model.load_state_dict(ckpt.load(run.best_ckpt)["model"])
+        selected = state.best_epoch
+    return finish(cfg, run, data, evaluator, head, model, selected, t_start, last_metrics,
+                  {"epochs": t.epochs, "parent": str(parent.path), "cached_features": cached,
+                   "maxnorm_radius": radius if s2.maxnorm else None})
+
+
+def run_posthoc(cfg: Config, run: RunDir, parent: RunDir) -> dict[str, Any]:
+    """L2-norm / tau-norm of the classifier rows, or additive / multiplicative logit adjustment.
+
+    tau is fixed, or the value of `tau_grid` with the best accuracy on the selection split (ties: the
+    first in grid order). Features are extracted once (eval mode), so each candidate costs one matmul.
+    """
+    t_start = time.time()
+    ph = cfg.posthoc
+    device = setup_runtime(cfg)
+    data = build_lt_data(cfg.data)
+    groups = shot_groups(data.class_counts, cfg.groups.many, cfg.groups.few, cfg.groups.inclusive)
+    model = load_parent_model(cfg, data, parent, device)
+    run.prepare(cfg)
+    run.write_json("run.json", {**run_info(cfg, data, groups, device), "parent": str(parent.path)})
+    normalize = Normalize(data.mean, data.std, data.in_chans)
+    splits = {s: extract_features(model, data.split(s), normalize, cfg.eval.batch_size, device, cfg.eval.tta_flip)
+              for s in (["val"] if data.val is not None else []) + ["test"]}
+    base_head = head_of(model)
+    prior = class_prior(data.class_counts).to(device)
+
+    def adjusted(tau: float) -> tuple[torch.nn.Module, Any]:
+        """(head, logit_fn) of this adjustment at this tau; the bias is left unchanged."""
+        head = copy.deepcopy(base_head)
+        if ph.kind in ("l2norm", "taunorm"):
+            with torch.no_grad():
+                head.weight.copy_(tau_normalize(base_head.weight, 1.0 if ph.kind == "l2norm" else tau))
+            return head, None
+        fn = logit_adjust_additive if ph.kind == "la_add" else logit_adjust_multiplicative
+        return head, (lambda z: fn(z, prior, tau))
+
+    def evaluator_for(tau: float) -> Evaluator:
+        head, logit_fn = adjusted(tau)
+        return Evaluator(lambda h: h, head, lambda s: feature_batches(splits[s], cfg.eval.batch_size),
+                         data.num_classes, groups, device, logit_fn=logit_fn, modules=[head])
+
+    if ph.kind == "l2norm":
+        tau, scores = 1.0, None
+    elif ph.tau is not None:
+        tau, scores = ph.tau, None
+    else:
+        if cfg.eval.selection_split not in splits:
+            raise ConfigError("config key 'posthoc.tau': null needs a selection split to choose tau on "
+                              f"(eval.selection_split={cfg.eval.selection_split} is missing)")
+        tau, _, scores = choose_tau(lambda tt: evaluator_for(tt)(cfg.eval.selection_split)["all"], ph.tau_grid)
+        log(f"posthoc {ph.kind}: tau = {tau:g} chosen on {cfg.eval.selection_split}")
+    evaluator = evaluator_for(tau)
+    with torch.no_grad():
+        head_of(model).weight.copy_(evaluator.head.weight)
+    return finish(cfg, run, data, evaluator, evaluator.head, model, None, t_start, None,
+                  {"parent": str(parent.path),
+                   "posthoc": {"kind": ph.kind, "tau": tau, "chosen_on": None if scores is None else cfg.eval.selection_split,
+                               "grid": None if scores is None else dict(zip(map(str, ph.tau_grid), scores))}})

@@ -1,0 +1,102 @@
+"""Stage 1 -> stage 2 (WB) -> post-hoc, and the HS single-stage method, through the real CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import REPO, run_cli
+
+pytestmark = pytest.mark.slow
+CFG = REPO / "configs"
+FIXED = ["runtime.threads=1"]
+
+
+def run_ok(config: str, root: Path, *extra: str) -> dict:
+    r = run_cli("run", str(CFG / config), *FIXED, *extra, "--runs-root", str(root))
+    assert r.returncode == 0, r.stdout + r.stderr
+    done = [l for l in r.stdout.splitlines() if "-> " in l and "result.json" in l]
+    return json.loads(Path(done[-1].split("-> ")[-1]).read_text())
+
+
+def final_state(root: Path, method: str) -> dict:
+    (run_dir,) = [p for p in (root / "smoke").iterdir() if p.name.startswith(method + "-seed")]
+    return torch.load(run_dir / "checkpoints" / "final.pt", weights_only=True)["model"]
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory) -> tuple[Path, dict]:
+    root = tmp_path_factory.mktemp("pipe")
+    results = {c: run_ok(c + ".yaml", root) for c in
+               ("smoke", "smoke_stage2", "smoke_taunorm", "smoke_hs", "smoke_hs_la")}
+    return root, results
+
+
+def test_stage2_retrains_only_the_classifier_under_maxnorm(pipeline):
+    root, res = pipeline
+    s1, s2 = final_state(root, "ce"), final_state(root, "wb")
+    assert res["smoke_stage2"]["stage"] == "stage2" and res["smoke_stage2"]["cached_features"] is True
+    # frozen backbone: every tensor but the classifier is bit-identical to stage 1
+    for k in s1:
+        if not k.startswith("fc."):
+            assert torch.equal(s1[k], s2[k]), k
+    assert not torch.equal(s1["fc.weight"], s2["fc.weight"])
+    # MaxNorm radius from the stage-1 rows: min + 0.1 (max - min), and every row ends inside it
+    norms = s1["fc.weight"].norm(dim=1)
+    radius = float(norms.min() + 0.1 * (norms.max() - norms.min()))
+    assert res["smoke_stage2"]["maxnorm_radius"] == pytest.approx(radius, rel=1e-6)
+    assert float(s2["fc.weight"].norm(dim=1).max()) <= radius * (1 + 1e-6)
+    assert res["smoke_stage2"]["analysis"]["weight_norms"] == pytest.approx(s2["fc.weight"].norm(dim=1).tolist(), rel=1e-5)
+
+
+def test_posthoc_tau_norm_is_chosen_on_val_and_applied(pipeline):
+    root, res = pipeline
+    ph = res["smoke_taunorm"]["posthoc"]
+    assert ph["kind"] == "taunorm" and ph["chosen_on"] == "val"
+    assert ph["grid"][str(ph["tau"])] == max(ph["grid"].values())
+    s1, adj = final_state(root, "ce"), final_state(root, "tau-norm")
+    n = s1["fc.weight"].norm(dim=1, keepdim=True)
+    assert torch.allclose(adj["fc.weight"], s1["fc.weight"] / n ** ph["tau"], atol=1e-6)
+    assert torch.equal(adj["fc.bias"], s1["fc.bias"])
+
+
+def test_hs_keeps_the_etf_fixed_and_adjusts_logits(pipeline):
+    root, res = pipeline
+    w = final_state(root, "hs-stage1")["fc.weight"]
+    c = w.shape[0]
+    assert torch.allclose(w.norm(dim=1), torch.ones(c), atol=1e-5)
+    cos = (w @ w.T)[~torch.eye(c, dtype=torch.bool)]
+    assert torch.allclose(cos, torch.full_like(cos, -1 / (c - 1)), atol=1e-5)
+    assert res["smoke_hs_la"]["posthoc"]["kind"] == "la_mult" and res["smoke_hs_la"]["posthoc"]["chosen_on"] == "val"
+    for r in res.values():
+        a = r["analysis"]
+        assert a["fdr"] > 0 and -1 <= a["cosine"]["between"] <= a["cosine"]["within"] <= 1
+
+
+def test_cached_and_recomputed_stage2_train_the_same_classifier(pipeline, tmp_path):
+    root, _ = pipeline
+    import shutil
+    shutil.copytree(root, tmp_path / "r")
+    res = run_ok("smoke_stage2.yaml", tmp_path / "r", "stage2.cache_features=false")
+    assert res["cached_features"] is False
+    runs = {p.name: p for p in (tmp_path / "r" / "smoke").iterdir() if p.name.startswith("wb-seed")}
+    assert len(runs) == 2
+    a, b = (torch.load(p / "checkpoints" / "final.pt", weights_only=True)["model"] for p in runs.values())
+    assert torch.allclose(a["fc.weight"], b["fc.weight"], atol=1e-5)
+    assert torch.allclose(a["fc.bias"], b["fc.bias"], atol=1e-5)
+
+
+def test_stage2_without_its_stage1_is_a_clear_error(tmp_path):
+    r = run_cli("run", str(CFG / "smoke_stage2.yaml"), "--runs-root", str(tmp_path))
+    assert r.returncode == 2
+    assert "stage2 needs its parent run" in r.stderr and "does not exist" in r.stderr
+    assert r.stderr.strip().count("\n") == 0
+    assert not (tmp_path / "smoke").exists() or not any((tmp_path / "smoke").glob("wb-*"))
+
+
+def test_stage2_config_may_not_change_the_data(tmp_path):
+    r = run_cli("run", str(CFG / "smoke_stage2.yaml"), "data.imbalance_factor=50", "--runs-root", str(tmp_path))
+    assert r.returncode == 2 and "takes 'data' from its parent" in r.stderr

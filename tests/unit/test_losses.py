@@ -1,0 +1,146 @@
+"""Losses and class-balanced weights against numbers worked out by hand."""
+
+import math
+
+import pytest
+import torch
+
+from bench.config import LossConfig
+from bench.data.profiles import class_counts
+from bench.methods.losses import cb_weights, ldam_margins, make_loss
+
+# Two samples, two classes. Sample a: logits [0, ln 3] -> p = [1/4, 3/4], label 1.
+# Sample b: logits [0, 0] -> p = [1/2, 1/2], label 0.
+LOGITS = torch.tensor([[0.0, math.log(3.0)], [0.0, 0.0]])
+Y = torch.tensor([1, 0])
+CE_A, CE_B = -math.log(3 / 4), math.log(2.0)
+# counts [2, 1], beta 0.5: raw (1-b)/(1-b^n) = [0.5/0.75, 0.5/0.5] = [2/3, 1], sum 5/3, times C=2/sum -> [0.8, 1.2]
+COUNTS = [2, 1]
+W0, W1 = 0.8, 1.2
+
+
+def loss(name: str, counts=COUNTS, **kw):
+    return make_loss(LossConfig(name=name, **kw), counts)
+
+
+def test_cb_weights_two_class_by_hand():
+    w = cb_weights(COUNTS, 0.5)
+    assert w.dtype == torch.float32
+    assert torch.allclose(w, torch.tensor([W0, W1]), atol=1e-7)
+    assert torch.equal(cb_weights([5, 1, 7], 0.0), torch.ones(3))            # beta 0: all ones
+    # beta 1: the limit 1/n_c, normalised to sum C: [1/2, 1] * 2 / 1.5 = [2/3, 4/3]
+    assert torch.allclose(cb_weights(COUNTS, 1.0), torch.tensor([2 / 3, 4 / 3]), atol=1e-7)
+    assert torch.allclose(cb_weights(COUNTS, 1 - 1e-12), torch.tensor([2 / 3, 4 / 3]), atol=1e-4)
+
+
+def test_cb_weights_cifar100_lt_if100():
+    counts = class_counts(100, 500, 100)
+    assert counts[0] == 500 and counts[-1] == 5
+    w = cb_weights(counts, 0.9999)
+    assert abs(float(w.sum()) - 100) < 1e-3
+    assert abs(float(w[0]) - 0.045) < 1e-3                                     # REFERENCE.md: head ~0.045
+    assert abs(float(w[-1]) - 4.38) < 5e-3                                     # tail ~4.38
+    # first principles: tail / head = (1 - b^500) / (1 - b^5)
+    b = 0.9999
+    assert float(w[-1] / w[0]) == pytest.approx((1 - b ** 500) / (1 - b ** 5), rel=1e-5)
+
+
+def test_ce_and_cb_ce():
+    assert float(loss("ce")(LOGITS, Y)) == pytest.approx((CE_A + CE_B) / 2, rel=1e-6)
+    # PyTorch weighted CE: sum_i w_yi l_i / sum_i w_yi; sample a has label 1 (w 1.2), b label 0 (w 0.8)
+    expected = (W1 * CE_A + W0 * CE_B) / (W1 + W0)
+    assert float(loss("cb_ce", cb_beta=0.5)(LOGITS, Y)) == pytest.approx(expected, rel=1e-6)
+
+
+def test_cb_bce_softmax_by_hand_and_loop():
+    got = float(loss("cb_bce_softmax", cb_beta=0.5)(LOGITS, Y))
+    # a: p = [1/4, 3/4], target [0, 1]: -log(1 - 1/4) - log(3/4); b: p = [1/2, 1/2]: 2 * log 2; / (B*C = 4)
+    hand = (W1 * 2 * -math.log(3 / 4) + W0 * 2 * math.log(2)) / 4
+    assert got == pytest.approx(hand, rel=1e-6)
+
+    # explicit loop on a random 3-class batch
+    g = torch.Generator().manual_seed(0)
+    z, y, counts = torch.randn(5, 3, generator=g), torch.tensor([0, 2, 1, 2, 0]), [50, 10, 2]
+    beta = 0.9
+    raw = [(1 - beta) / (1 - beta ** n) for n in counts]
+    w = [r / sum(raw) * 3 for r in raw]
+    total = 0.0
+    for i in range(5):
+        e = [math.exp(float(v)) for v in z[i]]
+        p = [v / sum(e) for v in e]
+        for c in range(3):
+            t = 1.0 if c == int(y[i]) else 0.0
+            total += -w[int(y[i])] * (t * math.log(p[c]) + (1 - t) * math.log(1 - p[c]))
+    got = float(make_loss(LossConfig(name="cb_bce_softmax", cb_beta=beta), counts)(z, y))
+    assert got == pytest.approx(total / 15, rel=1e-5)
+
+
+def test_focal_by_hand():
+    f = loss("focal", focal_gamma=2.0)
+    # a: -(1 - 3/4)^2 log(3/4); b: -(1/2)^2 log(1/2)
+    hand = ((1 / 4) ** 2 * CE_A + (1 / 2) ** 2 * CE_B) / 2
+    assert float(f(LOGITS, Y)) == pytest.approx(hand, rel=1e-6)
+    assert float(loss("focal", focal_gamma=0.0)(LOGITS, Y)) == pytest.approx((CE_A + CE_B) / 2, rel=1e-6)
+
+
+def test_ldam_margins_and_loss():
+    m = ldam_margins([100, 1], 0.5)
+    # n^(-1/4) = [1/sqrt(10), 1], scaled so the max is 0.5
+    assert torch.allclose(m, torch.tensor([0.5 / math.sqrt(10), 0.5]), atol=1e-7)
+    f = make_loss(LossConfig(name="ldam", ldam_max_margin=0.5, ldam_scale=2.0), [100, 1])
+    z, y = torch.zeros(2, 2), torch.tensor([0, 1])
+    # sample 0: s*(z - m0 e0) = [-2 m0, 0] -> CE = log(1 + e^{2 m0}); sample 1: log(1 + e^{2*0.5})
+    m0 = 0.5 / math.sqrt(10)
+    hand = (math.log(1 + math.exp(2 * m0)) + math.log(1 + math.e)) / 2
+    assert float(f(z, y)) == pytest.approx(hand, rel=1e-6)
+
+
+def test_logit_adjusted_and_balanced_softmax():
+    z, y = torch.zeros(1, 2), torch.tensor([0])
+    # counts [3, 1]: pi = [3/4, 1/4]; tau 1: softmax(log pi) = pi -> -log 3/4
+    assert float(make_loss(LossConfig(name="logit_adjusted", la_tau=1.0), [3, 1])(z, y)) == pytest.approx(
+        -math.log(3 / 4), rel=1e-6)
+    # tau 2: p0 = (9/16) / (9/16 + 1/16) = 0.9
+    assert float(make_loss(LossConfig(name="logit_adjusted", la_tau=2.0), [3, 1])(z, y)) == pytest.approx(
+        -math.log(0.9), rel=1e-6)
+    # balanced softmax: logits + log n = [log 3, 0]; label 1 -> -log(1/4)
+    bs = make_loss(LossConfig(name="balanced_softmax"), [3, 1])
+    assert float(bs(z, torch.tensor([1]))) == pytest.approx(math.log(4), rel=1e-6)
+
+
+def test_drw_switches_weights_by_epoch():
+    unweighted = (CE_A + CE_B) / 2
+    weighted = (W1 * CE_A + W0 * CE_B) / (W1 + W0)
+    f = loss("ce", cb_beta=0.5, drw_epoch=2)
+    assert "class_weight" in dict(f.named_buffers())
+    assert float(f(LOGITS, Y)) == pytest.approx(unweighted, rel=1e-6)   # before any set_epoch: epoch 0
+    f.set_epoch(1)
+    assert float(f(LOGITS, Y)) == pytest.approx(unweighted, rel=1e-6)
+    f.set_epoch(2)
+    assert float(f(LOGITS, Y)) == pytest.approx(weighted, rel=1e-6)
+    f.set_epoch(5)
+    assert float(f(LOGITS, Y)) == pytest.approx(weighted, rel=1e-6)
+
+    # the same switch for a loss with its own reduction: focal uses the weighted mean
+    g = loss("focal", focal_gamma=2.0, cb_beta=0.5, drw_epoch=1)
+    fa, fb = (1 / 4) ** 2 * CE_A, (1 / 2) ** 2 * CE_B
+    g.set_epoch(0)
+    assert float(g(LOGITS, Y)) == pytest.approx((fa + fb) / 2, rel=1e-6)
+    g.set_epoch(1)
+    assert float(g(LOGITS, Y)) == pytest.approx((W1 * fa + W0 * fb) / (W1 + W0), rel=1e-6)
+
+    # cb losses under DRW: their CB weights are deferred, not applied twice
+    h = loss("cb_bce_softmax", cb_beta=0.5, drw_epoch=3)
+    h.set_epoch(0)
+    assert float(h(LOGITS, Y)) == pytest.approx((2 * CE_A + 2 * CE_B) / 4, rel=1e-6)
+    h.set_epoch(3)
+    assert float(h(LOGITS, Y)) == pytest.approx((W1 * 2 * CE_A + W0 * 2 * CE_B) / 4, rel=1e-6)
+
+
+def test_buffers_follow_dtype_and_bad_configs():
+    f = loss("ldam", cb_beta=0.5, drw_epoch=0).to(torch.float64)
+    assert f.class_weight.dtype == torch.float64 and f.margins.dtype == torch.float64
+    with pytest.raises(ValueError, match="unknown loss"):
+        make_loss(LossConfig(name="nope"), COUNTS)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="label_smoothing"):
+        loss("focal", label_smoothing=0.1)
