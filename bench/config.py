@@ -178,7 +178,9 @@ class Config:
 
     name: str = _f("default", "experiment name; runs go to <runs-root>/<name>/<method>-seed<seed>-<hash>")
     method: str = _f("ce", "method label used in tables (e.g. naive, wd, wb)")
-    protocol: str = _f("custom", "label of the evaluation protocol the config follows (clean, wb-reference, custom)")
+    protocol: Literal["custom", "clean", "wb-reference"] = _f(
+        "custom", "named protocol whose settings the config must follow (see PROTOCOLS): clean = select on a held-out "
+        "validation split, never peek at test; wb-reference = the WB code's CIFAR protocol; custom = no constraint")
     seed: int = _f(0, "seed of weight init, data order and augmentation")
     stage: Literal["stage1", "stage2", "posthoc"] = _f("stage1", "stage1: train a model; stage2: retrain the classifier of `parent`; posthoc: adjust `parent` without training")
     parent: str | None = _f(None, "stage2/posthoc: the run they start from: its run directory, or its experiment YAML (found under the same runs root, same seed)")
@@ -342,16 +344,87 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 INHERITED = ("data", "model", "train")  # a stage2/posthoc run takes these from its parent
 
+# Settings a named protocol fixes (REFERENCE.md section 3). A config that names the protocol gets these
+# values, and setting one of them to something else is an error: the label cannot lie.
+PROTOCOLS: dict[str, dict[str, dict[str, Any]]] = {
+    "clean": {
+        "stage1": {"eval.selection_split": "val", "eval.tta_flip": False},
+        "stage2": {"eval.selection_split": "val", "eval.tta_flip": False},
+        "posthoc": {"eval.selection_split": "val", "eval.tta_flip": False},
+    },
+    "wb-reference": {
+        # first-n images, no val split, best epoch on TEST, flip TTA, scheduler stepped before each epoch
+        "stage1": {"data.selection": "first", "data.val_per_class": 0, "eval.selection_split": "test",
+                   "eval.select": "best", "eval.tta_flip": True, "train.wd_scope": "all",
+                   "train.schedule_unit": "epoch", "train.schedule_step_at_epoch_start": True},
+        # CB in the reference BCE-on-softmax form, MaxNorm once per epoch, BN in train mode, crop+flip kept
+        "stage2": {"eval.selection_split": "test", "eval.select": "best", "eval.tta_flip": True,
+                   "stage2.train.loss.name": "cb_bce_softmax", "stage2.maxnorm_cadence": "epoch",
+                   "stage2.bn_mode": "train", "stage2.augment": "crop_flip",
+                   "stage2.train.schedule_unit": "epoch", "stage2.train.schedule_step_at_epoch_start": True},
+        "posthoc": {"eval.selection_split": "test", "eval.tta_flip": True},
+    },
+}
+
+
+def _get(d: dict[str, Any], path: list[str]) -> Any:
+    for p in path:
+        if not isinstance(d, dict) or p not in d:
+            return _MISSING
+        d = d[p]
+    return d
+
+
+_MISSING = object()
+
+
+def apply_protocol(raw: dict[str, Any]) -> dict[str, Any]:
+    """Fill in the named protocol's settings; an explicit conflicting value is a ConfigError."""
+    name = raw.get("protocol", "custom")
+    if name not in PROTOCOLS:
+        return raw  # "custom", or a bad name that _build reports
+    for key, value in PROTOCOLS[name][raw.get("stage", "stage1")].items():
+        path = key.split(".")
+        have = _get(raw, path)
+        if have is not _MISSING and have != value:
+            raise ConfigError(f"config key '{key}': {have!r} conflicts with protocol {name} (which sets {value!r})")
+        _set(raw, path, value)
+    return raw
+
+
+def merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """Deep merge: mappings merge key by key, anything else in `top` replaces `base`."""
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_with_bases(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A YAML file with an optional `base:` (a file or list of files, relative to it) merged underneath."""
+    raw = load_yaml(path)
+    bases = raw.pop("base", None)
+    if bases is None:
+        return raw
+    merged: dict[str, Any] = {}
+    for b in [bases] if isinstance(bases, str) else bases:
+        bp = (path.parent / b).resolve()
+        if bp in seen:
+            raise ConfigError(f"config file {path}: 'base' {b} includes itself")
+        merged = merge(merged, load_with_bases(bp, seen + (bp,)))
+    return merge(merged, raw)
+
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Defaults <- YAML file <- overrides, then dataset-card defaults filled in and cross-field checks.
 
     A stage2/posthoc config inherits data, model, train (and groups, unless it sets them) from its parent.
     """
-    raw: dict[str, Any] = load_yaml(path) if path is not None else {}
+    raw: dict[str, Any] = load_with_bases(Path(path)) if path is not None else {}
     for ov in overrides:
         keys, value = parse_override(ov)
         _set(raw, keys, value)
+    raw = apply_protocol(raw)
     if raw.get("stage", "stage1") != "stage1":
         raw = _inherit_from_parent(raw, Path(path).parent if path is not None else Path("."))
     cfg: Config = _build(Config, raw, "")

@@ -79,3 +79,23 @@ def test_resolved_config_round_trips(tmp_path):
     cfg = load_config(None, ["seed=3"])
     again = from_dict(yaml.safe_load(dump_yaml(cfg)))
     assert again == cfg and isinstance(again, Config)
+
+
+def test_protocol_wb_reference_sets_and_guards_its_settings():
+    cfg = load_config(None, ["protocol=wb-reference", "data.dataset=cifar100"])
+    assert (cfg.data.val_per_class, cfg.eval.selection_split, cfg.eval.tta_flip, cfg.data.n_max) == (0, "test", True, 500)
+    assert cfg.train.schedule_step_at_epoch_start is True
+    with pytest.raises(ConfigError, match="config key 'eval.tta_flip': False conflicts with protocol wb-reference"):
+        load_config(None, ["protocol=wb-reference", "eval.tta_flip=false"])
+    with pytest.raises(ConfigError, match="conflicts with protocol clean"):
+        load_config(None, ["protocol=clean", "eval.selection_split=test"])
+
+
+def test_base_files_merge_underneath(tmp_path):
+    (tmp_path / "a.yaml").write_text("train: {epochs: 7, lr: 0.2}\nseed: 1\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\ntrain: {lr: 0.3}\n")
+    cfg = load_config(tmp_path / "b.yaml")
+    assert (cfg.train.epochs, cfg.train.lr, cfg.seed) == (7, 0.3, 1)
+    (tmp_path / "c.yaml").write_text("base: c.yaml\n")
+    with pytest.raises(ConfigError, match="includes itself"):
+        load_config(tmp_path / "c.yaml")
