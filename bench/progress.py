@@ -9,7 +9,9 @@ from tqdm import tqdm
 
 
 def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+    # one write per line, so lines from parallel threads never interleave
+    sys.stdout.write(f"[{time.strftime('%H:%M:%S')}] {msg}\n")
+    sys.stdout.flush()
 
 
 class Progress:

@@ -9,6 +9,7 @@
     checkpoints/final.pt  weights of the reported model (what stage2 / posthoc children start from)
     result.json        final metrics; its presence with status=complete marks the run done
     per_class.png      per-class accuracy against training class size
+    features/          pooled features of final.pt per split, cached for stage2 / posthoc children
 """
 
 from __future__ import annotations

@@ -71,6 +71,27 @@ def extract_features(model: torch.nn.Module, split: Split, normalize: Normalize,
     return Split(torch.cat(feats), split.y)
 
 
+def parent_features(model: torch.nn.Module, parent: RunDir, data: LTData, split: str, normalize: Normalize,
+                    batch_size: int, device: torch.device, tta_flip: bool = False) -> Split:
+    """Features of the parent's final model, extracted once and kept in its run directory.
+
+    A finished run's final.pt never changes, so every stage-2 / post-hoc child (a hyperparameter grid,
+    say) reuses them; a feature file that does not match the split is recomputed.
+    """
+    path = parent.path / "features" / f"{split}{'-tta' if tta_flip else ''}.pt"
+    src = data.split(split)
+    if path.is_file():
+        try:
+            saved = ckpt.load(path)
+            if torch.equal(saved["y"], src.y):
+                return Split(saved["x"], src.y)
+        except ckpt.CheckpointError:
+            pass
+    feats = extract_features(model, src, normalize, batch_size, device, tta_flip)
+    ckpt.save_atomic({"x": feats.x, "y": feats.y}, path)
+    return feats
+
+
 def feature_batches(split: Split, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     for i in range(0, len(split), batch_size):
         yield split.x[i:i + batch_size], split.y[i:i + batch_size]
@@ -117,11 +138,11 @@ def train_stage2(cfg: Config, run: RunDir, parent: RunDir) -> dict[str, Any]:
 
     if cached:
         t0 = time.time()
-        feats = {"train": extract_features(model, data.train, normalize, cfg.eval.batch_size, device)}
+        feats = {"train": parent_features(model, parent, data, "train", normalize, cfg.eval.batch_size, device)}
         for split in ("val", "test") if data.val is not None else ("test",):
-            feats[split] = extract_features(model, data.split(split), normalize, cfg.eval.batch_size, device,
-                                            cfg.eval.tta_flip)
-        log(f"stage 2: cached {len(data.train)} training features in {time.time() - t0:.1f} s")
+            feats[split] = parent_features(model, parent, data, split, normalize, cfg.eval.batch_size, device,
+                                           cfg.eval.tta_flip)
+        log(f"stage 2: {len(data.train)} training features ready in {time.time() - t0:.1f} s")
         loader = InMemoryLoader(feats["train"], t.batch_size, seed, None, "none", 0, t.drop_last, t.sampler,
                                 data.num_classes)
         encoder = lambda x: x  # noqa: E731 - the features are the input
@@ -176,7 +197,7 @@ def run_posthoc(cfg: Config, run: RunDir, parent: RunDir) -> dict[str, Any]:
     run.prepare(cfg)
     run.write_json("run.json", {**run_info(cfg, data, groups, device), "parent": str(parent.path)})
     normalize = Normalize(data.mean, data.std, data.in_chans)
-    splits = {s: extract_features(model, data.split(s), normalize, cfg.eval.batch_size, device, cfg.eval.tta_flip)
+    splits = {s: parent_features(model, parent, data, s, normalize, cfg.eval.batch_size, device, cfg.eval.tta_flip)
               for s in (["val"] if data.val is not None else []) + ["test"]}
     base_head = head_of(model)
     prior = class_prior(data.class_counts).to(device)

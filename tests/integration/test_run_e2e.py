@@ -159,11 +159,17 @@ def test_demo_on_real_fashion_mnist_short(tmp_path):
     """The main job end to end on the real data, shortened (1 epoch, n_max 600) to keep CI fast."""
     r = run_cli("demo", "train.epochs=1", "data.n_max=600", "--runs-root", str(tmp_path))
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "| naive | 0 |" in r.stdout and "| wd | 0.0005 |" in r.stdout
+    table = [l for l in r.stdout.splitlines() if l.startswith("| ")]
+    assert [l.split(" | ")[0][2:] for l in table[1:]] == ["naive", "wd", "tau-norm", "wb", "hs-stage1", "hs"]
+    assert "| wb | wd " in r.stdout and "| tau-norm | tau " in r.stdout and "| hs | tau " in r.stdout
     res = [json.loads(p.read_text()) for p in sorted((tmp_path / "demo").glob("*/result.json"))]
-    assert sorted(x["method"] for x in res) == ["naive", "wd"]
+    assert sorted({x["method"] for x in res}) == ["hs", "hs-stage1", "naive", "tau-norm", "wb", "wd"]
+    assert sum(x["method"] == "wb" for x in res) == 12          # the stage-2 grid, one run each
     for x in res:
         assert x["class_counts"] == [600, 359, 215, 129, 77, 46, 27, 16, 10, 6]
-        assert x["metrics"]["all"] > 20      # one epoch on 1.5k images: well above chance (10 %)
         assert x["metrics"]["many"] is None  # no class above 1,000 images: reported empty, not 0
+        assert x["protocol"] == "clean" and x["selection"]["split"] == "val"
     assert "| — |" in r.stdout
+    # a second call finds everything complete and trains nothing
+    again = run_cli("demo", "train.epochs=1", "data.n_max=600", "--runs-root", str(tmp_path))
+    assert again.returncode == 0 and again.stdout.count("complete already") == 3

@@ -23,12 +23,14 @@ def test_fdr_one_dim_two_classes():
 
 
 def test_fdr_drops_near_constant_dim():
-    base = torch.tensor([0.0, 2.0, 4.0, 6.0, 8.0])
-    const = torch.full((5,), 7.0)
-    const[0] += 1e-7                 # variance ~1.6e-15 << 1e-8 * 8: dropped instead of blowing up S_W^-1
-    x = torch.stack([base, const], dim=1).double()
+    base = torch.tensor([0.0, 2.0, 4.0, 6.0, 8.0], dtype=torch.float64)
+    # a near-constant dim (variance ~2.3e-11 << 1e-8 * var(base) = 8e-8) that nonetheless separates the
+    # classes almost perfectly: kept, it would dominate tr(S_W^-1 S_B); dropped, FDR is the 1-D answer 3
+    const = 7.0 + 1e-5 * torch.tensor([0.0, 0.1, 1.0, 1.1, 1.0], dtype=torch.float64)
+    x = torch.stack([base, const], dim=1)
     y = torch.tensor([0, 0, 1, 1, 1])
     assert fisher_discriminant_ratio(x, y) == pytest.approx(3.0, rel=1e-9)
+    assert fisher_discriminant_ratio(x, y, var_tol=0.0) > 100     # the same data without the drop
 
 
 def test_fdr_two_dims_by_hand():
