@@ -158,6 +158,7 @@ class EvalConfig:
     select: Literal["best", "last"] = _f("last", "report test metrics of the best epoch on the selection split, or of the last epoch")
     tta_flip: bool = _f(False, "average logits of x and its horizontal flip (WB reports with it, HS without)")
     batch_size: int = _f(500, "evaluation batch size", ge=1)
+    analysis_each_epoch: bool = _f(False, "also log weight norms, FDR and feature cosine of the selection split after every epoch (metrics.jsonl)")
 
 
 @dataclass

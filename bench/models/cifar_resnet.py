@@ -24,7 +24,7 @@ the two reference codes (WB's ``encoder.`` prefix, LDAM-DRW's ``linear`` classif
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn

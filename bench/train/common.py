@@ -16,9 +16,9 @@ import torch
 from bench import __version__
 from bench.analysis import class_weight_norms, cosine_similarity_stats, fisher_discriminant_ratio
 from bench.config import Config
-from bench.data.lt import LTData
+from bench.data.lt import LTData, build_lt_data
 from bench.evaluation import EvalOutput, evaluate_batches
-from bench.metrics import group_metrics, per_class_accuracy
+from bench.metrics import group_metrics, per_class_accuracy, shot_groups
 from bench.rundir import RunDir
 from bench.train import checkpoint as ckpt
 
@@ -37,6 +37,24 @@ def setup_runtime(cfg: Config) -> torch.device:
     if rt.device == "cuda" or (rt.device == "auto" and torch.cuda.is_available()):
         return torch.device("cuda")
     return torch.device("cpu")
+
+
+def setup(cfg: Config) -> tuple[torch.device, LTData, dict[str, list[int]]]:
+    """Runtime, the run's long-tailed data and its many / medium / few groups."""
+    device = setup_runtime(cfg)
+    data = build_lt_data(cfg.data)
+    return device, data, shot_groups(data.class_counts, cfg.groups.many, cfg.groups.few, cfg.groups.inclusive)
+
+
+def select_reported(cfg: Config, run: RunDir, best_epoch: int | None, epochs: int, evaluator: "Evaluator",
+                    model: torch.nn.Module) -> tuple[int | None, dict[str, Any] | None]:
+    """Load the best epoch's weights when eval.select=best. Returns (selected epoch, last-epoch test metrics
+    when they differ from the reported ones)."""
+    if cfg.eval.select == "best" and best_epoch != epochs:
+        last_metrics = evaluator("test")
+        model.load_state_dict(ckpt.load(run.best_ckpt)["model"])
+        return best_epoch, last_metrics
+    return epochs, None
 
 
 Batches = Callable[[str], Iterable[tuple[torch.Tensor, torch.Tensor]]]
@@ -65,6 +83,9 @@ class Evaluator:
 
     def __call__(self, split: str) -> dict[str, Any]:
         return self.run(split)[0]
+
+    def analyze(self, split: str) -> dict[str, Any]:
+        return analysis(self.head, self.run(split, keep_features=True)[2], split)
 
 
 def analysis(head: torch.nn.Module, out: EvalOutput, split: str) -> dict[str, Any]:

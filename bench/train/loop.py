@@ -42,6 +42,7 @@ class Parts:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     evaluate: Callable[[str], dict[str, Any]]          # split name -> all/many/medium/few
+    analyze: Callable[[str], dict[str, Any]] | None = None    # per-epoch analysis measures, when asked
     regularizers: list[Callable[[torch.Tensor], torch.Tensor]] = field(default_factory=list)
     constraints: list[Constraint] = field(default_factory=list)
 
@@ -126,6 +127,8 @@ def fit(parts: Parts, run: RunDir, epochs: int, selection_split: str, device: to
                "train_loss": state.loss_sum / max(1, state.seen),
                "train_acc": 100.0 * state.correct_sum / max(1, state.seen),
                selection_split: sel, "epoch_time_s": round(elapsed, 2), "images_per_s": round(n_images / elapsed, 1)}
+        if p.analyze is not None:
+            row["analysis"] = p.analyze(selection_split)
         state.history.append(row)
         if sel["all"] > state.best_metric:
             state.best_metric, state.best_epoch = sel["all"], epoch + 1

@@ -14,16 +14,14 @@ import torch
 
 from bench.config import Config
 from bench.data.batches import InMemoryLoader, Normalize, eval_batches
-from bench.data.lt import LTData, build_lt_data
+from bench.data.lt import LTData
 from bench.methods.classifiers import ETFClassifier
 from bench.methods.losses import make_loss
 from bench.methods.regularizers import feature_regularization, weight_decay_term
-from bench.metrics import shot_groups
 from bench.models import build_model
 from bench.models.parts import encode, head_of, set_head
 from bench.rundir import RunDir
-from bench.train import checkpoint as ckpt
-from bench.train.common import Evaluator, finish, run_info, setup_runtime
+from bench.train.common import Evaluator, finish, run_info, select_reported, setup
 from bench.train.loop import Parts, fit
 from bench.train.optim import make_optimizer, make_scheduler
 
@@ -42,9 +40,7 @@ def make_model(cfg: Config, data: LTData) -> torch.nn.Module:
 def train_stage1(cfg: Config, run: RunDir) -> dict[str, Any]:
     """Train (or resume) the run in `run`; returns the result dict also written to result.json."""
     t_start = time.time()
-    device = setup_runtime(cfg)
-    data = build_lt_data(cfg.data)
-    groups = shot_groups(data.class_counts, cfg.groups.many, cfg.groups.few, cfg.groups.inclusive)
+    device, data, groups = setup(cfg)
     model = make_model(cfg, data).to(device)
     run.prepare(cfg)  # only once data and model are known to be good: bad input leaves no directory
     run.write_json("run.json", run_info(cfg, data, groups, device))
@@ -71,15 +67,12 @@ def train_stage1(cfg: Config, run: RunDir) -> dict[str, Any]:
                   loss=make_loss(t.loss, data.class_counts).to(device), state_module=model,
                   set_train_mode=model.train, loader=loader, optimizer=optimizer,
                   scheduler=make_scheduler(optimizer, t, len(loader)), evaluate=evaluator,
+                  analyze=evaluator.analyze if cfg.eval.analysis_each_epoch else None,
                   regularizers=regularizers)
     state = fit(parts, run, t.epochs, cfg.eval.selection_split, device, cfg.runtime.checkpoint_every_steps,
                 cfg.runtime.progress)
 
     # Report the best epoch on the selection split, or the last one.
-    last_metrics, selected = None, t.epochs
-    if cfg.eval.select == "best" and state.best_epoch != t.epochs:
-        last_metrics = evaluator("test")
-        model.load_state_dict(ckpt.load(run.best_ckpt)["model"])
-        selected = state.best_epoch
+    selected, last_metrics = select_reported(cfg, run, state.best_epoch, t.epochs, evaluator, model)
     return finish(cfg, run, data, evaluator, head_of(model), model, selected, t_start, last_metrics,
                   {"epochs": t.epochs})

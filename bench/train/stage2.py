@@ -18,17 +18,16 @@ import torch
 
 from bench.config import Config, ConfigError, load_parent
 from bench.data.batches import InMemoryLoader, Normalize, eval_batches
-from bench.data.lt import LTData, Split, build_lt_data
+from bench.data.lt import LTData, Split
 from bench.methods.classifiers import maxnorm_project_, maxnorm_radius
 from bench.methods.losses import make_loss
 from bench.methods.posthoc import (choose_tau, class_prior, logit_adjust_additive, logit_adjust_multiplicative,
                                    tau_normalize)
-from bench.metrics import shot_groups
 from bench.models.parts import encode, head_of
 from bench.progress import log
 from bench.rundir import RunDir
 from bench.train import checkpoint as ckpt
-from bench.train.common import Evaluator, finish, run_info, setup_runtime
+from bench.train.common import Evaluator, finish, run_info, select_reported, setup
 from bench.train.loop import Parts, fit
 from bench.train.optim import make_optimizer, make_scheduler
 from bench.train.stage1 import make_model
@@ -115,9 +114,7 @@ class MaxNorm:
 def train_stage2(cfg: Config, run: RunDir, parent: RunDir) -> dict[str, Any]:
     t_start = time.time()
     s2 = cfg.stage2
-    device = setup_runtime(cfg)
-    data = build_lt_data(cfg.data)
-    groups = shot_groups(data.class_counts, cfg.groups.many, cfg.groups.few, cfg.groups.inclusive)
+    device, data, groups = setup(cfg)
     model = load_parent_model(cfg, data, parent, device)
     head = head_of(model)
     if not isinstance(head, torch.nn.Linear):
@@ -168,15 +165,12 @@ def train_stage2(cfg: Config, run: RunDir, parent: RunDir) -> dict[str, Any]:
     parts = Parts(encoder=encoder, head=head, loss=make_loss(t.loss, data.class_counts).to(device),
                   state_module=model, set_train_mode=set_train_mode, loader=loader, optimizer=optimizer,
                   scheduler=make_scheduler(optimizer, t, len(loader)), evaluate=evaluator,
+                  analyze=evaluator.analyze if cfg.eval.analysis_each_epoch else None,
                   constraints=[MaxNorm(head.weight, radius, s2.maxnorm_cadence)] if s2.maxnorm else [])
     state = fit(parts, run, t.epochs, cfg.eval.selection_split, device, cfg.runtime.checkpoint_every_steps,
                 cfg.runtime.progress)
 
-    last_metrics, selected = None, t.epochs
-    if cfg.eval.select == "best" and state.best_epoch != t.epochs:
-        last_metrics = evaluator("test")
-        model.load_state_dict(ckpt.load(run.best_ckpt)["model"])
-        selected = state.best_epoch
+    selected, last_metrics = select_reported(cfg, run, state.best_epoch, t.epochs, evaluator, model)
     return finish(cfg, run, data, evaluator, head, model, selected, t_start, last_metrics,
                   {"epochs": t.epochs, "parent": str(parent.path), "cached_features": cached,
                    "maxnorm_radius": radius if s2.maxnorm else None})
@@ -190,9 +184,7 @@ def run_posthoc(cfg: Config, run: RunDir, parent: RunDir) -> dict[str, Any]:
     """
     t_start = time.time()
     ph = cfg.posthoc
-    device = setup_runtime(cfg)
-    data = build_lt_data(cfg.data)
-    groups = shot_groups(data.class_counts, cfg.groups.many, cfg.groups.few, cfg.groups.inclusive)
+    device, data, groups = setup(cfg)
     model = load_parent_model(cfg, data, parent, device)
     run.prepare(cfg)
     run.write_json("run.json", {**run_info(cfg, data, groups, device), "parent": str(parent.path)})

@@ -173,3 +173,12 @@ def test_demo_on_real_fashion_mnist_short(tmp_path):
     # a second call finds everything complete and trains nothing
     again = run_cli("demo", "train.epochs=1", "data.n_max=600", "--runs-root", str(tmp_path))
     assert again.returncode == 0 and again.stdout.count("complete already") == 3
+
+
+def test_analysis_each_epoch_is_logged(tmp_path):
+    r = run_cli("run", SMOKE, *FIXED, "train.epochs=1", "eval.analysis_each_epoch=true", "--runs-root", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    (row,) = [json.loads(l) for l in (only_run_dir(tmp_path) / "metrics.jsonl").read_text().splitlines()]
+    a = row["analysis"]
+    assert a["split"] == "val" and len(a["weight_norms"]) == 10 and a["fdr"] > 0
+    assert set(a["cosine"]) == {"within", "between", "all"}

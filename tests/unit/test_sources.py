@@ -10,7 +10,7 @@ import pytest
 from bench.config import load_config
 from bench.data.cards import DatasetError
 from bench.data.lt import build_lt_data
-from bench.data.sources import load_cifar, load_fashion_mnist, read_idx
+from bench.data.sources import load_cifar, load_fashion_mnist
 
 
 def write_idx(path, arr):
