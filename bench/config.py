@@ -135,9 +135,10 @@ class Stage2Config:
     maxnorm: bool = _f(True, "MaxNorm by projected gradient descent on the classifier rows (bias unconstrained)")
     maxnorm_thresh: float = _f(0.1, "radius = min + thresh * (max - min) of the stage-1 per-class weight norms", ge=0, le=1)
     maxnorm_cadence: Literal["step", "epoch"] = _f("step", "project after every step (WB paper) or once per epoch (WB code)")
+    train_blocks: int = _f(0, "also retrain the last k backbone blocks (timm's group_matcher order); 0 = classifier only (WB)", ge=0)
     bn_mode: Literal["train", "eval"] = _f("eval", "BatchNorm of the frozen backbone: eval, or train as in the WB code (running stats keep moving)")
     augment: Literal["crop_flip", "flip", "none"] = _f("none", "stage-2 training augmentation (the WB code keeps crop+flip)")
-    cache_features: bool = _f(True, "with augment=none and bn_mode=eval, extract features once and train the classifier on them")
+    cache_features: bool = _f(True, "with augment=none, bn_mode=eval and train_blocks=0, extract features once and train the classifier on them")
 
 
 @dataclass

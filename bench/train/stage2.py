@@ -111,6 +111,20 @@ class MaxNorm:
             maxnorm_project_(self.weight.data, self.radius)
 
 
+def last_blocks(model: torch.nn.Module, k: int) -> list[str]:
+    """Parameter names of the last k backbone blocks, by timm's fine-grained group_matcher (the final
+    group is the classifier and is excluded)."""
+    if k == 0:
+        return []
+    from timm.models import group_parameters
+
+    groups = group_parameters(model, model.group_matcher(coarse=False))
+    blocks = [groups[g] for g in sorted(groups)][:-1]
+    if k > len(blocks):
+        raise ConfigError(f"config key 'stage2.train_blocks': {k} is more than the {len(blocks)} blocks of {type(model).__name__}")
+    return [n for names in blocks[-k:] for n in names]
+
+
 def train_stage2(cfg: Config, run: RunDir, parent: RunDir) -> dict[str, Any]:
     t_start = time.time()
     s2 = cfg.stage2
@@ -122,15 +136,16 @@ def train_stage2(cfg: Config, run: RunDir, parent: RunDir) -> dict[str, Any]:
     run.prepare(cfg)
     run.write_json("run.json", {**run_info(cfg, data, groups, device), "parent": str(parent.path)})
 
-    # Freeze the backbone; only the classifier (weight and bias) trains.
-    for p in model.parameters():
-        p.requires_grad_(False)
+    # Freeze the backbone; the classifier (weight and bias) and the last `train_blocks` blocks train.
+    trained = set(last_blocks(model, s2.train_blocks))
+    for name, p in model.named_parameters():
+        p.requires_grad_(name in trained)
     for p in head.parameters():
         p.requires_grad_(True)
     radius = maxnorm_radius(head.weight.detach(), s2.maxnorm_thresh)
     normalize = Normalize(data.mean, data.std, data.in_chans)
     t = s2.train
-    cached = s2.cache_features and s2.augment == "none" and s2.bn_mode == "eval"
+    cached = s2.cache_features and s2.augment == "none" and s2.bn_mode == "eval" and not trained
     seed = cfg.seed + 1_000_003  # a stream of its own, not a replay of stage 1's first epochs
 
     if cached:
@@ -151,7 +166,9 @@ def train_stage2(cfg: Config, run: RunDir, parent: RunDir) -> dict[str, Any]:
                                 t.drop_last, t.sampler, data.num_classes)
 
         def encoder(x: torch.Tensor) -> torch.Tensor:
-            with torch.no_grad():  # frozen backbone; BN running stats still move in train mode (WB code)
+            # Frozen backbone: no graph (BN running stats still move in train mode, as in the WB code).
+            # With trained blocks, autograd reaches only them: the rest has requires_grad False.
+            with torch.set_grad_enabled(bool(trained)):
                 return encode(model, x)
 
         evaluator = Evaluator(lambda x: encode(model, x), head,
@@ -161,7 +178,7 @@ def train_stage2(cfg: Config, run: RunDir, parent: RunDir) -> dict[str, Any]:
         def set_train_mode() -> None:
             model.train(s2.bn_mode == "train")
 
-    optimizer = make_optimizer(head, t)
+    optimizer = make_optimizer(model, t)  # over what requires grad: the head (+ trained blocks)
     parts = Parts(encoder=encoder, head=head, loss=make_loss(t.loss, data.class_counts).to(device),
                   state_module=model, set_train_mode=set_train_mode, loader=loader, optimizer=optimizer,
                   scheduler=make_scheduler(optimizer, t, len(loader)), evaluate=evaluator,
@@ -173,6 +190,7 @@ def train_stage2(cfg: Config, run: RunDir, parent: RunDir) -> dict[str, Any]:
     selected, last_metrics = select_reported(cfg, run, state.best_epoch, t.epochs, evaluator, model)
     return finish(cfg, run, data, evaluator, head, model, selected, t_start, last_metrics,
                   {"epochs": t.epochs, "parent": str(parent.path), "cached_features": cached,
+                   "trained_blocks": s2.train_blocks,
                    "maxnorm_radius": radius if s2.maxnorm else None})
 
 

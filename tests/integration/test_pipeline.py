@@ -100,3 +100,20 @@ def test_stage2_without_its_stage1_is_a_clear_error(tmp_path):
 def test_stage2_config_may_not_change_the_data(tmp_path):
     r = run_cli("run", str(CFG / "smoke_stage2.yaml"), "data.imbalance_factor=50", "--runs-root", str(tmp_path))
     assert r.returncode == 2 and "takes 'data' from its parent" in r.stderr
+
+
+def test_stage2_can_retrain_the_last_block(pipeline, tmp_path):
+    root, _ = pipeline
+    import shutil
+    shutil.copytree(root, tmp_path / "r")
+    res = run_ok("smoke_stage2.yaml", tmp_path / "r", "stage2.train_blocks=1")
+    assert res["cached_features"] is False and res["trained_blocks"] == 1
+    s1 = final_state(tmp_path / "r", "ce")
+    run_dir = tmp_path / "r" / "smoke" / f"wb-seed0-{res['config_hash']}"
+    s2 = torch.load(run_dir / "checkpoints" / "final.pt", weights_only=True)["model"]
+    # resnet8_cifar: the last block is layer3.0; everything before it is untouched
+    changed = {k for k in s1 if k.endswith(("weight", "bias")) and not torch.equal(s1[k], s2[k])}
+    assert changed and all(k.startswith(("layer3.", "fc.")) for k in changed)
+    assert any(k.startswith("layer3.") for k in changed)
+    r = run_cli("run", str(CFG / "smoke_stage2.yaml"), "stage2.train_blocks=9", "--runs-root", str(tmp_path / "r"))
+    assert r.returncode == 2 and "stage2.train_blocks': 9 is more than the 4 blocks" in r.stderr
