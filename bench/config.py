@@ -204,6 +204,7 @@ class Config:
         d = self.to_dict()
         for key in ["runtime", "parent"] + [k for k in ("stage2", "posthoc") if k != self.stage]:
             d.pop(key)
+        d["data"].pop("root")  # where the files are; selection_hash in run.json records what was read
         return d
 
     def run_hash(self) -> str:
@@ -290,7 +291,11 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     for name, value in data.items():
         tp, key = hints[name], prefix + name
         if dataclasses.is_dataclass(tp):
-            kwargs[name] = _build(tp, value, key + ".")
+            # Start from this field's own default (stage2.train defaults differ from train's), so a
+            # partial section keeps the defaults it does not mention.
+            factory = fields[name].default_factory
+            base = dataclasses.asdict(factory()) if factory is not dataclasses.MISSING else {}
+            kwargs[name] = _build(tp, merge(base, value) if isinstance(value, dict) else value, key + ".")
             continue
         value = _coerce(value, tp, key)
         meta = fields[name].metadata
@@ -356,7 +361,8 @@ PROTOCOLS: dict[str, dict[str, dict[str, Any]]] = {
     },
     "wb-reference": {
         # first-n images, no val split, best epoch on TEST, flip TTA, scheduler stepped before each epoch
-        "stage1": {"data.selection": "first", "data.val_per_class": 0, "eval.selection_split": "test",
+        "stage1": {"data.selection": "first", "data.profile": "exp", "data.rounding": "floor", "data.n_max": None,
+                   "data.val_per_class": 0, "eval.selection_split": "test",
                    "eval.select": "best", "eval.tta_flip": True, "train.wd_scope": "all",
                    "train.schedule_unit": "epoch", "train.schedule_step_at_epoch_start": True},
         # CB in the reference BCE-on-softmax form, MaxNorm once per epoch, BN in train mode, crop+flip kept
@@ -382,10 +388,10 @@ _MISSING = object()
 
 def apply_protocol(raw: dict[str, Any]) -> dict[str, Any]:
     """Fill in the named protocol's settings; an explicit conflicting value is a ConfigError."""
-    name = raw.get("protocol", "custom")
-    if name not in PROTOCOLS:
-        return raw  # "custom", or a bad name that _build reports
-    for key, value in PROTOCOLS[name][raw.get("stage", "stage1")].items():
+    name, stage = raw.get("protocol", "custom"), raw.get("stage", "stage1")
+    if name not in PROTOCOLS or stage not in PROTOCOLS[name]:
+        return raw  # "custom", or a bad protocol / stage name that _build reports
+    for key, value in PROTOCOLS[name][stage].items():
         path = key.split(".")
         have = _get(raw, path)
         if have is not _MISSING and have != value:
@@ -427,7 +433,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         keys, value = parse_override(ov)
         _set(raw, keys, value)
     raw = apply_protocol(raw)
-    if raw.get("stage", "stage1") != "stage1":
+    if raw.get("stage") in ("stage2", "posthoc"):
         raw = _inherit_from_parent(raw, Path(path).parent if path is not None else Path("."))
     cfg: Config = _build(Config, raw, "")
     return resolve(cfg)
@@ -460,6 +466,9 @@ def _inherit_from_parent(raw: dict[str, Any], base: Path) -> dict[str, Any]:
             raise ConfigError(f"config key '{key}': a {stage} config takes '{key}' from its parent; set it there")
     seed = raw.get("seed", 0)
     parent = load_parent(str(raw["parent"]), seed if isinstance(seed, int) else 0, base)
+    protocol = raw.get("protocol", "custom")
+    if protocol != "custom" and parent.protocol != protocol:
+        raise ConfigError(f"config key 'protocol': {protocol} but the parent run follows {parent.protocol}")
     if parent.seed != raw.get("seed", parent.seed):
         raise ConfigError(f"config key 'seed': {raw.get('seed')} differs from the parent run's seed {parent.seed}")
     pd = parent.to_dict()
@@ -498,6 +507,9 @@ def resolve(cfg: Config) -> Config:
         cfg.groups.few = int(card["groups"]["few"])
     if cfg.groups.few > cfg.groups.many:
         raise ConfigError(f"config key 'groups.few': {cfg.groups.few} is above groups.many = {cfg.groups.many}")
+    if cfg.train.wd_in_loss > 0 and cfg.train.weight_decay > 0:
+        raise ConfigError(f"config key 'train.wd_in_loss': {cfg.train.wd_in_loss} with train.weight_decay = "
+                          f"{cfg.train.weight_decay} decays twice (HS: set train.weight_decay=0)")
     if cfg.eval.selection_split == "val" and cfg.data.val_per_class == 0:
         raise ConfigError("config key 'data.val_per_class': 0 leaves no validation split for "
                           "eval.selection_split=val (set val_per_class > 0, or selection_split=test)")
@@ -508,15 +520,14 @@ def dump_yaml(cfg: Config) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
 
 
-def describe_fields(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str]]:
-    """(key, default, doc) for every field: used by `ltbench config --describe` and the README."""
+def describe_fields(obj: Any = None, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key, default, doc) for every field of a default Config: `ltbench config --describe`, the README."""
+    obj = Config() if obj is None else obj
     rows = []
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        tp = hints[f.name]
-        if dataclasses.is_dataclass(tp):
-            rows += describe_fields(tp, prefix + f.name + ".")
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            rows += describe_fields(value, prefix + f.name + ".")
         else:
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-            rows.append((prefix + f.name, repr(default), f.metadata.get("doc", "")))
+            rows.append((prefix + f.name, repr(value), f.metadata.get("doc", "")))
     return rows

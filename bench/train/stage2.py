@@ -9,6 +9,7 @@ classifier trains on them (the same classifier, far faster).
 from __future__ import annotations
 
 import copy
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,6 +46,10 @@ def parent_run(cfg: Config, runs_root: str | Path, base: Path = Path(".")) -> Ru
     if not run.is_complete() or not run.final_ckpt.is_file():
         raise ConfigError(f"{cfg.stage} needs its parent run {run.path} to be complete (no result.json / "
                           f"final.pt yet): finish it with `ltbench run {cfg.parent} seed={cfg.seed}`")
+    kind = (json.loads(run.result_file.read_text()).get("posthoc") or {}).get("kind", "")
+    if kind.startswith("la_"):
+        raise ConfigError(f"config key 'parent': {run.path} is a logit-adjustment run; its final.pt holds the "
+                          "unadjusted classifier, so start from its own parent instead")
     return run
 
 

@@ -66,7 +66,7 @@ def configs(name: str, dataset: str, imb: int) -> dict[str, dict]:
         "wb": stage2(name, "wb", 0.1, True),
         "hs_stage1": hs,
         "hs": {"name": name, "method": "hs", "protocol": "clean", "stage": "posthoc", "parent": "hs_stage1.yaml",
-               "posthoc": {"kind": "la_mult", "tau": None}},
+               "posthoc": {"kind": "la_mult", "tau": None, "tau_grid": [round(0.05 * i, 2) for i in range(41)]}},
     }
 
 

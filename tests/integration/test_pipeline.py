@@ -117,3 +117,10 @@ def test_stage2_can_retrain_the_last_block(pipeline, tmp_path):
     assert any(k.startswith("layer3.") for k in changed)
     r = run_cli("run", str(CFG / "smoke_stage2.yaml"), "stage2.train_blocks=9", "--runs-root", str(tmp_path / "r"))
     assert r.returncode == 2 and "stage2.train_blocks': 9 is more than the 4 blocks" in r.stderr
+
+
+def test_a_logit_adjustment_run_is_not_a_parent(pipeline):
+    root, res = pipeline
+    hs_dir = root / "smoke" / f"hs-seed0-{res['smoke_hs_la']['config_hash']}"
+    r = run_cli("run", str(CFG / "smoke_taunorm.yaml"), f"parent={hs_dir}", "--runs-root", str(root))
+    assert r.returncode == 2 and "is a logit-adjustment run" in r.stderr

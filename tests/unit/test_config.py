@@ -99,3 +99,41 @@ def test_base_files_merge_underneath(tmp_path):
     (tmp_path / "c.yaml").write_text("base: c.yaml\n")
     with pytest.raises(ConfigError, match="includes itself"):
         load_config(tmp_path / "c.yaml")
+
+
+def test_partial_stage2_train_keeps_the_stage2_defaults():
+    from bench.config import Config, describe_fields
+
+    cfg = load_config(None, ["stage2.train.lr=0.02"])
+    assert (cfg.stage2.train.epochs, cfg.stage2.train.weight_decay, cfg.stage2.train.loss.name) == (10, 0.1, "cb_ce")
+    assert cfg.stage2.train.lr == 0.02 and cfg.train.epochs == Config().train.epochs
+    rows = dict((k, d) for k, d, _ in describe_fields())
+    assert rows["stage2.train.epochs"] == "10" and rows["stage2.train.loss.name"] == "'cb_ce'"
+
+
+def test_hs_weight_decay_is_not_applied_twice():
+    with pytest.raises(ConfigError, match="'train.wd_in_loss': 0.005 with train.weight_decay = 0.005 decays twice"):
+        load_config(None, ["train.wd_in_loss=5e-3", "train.weight_decay=5e-3"])
+
+
+def test_wb_reference_fixes_the_profile_construction():
+    with pytest.raises(ConfigError, match="'data.rounding': 'round' conflicts with protocol wb-reference"):
+        load_config(None, ["protocol=wb-reference", "data.rounding=round"])
+    with pytest.raises(ConfigError, match="'data.n_max': 480 conflicts"):
+        load_config(None, ["protocol=wb-reference", "data.n_max=480"])
+
+
+def test_child_protocol_must_match_its_parent(repo):
+    with pytest.raises(ConfigError, match="'protocol': clean but the parent run follows wb-reference"):
+        load_config(repo / "configs" / "paper" / "cifar100_lt_if100" / "l2norm.yaml", ["protocol=clean"])
+
+
+def test_bad_stage_under_a_protocol_is_a_config_error():
+    with pytest.raises(ConfigError, match="config key 'stage': expected one of"):
+        load_config(None, ["protocol=clean", "stage=stage3"])
+
+
+def test_data_root_does_not_change_the_run():
+    a = load_config(None, ["data.dataset=fashion-mnist"])
+    b = load_config(None, ["data.dataset=fashion-mnist", "data.root=/usr/share/datasets/fashion-mnist"])
+    assert a.run_hash() == b.run_hash()
