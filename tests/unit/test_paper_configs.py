@@ -39,3 +39,11 @@ def test_every_paper_config_loads_with_its_protocol(repo, exp):
     assert hs.data.n_max == (480 if "cifar100" in exp else 4980) and hs.data.rounding == "round"
     assert hs.model.classifier == "etf" and hs.train.wd_in_loss == 5e-3 and hs.train.feature_reg == 0.01
     assert cfgs["hs"].posthoc.kind == "la_mult" and cfgs["hs"].posthoc.tau is None
+
+
+def test_every_config_in_the_repo_loads(repo):
+    paths = [p for p in sorted((repo / "configs").rglob("*.yaml")) if not p.name.startswith("_")]
+    assert len(paths) > 40
+    for p in paths:
+        cfg = load_config(p)
+        assert cfg.name and cfg.method, p
