@@ -375,15 +375,15 @@ PROTOCOLS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
+_MISSING = object()
+
+
 def _get(d: dict[str, Any], path: list[str]) -> Any:
     for p in path:
         if not isinstance(d, dict) or p not in d:
             return _MISSING
         d = d[p]
     return d
-
-
-_MISSING = object()
 
 
 def apply_protocol(raw: dict[str, Any]) -> dict[str, Any]:

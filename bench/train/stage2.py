@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from bench.config import Config, ConfigError, load_parent
+from bench.config import Config, ConfigError, load_parent, parent_path
 from bench.data.batches import InMemoryLoader, Normalize, eval_batches
 from bench.data.lt import LTData, Split
 from bench.methods.classifiers import maxnorm_project_, maxnorm_radius
@@ -37,8 +37,7 @@ from bench.train.stage1 import make_model
 def parent_run(cfg: Config, runs_root: str | Path, base: Path = Path(".")) -> RunDir:
     """The finished run a stage2/posthoc config starts from; a clear error if it is missing or incomplete."""
     assert cfg.parent is not None
-    p = Path(cfg.parent).expanduser()
-    cand = base / p if not p.is_absolute() and (base / p).exists() else p
+    cand = parent_path(cfg.parent, base)
     run = RunDir(cand) if cand.is_dir() else RunDir.for_config(load_parent(cfg.parent, cfg.seed, base), runs_root)
     if not run.path.is_dir():
         raise ConfigError(f"{cfg.stage} needs its parent run {run.path}, which does not exist: run "
