@@ -70,6 +70,29 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from bench.data.cards import DatasetError
+    from bench.data.shards import verify_shards
+    from bench.progress import log
+
+    out = Path(args.out)
+    if args.verify:
+        bad = verify_shards(out)
+        if bad:
+            raise DatasetError(f"{len(bad)} shards in {out} do not match their sha256 in manifest.json, e.g. {bad[0]} "
+                               f"(run the same `ltbench prepare` command again to rewrite them)")
+        log(f"all shards in {out} match manifest.json")
+        return 0
+    from bench.data.prepare import prepare
+
+    m = prepare(args.dataset, out, Path(args.src).expanduser() if args.src else None,
+                Path(args.splits).expanduser() if args.splits else None, args.overrides, args.samples_per_shard,
+                args.workers, args.resize_shorter, args.jpeg_quality, args.allow_deviation)
+    sizes = ", ".join(f"{k} {v['num_samples']} in {len(v['shards'])} shards" for k, v in m["splits"].items())
+    log(f"{args.dataset}: {sizes} -> {out / 'manifest.json'} (use data.shards={out})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ltbench", description="Long-tailed recognition benchmark runner "
                                 "(weight balancing and its single-stage simplification).")
@@ -95,6 +118,24 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("demo", help="the main job: naive vs tuned weight decay on Fashion-MNIST-LT (IF 100)")
     common(sp, config=False)
     sp.set_defaults(fn=cmd_demo)
+
+    sp = sub.add_parser("prepare", help="write a dataset as webdataset tar shards + manifest.json (data.shards=OUT)")
+    sp.add_argument("dataset", help="dataset card name: fashion-mnist, cifar10, cifar100, imagenet-lt, places-lt, "
+                    "inat2018, synthetic")
+    sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                    help="CIFAR / Fashion-MNIST: the long-tailed cut, e.g. imbalance_factor=50 val_per_class=0")
+    sp.add_argument("--out", required=True, help="output directory (shards, manifest.json)")
+    sp.add_argument("--src", help="image root (ImageNet-LT, Places-LT, iNat) or raw files directory (CIFAR, "
+                    "Fashion-MNIST; default: auto-detect)")
+    sp.add_argument("--splits", help="directory of the split files / JSON (default: --src)")
+    sp.add_argument("--samples-per-shard", type=int, default=1000, help="samples per tar shard (default 1000)")
+    sp.add_argument("--workers", type=int, default=2, help="parallel writer processes (default 2)")
+    sp.add_argument("--resize-shorter", type=int, default=None, help="re-encode: shorter side at most this")
+    sp.add_argument("--jpeg-quality", type=int, default=None, help="re-encode as JPEG with this quality")
+    sp.add_argument("--allow-deviation", action="store_true",
+                    help="prepare even when the source differs from the card's expected statistics (recorded)")
+    sp.add_argument("--verify", action="store_true", help="only check every shard in --out against its sha256")
+    sp.set_defaults(fn=cmd_prepare)
 
     sp = sub.add_parser("fetch", help="make sure a dataset is present (Debian package as root, else download)")
     sp.add_argument("dataset", choices=["fashion-mnist"])

@@ -49,19 +49,26 @@ class SyntheticConfig:
 class DataConfig:
     """Which dataset, which long-tailed subset of it, and how batches are drawn."""
 
-    dataset: Literal["fashion-mnist", "cifar10", "cifar100", "synthetic"] = _f(
+    dataset: Literal["fashion-mnist", "cifar10", "cifar100", "imagenet-lt", "places-lt", "inat2018", "synthetic"] = _f(
         "fashion-mnist", "dataset name; its card in datasets/<name>.yaml supplies the defaults marked 'card'")
     root: str | None = _f(None, "directory holding the raw files; None = auto-detect (see README)")
-    imbalance_factor: float = _f(100.0, "n_max / n_min of the long-tailed training profile (1 = balanced)", ge=1)
-    profile: Literal["exp", "step"] = _f("exp", "class-count profile: exp n_c = n_max * IF^(-c/(C-1)); step = half n_max, half n_max/IF")
+    shards: str | None = _f(None, "directory written by `ltbench prepare` (manifest.json + tar shards) to stream from; None = load the raw files into memory (Fashion-MNIST, CIFAR, synthetic only)")
+    shards_manifest: str | None = _f(None, "filled in by ltbench: digest of data.shards/manifest.json, so the run hash names the exact shards (not their path)")
+    imbalance_factor: float | None = _f(None, "n_max / n_min of the long-tailed training profile (1 = balanced); None = card (100; fixed by the split files for ImageNet-LT, Places-LT, iNat)", ge=1)
+    profile: Literal["exp", "step", "files"] | None = _f(None, "class-count profile: exp n_c = n_max * IF^(-c/(C-1)); step = half n_max, half n_max/IF; files = the dataset's own split files (ImageNet-LT, Places-LT, iNat); None = card")
     n_max: int | None = _f(None, "images of the largest class; None = the card's pool per class minus val_per_class (HS: 480 for CIFAR-100 with 20 val; 500 without val, as WB)", ge=1)
     rounding: Literal["floor", "round"] = _f("floor", "int() of the profile as in WB/LDAM-DRW (floor) or round() as in HS")
     selection: Literal["first", "shuffle"] = _f("first", "which n_c images of a class: first in file order (WB code) or after a seeded shuffle (LDAM-DRW)")
     selection_seed: int = _f(0, "numpy seed of the per-class shuffle when selection=shuffle (LDAM-DRW uses 0)")
-    val_per_class: int = _f(20, "held-out validation images per class, taken from the training pool after the selected ones (HS: 20); 0 = no val split", ge=0)
-    augment: Literal["crop_flip", "flip", "none"] = _f("crop_flip", "training augmentation: random crop with zero padding + horizontal flip (WB/CIFAR standard), flip only, or none")
+    val_per_class: int | None = _f(None, "held-out validation images per class, taken from the training pool after the selected ones (HS: 20); 0 = no val split; None = card (20; fixed by the split files where they define val)", ge=0)
+    augment: Literal["crop_flip", "flip", "rrc_flip", "none"] = _f("crop_flip", "training augmentation: random crop with zero padding + horizontal flip (WB/CIFAR standard), flip only, RandomResizedCrop(image_size, scale 0.08-1, ratio 3/4-4/3) + flip (ImageNet standard), or none")
     crop_padding: int = _f(4, "zero padding of the random crop, pixels", ge=0)
     pad_to: int | None = _f(None, "zero-pad images to this size first (e.g. 32 for 28x28 Fashion-MNIST, as the measured reference run did); None = native size", ge=1)
+    image_size: int | None = _f(None, "shard datasets with large images: training crop and evaluation centre-crop size; None = card (224)", ge=1)
+    eval_resize: int | None = _f(None, "shard datasets with large images: shorter side resized to this before the evaluation centre crop; None = card (256)", ge=1)
+    streams: int = _f(4, "shards: interleaved shuffled streams per rank; fixes the data order whatever runtime.workers is (workers must divide it)", ge=1)
+    shuffle_buffer: int = _f(2000, "shards: samples held by each stream's shuffle buffer (the shard order is shuffled too, every epoch)", ge=1)
+    on_error: Literal["raise", "skip"] = _f("raise", "shards: a truncated tar, undecodable image or missing label stops the run (raise) or is skipped, counted and reported in result.json (skip)")
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
@@ -172,6 +179,7 @@ class RuntimeConfig:
     checkpoint_every_steps: int = _f(0, "also checkpoint every N optimiser steps inside an epoch (0 = epoch ends only)", ge=0)
     progress: Literal["auto", "on", "off"] = _f("auto", "per-epoch progress bar: auto = only on a terminal")
     plot: bool = _f(True, "write per_class.png (per-class accuracy against class size)")
+    workers: int = _f(2, "DataLoader worker processes decoding shards (must divide data.streams; 0 = decode in the training process)", ge=0)
 
 
 @dataclass
@@ -204,7 +212,9 @@ class Config:
         d = self.to_dict()
         for key in ["runtime", "parent"] + [k for k in ("stage2", "posthoc") if k != self.stage]:
             d.pop(key)
-        d["data"].pop("root")  # where the files are; selection_hash in run.json records what was read
+        # Where the files are; selection_hash / the shard manifest's digest in run.json record what was read.
+        d["data"].pop("root")
+        d["data"].pop("shards")
         return d
 
     def run_hash(self) -> str:
@@ -376,6 +386,8 @@ PROTOCOLS: dict[str, dict[str, dict[str, Any]]] = {
 
 
 _MISSING = object()
+# Protocol settings about cutting the long-tailed set from a pool; moot where split files define it.
+PROFILE_KEYS = ("data.selection", "data.profile", "data.rounding", "data.n_max", "data.val_per_class")
 
 
 def _get(d: dict[str, Any], path: list[str]) -> Any:
@@ -391,7 +403,17 @@ def apply_protocol(raw: dict[str, Any]) -> dict[str, Any]:
     name, stage = raw.get("protocol", "custom"), raw.get("stage", "stage1")
     if name not in PROTOCOLS or stage not in PROTOCOLS[name]:
         return raw  # "custom", or a bad protocol / stage name that _build reports
+    dataset = _get(raw, ["data", "dataset"])
+    file_split = False
+    if isinstance(dataset, str):
+        from bench.data.cards import DatasetError, load_card
+        try:
+            file_split = load_card(dataset).get("source") in FILE_SPLIT_SOURCES
+        except DatasetError:
+            pass  # an unknown dataset name is reported by _build
     for key, value in PROTOCOLS[name][stage].items():
+        if file_split and key in PROFILE_KEYS:
+            continue  # the dataset's split files fix its profile and val split
         path = key.split(".")
         have = _get(raw, path)
         if have is not _MISSING and have != value:
@@ -493,14 +515,45 @@ def resolve(cfg: Config) -> Config:
     from bench.data.cards import load_card  # local: cards read YAML files of the repo
 
     card = load_card(cfg.data.dataset)
-    if cfg.data.n_max is None:
-        # HS convention: the head class keeps the whole pool minus its validation images
-        # (CIFAR-100: 500 - 20 = 480); with no val split this is the WB/LDAM-DRW profile (500).
-        pool = cfg.data.synthetic.train_per_class if cfg.data.dataset == "synthetic" else int(card["pool_per_class"])
-        cfg.data.n_max = pool - cfg.data.val_per_class
-        if cfg.data.n_max < 1:
-            raise ConfigError(f"config key 'data.val_per_class': {cfg.data.val_per_class} leaves no training "
-                              f"images of {cfg.data.dataset} (pool of {pool} per class)")
+    d = cfg.data
+    if card.get("source") in FILE_SPLIT_SOURCES:
+        _resolve_file_split(d, card)
+    else:
+        if d.profile == "files":
+            raise ConfigError(f"config key 'data.profile': 'files' needs a dataset with its own split files, "
+                              f"not {d.dataset} (use exp or step)")
+        d.profile = d.profile or "exp"
+        d.imbalance_factor = d.imbalance_factor if d.imbalance_factor is not None else 100.0
+        d.val_per_class = d.val_per_class if d.val_per_class is not None else 20
+        if d.n_max is None:
+            # HS convention: the head class keeps the whole pool minus its validation images
+            # (CIFAR-100: 500 - 20 = 480); with no val split this is the WB/LDAM-DRW profile (500).
+            pool = d.synthetic.train_per_class if d.dataset == "synthetic" else int(card["pool_per_class"])
+            d.n_max = pool - d.val_per_class
+            if d.n_max < 1:
+                raise ConfigError(f"config key 'data.val_per_class': {d.val_per_class} leaves no training "
+                                  f"images of {d.dataset} (pool of {pool} per class)")
+    if d.image_size is None and card.get("eval_resize"):
+        d.image_size = int(card["image_size"])
+    if d.eval_resize is None and card.get("eval_resize"):
+        d.eval_resize = int(card["eval_resize"])
+    if d.augment == "rrc_flip" and d.image_size is None:
+        raise ConfigError(f"config key 'data.augment': rrc_flip needs data.image_size (the crop size) for {d.dataset}")
+    if d.shards is None and card.get("source") in FILE_SPLIT_SOURCES:
+        raise ConfigError(f"config key 'data.shards': {d.dataset} is read from shards; run `ltbench prepare "
+                          f"{d.dataset} --src DIR --out SHARDS` and set data.shards=SHARDS")
+    if d.shards is not None:
+        from bench.data.shards import load_manifest  # local: reads the shard directory
+        digest = load_manifest(d.shards).digest
+        if d.shards_manifest not in (None, digest):
+            raise ConfigError(f"config key 'data.shards_manifest': the shards in {d.shards} changed since this run "
+                              f"started (manifest {digest}, run has {d.shards_manifest}); start a new run")
+        d.shards_manifest = digest
+    else:
+        d.shards_manifest = None
+    if d.shards is not None and d.streams % max(1, cfg.runtime.workers):
+        raise ConfigError(f"config key 'runtime.workers': {cfg.runtime.workers} does not divide data.streams = "
+                          f"{d.streams} (each worker serves whole streams)")
     if cfg.groups.many is None:
         cfg.groups.many = int(card["groups"]["many"])
     if cfg.groups.few is None:
@@ -510,10 +563,27 @@ def resolve(cfg: Config) -> Config:
     if cfg.train.wd_in_loss > 0 and cfg.train.weight_decay > 0:
         raise ConfigError(f"config key 'train.wd_in_loss': {cfg.train.wd_in_loss} with train.weight_decay = "
                           f"{cfg.train.weight_decay} decays twice (HS: set train.weight_decay=0)")
+    if cfg.eval.selection_split == "val" and cfg.data.val_per_class == 0 and d.profile == "files":
+        raise ConfigError(f"config key 'eval.selection_split': {d.dataset} has no validation split; use "
+                          "eval.selection_split=test with eval.select=last (no peeking), as its papers report")
     if cfg.eval.selection_split == "val" and cfg.data.val_per_class == 0:
         raise ConfigError("config key 'data.val_per_class': 0 leaves no validation split for "
                           "eval.selection_split=val (set val_per_class > 0, or selection_split=test)")
     return cfg
+
+
+FILE_SPLIT_SOURCES = ("split_files", "inat_json")
+
+
+def _resolve_file_split(d: DataConfig, card: dict[str, Any]) -> None:
+    """ImageNet-LT, Places-LT, iNat: the split files fix the long-tailed set; a different explicit value is an error."""
+    fixed = {"profile": "files", "imbalance_factor": float(card["lt"]["imbalance_factor"]),
+             "n_max": int(card["lt"]["n_max"]), "val_per_class": int(card["lt"]["val_per_class"])}
+    for key, value in fixed.items():
+        have = getattr(d, key)
+        if have is not None and have != value:
+            raise ConfigError(f"config key 'data.{key}': {have!r}, but the {d.dataset} split files fix it at {value!r}")
+        setattr(d, key, value)
 
 
 def dump_yaml(cfg: Config) -> str:

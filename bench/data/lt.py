@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 
 from bench.config import DataConfig
-from bench.data.cards import DatasetError
+from bench.data.cards import DatasetError, load_card
 from bench.data.profiles import class_counts, indices_hash, select_indices
+from bench.data.shards import ShardLoader, ShardSplit, StreamSpec, check_shard_files, load_manifest
 from bench.data.sources import RawData, load_cifar, load_fashion_mnist, make_synthetic
 
 
@@ -24,11 +27,22 @@ class Split:
         return len(self.y)
 
 
+def rank_and_world() -> tuple[int, int]:
+    """This process's global rank and the world size (0, 1 without torch.distributed)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 @dataclass
 class LTData:
-    train: Split
-    val: Split | None
-    test: Split
+    """The long-tailed train / val / test splits of a run, in memory (Split) or as shards (ShardSplit)."""
+
+    train: Split | ShardSplit
+    val: Split | ShardSplit | None
+    test: Split | ShardSplit
     num_classes: int
     class_names: list[str]
     class_counts: list[int]
@@ -36,16 +50,72 @@ class LTData:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     root: str | None
+    cfg: DataConfig = field(default_factory=DataConfig)
+    channels: int | None = None            # shards: from the manifest
+    manifest_digest: str | None = None     # shards: sha256 of manifest.json (names the exact shards)
+    eval_skipped: dict[str, tuple[int, list[str]]] = field(default_factory=dict)  # on_error=skip: split -> (n, examples)
 
     @property
     def in_chans(self) -> int:
+        if isinstance(self.train, ShardSplit):
+            assert self.channels is not None
+            return self.channels
         return int(self.train.x.shape[1])
 
-    def split(self, name: str) -> Split:
+    @property
+    def streamed(self) -> bool:
+        return isinstance(self.train, ShardSplit)
+
+    def split(self, name: str) -> Split | ShardSplit:
         s = {"train": self.train, "val": self.val, "test": self.test}[name]
         if s is None:
             raise ValueError(f"this run has no '{name}' split (data.val_per_class = 0)")
         return s
+
+    def normalizer(self) -> Any:
+        from bench.data.batches import Normalize
+
+        return Normalize(self.mean, self.std, self.in_chans)
+
+    def _spec(self, split: ShardSplit, train: bool, batch_size: int, seed: int, augment: str,
+              drop_last: bool) -> StreamSpec:
+        c = self.cfg
+        rank, world = rank_and_world()
+        return StreamSpec(split, train, seed, 0, rank, world, batch_size, drop_last, c.streams, c.shuffle_buffer,
+                          c.on_error, self.in_chans, c.pad_to, c.image_size, c.eval_resize, augment, c.crop_padding)
+
+    def train_loader(self, batch_size: int, seed: int, augment: str, drop_last: bool, sampler: str,
+                     workers: int = 0) -> Any:
+        """Training batches with the (epoch, start_step) interface, normalised."""
+        from bench.data.batches import InMemoryLoader
+
+        if isinstance(self.train, ShardSplit):
+            if sampler != "instance":
+                raise DatasetError(f"sampler {sampler} needs random access to the training set; with data.shards "
+                                   "use it on cached features (stage 2) or in-memory data")
+            return ShardLoader(self._spec(self.train, True, batch_size, seed, augment, drop_last),
+                               self.normalizer(), workers)
+        return InMemoryLoader(self.train, batch_size, seed, self.normalizer(), augment, self.cfg.crop_padding,
+                              drop_last, sampler, self.num_classes)
+
+    def eval_batches(self, name: str, batch_size: int, workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The split in order (on this rank), normalised, no augmentation."""
+        from bench.data.batches import eval_batches
+
+        split = self.split(name)
+        if isinstance(split, Split):
+            yield from eval_batches(split, batch_size, self.normalizer())
+            return
+        loader = ShardLoader(self._spec(split, False, batch_size, 0, "none", False), self.normalizer(), workers)
+        yield from loader.epoch(0)
+        self.eval_skipped[name] = loader.pop_skipped()
+
+    def labels(self, name: str) -> torch.Tensor:
+        return self.split(name).y
+
+    def size(self, name: str) -> int:
+        s = {"train": self.train, "val": self.val, "test": self.test}[name]
+        return 0 if s is None else len(s)
 
 
 def load_raw(cfg: DataConfig) -> RawData:
@@ -67,8 +137,47 @@ def _to_split(x: np.ndarray, y: np.ndarray, pad_to: int | None) -> Split:
     return Split(t.contiguous(), torch.from_numpy(np.ascontiguousarray(y)))
 
 
+SELECTION_KEYS = ("imbalance_factor", "profile", "n_max", "rounding", "selection", "selection_seed", "val_per_class")
+
+
+def build_shard_data(cfg: DataConfig) -> LTData:
+    """The splits of a `ltbench prepare` directory, checked against the config (dataset and selection)."""
+    assert cfg.shards is not None
+    m = load_manifest(cfg.shards)
+    doc, where = m.doc, m.root / "manifest.json"
+    if doc["dataset"] != cfg.dataset:
+        raise DatasetError(f"data.shards: {where} holds {doc['dataset']}, but data.dataset is {cfg.dataset}")
+    sel = doc["selection"]
+    keys = ("imbalance_factor", "n_max", "val_per_class") if sel["profile"] == "files" else SELECTION_KEYS
+    for key in keys:
+        if sel.get(key) != getattr(cfg, key):
+            raise DatasetError(f"data.{key}={getattr(cfg, key)!r}, but the shards in {m.root} were prepared with "
+                               f"{sel.get(key)!r} (prepare them again with that value, or change the config)")
+    if cfg.dataset == "synthetic" and sel.get("synthetic") != dict(vars(cfg.synthetic)):
+        raise DatasetError(f"data.synthetic={dict(vars(cfg.synthetic))}, but the shards in {m.root} were prepared "
+                           f"with {sel.get('synthetic')}")
+    splits = {name: m.split(name) for name in ("train", "val", "test")}
+    if splits["train"] is None or splits["test"] is None:
+        raise DatasetError(f"{where}: needs train and test splits, has {', '.join(doc['splits'])}")
+    if cfg.val_per_class and splits["val"] is None:
+        raise DatasetError(f"{where}: no val split, but data.val_per_class={cfg.val_per_class}")
+    for s in splits.values():
+        if s is not None:
+            check_shard_files(s, cfg.on_error)
+    card = load_card(cfg.dataset)
+    mean, std = tuple(card["mean"]), tuple(card["std"])
+    if len(mean) == 1 and doc["channels"] > 1:
+        mean, std = mean * doc["channels"], std * doc["channels"]
+    return LTData(train=splits["train"], val=splits["val"], test=splits["test"], num_classes=doc["num_classes"],
+                  class_names=doc["class_names"], class_counts=doc["splits"]["train"]["class_counts"],
+                  selection_hash=sel["selection_hash"], mean=mean, std=std, root=str(m.root), cfg=cfg,
+                  channels=doc["channels"], manifest_digest=m.digest)
+
+
 def build_lt_data(cfg: DataConfig) -> LTData:
     """Raw pool -> long-tailed training set (profile + selection) + held-out val + balanced test."""
+    if cfg.shards is not None:
+        return build_shard_data(cfg)
     raw = load_raw(cfg)
     assert cfg.n_max is not None, "config not resolved"
     counts = class_counts(raw.num_classes, cfg.n_max, cfg.imbalance_factor, cfg.profile, cfg.rounding)
@@ -90,4 +199,5 @@ def build_lt_data(cfg: DataConfig) -> LTData:
         mean=raw.mean,
         std=raw.std,
         root=raw.root,
+        cfg=cfg,
     )

@@ -106,7 +106,8 @@ def analysis(head: torch.nn.Module, out: EvalOutput, split: str) -> dict[str, An
 
 def finish(cfg: Config, run: RunDir, data: LTData, evaluator: Evaluator, head: torch.nn.Module,
            state_module: torch.nn.Module, selected_epoch: int | None, t_start: float,
-           last_metrics: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+           last_metrics: dict[str, Any] | None = None, extra: dict[str, Any] | None = None,
+           state: Any = None) -> dict[str, Any]:
     """Evaluate the reported model on test (and val), save its weights as final.pt, write result.json."""
     test_metrics, test_per_class, out = evaluator.run("test", keep_features=True)
     val_metrics = evaluator("val") if data.val is not None else None
@@ -133,6 +134,8 @@ def finish(cfg: Config, run: RunDir, data: LTData, evaluator: Evaluator, head: t
         "group_thresholds": {"many": cfg.groups.many, "few": cfg.groups.few, "inclusive": cfg.groups.inclusive},
         "analysis": analysis(head, out, "test"),
         "selection_hash": data.selection_hash,
+        "data_manifest": data.manifest_digest,
+        "data_errors": data_errors(data, state),
         "config_hash": cfg.run_hash(),
         "parent_hash": cfg.parent_hash,
         "wall_time_s": round(time.time() - t_start, 1),
@@ -143,6 +146,18 @@ def finish(cfg: Config, run: RunDir, data: LTData, evaluator: Evaluator, head: t
         from bench.plots import plot_per_class
         plot_per_class(result, run.path / "per_class.png")
     return result
+
+
+def data_errors(data: LTData, state: Any) -> dict[str, Any] | None:
+    """Unreadable samples skipped with data.on_error=skip (None for in-memory data): never silent."""
+    if not data.streamed:
+        return None
+    train = getattr(state, "data_skipped", 0)
+    examples = list(getattr(state, "data_skipped_examples", []))
+    evals = {split: n for split, (n, _) in data.eval_skipped.items()}
+    for _, holes in data.eval_skipped.values():
+        examples += holes[: max(0, 10 - len(examples))]
+    return {"train_skipped": train, "eval_skipped": evals, "examples": examples}
 
 
 def run_info(cfg: Config, data: LTData, groups: dict[str, list[int]], device: torch.device) -> dict[str, Any]:
@@ -160,5 +175,6 @@ def run_info(cfg: Config, data: LTData, groups: dict[str, list[int]], device: to
         "num_val": len(data.val) if data.val is not None else 0,
         "num_test": len(data.test),
         "selection_hash": data.selection_hash,
+        "data_manifest": data.manifest_digest,
         "groups": groups,
     }

@@ -15,6 +15,8 @@ from typing import Any, Protocol
 import torch
 
 from bench.data.batches import InMemoryLoader
+from bench.data.cards import DatasetError
+from bench.data.shards import ShardLoader
 from bench.methods.losses import LossFn
 from bench.progress import Progress, log
 from bench.rundir import RunDir
@@ -38,7 +40,7 @@ class Parts:
     loss: LossFn
     state_module: torch.nn.Module                      # what checkpoints save and restore
     set_train_mode: Callable[[], None]                 # e.g. frozen backbone in eval mode, head in train mode
-    loader: InMemoryLoader
+    loader: InMemoryLoader | ShardLoader
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     evaluate: Callable[[str], dict[str, Any]]          # split name -> all/many/medium/few
@@ -59,6 +61,8 @@ class TrainState:
     best_metric: float = -1.0
     best_epoch: int | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+    data_skipped: int = 0              # shards with data.on_error=skip: unreadable samples dropped so far
+    data_skipped_examples: list[str] = field(default_factory=list)
 
 
 def fit(parts: Parts, run: RunDir, epochs: int, selection_split: str, device: torch.device,
@@ -66,8 +70,14 @@ def fit(parts: Parts, run: RunDir, epochs: int, selection_split: str, device: to
     """Train for `epochs`, resuming from run.last_ckpt when present. Returns the final state."""
     p = parts
     state = TrainState()
+    layout = p.loader.layout() if isinstance(p.loader, ShardLoader) else None
     if run.last_ckpt.is_file():
         saved = ckpt.load(run.last_ckpt)
+        if saved.get("data_layout") != layout:
+            # The shard order depends on the world size and streams: resuming with others would repeat
+            # or skip samples, so refuse rather than continue inexactly.
+            raise DatasetError(f"{run.last_ckpt} was written with data layout {saved.get('data_layout')}, this "
+                               f"run has {layout}; resume with the same world size / data.streams / batch size")
         p.state_module.load_state_dict(saved["model"])
         p.optimizer.load_state_dict(saved["optimizer"])
         p.scheduler.load_state_dict(saved["scheduler"])
@@ -77,9 +87,13 @@ def fit(parts: Parts, run: RunDir, epochs: int, selection_split: str, device: to
         log(f"resuming {run.path} at epoch {state.epoch + 1}, step {state.step}")
 
     def save_last() -> None:
+        if isinstance(p.loader, ShardLoader):
+            n, examples = p.loader.pop_skipped()
+            state.data_skipped += n
+            state.data_skipped_examples += examples[: max(0, 10 - len(state.data_skipped_examples))]
         ckpt.save_atomic({"model": p.state_module.state_dict(), "optimizer": p.optimizer.state_dict(),
                           "scheduler": p.scheduler.state_dict(), "rng": ckpt.rng_state(),
-                          "state": state.__dict__}, run.last_ckpt)
+                          "state": state.__dict__, "data_layout": layout}, run.last_ckpt)
 
     steps = len(p.loader)
     for epoch in range(state.epoch, epochs):

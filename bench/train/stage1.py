@@ -13,7 +13,6 @@ from typing import Any
 import torch
 
 from bench.config import Config
-from bench.data.batches import InMemoryLoader, Normalize, eval_batches
 from bench.data.lt import LTData
 from bench.methods.classifiers import ETFClassifier
 from bench.methods.losses import make_loss
@@ -45,10 +44,8 @@ def train_stage1(cfg: Config, run: RunDir) -> dict[str, Any]:
     run.prepare(cfg)  # only once data and model are known to be good: bad input leaves no directory
     run.write_json("run.json", run_info(cfg, data, groups, device))
 
-    normalize = Normalize(data.mean, data.std, data.in_chans)
     t = cfg.train
-    loader = InMemoryLoader(data.train, t.batch_size, cfg.seed, normalize, cfg.data.augment, cfg.data.crop_padding,
-                            t.drop_last, t.sampler, data.num_classes)
+    loader = data.train_loader(t.batch_size, cfg.seed, cfg.data.augment, t.drop_last, t.sampler, cfg.runtime.workers)
     optimizer = make_optimizer(model, t)
     regularizers = []
     if t.wd_in_loss:
@@ -59,7 +56,7 @@ def train_stage1(cfg: Config, run: RunDir) -> dict[str, Any]:
         regularizers.append(lambda h: feature_regularization(h, t.feature_reg))
 
     def batches(split: str):
-        return eval_batches(data.split(split), cfg.eval.batch_size, normalize)
+        return data.eval_batches(split, cfg.eval.batch_size, cfg.runtime.workers)
 
     evaluator = Evaluator(lambda x: encode(model, x), head_of(model), batches, data.num_classes, groups, device,
                           cfg.eval.tta_flip, modules=[model])
@@ -75,4 +72,4 @@ def train_stage1(cfg: Config, run: RunDir) -> dict[str, Any]:
     # Report the best epoch on the selection split, or the last one.
     selected, last_metrics = select_reported(cfg, run, state.best_epoch, t.epochs, evaluator, model)
     return finish(cfg, run, data, evaluator, head_of(model), model, selected, t_start, last_metrics,
-                  {"epochs": t.epochs})
+                  {"epochs": t.epochs}, state)

@@ -11,14 +11,14 @@ from __future__ import annotations
 import copy
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from bench.config import Config, ConfigError, load_parent, parent_path
-from bench.data.batches import InMemoryLoader, Normalize, eval_batches
+from bench.data.batches import InMemoryLoader
 from bench.data.lt import LTData, Split
 from bench.methods.classifiers import maxnorm_project_, maxnorm_radius
 from bench.methods.losses import make_loss
@@ -59,39 +59,44 @@ def load_parent_model(cfg: Config, data: LTData, parent: RunDir, device: torch.d
 
 
 @torch.no_grad()
-def extract_features(model: torch.nn.Module, split: Split, normalize: Normalize, batch_size: int,
+def extract_features(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
                      device: torch.device, tta_flip: bool = False) -> Split:
     """Pooled features of a split in eval mode (and, for TTA, the mean with the flipped image's features:
     the head is affine, so head(mean) equals the mean of the two logits)."""
     model.eval()
-    feats = []
-    for x, _ in eval_batches(split, batch_size, normalize):
+    feats, labels = [], []
+    for x, y in batches:
         x = x.to(device)
         h = encode(model, x)
         if tta_flip:
             h = (h + encode(model, x.flip(3))) / 2
         feats.append(h.float().cpu())
-    return Split(torch.cat(feats), split.y)
+        labels.append(y)
+    return Split(torch.cat(feats), torch.cat(labels))
 
 
-def parent_features(model: torch.nn.Module, parent: RunDir, data: LTData, split: str, normalize: Normalize,
-                    batch_size: int, device: torch.device, tta_flip: bool = False) -> Split:
+def parent_features(model: torch.nn.Module, parent: RunDir, data: LTData, split: str, batch_size: int,
+                    device: torch.device, tta_flip: bool = False, workers: int = 0) -> Split:
     """Features of the parent's final model, extracted once and kept in its run directory.
 
     A finished run's final.pt never changes, so every stage-2 / post-hoc child (a hyperparameter grid,
     say) reuses them; a feature file that does not match the split is recomputed.
     """
     path = parent.path / "features" / f"{split}{'-tta' if tta_flip else ''}.pt"
-    src = data.split(split)
+    # The cache is keyed by what was read: the labels in order, and for shards the manifest digest.
+    source = {"manifest": data.manifest_digest, "selection_hash": data.selection_hash}
+    labels = data.labels(split)
     if path.is_file():
         try:
             saved = ckpt.load(path)
-            if torch.equal(saved["y"], src.y):
-                return Split(saved["x"], src.y)
+            if saved.get("source") == source and torch.equal(saved["y"], labels):
+                return Split(saved["x"], saved["y"])
         except ckpt.CheckpointError:
             pass
-    feats = extract_features(model, src, normalize, batch_size, device, tta_flip)
-    ckpt.save_atomic({"x": feats.x, "y": feats.y}, path)
+    feats = extract_features(model, data.eval_batches(split, batch_size, workers), device, tta_flip)
+    if not torch.equal(feats.y, labels):  # on_error=skip dropped samples: usable, but never cached
+        return feats
+    ckpt.save_atomic({"x": feats.x, "y": feats.y, "source": source}, path)
     return feats
 
 
@@ -147,17 +152,17 @@ def train_stage2(cfg: Config, run: RunDir, parent: RunDir) -> dict[str, Any]:
     for p in head.parameters():
         p.requires_grad_(True)
     radius = maxnorm_radius(head.weight.detach(), s2.maxnorm_thresh)
-    normalize = Normalize(data.mean, data.std, data.in_chans)
     t = s2.train
     cached = s2.cache_features and s2.augment == "none" and s2.bn_mode == "eval" and not trained
     seed = cfg.seed + 1_000_003  # a stream of its own, not a replay of stage 1's first epochs
 
     if cached:
         t0 = time.time()
-        feats = {"train": parent_features(model, parent, data, "train", normalize, cfg.eval.batch_size, device)}
+        workers = cfg.runtime.workers
+        feats = {"train": parent_features(model, parent, data, "train", cfg.eval.batch_size, device, False, workers)}
         for split in ("val", "test") if data.val is not None else ("test",):
-            feats[split] = parent_features(model, parent, data, split, normalize, cfg.eval.batch_size, device,
-                                           cfg.eval.tta_flip)
+            feats[split] = parent_features(model, parent, data, split, cfg.eval.batch_size, device,
+                                           cfg.eval.tta_flip, workers)
         log(f"stage 2: {len(data.train)} training features ready in {time.time() - t0:.1f} s")
         loader = InMemoryLoader(feats["train"], t.batch_size, seed, None, "none", 0, t.drop_last, t.sampler,
                                 data.num_classes)
@@ -166,8 +171,7 @@ def train_stage2(cfg: Config, run: RunDir, parent: RunDir) -> dict[str, Any]:
                               data.num_classes, groups, device)
         set_train_mode = head.train
     else:
-        loader = InMemoryLoader(data.train, t.batch_size, seed, normalize, s2.augment, cfg.data.crop_padding,
-                                t.drop_last, t.sampler, data.num_classes)
+        loader = data.train_loader(t.batch_size, seed, s2.augment, t.drop_last, t.sampler, cfg.runtime.workers)
 
         def encoder(x: torch.Tensor) -> torch.Tensor:
             # Frozen backbone: no graph (BN running stats still move in train mode, as in the WB code).
@@ -176,7 +180,7 @@ def train_stage2(cfg: Config, run: RunDir, parent: RunDir) -> dict[str, Any]:
                 return encode(model, x)
 
         evaluator = Evaluator(lambda x: encode(model, x), head,
-                              lambda s: eval_batches(data.split(s), cfg.eval.batch_size, normalize),
+                              lambda s: data.eval_batches(s, cfg.eval.batch_size, cfg.runtime.workers),
                               data.num_classes, groups, device, cfg.eval.tta_flip, modules=[model])
 
         def set_train_mode() -> None:
@@ -195,7 +199,7 @@ def train_stage2(cfg: Config, run: RunDir, parent: RunDir) -> dict[str, Any]:
     return finish(cfg, run, data, evaluator, head, model, selected, t_start, last_metrics,
                   {"epochs": t.epochs, "parent": str(parent.path), "cached_features": cached,
                    "trained_blocks": s2.train_blocks,
-                   "maxnorm_radius": radius if s2.maxnorm else None})
+                   "maxnorm_radius": radius if s2.maxnorm else None}, state)
 
 
 def run_posthoc(cfg: Config, run: RunDir, parent: RunDir) -> dict[str, Any]:
@@ -210,8 +214,8 @@ def run_posthoc(cfg: Config, run: RunDir, parent: RunDir) -> dict[str, Any]:
     model = load_parent_model(cfg, data, parent, device)
     run.prepare(cfg)
     run.write_json("run.json", {**run_info(cfg, data, groups, device), "parent": str(parent.path)})
-    normalize = Normalize(data.mean, data.std, data.in_chans)
-    splits = {s: parent_features(model, parent, data, s, normalize, cfg.eval.batch_size, device, cfg.eval.tta_flip)
+    splits = {s: parent_features(model, parent, data, s, cfg.eval.batch_size, device, cfg.eval.tta_flip,
+                                 cfg.runtime.workers)
               for s in (["val"] if data.val is not None else []) + ["test"]}
     base_head = head_of(model)
     prior = class_prior(data.class_counts).to(device)

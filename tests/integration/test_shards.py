@@ -1,0 +1,372 @@
+"""Real tar shards: `ltbench prepare` on fake ImageNet-LT / Places-LT / iNat trees, streaming under 2-process
+gloo DDP, bad data, training from shards (and its exact resume) against training from memory."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench.data.shards import file_sha256
+from tests.conftest import REPO, run_cli
+from tests.shardtools import TEST, TRAIN, VAL, fake_cards, make_inat_tree, make_split_file_tree, rewrite_shard
+
+pytestmark = pytest.mark.slow
+
+SMOKE = str(REPO / "configs" / "smoke.yaml")
+FIXED = ["runtime.threads=1"]
+# The smoke config's long-tailed cut of the synthetic dataset, as `ltbench prepare` arguments.
+SMOKE_DATA = ["imbalance_factor=10", "val_per_class=10", "synthetic.train_per_class=200",
+              "synthetic.test_per_class=40", "synthetic.image_size=16"]
+
+
+@pytest.fixture(scope="module")
+def smoke_shards(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("smoke-shards")
+    r = run_cli("prepare", "synthetic", *SMOKE_DATA, "--out", str(out), "--samples-per-shard", "100")
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def cards(tmp_path_factory) -> Path:
+    return fake_cards(tmp_path_factory.mktemp("cards"))
+
+
+def _tree(kind: str, root: Path) -> Path:
+    return make_inat_tree(root) if kind == "inat2018" else make_split_file_tree(root, kind)
+
+
+@pytest.mark.parametrize("kind", ["imagenet-lt", "places-lt", "inat2018"])
+def test_prepare_fake_tree_matches_its_card(kind, cards, tmp_path):
+    images = _tree(kind, tmp_path / "src")
+    out = tmp_path / "shards"
+    r = run_cli("prepare", kind, "--src", str(images), "--splits", str(tmp_path / "src" / "splits"), "--out", str(out),
+                "--samples-per-shard", "7", env={"LTBENCH_DATASETS_DIR": str(cards)})
+    assert r.returncode == 0, r.stderr
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["dataset"] == kind and m["num_classes"] == 5 and m["card_check"]["deviations"] == []
+    splits = {"train": TRAIN, "test": [TEST] * 5} | ({} if kind == "inat2018" else {"val": [VAL] * 5})
+    assert set(m["splits"]) == set(splits)
+    for name, counts in splits.items():
+        s = m["splits"][name]
+        assert s["class_counts"] == counts and s["num_samples"] == sum(counts)
+        assert sum(sh["samples"] for sh in s["shards"]) == sum(counts)
+        assert Counter(lab for sh in s["shards"] for lab in sh["labels"]) == dict(enumerate(counts))
+        for sh in s["shards"]:
+            assert file_sha256(out / sh["name"]) == sh["sha256"] and (out / sh["name"]).stat().st_size == sh["bytes"]
+    assert m["selection"]["class_counts"] == TRAIN and m["selection"]["profile"] == "files"
+    assert set(m["sources"]) == set(json.loads(json.dumps(
+        {"imagenet-lt": ["ImageNet_LT_train.txt", "ImageNet_LT_val.txt", "ImageNet_LT_test.txt"],
+         "places-lt": ["Places_LT_train.txt", "Places_LT_val.txt", "Places_LT_test.txt"],
+         "inat2018": ["train2018.json", "val2018.json"]}[kind])))
+    if kind == "imagenet-lt":
+        assert m["class_names"] == [f"n{c:08d}" for c in range(5)]   # from the class folders
+    if kind == "inat2018":
+        assert m["class_names"][3] == "Species 3"
+    r = run_cli("prepare", "--verify", kind, "--out", str(out))
+    assert r.returncode == 0 and "match" in r.stdout
+
+
+def test_prepare_stops_on_a_card_mismatch_unless_allowed(tmp_path):
+    images = make_split_file_tree(tmp_path / "src", "imagenet-lt")
+    args = ["prepare", "imagenet-lt", "--src", str(images), "--splits", str(tmp_path / "src" / "splits"),
+            "--out", str(tmp_path / "out")]
+    r = run_cli(*args)   # the real card: 115,846 training images expected
+    assert r.returncode == 2
+    assert "train samples 30 (card: 115846)" in r.stderr and "--allow-deviation" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "out" / "manifest.json").exists()
+    r = run_cli(*args, "--allow-deviation")
+    assert r.returncode == 0, r.stderr
+    m = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert m["card_check"]["allowed"] and "train samples 30 (card: 115846)" in m["card_check"]["deviations"]
+
+
+def test_prepare_errors_name_the_problem(cards, tmp_path):
+    images = make_split_file_tree(tmp_path / "src", "places-lt")
+    env = {"LTBENCH_DATASETS_DIR": str(cards)}
+    (images / "c" / "class2").rename(images / "c" / "gone")
+    r = run_cli("prepare", "places-lt", "--src", str(images), "--splits", str(tmp_path / "src" / "splits"),
+                "--out", str(tmp_path / "o"), env=env)
+    assert r.returncode == 2 and "5 images listed in" in r.stderr and str(images / "c" / "class2") in r.stderr
+    (images / "c" / "gone").rename(images / "c" / "class2")
+    bad = tmp_path / "src" / "splits" / "Places_LT_val.txt"
+    bad.write_text("/c/class0/x.jpg zero\n")
+    r = run_cli("prepare", "places-lt", "--src", str(images), "--splits", str(tmp_path / "src" / "splits"),
+                "--out", str(tmp_path / "o"), env=env)
+    assert r.returncode == 2 and f"{bad}:1: expected 'relative/path label'" in r.stderr
+
+
+def test_prepare_is_idempotent_and_resumes_after_a_crash(tmp_path):
+    out = tmp_path / "s"
+    args = ["prepare", "synthetic", *SMOKE_DATA, "--out", str(out), "--samples-per-shard", "150"]
+    assert run_cli(*args).returncode == 0
+    first = {p.name: (file_sha256(p), p.stat().st_mtime_ns) for p in out.glob("*.tar")}
+    r = run_cli(*args)
+    assert r.returncode == 0 and f"{len(first)} shards already done and verified, 0 to write" in r.stdout
+    assert {p.name: (file_sha256(p), p.stat().st_mtime_ns) for p in out.glob("*.tar")} == first
+    # a crash: one shard never written, one torn, a temporary file left behind
+    (out / "train-000001.tar").unlink()
+    with open(out / "test-000000.tar", "r+b") as f:
+        f.truncate(5000)
+    (out / ".train-000002.tar.tmp999").write_bytes(b"partial")
+    r = run_cli(*args)
+    assert r.returncode == 0 and "2 to write" in r.stdout, r.stdout
+    assert {p.name: file_sha256(p) for p in out.glob("*.tar")} == {k: v[0] for k, v in first.items()}
+    assert not list(out.glob(".*.tmp*"))
+
+
+def test_shards_of_other_data_are_not_overwritten(smoke_shards, tmp_path):
+    r = run_cli("prepare", "synthetic", "imbalance_factor=50", *SMOKE_DATA[1:], "--out", str(smoke_shards))
+    assert r.returncode == 2 and "different preparation" in r.stderr
+
+
+# --- streaming under DDP ------------------------------------------------------------------------
+
+def _ddp_worker(rank: int, world: int, port: int, shards: str, workers: int, out: str) -> None:
+    import torch.distributed as dist
+
+    from bench.config import load_config
+    from bench.data.lt import build_lt_data
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    cfg = load_config(SMOKE, [f"data.shards={shards}", f"runtime.workers={workers}"])
+    data = build_lt_data(cfg.data)
+    res: dict = {"train": {}, "eval": {}}
+    loader = data.train_loader(8, 0, "crop_flip", False, "instance", workers)
+    for epoch in (0, 1):
+        keys, shapes = [], set()
+        for x, y in loader.epoch(epoch):
+            keys.append(list(loader.batch_keys))
+            shapes.add(tuple(x.shape[1:]))
+        res["train"][epoch] = {"batches": len(keys), "len": len(loader), "keys": keys, "shapes": sorted(shapes)}
+    for split in ("val", "test"):
+        ys = [y.tolist() for _, y in data.eval_batches(split, 16, workers)]
+        res["eval"][split] = sum(ys, [])
+    Path(out, f"rank{rank}.json").write_text(json.dumps(res))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def _run_ddp(shards: Path, workers: int, out: Path, port: int) -> list[dict]:
+    import torch.multiprocessing as mp
+
+    out.mkdir()
+    mp.spawn(_ddp_worker, args=(2, port, str(shards), workers, str(out)), nprocs=2, join=True)
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+
+
+def test_ddp_streaming_is_exact_with_0_and_2_workers(smoke_shards, tmp_path):
+    m = json.loads((smoke_shards / "manifest.json").read_text())
+    all_train = {f"{sh['name']}/{k:08d}" for sh in m["splits"]["train"]["shards"]
+                 for k in range(int(sh["name"][-10:-4]) * 100, int(sh["name"][-10:-4]) * 100 + sh["samples"])}
+    n_train = m["splits"]["train"]["num_samples"]
+    assert len(all_train) == n_train == 772   # 772 = 2 ranks x 48 full batches of 8 + 4: no repeats needed
+    runs = {w: _run_ddp(smoke_shards, w, tmp_path / f"w{w}", 29500 + 7 * w + os.getpid() % 1000) for w in (0, 2)}
+    for workers, ranks in runs.items():
+        for epoch in ("0", "1"):
+            per_rank = [r["train"][epoch] for r in ranks]
+            assert per_rank[0]["batches"] == per_rank[1]["batches"] == per_rank[0]["len"] == 49   # same count: no hang
+            seen = [k for r in per_rank for b in r["keys"] for k in b]
+            assert len(seen) == n_train and set(seen) == all_train       # every sample exactly once per epoch
+            assert all(r["shapes"] == [[3, 16, 16]] for r in per_rank)
+        assert ranks[0]["train"]["0"]["keys"] != ranks[0]["train"]["1"]["keys"]   # reshuffled every epoch
+        for split in ("val", "test"):
+            labels = ranks[0]["eval"][split] + ranks[1]["eval"][split]
+            assert Counter(labels) == dict(enumerate(m["splits"][split]["class_counts"]))  # each sample once
+    # the order does not depend on the number of DataLoader workers
+    assert [r["train"] for r in runs[0]] == [r["train"] for r in runs[2]]
+
+
+def test_workers_ignore_sigusr2(smoke_shards):
+    """SLURM signals the whole process group before preemption; only the trainer may react to it."""
+    code = f"""
+import os, signal
+from bench.config import load_config
+from bench.data.lt import build_lt_data
+got = []
+signal.signal(signal.SIGUSR2, lambda *a: got.append(1))
+cfg = load_config({SMOKE!r}, ["data.shards={smoke_shards}", "runtime.workers=2"])
+loader = build_lt_data(cfg.data).train_loader(8, 0, "crop_flip", False, "instance", 2)
+n = 0
+for x, y in loader.epoch(0):
+    if n == 3:
+        os.killpg(os.getpgid(0), signal.SIGUSR2)
+    n += 1
+print("batches", n, "signals", len(got))
+"""
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
+                       start_new_session=True)
+    assert r.returncode == 0, r.stderr
+    assert "batches 97 signals 1" in r.stdout
+
+
+# --- bad data -------------------------------------------------------------------------------------
+
+def _copy_shards(src: Path, dst: Path) -> Path:
+    import shutil
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _loader_error(shards: Path, *extra: str) -> str:
+    from bench.config import load_config
+    from bench.data.cards import DatasetError
+    from bench.data.lt import build_lt_data
+
+    cfg = load_config(SMOKE, [f"data.shards={shards}", "runtime.workers=0", *extra])
+    with pytest.raises(DatasetError) as e:
+        data = build_lt_data(cfg.data)
+        for _ in data.train_loader(8, 0, "none", False, "instance", 0).epoch(0):
+            pass
+    return str(e.value)
+
+
+def test_truncated_shard_is_named(smoke_shards, tmp_path):
+    s = _copy_shards(smoke_shards, tmp_path / "s")
+    with open(s / "train-000003.tar", "r+b") as f:
+        f.truncate(40_000)
+    msg = _loader_error(s)
+    assert "train-000003.tar has 40000 bytes, the manifest says" in msg and "\n" not in msg
+    # the same torn tar with a matching size in the manifest: found while reading
+    doc = json.loads((s / "manifest.json").read_text())
+    for sh in doc["splits"]["train"]["shards"]:
+        if sh["name"] == "train-000003.tar":
+            sh["bytes"] = 40_000
+    (s / "manifest.json").write_text(json.dumps(doc))
+    msg = _loader_error(s)
+    assert "train-000003.tar after key" in msg and ("unreadable tar" in msg or "ends after" in msg)
+
+
+def test_undecodable_image_and_missing_label_are_named(smoke_shards, tmp_path):
+    s = _copy_shards(smoke_shards, tmp_path / "s")
+
+    def garble(samples):
+        samples[5]["png"] = b"\x89PNG not really"
+        return samples
+
+    rewrite_shard(s / "train-000002.tar", s / "manifest.json", garble)
+    msg = _loader_error(s)
+    assert "train-000002.tar key 00000205: cannot decode .png" in msg
+    s2 = _copy_shards(smoke_shards, tmp_path / "s2")
+
+    def unlabel(samples):
+        del samples[0]["cls"]
+        return samples
+
+    rewrite_shard(s2 / "train-000001.tar", s2 / "manifest.json", unlabel)
+    assert "train-000001.tar key 00000100: no label (.cls)" in _loader_error(s2)
+
+
+def test_on_error_skip_counts_and_reports(smoke_shards, tmp_path):
+    s = _copy_shards(smoke_shards, tmp_path / "s")
+
+    def garble(samples):
+        samples[5]["png"] = samples[9]["png"] = b"garbage"
+        return samples
+
+    rewrite_shard(s / "train-000002.tar", s / "manifest.json", garble)
+    rewrite_shard(s / "test-000001.tar", s / "manifest.json", garble)
+    r = run_cli("run", SMOKE, *FIXED, f"data.shards={s}", "data.on_error=skip", "--runs-root", str(tmp_path / "runs"))
+    assert r.returncode == 0, r.stderr
+    res = json.loads(next((tmp_path / "runs").glob("smoke/*/result.json")).read_text())
+    errs = res["data_errors"]
+    assert errs["train_skipped"] == 2 * 3                     # 2 bad samples, every one of 3 epochs
+    assert errs["eval_skipped"]["test"] == 2 and errs["eval_skipped"]["val"] == 0
+    assert any("train-000002.tar key 00000205" in e for e in errs["examples"])
+    assert sum(res["class_counts"]) == 772
+
+
+# --- training from shards -------------------------------------------------------------------------
+
+def test_shards_run_matches_memory_run_and_resumes_exactly(smoke_shards, tmp_path):
+    mem = run_cli("run", SMOKE, *FIXED, "--runs-root", str(tmp_path / "mem"))
+    assert mem.returncode == 0, mem.stderr
+    ref = run_cli("run", SMOKE, *FIXED, f"data.shards={smoke_shards}", "--runs-root", str(tmp_path / "ref"))
+    assert ref.returncode == 0, ref.stderr
+    r_mem = json.loads(next((tmp_path / "mem").glob("smoke/*/result.json")).read_text())
+    r_ref = json.loads(next((tmp_path / "ref").glob("smoke/*/result.json")).read_text())
+    # the same images (selection hash), a different but equally valid order: comparable accuracy
+    assert r_ref["selection_hash"] == r_mem["selection_hash"] and r_ref["class_counts"] == r_mem["class_counts"]
+    assert abs(r_ref["metrics"]["all"] - r_mem["metrics"]["all"]) < 12
+    assert r_ref["config_hash"] != r_mem["config_hash"] and r_ref["data_manifest"]
+    # SIGKILL in the middle of an epoch, then resume: identical numbers
+    root = tmp_path / "kill"
+    args = [sys.executable, "-m", "bench", "run", SMOKE, *FIXED, f"data.shards={smoke_shards}",
+            "runtime.checkpoint_every_steps=5", "--runs-root", str(root)]
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    t0 = time.time()
+    while not list(root.glob("smoke/*/checkpoints/last.pt")):
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.time() - t0 < 300
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    saved = torch.load(next(root.glob("smoke/*/checkpoints/last.pt")), weights_only=True)
+    assert saved["data_layout"] == {"world_size": 1, "streams": 4, "batch_size": 32}
+    r = run_cli("run", SMOKE, *FIXED, f"data.shards={smoke_shards}", "runtime.checkpoint_every_steps=5",
+                "--runs-root", str(root))
+    assert r.returncode == 0 and "resuming" in r.stdout, r.stderr
+    r_new = json.loads(next(root.glob("smoke/*/result.json")).read_text())
+    for key in ("metrics", "val_metrics", "per_class_acc", "selected_epoch"):
+        assert r_new[key] == r_ref[key], key
+
+
+def test_large_image_dataset_trains_from_shards(cards, tmp_path):
+    """A fake ImageNet-LT through the whole path: prepare, RandomResizedCrop training, resize + centre-crop
+    evaluation, stage 2 on cached features."""
+    images = make_split_file_tree(tmp_path / "src", "imagenet-lt")
+    env = {"LTBENCH_DATASETS_DIR": str(cards)}
+    out = tmp_path / "shards"
+    assert run_cli("prepare", "imagenet-lt", "--src", str(images), "--splits", str(tmp_path / "src" / "splits"),
+                   "--out", str(out), "--samples-per-shard", "8", env=env).returncode == 0
+    cfg = tmp_path / "inlt.yaml"
+    cfg.write_text(f"""
+name: fake-inlt
+method: wd
+protocol: clean
+data: {{dataset: imagenet-lt, shards: {out}, augment: rrc_flip}}
+model: {{name: resnet8_cifar}}
+train: {{epochs: 2, batch_size: 8, lr: 0.05, weight_decay: 5.0e-4}}
+runtime: {{threads: 1, workers: 2}}
+""")
+    r = run_cli("run", str(cfg), "--runs-root", str(tmp_path / "runs"), env=env)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(next((tmp_path / "runs").glob("fake-inlt/*/result.json")).read_text())
+    assert res["class_counts"] == TRAIN and res["groups"] == {"many": [], "medium": [], "few": [0, 1, 2, 3, 4]}
+    resolved = (next((tmp_path / "runs").glob("fake-inlt/*/config.yaml"))).read_text()
+    assert "image_size: 24" in resolved and "eval_resize: 28" in resolved and "profile: files" in resolved
+    child = tmp_path / "wb.yaml"
+    child.write_text(f"""
+name: fake-inlt
+method: wb
+protocol: clean
+stage: stage2
+parent: {cfg}
+stage2: {{train: {{epochs: 2, batch_size: 8}}, maxnorm: true, bn_mode: eval, augment: none}}
+""")
+    r = run_cli("run", str(child), "--runs-root", str(tmp_path / "runs"), env=env)
+    assert r.returncode == 0, r.stderr
+    res2 = json.loads(next((tmp_path / "runs").glob("fake-inlt/wb-*/result.json")).read_text())
+    assert res2["cached_features"] is True and res2["data_manifest"] == res["data_manifest"]
+
+
+def test_config_errors_for_shard_datasets(tmp_path):
+    plain = tmp_path / "inlt.yaml"
+    plain.write_text("data: {dataset: imagenet-lt}\n")
+    r = run_cli("config", str(plain))
+    assert r.returncode == 2 and "is read from shards" in r.stderr and "ltbench prepare imagenet-lt" in r.stderr
+    r = run_cli("config", SMOKE, f"data.shards={tmp_path}")
+    assert r.returncode == 2 and "manifest.json not found" in r.stderr
+    r = run_cli("config", SMOKE, "data.dataset=inat2018", f"data.shards={tmp_path}", "data.imbalance_factor=10")
+    assert r.returncode == 2 and "inat2018 split files fix it at 500.0" in r.stderr
