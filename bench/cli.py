@@ -144,7 +144,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # KEY=VALUE overrides may also come after options (`prepare cifar100 --out D imbalance_factor=50`),
+    # which argparse alone leaves unparsed.
+    args, rest = parser.parse_known_args(argv)
+    stray = [r for r in rest if r.startswith("-") or "=" not in r or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if rest:
+        args.overrides = list(args.overrides) + rest
     try:
         return args.fn(args)
     except _user_errors() as e:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -516,6 +518,8 @@ def resolve(cfg: Config) -> Config:
 
     card = load_card(cfg.data.dataset)
     d = cfg.data
+    d.root, d.shards = _expand_path("data.root", d.root), _expand_path("data.shards", d.shards)
+    cfg.model.pretrained_file = _expand_path("model.pretrained_file", cfg.model.pretrained_file)
     if card.get("source") in FILE_SPLIT_SOURCES:
         _resolve_file_split(d, card)
     else:
@@ -573,6 +577,18 @@ def resolve(cfg: Config) -> Config:
 
 
 FILE_SPLIT_SOURCES = ("split_files", "inat_json")
+
+
+def _expand_path(key: str, value: str | None) -> str | None:
+    """$VAR / ${VAR} in path fields (shared configs name data locations by environment variable)."""
+    if value is None or "$" not in value:
+        return value
+    out = os.path.expandvars(value)
+    if "$" in out:
+        unset = re.findall(r"\$\{?(\w+)", out)
+        raise ConfigError(f"config key '{key}': {value} uses the unset environment variable {unset[0] if unset else '?'}"
+                          " (export it, or give the path)")
+    return out
 
 
 def _resolve_file_split(d: DataConfig, card: dict[str, Any]) -> None:

@@ -41,7 +41,50 @@ def test_every_paper_config_loads_with_its_protocol(repo, exp):
     assert cfgs["hs"].posthoc.kind == "la_mult" and cfgs["hs"].posthoc.tau is None
 
 
-def test_every_config_in_the_repo_loads(repo):
+@pytest.fixture(scope="module")
+def large_shards(tmp_path_factory):
+    """Fake ImageNet-LT / Places-LT / iNat shards under one root, prepared against the real cards (so the
+    configs load exactly as they would on the real data; the size deviation is allowed and recorded)."""
+    from bench.data.prepare import prepare
+    from tests.shardtools import make_inat_tree, make_split_file_tree
+
+    root = tmp_path_factory.mktemp("shards")
+    for name in ("imagenet-lt", "places-lt", "inat2018"):
+        src = tmp_path_factory.mktemp(name)
+        images = make_inat_tree(src) if name == "inat2018" else make_split_file_tree(src, name)
+        prepare(name, root / name, images, src / "splits", workers=1, allow_deviation=True, progress="off")
+    return root
+
+
+@pytest.fixture
+def large_env(large_shards, monkeypatch, tmp_path):
+    monkeypatch.setenv("LTBENCH_SHARDS", str(large_shards))
+    monkeypatch.setenv("LTBENCH_WEIGHTS", str(tmp_path))
+
+
+def test_large_scale_configs(repo, large_env, large_shards):
+    d = repo / "configs" / "paper"
+    inlt = {p.stem: load_config(p) for p in sorted((d / "imagenet_lt").glob("*.yaml"))}
+    assert set(inlt) == {"wd", "wb", "taunorm", "hs_stage1", "hs"}
+    wd = inlt["wd"]
+    assert wd.model.name == "resnext50_32x4d" and wd.data.profile == "files" and wd.data.imbalance_factor == 256
+    assert wd.data.shards == str(large_shards / "imagenet-lt") and wd.data.shards_manifest
+    assert wd.protocol == "clean" and wd.eval.selection_split == "val" and wd.data.augment == "rrc_flip"
+    assert (wd.data.image_size, wd.data.eval_resize, wd.data.val_per_class) == (224, 256, 20)
+    wb = inlt["wb"]
+    assert wb.parent_hash == wd.run_hash() and wb.stage2.maxnorm and wb.stage2.bn_mode == "eval"
+    assert wb.data.shards_manifest == wd.data.shards_manifest
+    inat = {p.stem: load_config(p) for p in sorted((d / "inat2018").glob("*.yaml"))}
+    assert set(inat) == {"wd", "wb"}   # no val split: nothing may be chosen on it
+    assert inat["wd"].model.name == "resnet50" and inat["wd"].train.batch_size == 512
+    assert inat["wd"].eval.selection_split == "test" and inat["wd"].eval.select == "last"
+    assert inat["wd"].data.val_per_class == 0 and inat["wd"].data.imbalance_factor == 500
+    places = load_config(d / "places_lt" / "wd.yaml")
+    assert places.model.name == "resnet152" and places.model.pretrained_file.endswith("resnet152_imagenet.pth")
+    assert places.data.n_max == 4980
+
+
+def test_every_config_in_the_repo_loads(repo, large_env):
     paths = [p for p in sorted((repo / "configs").rglob("*.yaml")) if not p.name.startswith("_")]
     assert len(paths) > 40
     for p in paths:
