@@ -362,6 +362,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 INHERITED = ("data", "model", "train")  # a stage2/posthoc run takes these from its parent
+LOCATION_KEYS = ("root", "shards")        # ...except where its data lives now, which it may override
 
 # Settings a named protocol fixes (REFERENCE.md section 3). A config that names the protocol gets these
 # values, and setting one of them to something else is an error: the label cannot lie.
@@ -485,6 +486,11 @@ def _inherit_from_parent(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     stage = raw["stage"]
     if not raw.get("parent"):
         raise ConfigError(f"config key 'parent': a {stage} config needs the run it starts from (a run directory or experiment YAML)")
+    where = raw.get("data") if isinstance(raw.get("data"), dict) else None
+    if where is not None and set(where) <= set(LOCATION_KEYS):
+        raw = {k: v for k, v in raw.items() if k != "data"}   # only where the parent's data is now: allowed
+    else:
+        where = None
     for key in INHERITED:
         if key in raw:
             raise ConfigError(f"config key '{key}': a {stage} config takes '{key}' from its parent; set it there")
@@ -501,19 +507,27 @@ def _inherit_from_parent(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     out["parent_hash"] = parent.run_hash()
     for key in INHERITED:
         out[key] = pd[key]
+    if where:
+        # the same data somewhere else (node-local shards); resolve() checks the manifest digest still matches
+        out["data"] = {**pd["data"], **where}
     out.setdefault("groups", pd["groups"])
     if stage == "posthoc" and parent.stage == "stage2":
         out.setdefault("stage2", pd["stage2"])
     return out
 
 
-def from_dict(raw: dict[str, Any]) -> Config:
-    """Rebuild a Config from a resolved dict (e.g. a run directory's config.yaml)."""
-    return resolve(_build(Config, raw, ""))
+def from_dict(raw: dict[str, Any], check_files: bool = False) -> Config:
+    """Rebuild a Config from a resolved dict (e.g. a run directory's config.yaml).
+
+    Stored configs are not re-checked against their data files: shards may since have moved (node-local
+    copies, another mount); the stored `data.shards_manifest` digest still names the data exactly.
+    """
+    return resolve(_build(Config, raw, ""), check_files)
 
 
-def resolve(cfg: Config) -> Config:
-    """Fill 'card' defaults from the dataset card and check combinations of fields."""
+def resolve(cfg: Config, check_files: bool = True) -> Config:
+    """Fill 'card' defaults from the dataset card and check combinations of fields (and, with
+    check_files, read data.shards' manifest to record its digest)."""
     from bench.data.cards import load_card  # local: cards read YAML files of the repo
 
     card = load_card(cfg.data.dataset)
@@ -546,14 +560,14 @@ def resolve(cfg: Config) -> Config:
     if d.shards is None and card.get("source") in FILE_SPLIT_SOURCES:
         raise ConfigError(f"config key 'data.shards': {d.dataset} is read from shards; run `ltbench prepare "
                           f"{d.dataset} --src DIR --out SHARDS` and set data.shards=SHARDS")
-    if d.shards is not None:
+    if d.shards is not None and check_files:
         from bench.data.shards import load_manifest  # local: reads the shard directory
         digest = load_manifest(d.shards).digest
         if d.shards_manifest not in (None, digest):
             raise ConfigError(f"config key 'data.shards_manifest': the shards in {d.shards} changed since this run "
                               f"started (manifest {digest}, run has {d.shards_manifest}); start a new run")
         d.shards_manifest = digest
-    else:
+    elif d.shards is None:
         d.shards_manifest = None
     if d.shards is not None and d.streams % max(1, cfg.runtime.workers):
         raise ConfigError(f"config key 'runtime.workers': {cfg.runtime.workers} does not divide data.streams = "

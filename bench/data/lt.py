@@ -82,7 +82,7 @@ class LTData:
         c = self.cfg
         rank, world = rank_and_world()
         return StreamSpec(split, train, seed, 0, rank, world, batch_size, drop_last, c.streams, c.shuffle_buffer,
-                          c.on_error, self.in_chans, c.pad_to, c.image_size, c.eval_resize, augment, c.crop_padding)
+                          c.on_error, self.in_chans, self.num_classes, c.pad_to, c.image_size, c.eval_resize, augment, c.crop_padding)
 
     def train_loader(self, batch_size: int, seed: int, augment: str, drop_last: bool, sampler: str,
                      workers: int = 0) -> Any:

@@ -140,6 +140,14 @@ def _read_inat_json(path: Path) -> tuple[list[tuple[str, int]], dict[int, str]]:
     return [(files[i], labels[i]) for i in sorted(files)], names
 
 
+def _class_folder(rel: str) -> str:
+    """The class part of an image path: its folders without a leading split folder or one-letter index."""
+    parts = list(Path(rel.lstrip("/")).parent.parts)
+    while parts and (parts[0] in ("train", "val", "test") or len(parts[0]) == 1):
+        parts.pop(0)
+    return "/".join(parts)
+
+
 def plan_file_dataset(dataset: str, card: dict[str, Any], src: Path, splits_dir: Path) -> Plan:
     """ImageNet-LT / Places-LT (split files) and iNaturalist 2018 (JSON): every listed image, as listed."""
     splits: dict[str, list[Item]] = {}
@@ -168,10 +176,11 @@ def plan_file_dataset(dataset: str, card: dict[str, Any], src: Path, splits_dir:
         splits[split] = items
     nc = card["num_classes"]
     if not names:
-        # ImageNet / Places paths name the class folder (e.g. train/n01440764/x.JPEG): use it when unambiguous.
+        # ImageNet / Places paths name the class folder (train/n01440764/x.JPEG, /a/apartment_building/outdoor/x.jpg):
+        # use it when unambiguous.
         folder: dict[int, set[str]] = {}
         for it in splits["train"]:
-            folder.setdefault(it.label, set()).add(Path(it.origin).parent.name)
+            folder.setdefault(it.label, set()).add(_class_folder(it.origin))
         names = {c: next(iter(f)) for c, f in folder.items() if len(f) == 1}
     class_names = [names.get(c, str(c)) for c in range(nc)]
     counts = Counter(it.label for it in splits["train"])
@@ -218,19 +227,21 @@ def _encode(item: Item, split: str, resize_shorter: int | None, jpeg_quality: in
         return ext, Path(item.path).read_bytes()
     try:
         with Image.open(item.path) as im:
-            im = im.convert("RGB")
+            im = im.convert("RGB")   # CMYK / greyscale / PNG-in-.JPEG files of ImageNet included
             if resize_shorter is not None and min(im.size) > resize_shorter:
                 s = resize_shorter / min(im.size)
                 im = im.resize((max(1, round(im.width * s)), max(1, round(im.height * s))), Image.BICUBIC)
             buf = io.BytesIO()
             im.save(buf, format="JPEG", quality=jpeg_quality or 90)
-    except OSError as e:
-        raise DatasetError(f"{item.path}: cannot decode for re-encoding ({e})") from None
+    except Exception as e:  # PIL raises many types on bad files
+        raise DatasetError(f"{item.path}: cannot decode for re-encoding ({type(e).__name__}: {e})") from None
     return "jpg", buf.getvalue()
 
 
-def _shard_digest(split: str, items: list[Item], encoding: dict[str, Any], sources: dict[str, str]) -> str:
-    h = hashlib.sha256(json.dumps([split, encoding, sorted(sources.items())]).encode())
+def _shard_digest(split: str, items: list[Item], encoding: dict[str, Any], sources: dict[str, str],
+                  selection: dict[str, Any]) -> str:
+    """What a shard is made of: a finished shard with another digest is rewritten."""
+    h = hashlib.sha256(json.dumps([split, encoding, sorted(sources.items()), selection], sort_keys=True).encode())
     for it in items:
         h.update(f"{it.label}|{it.origin}\n".encode())
     return h.hexdigest()
@@ -287,17 +298,22 @@ def write_shards(plan: Plan, out: Path, card: dict[str, Any], samples_per_shard:
     for stale in out.glob(".*.tmp*"):
         stale.unlink()  # torn temporary files of a crashed earlier run
     encoding = {"resize_shorter": resize_shorter, "jpeg_quality": jpeg_quality}
-    jobs, records = [], {}
+    planned = []
     for split, items in plan.splits.items():
         for s, start in enumerate(range(0, max(1, len(items)), samples_per_shard)):
             chunk = items[start:start + samples_per_shard]
             name = f"{split}-{s:06d}.tar"
-            digest = _shard_digest(split, chunk, encoding, plan.sources)
-            done = _finished(out, name, digest)
-            if done is not None:
-                records[name] = done
-            else:
-                jobs.append((str(out), name, split, start, chunk, encoding, digest))
+            planned.append((str(out), name, split, start, chunk, encoding,
+                            _shard_digest(split, chunk, encoding, plan.sources, plan.selection)))
+    # Verify finished shards by hash, in parallel (a rerun over ImageNet re-reads every shard once).
+    with cf.ThreadPoolExecutor(max(1, workers)) as pool:
+        done = list(pool.map(lambda j: _finished(out, j[1], j[6]), planned))
+    jobs, records = [], {}
+    for job, rec in zip(planned, done):
+        if rec is not None:
+            records[job[1]] = rec
+        else:
+            jobs.append(job)
     total = sum(len(j[4]) for j in jobs)
     log(f"prepare {plan.dataset}: {len(records)} shards already done and verified, {len(jobs)} to write "
         f"({total} samples) with {workers} processes")

@@ -31,6 +31,7 @@ import heapq
 import io
 import json
 import math
+import os
 import signal
 import tarfile
 from collections.abc import Iterator
@@ -144,44 +145,84 @@ class Hole:
     where: str
 
 
-def read_shard(path: str, skip: int, count: int, on_error: str) -> Iterator[dict[str, Any] | Hole]:
-    """Samples skip .. skip+count-1 of a tar shard as {"__key__", ext: bytes}, in file order.
+def _split_name(name: str) -> tuple[str, str]:
+    """webdataset naming: the key is the path up to the first dot of the file name, the rest the field."""
+    d, _, base = name.rpartition("/")
+    stem, _, ext = base.partition(".")
+    return (f"{d}/{stem}" if d else stem), ext.lower()
 
-    A truncated or unreadable tar raises (or, with skip, yields one Hole per sample it could not reach).
+
+def _complete(sample: dict[str, Any] | None) -> bool:
+    return sample is not None and "cls" in sample and any(e in sample for e in IMAGE_EXTS)
+
+
+def read_shard(path: str, skip: int, count: int, on_error: str) -> Iterator[dict[str, Any] | Hole]:
+    """Samples skip .. skip+count-1 of a tar shard as {"__key__", field: bytes}, in file order.
+
+    Members are grouped by key from their headers; a local file is opened seekable, so skipped samples
+    cost only their headers (their data is seeked over). A truncated or unreadable tar raises a
+    DatasetError naming the shard and the last intact key; with on_error=skip it yields one Hole per
+    sample it could not reach instead.
     """
     import webdataset as wds
-    from webdataset.tariterators import group_by_keys, tar_file_iterator
 
-    produced, last_key = 0, None
+    produced, k, last_good = 0, -1, None
+    current: dict[str, Any] | None = None
     try:
-        with wds.gopen(path, "rb") as stream:
-            files = ({**f, "__url__": path} for f in tar_file_iterator(stream))
-            for k, sample in enumerate(group_by_keys(files)):
-                last_key = sample["__key__"]
-                if k < skip:
+        local = os.path.isfile(path)
+        with (open(path, "rb") if local else wds.gopen(path, "rb")) as f:
+            tf = tarfile.open(fileobj=f, mode="r:" if local else "r|")
+            for info in tf:
+                if not info.isreg():
                     continue
-                if produced == count:
-                    return
-                yield sample
+                key, ext = _split_name(info.name)
+                if current is None or key != current["__key__"]:
+                    if current is not None and k >= skip:
+                        yield current
+                        produced += 1
+                        last_good = current["__key__"]
+                        if produced == count:
+                            return
+                    k += 1
+                    current = {"__key__": key}
+                if k >= skip:
+                    fobj = tf.extractfile(info)
+                    assert fobj is not None
+                    current[ext] = fobj.read()
+                if not local:
+                    tf.members = []  # a stream: do not keep every header (as webdataset does)
+            if current is not None and k >= skip and produced < count:
+                yield current
                 produced += 1
-    except (tarfile.TarError, EOFError, OSError, ValueError) as e:
-        where = f"shard {path} after key {last_key}" if last_key else f"shard {path}"
+                last_good = current["__key__"]
+    except (tarfile.TarError, EOFError, OSError) as e:
+        # The sample being read may still be whole (the damage starts at the next one).
+        if k >= skip and produced < count and _complete(current):
+            yield current
+            produced += 1
+            last_good = current["__key__"]  # type: ignore[index]
+        if produced == count:
+            return
+        where = f"shard {path} after key {last_good}" if last_good else f"shard {path}"
         if on_error != "skip":
             raise DatasetError(f"{where}: unreadable tar ({type(e).__name__}: {e})") from None
         for _ in range(count - produced):
             yield Hole(f"{where}: unreadable tar")
         return
     if produced < count:
-        where = f"shard {path} after key {last_key}"
+        where = f"shard {path} after key {last_good}"
         if on_error != "skip":
             raise DatasetError(f"{where}: ends after {skip + produced} samples, the manifest says at least {skip + count}")
         for _ in range(count - produced):
             yield Hole(f"{where}: missing samples")
 
 
-def decode_sample(sample: dict[str, Any], channels: int, path: str):
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+
+
+def decode_sample(sample: dict[str, Any], channels: int, path: str, num_classes: int):
     """(PIL image, label) of one sample; a DatasetError names the shard and key."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     key = sample.get("__key__")
     if "cls" not in sample:
@@ -190,15 +231,17 @@ def decode_sample(sample: dict[str, Any], channels: int, path: str):
         label = int(sample["cls"])
     except ValueError:
         raise DatasetError(f"shard {path} key {key}: label {sample['cls'][:20]!r} is not an integer") from None
-    ext = next((e for e in ("jpg", "jpeg", "png", "webp") if e in sample), None)
+    if not 0 <= label < num_classes:
+        raise DatasetError(f"shard {path} key {key}: label {label} outside 0..{num_classes - 1}")
+    ext = next((e for e in IMAGE_EXTS if e in sample), None)
     if ext is None:
         raise DatasetError(f"shard {path} key {key}: no image (.jpg / .png)")
     try:
         img = Image.open(io.BytesIO(sample[ext]))
         img.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise DatasetError(f"shard {path} key {key}: cannot decode .{ext} ({e})") from None
-    return img.convert("L" if channels == 1 else "RGB"), label
+        return img.convert("L" if channels == 1 else "RGB"), label
+    except Exception as e:  # PIL raises many types on bad bytes (OSError, SyntaxError, DecompressionBombError...)
+        raise DatasetError(f"shard {path} key {key}: cannot decode .{ext} ({type(e).__name__}: {e})") from None
 
 
 # --- the plan of an epoch ---------------------------------------------------------------------
@@ -280,6 +323,7 @@ class StreamSpec:
     buffer: int
     on_error: str
     channels: int
+    num_classes: int
     pad_to: int | None
     image_size: int | None
     eval_resize: int | None
@@ -296,7 +340,14 @@ def plan(spec: StreamSpec) -> tuple[list[tuple[list[tuple[int, int, int]], list[
     start, length = rank_ranges(n, spec.world, spec.batch, spec.drop_last, spec.train)[spec.rank]
     out = []
     for offset, count, batches in stream_pieces(length, spec.batch, spec.streams):
-        out.append((segments(sizes, order, start + offset, count) if count else [], batches))
+        if spec.train:
+            # one contiguous piece per stream, shuffled through the stream's buffer
+            reads = segments(sizes, order, start + offset, count) if count else []
+        else:
+            # evaluation keeps the epoch order: batch i is positions i*B .. of the rank's range, so the
+            # batches come out in manifest order (seeking over the other streams' samples is cheap)
+            reads = [r for i, size in batches for r in segments(sizes, order, start + i * spec.batch, size)]
+        out.append((reads, batches))
     return out, len(batch_sizes(length, spec.batch))
 
 
@@ -370,7 +421,7 @@ def _make_batch(items: list[Any], spec: StreamSpec, index: int) -> dict[str, Any
             continue
         sample, path = it
         try:
-            img, label = decode_sample(sample, spec.channels, path)
+            img, label = decode_sample(sample, spec.channels, path, spec.num_classes)
         except DatasetError as e:
             if spec.on_error != "skip":
                 raise
@@ -379,9 +430,9 @@ def _make_batch(items: list[Any], spec: StreamSpec, index: int) -> dict[str, Any
         xs.append(_to_fixed_size(img, spec, rng))
         ys.append(label)
         keys.append(f"{Path(path).name}/{sample['__key__']}")
-    if not xs:
-        raise DatasetError(f"{spec.split.name} batch {index} of epoch {spec.epoch + 1}, rank {spec.rank}: every "
-                           f"sample is unreadable ({holes[0]}); too much of the data is damaged to go on")
+    if not xs:  # every sample unreadable (on_error=skip): an empty batch keeps the step count
+        return {"index": index, "x": torch.zeros(0, dtype=torch.uint8), "y": torch.zeros(0, dtype=torch.int64),
+                "keys": [], "holes": holes}
     x = torch.from_numpy(np.stack(xs)).permute(0, 3, 1, 2)
     if spec.pad_to is not None and spec.pad_to > x.shape[-1]:
         p = spec.pad_to - x.shape[-1]
@@ -426,12 +477,19 @@ class _Streams(torch.utils.data.IterableDataset):
         pieces, _ = plan(self.spec)
         mine = [c for c in range(self.spec.streams) if (c - self.spec.start_step) % k == w]
         # Each stream's batches ascend; merged, this worker's batches ascend too.
-        yield from heapq.merge(*(stream_batches(self.spec, c, *pieces[c]) for c in mine), key=lambda b: b["index"])
+        try:
+            yield from heapq.merge(*(stream_batches(self.spec, c, *pieces[c]) for c in mine),
+                                   key=lambda b: b["index"])
+        except DatasetError as e:
+            # Raised in the main process as it is: torch would wrap it in a multi-line worker traceback.
+            yield {"error": str(e)}
 
 
 def _worker_init(_: int) -> None:
     # SLURM sends SIGUSR2 to the whole process group before preemption: only the trainer handles it.
+    # The parent blocks it around the fork (see ShardLoader.epoch), so there is no window before this.
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR2})
     torch.set_num_threads(1)
 
 
@@ -469,13 +527,24 @@ class ShardLoader:
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         spec = StreamSpec(**{**self.spec.__dict__, "epoch": epoch, "start_step": start_step})
-        k = min(self.workers, spec.streams)
+        # Workers serve whole streams; the round-robin order is the batch order only when k divides S.
+        k = max((d for d in range(1, spec.streams + 1) if spec.streams % d == 0 and d <= self.workers), default=0)
         loader = torch.utils.data.DataLoader(_Streams(spec), batch_size=None, num_workers=k,
                                              worker_init_fn=_worker_init if k else None,
                                              pin_memory=torch.cuda.is_available(),
                                              prefetch_factor=4 if k else None)
+        if k:
+            old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2})
+            try:
+                batches = iter(loader)  # forks the workers
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        else:
+            batches = iter(loader)
         expected = start_step
-        for b in loader:
+        for b in batches:
+            if "error" in b:
+                raise DatasetError(b["error"])
             if b["index"] != expected:  # the DataLoader's round-robin order is what makes the order exact
                 raise RuntimeError(f"shard loader: batch {b['index']} arrived where {expected} was due")
             expected += 1
@@ -483,6 +552,10 @@ class ShardLoader:
                 self.skipped += len(b["holes"])
                 self.skipped_examples += b["holes"][: max(0, 10 - len(self.skipped_examples))]
             x, self.batch_keys = b["x"], b["keys"]
+            if len(b["y"]) == 0:
+                if self.spec.train:
+                    yield x, b["y"]  # the loop counts the step without training on it
+                continue
             yield (self.normalize(x) if self.normalize else x), b["y"]
         if expected != len(self):
             raise RuntimeError(f"shard loader: {expected} batches in epoch {epoch + 1}, planned {len(self)}")

@@ -105,6 +105,13 @@ def fit(parts: Parts, run: RunDir, epochs: int, selection_split: str, device: to
         correct_sum = torch.zeros((), dtype=torch.int64, device=device)
         bar = Progress(steps, f"epoch {epoch + 1}/{epochs}", progress, start=start_step)
         for x, y in p.loader.epoch(epoch, start_step):
+            if len(y) == 0:
+                # shards with data.on_error=skip: every sample of this batch was unreadable; the step
+                # still counts so the schedule and the position stay those of the planned epoch
+                p.scheduler.step()
+                state.step += 1
+                bar.update()
+                continue
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             h = p.encoder(x)
             logits = p.head(h)

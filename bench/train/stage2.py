@@ -28,7 +28,7 @@ from bench.models.parts import encode, head_of
 from bench.progress import log
 from bench.rundir import RunDir
 from bench.train import checkpoint as ckpt
-from bench.train.common import Evaluator, finish, run_info, select_reported, setup
+from bench.train.common import Evaluator, finish, padded, run_info, select_reported, setup
 from bench.train.loop import Parts, fit
 from bench.train.optim import make_optimizer, make_scheduler
 from bench.train.stage1 import make_model
@@ -90,6 +90,7 @@ def parent_features(model: torch.nn.Module, parent: RunDir, data: LTData, split:
         try:
             saved = ckpt.load(path)
             if saved.get("source") == source and torch.equal(saved["y"], labels):
+                log(f"features of {split}: reusing {path}")
                 return Split(saved["x"], saved["y"])
         except ckpt.CheckpointError:
             pass
@@ -198,6 +199,7 @@ def train_stage2(cfg: Config, run: RunDir, parent: RunDir) -> dict[str, Any]:
     selected, last_metrics = select_reported(cfg, run, state.best_epoch, t.epochs, evaluator, model)
     return finish(cfg, run, data, evaluator, head, model, selected, t_start, last_metrics,
                   {"epochs": t.epochs, "parent": str(parent.path), "cached_features": cached,
+                   "data_padded_per_epoch": padded(loader),
                    "trained_blocks": s2.train_blocks,
                    "maxnorm_radius": radius if s2.maxnorm else None}, state)
 

@@ -219,16 +219,17 @@ def _copy_shards(src: Path, dst: Path) -> Path:
     return dst
 
 
-def _loader_error(shards: Path, *extra: str) -> str:
+def _loader_error(shards: Path, workers: int = 0) -> str:
     from bench.config import load_config
     from bench.data.cards import DatasetError
     from bench.data.lt import build_lt_data
 
-    cfg = load_config(SMOKE, [f"data.shards={shards}", "runtime.workers=0", *extra])
+    cfg = load_config(SMOKE, [f"data.shards={shards}", f"runtime.workers={workers}"])
     with pytest.raises(DatasetError) as e:
         data = build_lt_data(cfg.data)
-        for _ in data.train_loader(8, 0, "none", False, "instance", 0).epoch(0):
+        for _ in data.train_loader(8, 0, "none", False, "instance", workers).epoch(0):
             pass
+    assert "\n" not in str(e.value)   # one line, also when raised in a DataLoader worker
     return str(e.value)
 
 
@@ -256,8 +257,8 @@ def test_undecodable_image_and_missing_label_are_named(smoke_shards, tmp_path):
         return samples
 
     rewrite_shard(s / "train-000002.tar", s / "manifest.json", garble)
-    msg = _loader_error(s)
-    assert "train-000002.tar key 00000205: cannot decode .png" in msg
+    for workers in (0, 2):
+        assert "train-000002.tar key 00000205: cannot decode .png" in _loader_error(s, workers)
     s2 = _copy_shards(smoke_shards, tmp_path / "s2")
 
     def unlabel(samples):
@@ -266,6 +267,63 @@ def test_undecodable_image_and_missing_label_are_named(smoke_shards, tmp_path):
 
     rewrite_shard(s2 / "train-000001.tar", s2 / "manifest.json", unlabel)
     assert "train-000001.tar key 00000100: no label (.cls)" in _loader_error(s2)
+    s3 = _copy_shards(smoke_shards, tmp_path / "s3")
+
+    def relabel(samples):
+        samples[1]["cls"] = b"99"
+        return samples
+
+    rewrite_shard(s3 / "train-000004.tar", s3 / "manifest.json", relabel)
+    assert "train-000004.tar key 00000401: label 99 outside 0..9" in _loader_error(s3, 2)
+
+
+def test_a_tear_between_samples_keeps_the_intact_ones(smoke_shards, tmp_path):
+    """Cut a shard right at the first header of sample 10: samples 0-9 are whole and must all be read."""
+    import tarfile
+
+    from bench.data.cards import DatasetError
+    from bench.data.shards import Hole, read_shard
+
+    shard = tmp_path / "t.tar"
+    shard.write_bytes((smoke_shards / "train-000000.tar").read_bytes())
+    with tarfile.open(shard) as tf:
+        cut = next(m.offset for m in tf.getmembers() if m.name.startswith("00000010."))
+    with open(shard, "r+b") as f:
+        f.truncate(cut + 100)   # inside the header of 00000010's first member
+    got = list(read_shard(str(shard), 0, 10, "raise"))
+    assert [g["__key__"] for g in got] == [f"{k:08d}" for k in range(10)]
+    assert all("png" in g and "cls" in g for g in got)
+    got = list(read_shard(str(shard), 8, 5, "skip"))
+    assert [g["__key__"] for g in got[:2]] == ["00000008", "00000009"]
+    assert all(isinstance(g, Hole) and "after key 00000009" in g.where for g in got[2:]) and len(got) == 5
+    with pytest.raises(DatasetError, match="t.tar after key 00000009: (unreadable tar|ends after 10 samples)"):
+        list(read_shard(str(shard), 0, 11, "raise"))
+
+
+def test_eval_batches_come_in_manifest_order(smoke_shards):
+    from bench.config import load_config
+    from bench.data.lt import build_lt_data
+
+    data = build_lt_data(load_config(SMOKE, [f"data.shards={smoke_shards}"]).data)
+    for workers in (0, 2):
+        ys = torch.cat([y for _, y in data.eval_batches("test", 16, workers)])   # 25 batches, 4 streams
+        assert torch.equal(ys, data.labels("test"))
+
+
+def test_on_error_skip_survives_a_batch_of_only_bad_samples(smoke_shards, tmp_path):
+    from bench.config import load_config
+    from bench.data.lt import build_lt_data
+
+    s = _copy_shards(smoke_shards, tmp_path / "s")
+
+    def garble_last(samples):
+        samples[-1]["png"] = b"garbage"
+        return samples
+
+    rewrite_shard(s / "test-000003.tar", s / "manifest.json", garble_last)
+    data = build_lt_data(load_config(SMOKE, [f"data.shards={s}", "data.on_error=skip"]).data)
+    sizes = [len(y) for _, y in data.eval_batches("test", 399, 2)]   # the second batch is test sample 399 alone
+    assert sizes == [399] and data.eval_skipped["test"][0] == 1
 
 
 def test_on_error_skip_counts_and_reports(smoke_shards, tmp_path):
@@ -300,9 +358,10 @@ def test_shards_run_matches_memory_run_and_resumes_exactly(smoke_shards, tmp_pat
     assert r_ref["selection_hash"] == r_mem["selection_hash"] and r_ref["class_counts"] == r_mem["class_counts"]
     assert abs(r_ref["metrics"]["all"] - r_mem["metrics"]["all"]) < 12
     assert r_ref["config_hash"] != r_mem["config_hash"] and r_ref["data_manifest"]
-    # SIGKILL in the middle of an epoch, then resume: identical numbers
+    # SIGKILL in the middle of an epoch, move the shards (a node-local copy), resume: identical numbers
     root = tmp_path / "kill"
-    args = [sys.executable, "-m", "bench", "run", SMOKE, *FIXED, f"data.shards={smoke_shards}",
+    here = _copy_shards(smoke_shards, tmp_path / "here")
+    args = [sys.executable, "-m", "bench", "run", SMOKE, *FIXED, f"data.shards={here}",
             "runtime.checkpoint_every_steps=5", "--runs-root", str(root)]
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     t0 = time.time()
@@ -314,7 +373,9 @@ def test_shards_run_matches_memory_run_and_resumes_exactly(smoke_shards, tmp_pat
     proc.wait()
     saved = torch.load(next(root.glob("smoke/*/checkpoints/last.pt")), weights_only=True)
     assert saved["data_layout"] == {"world_size": 1, "streams": 4, "batch_size": 32}
-    r = run_cli("run", SMOKE, *FIXED, f"data.shards={smoke_shards}", "runtime.checkpoint_every_steps=5",
+    there = tmp_path / "there"
+    here.rename(there)
+    r = run_cli("run", SMOKE, *FIXED, f"data.shards={there}", "runtime.checkpoint_every_steps=5",
                 "--runs-root", str(root))
     assert r.returncode == 0 and "resuming" in r.stdout, r.stderr
     r_new = json.loads(next(root.glob("smoke/*/result.json")).read_text())
@@ -359,6 +420,16 @@ stage2: {{train: {{epochs: 2, batch_size: 8}}, maxnorm: true, bn_mode: eval, aug
     assert r.returncode == 0, r.stderr
     res2 = json.loads(next((tmp_path / "runs").glob("fake-inlt/wb-*/result.json")).read_text())
     assert res2["cached_features"] is True and res2["data_manifest"] == res["data_manifest"]
+    parent_dir = next((tmp_path / "runs").glob("fake-inlt/wd-*"))
+    assert {p.name for p in (parent_dir / "features").iterdir()} == {"train.pt", "val.pt", "test.pt"}
+    # the parent run's shards moved: a child names the new place, the digest proves it is the same data
+    moved = tmp_path / "moved"
+    out.rename(moved)
+    child.write_text(child.read_text().replace(f"parent: {cfg}", f"parent: {parent_dir}\ndata: {{shards: {moved}}}")
+                     .replace("epochs: 2", "epochs: 1"))
+    r = run_cli("run", str(child), "--runs-root", str(tmp_path / "runs"), env=env)
+    assert r.returncode == 0, r.stderr
+    assert "features of train: reusing" in r.stdout and "features of test: reusing" in r.stdout
 
 
 def test_config_errors_for_shard_datasets(tmp_path):

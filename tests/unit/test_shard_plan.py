@@ -76,3 +76,11 @@ def test_rrc_box_within_image_and_scale():
             left, top, cw, ch = _rrc_box(w, h, rng)
             assert 0 <= left and left + cw <= w and 0 <= top and top + ch <= h and cw > 0 and ch > 0
             assert cw * ch <= w * h
+
+
+def test_class_folder_names():
+    from bench.data.prepare import _class_folder
+
+    assert _class_folder("train/n01440764/n01440764_10026.JPEG") == "n01440764"           # ImageNet
+    assert _class_folder("/a/abbey/00000001.jpg") == "abbey"                                 # Places-LT
+    assert _class_folder("/a/apartment_building/outdoor/00000001.jpg") == "apartment_building/outdoor"
