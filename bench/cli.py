@@ -36,8 +36,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         parent = parent_run(cfg, args.runs_root, Path(args.config).parent)
         result = (train_stage2 if cfg.stage == "stage2" else run_posthoc)(cfg, run, parent)
-    m = result["metrics"]
+    from bench import dist
     from bench.metrics import format_pct
+
+    dist.shutdown()
+    m = result["metrics"]
     log(f"done: test all {format_pct(m['all'])} many {format_pct(m['many'])} medium {format_pct(m['medium'])} "
         f"few {format_pct(m['few'])} -> {run.result_file}")
     return 0

@@ -114,8 +114,11 @@ class TrainConfig:
     """Stage-1 optimisation (WB: CE, SGD lr 0.01 momentum 0.9, cosine to 0, WD on all parameters)."""
 
     epochs: int = _f(20, "training epochs", ge=1)
-    batch_size: int = _f(64, "batch size (WB: 64)", ge=1)
+    batch_size: int = _f(64, "GLOBAL batch size, summed over DDP processes (each takes batch_size / world size); WB: 64", ge=1)
     lr: float = _f(0.01, "base learning rate", gt=0)
+    lr_scaling: Literal["none", "linear"] = _f("none", "none: lr as given; linear: lr * batch_size / lr_base_batch (Goyal et al. 2017)")
+    lr_base_batch: int = _f(256, "the batch size `lr` refers to when lr_scaling=linear", ge=1)
+    amp: Literal["none", "bf16", "fp16"] = _f("none", "mixed precision: autocast to bf16, or fp16 with a gradient scaler (saved in checkpoints); none on CPU")
     momentum: float = _f(0.9, "SGD momentum", ge=0, le=1)
     nesterov: bool = _f(False, "Nesterov momentum")
     weight_decay: float = _f(5e-3, "L2 weight decay lambda (WB CIFAR-100-LT tuned value 5e-3; naive baseline 0)", ge=0)
@@ -181,6 +184,9 @@ class RuntimeConfig:
     checkpoint_every_steps: int = _f(0, "also checkpoint every N optimiser steps inside an epoch (0 = epoch ends only)", ge=0)
     progress: Literal["auto", "on", "off"] = _f("auto", "per-epoch progress bar: auto = only on a terminal")
     plot: bool = _f(True, "write per_class.png (per-class accuracy against class size)")
+    channels_last: bool = _f(False, "GPU speed: model and inputs in channels_last memory format")
+    compile: bool = _f(False, "GPU speed: torch.compile the training forward")
+    cudnn_benchmark: bool = _f(False, "GPU speed: cudnn.benchmark autotuning (needs deterministic=false)")
     workers: int = _f(2, "DataLoader worker processes decoding shards (must divide data.streams; 0 = decode in the training process)", ge=0)
 
 
@@ -581,6 +587,9 @@ def resolve(cfg: Config, check_files: bool = True) -> Config:
     if cfg.train.wd_in_loss > 0 and cfg.train.weight_decay > 0:
         raise ConfigError(f"config key 'train.wd_in_loss': {cfg.train.wd_in_loss} with train.weight_decay = "
                           f"{cfg.train.weight_decay} decays twice (HS: set train.weight_decay=0)")
+    if cfg.runtime.cudnn_benchmark and cfg.runtime.deterministic:
+        raise ConfigError("config key 'runtime.cudnn_benchmark': true picks algorithms by timing, which "
+                          "runtime.deterministic=true forbids; set runtime.deterministic=false")
     if cfg.eval.selection_split == "val" and cfg.data.val_per_class == 0 and d.profile == "files":
         raise ConfigError(f"config key 'eval.selection_split': {d.dataset} has no validation split; use "
                           "eval.selection_split=test with eval.select=last (no peeking), as its papers report")

@@ -9,7 +9,11 @@ from tqdm import tqdm
 
 
 def log(msg: str) -> None:
-    # one write per line, so lines from parallel threads never interleave
+    """One line on stdout, from global rank 0 only (one write per line: parallel threads never interleave)."""
+    from bench import dist
+
+    if not dist.is_main():
+        return
     sys.stdout.write(f"[{time.strftime('%H:%M:%S')}] {msg}\n")
     sys.stdout.flush()
 

@@ -67,6 +67,10 @@ class RunDir:
 
     def prepare(self, cfg: Config) -> None:
         """Create the directory and write config.yaml; refuse a directory that holds another config."""
+        from bench import dist
+
+        if not dist.is_main():
+            return
         self.path.mkdir(parents=True, exist_ok=True)
         text = dump_yaml(cfg)
         if self.config_file.is_file():
@@ -81,6 +85,10 @@ class RunDir:
         write_text_atomic(self.config_file, text)
 
     def write_json(self, name: str, obj: Any) -> None:
+        from bench import dist
+
+        if not dist.is_main():
+            return
         write_text_atomic(self.path / name, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
     def write_metrics(self, history: list[dict[str, Any]]) -> None:

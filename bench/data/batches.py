@@ -22,22 +22,27 @@ def derived_generator(*keys: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def random_crop_flip(x: torch.Tensor, gen: torch.Generator, padding: int, flip: bool) -> torch.Tensor:
+def random_crop_flip(x: torch.Tensor, gen: torch.Generator, padding: int, flip: bool, batch: int | None = None,
+                     offset: int = 0) -> torch.Tensor:
     """Batched RandomCrop(size, padding) with zero fill + RandomHorizontalFlip(0.5) on uint8 NCHW.
 
     Matches torchvision's per-image transforms of the WB/CIFAR pipeline (padding before ToTensor, so
     the fill is a black pixel), done for the whole batch at once.
     """
     b, _, h, w = x.shape
+    # The random draws are made for the whole (global) batch of `batch` images and this x is the part
+    # starting at `offset`: a DDP rank augments its slice exactly as one process would.
+    n = b if batch is None else batch
+    part = slice(offset, offset + b)
     if padding > 0:
         xp = F.pad(x, (padding, padding, padding, padding))
-        oy = torch.randint(0, 2 * padding + 1, (b,), generator=gen)
-        ox = torch.randint(0, 2 * padding + 1, (b,), generator=gen)
+        oy = torch.randint(0, 2 * padding + 1, (n,), generator=gen)[part]
+        ox = torch.randint(0, 2 * padding + 1, (n,), generator=gen)[part]
         rows = (oy[:, None] + torch.arange(h))[:, :, None]          # B,H,1
         cols = (ox[:, None] + torch.arange(w))[:, None, :]          # B,1,W
         x = xp.permute(0, 2, 3, 1)[torch.arange(b)[:, None, None], rows, cols].permute(0, 3, 1, 2)
     if flip:
-        flip_mask = torch.rand(b, generator=gen) < 0.5
+        flip_mask = torch.rand(n, generator=gen)[part] < 0.5
         x = torch.where(flip_mask[:, None, None, None], x.flip(3), x)
     return x.contiguous()
 
@@ -60,8 +65,11 @@ class InMemoryLoader:
 
     def __init__(self, split: Split, batch_size: int, seed: int, normalize: Normalize | None,
                  augment: str = "none", crop_padding: int = 0, drop_last: bool = False,
-                 sampler: str = "instance", num_classes: int | None = None) -> None:
+                 sampler: str = "instance", num_classes: int | None = None, rank: int = 0, world: int = 1) -> None:
+        # batch_size is the GLOBAL batch: under DDP each rank takes a contiguous slice of every global
+        # batch, so the data order is the same for any number of processes.
         self.split, self.batch_size, self.seed = split, batch_size, seed
+        self.rank, self.world = rank, world
         self.normalize, self.augment, self.crop_padding, self.drop_last = normalize, augment, crop_padding, drop_last
         self.sampler = sampler
         if sampler == "class_balanced":
@@ -93,18 +101,32 @@ class InMemoryLoader:
         offsets = torch.cumsum(sizes, 0) - sizes
         return flat[offsets[classes] + within]
 
+    def layout(self) -> dict[str, int]:
+        return {"world_size": self.world, "batch_size": self.batch_size}
+
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        from bench.dist import rank_slice
+
         order = self.order(epoch)
         for step in range(start_step, len(self)):
             idx = order[step * self.batch_size:(step + 1) * self.batch_size]
-            x = self.split.x[idx]
-            if self.augment != "none":
+            start, length = rank_slice(len(idx), self.rank, self.world)
+            mine = idx[start:start + length]
+            x = self.split.x[mine]
+            if self.augment != "none" and length:
                 gen = derived_generator(self.seed, epoch, step, 1)
-                x = random_crop_flip(x, gen, self.crop_padding if self.augment == "crop_flip" else 0, flip=True)
-            yield (self.normalize(x) if self.normalize else x), self.split.y[idx]
+                x = random_crop_flip(x, gen, self.crop_padding if self.augment == "crop_flip" else 0, flip=True,
+                                     batch=len(idx), offset=start)
+            yield (self.normalize(x) if self.normalize else x), self.split.y[mine]
 
 
-def eval_batches(split: Split, batch_size: int, normalize: Normalize) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The split in order, no augmentation."""
-    for i in range(0, len(split), batch_size):
-        yield normalize(split.x[i:i + batch_size]), split.y[i:i + batch_size]
+def eval_batches(split: Split, batch_size: int, normalize: Normalize | None, rank: int = 0,
+                 world: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The split in order, no augmentation; under DDP this rank's contiguous part (in rank order)."""
+    from bench.dist import rank_slice
+
+    start, length = rank_slice(len(split), rank, world)
+    for i in range(start, start + length, batch_size):
+        j = min(i + batch_size, start + length)
+        x = split.x[i:j]
+        yield (normalize(x) if normalize else x), split.y[i:j]

@@ -27,15 +27,6 @@ class Split:
         return len(self.y)
 
 
-def rank_and_world() -> tuple[int, int]:
-    """This process's global rank and the world size (0, 1 without torch.distributed)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 @dataclass
 class LTData:
     """The long-tailed train / val / test splits of a run, in memory (Split) or as shards (ShardSplit)."""
@@ -79,32 +70,36 @@ class LTData:
 
     def _spec(self, split: ShardSplit, train: bool, batch_size: int, seed: int, augment: str,
               drop_last: bool) -> StreamSpec:
+        from bench import dist
+
         c = self.cfg
-        rank, world = rank_and_world()
-        return StreamSpec(split, train, seed, 0, rank, world, batch_size, drop_last, c.streams, c.shuffle_buffer,
+        return StreamSpec(split, train, seed, 0, dist.rank(), dist.world(), batch_size, drop_last, c.streams, c.shuffle_buffer,
                           c.on_error, self.in_chans, self.num_classes, c.pad_to, c.image_size, c.eval_resize, augment, c.crop_padding)
 
     def train_loader(self, batch_size: int, seed: int, augment: str, drop_last: bool, sampler: str,
                      workers: int = 0) -> Any:
-        """Training batches with the (epoch, start_step) interface, normalised."""
+        """Training batches with the (epoch, start_step) interface, normalised; batch_size is global."""
+        from bench import dist
         from bench.data.batches import InMemoryLoader
 
         if isinstance(self.train, ShardSplit):
             if sampler != "instance":
                 raise DatasetError(f"sampler {sampler} needs random access to the training set; with data.shards "
                                    "use it on cached features (stage 2) or in-memory data")
-            return ShardLoader(self._spec(self.train, True, batch_size, seed, augment, drop_last),
+            return ShardLoader(self._spec(self.train, True, batch_size // dist.world(), seed, augment, drop_last),
                                self.normalizer(), workers)
         return InMemoryLoader(self.train, batch_size, seed, self.normalizer(), augment, self.cfg.crop_padding,
-                              drop_last, sampler, self.num_classes)
+                              drop_last, sampler, self.num_classes, dist.rank(), dist.world())
 
     def eval_batches(self, name: str, batch_size: int, workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The split in order (on this rank), normalised, no augmentation."""
         from bench.data.batches import eval_batches
 
+        from bench import dist
+
         split = self.split(name)
         if isinstance(split, Split):
-            yield from eval_batches(split, batch_size, self.normalizer())
+            yield from eval_batches(split, batch_size, self.normalizer(), dist.rank(), dist.world())
             return
         loader = ShardLoader(self._spec(split, False, batch_size, 0, "none", False), self.normalizer(), workers)
         yield from loader.epoch(0)

@@ -77,6 +77,14 @@ class LossFn(nn.Module):
         """The per-class weights in force at the current epoch, or None (unweighted)."""
         return self.class_weight if self._weight_on else None
 
+    def normalizer(self, y: torch.Tensor) -> torch.Tensor:
+        """What this loss's batch mean divides by (float64): the batch size, or sum_i w_{y_i} with class
+        weights. Under DDP each rank's loss is weighted by its share of the global normalizer."""
+        w = self.active_weight()
+        if w is None:
+            return torch.tensor(float(len(y)), dtype=torch.float64, device=y.device)
+        return w.to(device=y.device, dtype=torch.float64)[y].sum()
+
     def weighted_mean(self, per_sample: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Mean of per-sample losses; with class weights sum_i w_{y_i} l_i / sum_i w_{y_i} (PyTorch CE)."""
         w = self.active_weight()
@@ -113,6 +121,10 @@ class CBSoftmaxBCE(LossFn):
     Not the same as weighted CE: it also pushes down the non-target probabilities and divides by B*C.
     With no active weight (DRW before drw_epoch) every w is 1.
     """
+
+    def normalizer(self, y: torch.Tensor) -> torch.Tensor:
+        # the reference form averages over all B*C entries whatever the weights: a count
+        return torch.tensor(float(len(y)), dtype=torch.float64, device=y.device)
 
     def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         C = logits.shape[1]

@@ -13,30 +13,39 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench import __version__
+from bench import __version__, dist
 from bench.analysis import class_weight_norms, cosine_similarity_stats, fisher_discriminant_ratio
-from bench.config import Config
+from bench.config import Config, ConfigError
 from bench.data.lt import LTData, build_lt_data
 from bench.evaluation import EvalOutput, evaluate_batches
 from bench.metrics import group_metrics, per_class_accuracy, shot_groups
 from bench.rundir import RunDir
 from bench.train import checkpoint as ckpt
+from bench.train.optim import effective_lr
 
 
 def setup_runtime(cfg: Config) -> torch.device:
-    """Threads, determinism and the device; seeds every global RNG from cfg.seed."""
+    """Process group, threads, determinism and the device; seeds every global RNG from cfg.seed."""
     rt = cfg.runtime
-    torch.set_num_threads(rt.threads or os.cpu_count() or 1)
+    use_cuda = rt.device == "cuda" or (rt.device == "auto" and torch.cuda.is_available())
+    info = dist.init(use_cuda)
+    for key, t in (("train", cfg.train), ("stage2.train", cfg.stage2.train)):
+        if (key == "train") == (cfg.stage == "stage1") and t.batch_size % info.world:
+            raise ConfigError(f"config key '{key}.batch_size': {t.batch_size} is not divisible by the {info.world} "
+                              f"processes (it is the global batch; each process takes an equal share)")
+    # Processes on one node share its cores.
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("SLURM_NTASKS_PER_NODE", "1")))
+    torch.set_num_threads(rt.threads or max(1, (os.cpu_count() or 1) // max(1, local)))
     if rt.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = rt.cudnn_benchmark
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    if rt.device == "cuda" or (rt.device == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda")
-    return torch.device("cpu")
+    return torch.device("cuda", info.local_rank) if use_cuda else torch.device("cpu")
 
 
 def setup(cfg: Config) -> tuple[torch.device, LTData, dict[str, list[int]]]:
@@ -52,6 +61,7 @@ def select_reported(cfg: Config, run: RunDir, best_epoch: int | None, epochs: in
     when they differ from the reported ones)."""
     if cfg.eval.select == "best" and best_epoch != epochs:
         last_metrics = evaluator("test")
+        dist.barrier()  # best.pt is written by rank 0
         model.load_state_dict(ckpt.load(run.best_ckpt)["model"])
         return best_epoch, last_metrics
     return epochs, None
@@ -77,6 +87,13 @@ class Evaluator:
             m.eval()
         out = evaluate_batches(self.encoder, self.head, self.batches(split), self.num_classes, self.device,
                                self.tta_flip, self.logit_fn, keep_features)
+        if dist.active():
+            # Exact across ranks: per-class counts are summed (never averaged accuracies); features and
+            # labels are gathered in rank order, which is the split's order.
+            dist.all_reduce_sum(out.correct), dist.all_reduce_sum(out.total)
+            out.labels = dist.gather_cat(out.labels)
+            if out.features is not None:
+                out.features = dist.gather_cat(out.features)
         for m, mode in zip(self.modules, modes):
             m.train(mode)
         return group_metrics(out.correct, out.total, self.groups), per_class_accuracy(out.correct, out.total), out
@@ -111,7 +128,8 @@ def finish(cfg: Config, run: RunDir, data: LTData, evaluator: Evaluator, head: t
     """Evaluate the reported model on test (and val), save its weights as final.pt, write result.json."""
     test_metrics, test_per_class, out = evaluator.run("test", keep_features=True)
     val_metrics = evaluator("val") if data.val is not None else None
-    ckpt.save_atomic({"model": state_module.state_dict()}, run.final_ckpt)
+    if dist.is_main():
+        ckpt.save_atomic({"model": state_module.state_dict()}, run.final_ckpt)
     result = {
         "status": "complete",
         "name": cfg.name,
@@ -136,13 +154,14 @@ def finish(cfg: Config, run: RunDir, data: LTData, evaluator: Evaluator, head: t
         "selection_hash": data.selection_hash,
         "data_manifest": data.manifest_digest,
         "data_errors": data_errors(data, state),
+        "world_size": dist.world(),
         "config_hash": cfg.run_hash(),
         "parent_hash": cfg.parent_hash,
         "wall_time_s": round(time.time() - t_start, 1),
         **(extra or {}),
     }
     run.write_json("result.json", result)
-    if cfg.runtime.plot:
+    if cfg.runtime.plot and dist.is_main():
         from bench.plots import plot_per_class
         plot_per_class(result, run.path / "per_class.png")
     return result
@@ -181,5 +200,7 @@ def run_info(cfg: Config, data: LTData, groups: dict[str, list[int]], device: to
         "num_test": len(data.test),
         "selection_hash": data.selection_hash,
         "data_manifest": data.manifest_digest,
+        "world_size": dist.world(),
+        "lr_effective": effective_lr(cfg.train if cfg.stage == "stage1" else cfg.stage2.train),
         "groups": groups,
     }

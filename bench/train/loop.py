@@ -7,6 +7,7 @@ constraints with cadence epoch, evaluation of the selection split, best/last che
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from typing import Any, Protocol
 
 import torch
 
+from bench import dist
 from bench.data.batches import InMemoryLoader
 from bench.data.cards import DatasetError
 from bench.data.shards import ShardLoader
@@ -31,12 +33,32 @@ class Constraint(Protocol):
     def after_epoch(self) -> None: ...
 
 
+class EncoderHead(torch.nn.Module):
+    """x -> (pooled features h, logits): the one module a training step calls, and what DDP wraps.
+
+    `owner` holds every parameter (so DDP synchronises the gradients of whatever requires grad);
+    `encoder` and `head` say how to compute through it (a frozen backbone, cached features, ...).
+    """
+
+    def __init__(self, owner: torch.nn.Module, encoder: Callable[[torch.Tensor], torch.Tensor],
+                 head: torch.nn.Module, channels_last: bool = False) -> None:
+        super().__init__()
+        self.owner = owner
+        self._encoder, self._head = encoder, [head]   # a list: not registered twice
+        self.channels_last = channels_last
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        h = self._encoder(x)
+        return h, self._head[0](h)
+
+
 @dataclass
 class Parts:
     """What one training stage is made of."""
 
-    encoder: Callable[[torch.Tensor], torch.Tensor]   # x -> pooled features (backbone, frozen backbone, identity)
-    head: torch.nn.Module                              # features -> logits
+    forward: torch.nn.Module                           # x -> (h, logits); DDP-wrapped under several processes
     loss: LossFn
     state_module: torch.nn.Module                      # what checkpoints save and restore
     set_train_mode: Callable[[], None]                 # e.g. frozen backbone in eval mode, head in train mode
@@ -47,6 +69,19 @@ class Parts:
     analyze: Callable[[str], dict[str, Any]] | None = None    # per-epoch analysis measures, when asked
     regularizers: list[Callable[[torch.Tensor], torch.Tensor]] = field(default_factory=list)
     constraints: list[Constraint] = field(default_factory=list)
+    amp: str = "none"                                  # autocast dtype: none, bf16, fp16 (with a grad scaler)
+
+
+def make_forward(owner: torch.nn.Module, encoder: Callable[[torch.Tensor], torch.Tensor], head: torch.nn.Module,
+                 device: torch.device, compile_: bool = False, channels_last: bool = False) -> torch.nn.Module:
+    """EncoderHead, compiled when asked, wrapped in DistributedDataParallel under several processes."""
+    fwd: torch.nn.Module = EncoderHead(owner, encoder, head, channels_last)
+    if compile_:
+        fwd = torch.compile(fwd)  # type: ignore[assignment]
+    if dist.active():
+        fwd = torch.nn.parallel.DistributedDataParallel(
+            fwd, device_ids=[device.index] if device.type == "cuda" else None)
+    return fwd
 
 
 @dataclass
@@ -67,45 +102,67 @@ class TrainState:
 
 def fit(parts: Parts, run: RunDir, epochs: int, selection_split: str, device: torch.device,
         checkpoint_every: int = 0, progress: str = "auto") -> TrainState:
-    """Train for `epochs`, resuming from run.last_ckpt when present. Returns the final state."""
+    """Train for `epochs`, resuming from run.last_ckpt when present. Returns the final state.
+
+    Under DDP every rank runs this with its slice of each global batch; its loss is weighted by its
+    share of the global normalizer (W * n_r / N, or with class weights W * sum_r w_y / sum w_y), so
+    DDP's gradient average is the gradient of the global batch's loss, as in one process. Only rank
+    0 writes files.
+    """
     p = parts
     state = TrainState()
-    layout = p.loader.layout() if isinstance(p.loader, ShardLoader) else None
+    world, rank = dist.world(), dist.rank()
+    layout = p.loader.layout()
+    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(p.amp)
+    scaler = torch.amp.GradScaler(device.type, enabled=p.amp == "fp16")
     if run.last_ckpt.is_file():
         saved = ckpt.load(run.last_ckpt)
-        if saved.get("data_layout") != layout:
-            # The shard order depends on the world size and streams: resuming with others would repeat
-            # or skip samples, so refuse rather than continue inexactly.
+        if saved.get("data_layout") not in (None, layout):   # None: written before layouts were recorded
+            # The data order depends on the layout: resuming with another would repeat or skip samples.
             raise DatasetError(f"{run.last_ckpt} was written with data layout {saved.get('data_layout')}, this "
                                f"run has {layout}; resume with the same world size / data.streams / batch size")
         p.state_module.load_state_dict(saved["model"])
         p.optimizer.load_state_dict(saved["optimizer"])
         p.scheduler.load_state_dict(saved["scheduler"])
-        ckpt.set_rng_state(saved["rng"])
+        if "scaler" in saved:
+            scaler.load_state_dict(saved["scaler"])
+        ckpt.set_rng_state(saved["rng_ranks"][rank] if "rng_ranks" in saved else saved["rng"])
         state = TrainState(**saved["state"])
-        run.write_metrics(state.history)
+        if dist.is_main():
+            run.write_metrics(state.history)
         log(f"resuming {run.path} at epoch {state.epoch + 1}, step {state.step}")
 
     def save_last() -> None:
         if isinstance(p.loader, ShardLoader):
             n, examples = p.loader.pop_skipped()
-            state.data_skipped += n
+            state.data_skipped += int(dist.all_reduce_sum(torch.tensor(n)))
             state.data_skipped_examples += examples[: max(0, 10 - len(state.data_skipped_examples))]
-        ckpt.save_atomic({"model": p.state_module.state_dict(), "optimizer": p.optimizer.state_dict(),
-                          "scheduler": p.scheduler.state_dict(), "rng": ckpt.rng_state(),
-                          "state": state.__dict__, "data_layout": layout}, run.last_ckpt)
+        rngs = dist.gather_objects(ckpt.rng_state())   # every rank's RNG, so each resumes its own
+        if dist.is_main():
+            ckpt.save_atomic({"model": p.state_module.state_dict(), "optimizer": p.optimizer.state_dict(),
+                              "scheduler": p.scheduler.state_dict(), "rng": rngs[0], "rng_ranks": rngs,
+                              "scaler": scaler.state_dict(), "state": state.__dict__, "data_layout": layout},
+                             run.last_ckpt)
+
+    def add_sums(sums: torch.Tensor) -> None:
+        """Fold this stretch's loss / correct / seen sums (all ranks) into the checkpointed state."""
+        dist.all_reduce_sum(sums)
+        state.loss_sum += float(sums[0])
+        state.correct_sum += int(sums[1])
+        state.seen += int(sums[2])
+        sums.zero_()
 
     steps = len(p.loader)
+    trained = [q for q in p.state_module.parameters() if q.requires_grad]
     for epoch in range(state.epoch, epochs):
         p.set_train_mode()
         p.loss.set_epoch(epoch)  # deferred re-weighting switches its class weights on by epoch
         t_epoch, start_step, n_images = time.time(), state.step, 0
-        # Sums stay on the device inside the epoch: no per-step host synchronisation.
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        correct_sum = torch.zeros((), dtype=torch.int64, device=device)
-        bar = Progress(steps, f"epoch {epoch + 1}/{epochs}", progress, start=start_step)
+        # loss, correct, seen: summed on the device inside the epoch, no per-step host synchronisation
+        sums = torch.zeros(3, dtype=torch.float64, device=device)
+        bar = Progress(steps, f"epoch {epoch + 1}/{epochs}", progress if dist.is_main() else "off", start=start_step)
         for x, y in p.loader.epoch(epoch, start_step):
-            if len(y) == 0:
+            if len(y) == 0 and world == 1:
                 # shards with data.on_error=skip: every sample of this batch was unreadable; the step
                 # still counts so the schedule and the position stay those of the planned epoch
                 p.scheduler.step()
@@ -113,33 +170,43 @@ def fit(parts: Parts, run: RunDir, epochs: int, selection_split: str, device: to
                 bar.update()
                 continue
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            h = p.encoder(x)
-            logits = p.head(h)
-            loss = p.loss(logits, y)
-            for reg in p.regularizers:
-                loss = loss + reg(h)
             p.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            p.optimizer.step()
+            if len(y) == 0:
+                # this rank has no sample in this step: a zero loss still joins DDP's gradient all-reduce
+                loss = sum((q * 0).sum() for q in trained)
+                logits = None
+            else:
+                with torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext():
+                    h, logits = p.forward(x)
+                    loss = p.loss(logits, y)
+                    for reg in p.regularizers:
+                        loss = loss + reg(h)
+            if world > 1:
+                # this rank's share of the global batch's normalizer (the count, or sum of class weights)
+                z = p.loss.normalizer(y)
+                weight = (z * world / dist.all_reduce_sum(z.clone()).clamp_min(1e-12)).to(loss.dtype)
+            else:
+                weight = 1.0
+            scaler.scale(loss * weight).backward()
+            scaler.step(p.optimizer)
+            scaler.update()
             p.scheduler.step()
             for c in p.constraints:
                 c.after_step()
-            loss_sum += loss.detach().double() * len(y)
-            correct_sum += (logits.detach().argmax(1) == y).sum()
+            if logits is not None:
+                sums[0] += loss.detach().double() * len(y)
+                sums[1] += (logits.detach().argmax(1) == y).sum()
+                sums[2] += len(y)
             state.step += 1
-            state.seen += len(y)
             n_images += len(y)
             bar.update()
             if checkpoint_every and state.step % checkpoint_every == 0 and state.step < steps:
-                state.loss_sum += float(loss_sum)
-                state.correct_sum += int(correct_sum)
-                loss_sum.zero_(), correct_sum.zero_()
+                add_sums(sums)
                 save_last()
         bar.close()
         for c in p.constraints:
             c.after_epoch()
-        state.loss_sum += float(loss_sum)
-        state.correct_sum += int(correct_sum)
+        add_sums(sums)
 
         # End of epoch: evaluate the selection split, remember the best epoch, checkpoint.
         sel = p.evaluate(selection_split)
@@ -147,16 +214,20 @@ def fit(parts: Parts, run: RunDir, epochs: int, selection_split: str, device: to
         row = {"epoch": epoch + 1, "lr": p.optimizer.param_groups[0]["lr"],
                "train_loss": state.loss_sum / max(1, state.seen),
                "train_acc": 100.0 * state.correct_sum / max(1, state.seen),
-               selection_split: sel, "epoch_time_s": round(elapsed, 2), "images_per_s": round(n_images / elapsed, 1)}
+               selection_split: sel, "epoch_time_s": round(elapsed, 2),
+               "images_per_s": round(n_images * world / elapsed, 1)}
         if p.analyze is not None:
             row["analysis"] = p.analyze(selection_split)
         state.history.append(row)
         if sel["all"] > state.best_metric:
             state.best_metric, state.best_epoch = sel["all"], epoch + 1
-            ckpt.save_atomic({"model": p.state_module.state_dict(), "epoch": epoch + 1}, run.best_ckpt)
+            if dist.is_main():
+                ckpt.save_atomic({"model": p.state_module.state_dict(), "epoch": epoch + 1}, run.best_ckpt)
         state.epoch, state.step, state.loss_sum, state.correct_sum, state.seen = epoch + 1, 0, 0.0, 0, 0
         save_last()
-        run.write_metrics(state.history)
+        if dist.is_main():
+            run.write_metrics(state.history)
         log(f"epoch {epoch + 1}/{epochs} loss {row['train_loss']:.4f} train {row['train_acc']:.2f}% "
             f"{selection_split} {sel['all']:.2f}% ({row['images_per_s']:.0f} img/s)")
+    dist.barrier()   # rank 0's last checkpoint and best.pt are on disk before anyone reads them
     return state

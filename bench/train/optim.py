@@ -22,9 +22,14 @@ def param_groups(model: torch.nn.Module, weight_decay: float, scope: str) -> lis
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def effective_lr(cfg: TrainConfig) -> float:
+    """The base lr, linearly scaled with the global batch when asked (lr * B / lr_base_batch)."""
+    return cfg.lr * cfg.batch_size / cfg.lr_base_batch if cfg.lr_scaling == "linear" else cfg.lr
+
+
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     # Coupled L2 decay inside SGD (grad += lambda * theta), as torch.optim.SGD(weight_decay=...) in the WB code.
-    return torch.optim.SGD(param_groups(model, cfg.weight_decay, cfg.wd_scope), lr=cfg.lr,
+    return torch.optim.SGD(param_groups(model, cfg.weight_decay, cfg.wd_scope), lr=effective_lr(cfg),
                            momentum=cfg.momentum, nesterov=cfg.nesterov)
 
 

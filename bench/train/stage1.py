@@ -21,7 +21,7 @@ from bench.models import build_model
 from bench.models.parts import encode, head_of, set_head
 from bench.rundir import RunDir
 from bench.train.common import Evaluator, finish, padded, run_info, select_reported, setup
-from bench.train.loop import Parts, fit
+from bench.train.loop import Parts, fit, make_forward
 from bench.train.optim import make_optimizer, make_scheduler
 
 
@@ -41,6 +41,8 @@ def train_stage1(cfg: Config, run: RunDir) -> dict[str, Any]:
     t_start = time.time()
     device, data, groups = setup(cfg)
     model = make_model(cfg, data).to(device)
+    if cfg.runtime.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     run.prepare(cfg)  # only once data and model are known to be good: bad input leaves no directory
     run.write_json("run.json", run_info(cfg, data, groups, device))
 
@@ -60,12 +62,14 @@ def train_stage1(cfg: Config, run: RunDir) -> dict[str, Any]:
 
     evaluator = Evaluator(lambda x: encode(model, x), head_of(model), batches, data.num_classes, groups, device,
                           cfg.eval.tta_flip, modules=[model])
-    parts = Parts(encoder=lambda x: encode(model, x), head=head_of(model),
+    forward = make_forward(model, lambda x: encode(model, x), head_of(model), device, cfg.runtime.compile,
+                           cfg.runtime.channels_last)
+    parts = Parts(forward=forward,
                   loss=make_loss(t.loss, data.class_counts).to(device), state_module=model,
                   set_train_mode=model.train, loader=loader, optimizer=optimizer,
                   scheduler=make_scheduler(optimizer, t, len(loader)), evaluate=evaluator,
                   analyze=evaluator.analyze if cfg.eval.analysis_each_epoch else None,
-                  regularizers=regularizers)
+                  regularizers=regularizers, amp=t.amp)
     state = fit(parts, run, t.epochs, cfg.eval.selection_split, device, cfg.runtime.checkpoint_every_steps,
                 cfg.runtime.progress)
 

@@ -17,8 +17,9 @@ from typing import Any
 
 import torch
 
+from bench import dist
 from bench.config import Config, ConfigError, load_parent, parent_path
-from bench.data.batches import InMemoryLoader
+from bench.data.batches import InMemoryLoader, eval_batches
 from bench.data.lt import LTData, Split
 from bench.methods.classifiers import maxnorm_project_, maxnorm_radius
 from bench.methods.losses import make_loss
@@ -29,7 +30,7 @@ from bench.progress import log
 from bench.rundir import RunDir
 from bench.train import checkpoint as ckpt
 from bench.train.common import Evaluator, finish, padded, run_info, select_reported, setup
-from bench.train.loop import Parts, fit
+from bench.train.loop import Parts, fit, make_forward
 from bench.train.optim import make_optimizer, make_scheduler
 from bench.train.stage1 import make_model
 
@@ -95,15 +96,18 @@ def parent_features(model: torch.nn.Module, parent: RunDir, data: LTData, split:
         except ckpt.CheckpointError:
             pass
     feats = extract_features(model, data.eval_batches(split, batch_size, workers), device, tta_flip)
+    # Under DDP each rank extracted its contiguous part; gathered in rank order, they are the whole split.
+    feats = Split(dist.gather_cat(feats.x), dist.gather_cat(feats.y))
     if not torch.equal(feats.y, labels):  # on_error=skip dropped samples: usable, but never cached
         return feats
-    ckpt.save_atomic({"x": feats.x, "y": feats.y, "source": source}, path)
+    if dist.is_main():
+        ckpt.save_atomic({"x": feats.x, "y": feats.y, "source": source}, path)
     return feats
 
 
 def feature_batches(split: Split, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    for i in range(0, len(split), batch_size):
-        yield split.x[i:i + batch_size], split.y[i:i + batch_size]
+    """Cached features in order; under DDP this rank's part (the evaluator sums counts over ranks)."""
+    return eval_batches(split, batch_size, None, dist.rank(), dist.world())
 
 
 class MaxNorm:
@@ -166,7 +170,7 @@ def train_stage2(cfg: Config, run: RunDir, parent: RunDir) -> dict[str, Any]:
                                            cfg.eval.tta_flip, workers)
         log(f"stage 2: {len(data.train)} training features ready in {time.time() - t0:.1f} s")
         loader = InMemoryLoader(feats["train"], t.batch_size, seed, None, "none", 0, t.drop_last, t.sampler,
-                                data.num_classes)
+                                data.num_classes, dist.rank(), dist.world())
         encoder = lambda x: x  # noqa: E731 - the features are the input
         evaluator = Evaluator(encoder, head, lambda s: feature_batches(feats[s], cfg.eval.batch_size),
                               data.num_classes, groups, device)
@@ -188,11 +192,13 @@ def train_stage2(cfg: Config, run: RunDir, parent: RunDir) -> dict[str, Any]:
             model.train(s2.bn_mode == "train")
 
     optimizer = make_optimizer(model, t)  # over what requires grad: the head (+ trained blocks)
-    parts = Parts(encoder=encoder, head=head, loss=make_loss(t.loss, data.class_counts).to(device),
+    forward = make_forward(model, encoder, head, device, cfg.runtime.compile,
+                           cfg.runtime.channels_last and not cached)
+    parts = Parts(forward=forward, loss=make_loss(t.loss, data.class_counts).to(device),
                   state_module=model, set_train_mode=set_train_mode, loader=loader, optimizer=optimizer,
                   scheduler=make_scheduler(optimizer, t, len(loader)), evaluate=evaluator,
                   analyze=evaluator.analyze if cfg.eval.analysis_each_epoch else None,
-                  constraints=[MaxNorm(head.weight, radius, s2.maxnorm_cadence)] if s2.maxnorm else [])
+                  constraints=[MaxNorm(head.weight, radius, s2.maxnorm_cadence)] if s2.maxnorm else [], amp=t.amp)
     state = fit(parts, run, t.epochs, cfg.eval.selection_split, device, cfg.runtime.checkpoint_every_steps,
                 cfg.runtime.progress)
 

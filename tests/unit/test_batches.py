@@ -66,3 +66,16 @@ def test_class_balanced_sampler_draws_classes_uniformly():
     assert torch.equal(loader.order(5), loader.order(5)) and not torch.equal(loader.order(5), loader.order(6))
     # every image of a class is reachable
     assert set(loader.order(0).tolist()) | set(loader.order(1).tolist()) >= {99}
+
+
+def test_ddp_ranks_split_each_global_batch_exactly_as_one_process_sees_it():
+    """batch_size is global: rank r takes a contiguous slice of every global batch, augmented with the
+    draws of the whole batch, so the concatenated ranks reproduce the one-process stream bit for bit."""
+    norm = Normalize((0.5,), (0.25,), 1)
+    one = InMemoryLoader(_split(), 8, seed=3, normalize=norm, augment="crop_flip", crop_padding=2)
+    ranks = [InMemoryLoader(_split(), 8, seed=3, normalize=norm, augment="crop_flip", crop_padding=2,
+                            rank=r, world=3) for r in range(3)]
+    assert all(len(r) == len(one) == 7 for r in ranks)                     # the same number of steps
+    for step, ((x, y), *parts) in enumerate(zip(one.epoch(1), *(r.epoch(1) for r in ranks))):
+        assert torch.equal(torch.cat([p[0] for p in parts]), x) and torch.equal(torch.cat([p[1] for p in parts]), y)
+        assert [len(p[1]) for p in parts] == ([3, 3, 2] if step < 6 else [1, 1, 0])   # last batch: 2 of 50

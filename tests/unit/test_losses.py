@@ -144,3 +144,27 @@ def test_buffers_follow_dtype_and_bad_configs():
         make_loss(LossConfig(name="nope"), COUNTS)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="label_smoothing"):
         loss("focal", label_smoothing=0.1)
+
+
+def test_normalizer_is_what_the_batch_mean_divides_by():
+    """DDP weighs a rank's loss by its share of the global normalizer; check it against the reductions."""
+    from bench.config import LossConfig
+    from bench.methods.losses import make_loss
+
+    counts = [50, 20, 5]
+    y = torch.tensor([0, 0, 1, 2])
+    logits = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
+    ce = make_loss(LossConfig(name="ce"), counts)
+    assert float(ce.normalizer(y)) == 4.0
+    cb = make_loss(LossConfig(name="cb_ce", cb_beta=0.99), counts)
+    w = cb.class_weight.double()
+    assert float(cb.normalizer(y)) == pytest.approx(float(2 * w[0] + w[1] + w[2]))
+    # split the batch in two "ranks": sum_r loss_r * z_r / Z equals the loss of the whole batch
+    parts = [(slice(0, 1), cb), (slice(1, 4), cb)]
+    whole = cb(logits, y)
+    combined = sum(l(logits[s], y[s]) * l.normalizer(y[s]) for s, l in parts) / cb.normalizer(y)
+    assert float(combined) == pytest.approx(float(whole), rel=1e-6)
+    bce = make_loss(LossConfig(name="cb_bce_softmax", cb_beta=0.99), counts)
+    assert float(bce.normalizer(y)) == 4.0
+    combined = sum(bce(logits[s], y[s]) * bce.normalizer(y[s]) for s, _ in parts) / 4.0
+    assert float(combined) == pytest.approx(float(bce(logits, y)), rel=1e-6)

@@ -1,0 +1,121 @@
+"""Distributed runtime: rank / local rank / world size from the launcher, the process group, reductions.
+
+Launchers: torchrun (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) and SLURM tasks
+(SLURM_PROCID, SLURM_LOCALID, SLURM_NTASKS, as submitit exports them; MASTER_ADDR / MASTER_PORT must be
+set by the job script, see slurm/). Without them, one process. The backend is gloo on CPU and NCCL on
+GPUs (one device per local rank).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    local_rank: int
+    world: int
+
+
+def from_env() -> DistInfo:
+    """The process's place in the job, from torchrun's variables, else SLURM's, else a single process."""
+    env = os.environ
+    if "WORLD_SIZE" in env and "RANK" in env:
+        return DistInfo(int(env["RANK"]), int(env.get("LOCAL_RANK", 0)), int(env["WORLD_SIZE"]))
+    if int(env.get("SLURM_NTASKS", "1")) > 1 and "MASTER_ADDR" in env:
+        return DistInfo(int(env["SLURM_PROCID"]), int(env.get("SLURM_LOCALID", 0)), int(env["SLURM_NTASKS"]))
+    return DistInfo(0, 0, 1)
+
+
+def init(use_cuda: bool) -> DistInfo:
+    """Join the process group when the launcher started several processes (idempotent)."""
+    info = from_env()
+    if info.world > 1 and not dist.is_initialized():
+        if use_cuda:
+            torch.cuda.set_device(info.local_rank)
+        dist.init_process_group("nccl" if use_cuda else "gloo", rank=info.rank, world_size=info.world)
+    return info
+
+
+def active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    """Global rank: from the process group, or before it exists from the launcher's variables."""
+    return dist.get_rank() if active() else from_env().rank
+
+
+def world() -> int:
+    return dist.get_world_size() if active() else 1
+
+
+def is_main() -> bool:
+    """Only global rank 0 writes files, plots, logs and tracking."""
+    return rank() == 0
+
+
+def barrier() -> None:
+    if active():
+        dist.barrier()
+
+
+def _comm_device(t: torch.Tensor) -> torch.device:
+    """NCCL moves CUDA tensors only; gloo takes CPU tensors."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu") if t.device.type != "cpu" and dist.get_backend() == "gloo" else t.device
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """In-place sum over ranks (exact for integer counts)."""
+    if active():
+        dev = _comm_device(t)
+        buf = t.to(dev)
+        dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+        if buf is not t:
+            t.copy_(buf)
+    return t
+
+
+def gather_cat(t: torch.Tensor) -> torch.Tensor:
+    """Concatenate each rank's tensor (sizes may differ along dim 0) in rank order, on every rank."""
+    if not active():
+        return t
+    home, t = t.device, t.to(_comm_device(t))
+    n = torch.tensor([t.shape[0]], dtype=torch.int64, device=t.device)
+    sizes = [torch.zeros_like(n) for _ in range(world())]
+    dist.all_gather(sizes, n)
+    m = int(max(s.item() for s in sizes))
+    padded = torch.zeros((m, *t.shape[1:]), dtype=t.dtype, device=t.device)
+    padded[: t.shape[0]] = t
+    parts = [torch.zeros_like(padded) for _ in range(world())]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes)]).to(home)
+
+
+def gather_objects(obj: Any) -> list[Any]:
+    """Every rank's `obj` (picklable), in rank order, on every rank."""
+    if not active():
+        return [obj]
+    out: list[Any] = [None] * world()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def rank_slice(n: int, r: int, w: int) -> tuple[int, int]:
+    """Contiguous (start, length) of rank r when n items are split as evenly as possible, in rank order."""
+    length = n // w + (r < n % w)
+    start = r * (n // w) + min(r, n % w)
+    return start, length
