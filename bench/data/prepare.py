@@ -16,6 +16,7 @@ import io
 import json
 import multiprocessing as mp
 import os
+import tarfile
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -255,8 +256,9 @@ def _write_shard(out: str, name: str, split: str, first_key: int, items: list[It
     path = Path(out) / name
     tmp = path.with_name(f".{name}.tmp{os.getpid()}")
     with open(tmp, "wb") as f:
-        # mtime 0 and fixed owner: the same plan gives byte-identical shards (stable sha256)
-        writer = wds.TarWriter(f, mtime=0.0)
+        # mtime 0 and fixed owner: the same plan gives byte-identical shards (stable sha256); plain USTAR
+        # headers (an integer mtime, no pax records) halve the members a reader parses
+        writer = wds.TarWriter(f, mtime=0, format=tarfile.USTAR_FORMAT)  # type: ignore[arg-type]
         for k, it in enumerate(items):
             ext, data = _encode(it, split, encoding["resize_shorter"], encoding["jpeg_quality"])
             sample = {"__key__": f"{first_key + k:08d}", ext: data, "cls": str(it.label).encode()}
