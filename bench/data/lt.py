@@ -169,19 +169,26 @@ def build_shard_data(cfg: DataConfig) -> LTData:
                   channels=doc["channels"], manifest_digest=m.digest)
 
 
+def lt_selection(raw: RawData, cfg: DataConfig) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """(class counts, train indices, val indices) of the long-tailed cut of the pool; the in-memory path
+    and `ltbench prepare` share it, so both train on the same images (same selection hash)."""
+    assert cfg.n_max is not None and cfg.imbalance_factor is not None and cfg.profile is not None, "config not resolved"
+    counts = class_counts(raw.num_classes, cfg.n_max, cfg.imbalance_factor, cfg.profile, cfg.rounding)
+    try:
+        train_idx, val_idx = select_indices(raw.train_y, counts, cfg.selection, cfg.selection_seed,
+                                            cfg.val_per_class or 0)
+    except ValueError as e:
+        raise DatasetError(f"data.n_max={cfg.n_max} / data.val_per_class={cfg.val_per_class} do not fit "
+                           f"{cfg.dataset}: {e}") from None
+    return counts, train_idx, val_idx
+
+
 def build_lt_data(cfg: DataConfig) -> LTData:
     """Raw pool -> long-tailed training set (profile + selection) + held-out val + balanced test."""
     if cfg.shards is not None:
         return build_shard_data(cfg)
     raw = load_raw(cfg)
-    assert cfg.n_max is not None, "config not resolved"
-    counts = class_counts(raw.num_classes, cfg.n_max, cfg.imbalance_factor, cfg.profile, cfg.rounding)
-    try:
-        train_idx, val_idx = select_indices(raw.train_y, counts, cfg.selection, cfg.selection_seed,
-                                            cfg.val_per_class)
-    except ValueError as e:
-        raise DatasetError(f"data.n_max={cfg.n_max} / data.val_per_class={cfg.val_per_class} do not fit "
-                           f"{cfg.dataset}: {e}") from None
+    counts, train_idx, val_idx = lt_selection(raw, cfg)
     val = _to_split(raw.train_x[val_idx], raw.train_y[val_idx], cfg.pad_to) if cfg.val_per_class else None
     return LTData(
         train=_to_split(raw.train_x[train_idx], raw.train_y[train_idx], cfg.pad_to),

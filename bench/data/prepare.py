@@ -62,18 +62,11 @@ def _sha(path: Path) -> str:
 
 def plan_profile_dataset(dataset: str, data_cfg: Any) -> Plan:
     """CIFAR-10/100 and Fashion-MNIST: cut the long-tailed train / val split exactly as the in-memory path does."""
-    from bench.data.lt import load_raw
-    from bench.data.profiles import class_counts, indices_hash, select_indices
+    from bench.data.lt import load_raw, lt_selection
+    from bench.data.profiles import indices_hash
 
     raw = load_raw(data_cfg)
-    counts = class_counts(raw.num_classes, data_cfg.n_max, data_cfg.imbalance_factor, data_cfg.profile,
-                          data_cfg.rounding)
-    try:
-        train_idx, val_idx = select_indices(raw.train_y, counts, data_cfg.selection, data_cfg.selection_seed,
-                                            data_cfg.val_per_class)
-    except ValueError as e:
-        raise DatasetError(f"{dataset}: data.n_max={data_cfg.n_max} / data.val_per_class={data_cfg.val_per_class} "
-                           f"do not fit: {e}") from None
+    counts, train_idx, val_idx = lt_selection(raw, data_cfg)
     card = load_card(dataset)
     sources = {}
     if raw.root:

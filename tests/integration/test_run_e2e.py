@@ -182,3 +182,15 @@ def test_analysis_each_epoch_is_logged(tmp_path):
     a = row["analysis"]
     assert a["split"] == "val" and len(a["weight_norms"]) == 10 and a["fdr"] > 0
     assert set(a["cosine"]) == {"within", "between", "all"}
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_speed_switches_run_on_cpu(amp, tmp_path):
+    """Mixed precision and channels_last work on CPU too; the fp16 grad scaler's state is checkpointed."""
+    r = run_cli("run", SMOKE, *FIXED, "train.epochs=1", f"train.amp={amp}", "runtime.channels_last=true",
+                "--runs-root", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    run_dir = only_run_dir(tmp_path)
+    assert result_of(run_dir)["metrics"]["all"] >= 10
+    saved = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert (saved["scaler"].get("scale") is not None) == (amp == "fp16")

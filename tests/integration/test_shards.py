@@ -143,7 +143,7 @@ def _ddp_worker(rank: int, world: int, port: int, shards: str, workers: int, out
     cfg = load_config(SMOKE, [f"data.shards={shards}", f"runtime.workers={workers}"])
     data = build_lt_data(cfg.data)
     res: dict = {"train": {}, "eval": {}}
-    loader = data.train_loader(8, 0, "crop_flip", False, "instance", workers)
+    loader = data.train_loader(16, 0, "crop_flip", False, "instance", workers)   # global 16: 8 per rank
     for epoch in (0, 1):
         keys, shapes = [], set()
         for x, y in loader.epoch(epoch):
