@@ -6,8 +6,11 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ltbench-installed
+# The local SLURM test cluster (slurm/cluster.sh): its state, configs and logs live here (under /tmp:
+# a unix socket path must stay short; one directory per checkout, so clones do not share a cluster).
+SLURM_STATE ?= /tmp/ltbench-slurm-$(shell echo $(CURDIR) | cksum | cut -d' ' -f1)
 
-.PHONY: demo test test-fast venv clean
+.PHONY: demo test test-fast venv clean cluster-up cluster-down
 
 venv: $(STAMP)
 
@@ -22,12 +25,22 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(VENV)/bin/ltbench demo
 
+# The whole suite, with a real single-host SLURM cluster started before and stopped after (even when
+# a test fails); tests that need it fail rather than skip when LTBENCH_REQUIRE_SLURM=1.
 test: $(STAMP)
 	$(VENV)/bin/ltbench fetch fashion-mnist
-	$(PY) -m pytest -q
+	slurm/cluster.sh start $(SLURM_STATE)
+	SLURM_CONF=$(SLURM_STATE)/slurm.conf LTBENCH_REQUIRE_SLURM=1 $(PY) -m pytest -q; \
+	status=$$?; slurm/cluster.sh stop $(SLURM_STATE); exit $$status
+
+cluster-up:
+	slurm/cluster.sh start $(SLURM_STATE)
+
+cluster-down:
+	slurm/cluster.sh stop $(SLURM_STATE)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache $(SLURM_STATE)
