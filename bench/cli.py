@@ -96,6 +96,22 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_submit(args: argparse.Namespace) -> int:
+    from bench.submit import submit
+
+    submit(args.configs, list(args.overrides), args.runs_root, args.cluster, args.dry_run, args.site,
+           args.max_requeues, args.sweep, args.array_parallelism)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from bench.submit import status_table
+
+    exp = Path(args.experiment)
+    print(status_table(exp if exp.is_dir() else Path(args.runs_root) / args.experiment))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ltbench", description="Long-tailed recognition benchmark runner "
                                 "(weight balancing and its single-stage simplification).")
@@ -121,6 +137,26 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("demo", help="the main job: naive vs tuned weight decay on Fashion-MNIST-LT (IF 100)")
     common(sp, config=False)
     sp.set_defaults(fn=cmd_demo)
+
+    sp = sub.add_parser("submit", help="submit configs (and the runs they depend on) as SLURM jobs via submitit")
+    sp.add_argument("configs", nargs="+", metavar="CONFIG", help="experiment YAML files")
+    sp.add_argument("--override", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override applied to every CONFIG (repeatable)")
+    sp.add_argument("--runs-root", default="runs", help="where run directories are created (default: runs/)")
+    sp.add_argument("--cluster", choices=["slurm", "local"], default="slurm",
+                    help="slurm (sbatch) or local (submitit's local executor, this machine)")
+    sp.add_argument("--dry-run", action="store_true", help="print the plan, submit nothing")
+    sp.add_argument("--site", default=None, help="site file (YAML): partition, account, GPUs, time ...")
+    sp.add_argument("--max-requeues", type=int, default=10, help="requeues on preemption / time limit per job")
+    sp.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2",
+                    help="sweep axis (repeatable; the runs are every combination), e.g. seed=0,1,2")
+    sp.add_argument("--array-parallelism", type=int, default=16, help="job-array tasks running at once")
+    sp.set_defaults(fn=cmd_submit)
+
+    sp = sub.add_parser("status", help="table of an experiment's runs and jobs: state, requeues, epoch, latest metrics")
+    sp.add_argument("experiment", help="experiment name (under --runs-root) or its directory")
+    sp.add_argument("--runs-root", default="runs", help="where run directories are (default: runs/)")
+    sp.set_defaults(fn=cmd_status)
 
     sp = sub.add_parser("prepare", help="write a dataset as webdataset tar shards + manifest.json (data.shards=OUT)")
     sp.add_argument("dataset", help="dataset card name: fashion-mnist, cifar10, cifar100, imagenet-lt, places-lt, "

@@ -113,3 +113,138 @@ for i in $(seq 1500); do sleep 0.2; done
     assert "USR2 restart=0" in log and "start restart=1" in log, log   # signalled, then requeued and rerun
     states = [r["state"].split()[0] for r in sacct(v, slurm) if r["id"] == v]
     assert row["state"] == "COMPLETED" and any(s in ("REQUEUED", "PREEMPTED") for s in states), states
+
+
+# --- ltbench submit -------------------------------------------------------------------------------
+
+STAGE2 = str(REPO / "configs" / "smoke_stage2.yaml")
+
+
+def ltbench(*args: str, env: dict[str, str], cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bench", *args], capture_output=True, text=True, env=env, cwd=cwd,
+                          timeout=300)
+
+
+def job_of(run_dir: Path) -> str:
+    return json.loads((run_dir / "job.json").read_text())["job_id"]
+
+
+def test_submit_two_stages_then_resubmit_submits_nothing(slurm, tmp_path):
+    runs = tmp_path / "runs"
+    args = ["submit", STAGE2, "--override", "runtime.threads=1", "--runs-root", str(runs)]
+    dry = ltbench(*args, "--dry-run", env=slurm)
+    assert dry.returncode == 0, dry.stderr
+    lines = dry.stdout.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("submit") and " after " in lines[1] and "submitted" not in dry.stdout
+    r = ltbench(*args, env=slurm)
+    assert r.returncode == 0, r.stderr
+    parent, child = next(runs.glob("smoke/ce-*")), next(runs.glob("smoke/wb-*"))
+    again = ltbench(*args, env=slurm)   # while queued / running: nothing new
+    assert again.returncode == 0 and "submitted" not in again.stdout and "queued as" in again.stdout, again.stdout
+    assert wait_done(job_of(parent), slurm)["state"] == "COMPLETED"
+    assert wait_done(job_of(child), slurm)["state"] == "COMPLETED"
+    res = json.loads((child / "result.json").read_text())
+    assert res["stage"] == "stage2" and res["parent"] == str(parent)
+    done = ltbench(*args, env=slurm)
+    assert done.stdout.count("complete, skipped") == 2 and "submitted" not in done.stdout
+
+
+def test_failed_stage1_cancels_its_stage2(slurm, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"base: {SMOKE}\nmodel: {{pretrained_file: {tmp_path}/missing.pt}}\n")
+    child = tmp_path / "child.yaml"
+    child.write_text(f"base: {STAGE2}\nparent: {bad}\n")
+    runs = tmp_path / "runs"
+    r = ltbench("submit", str(child), "--runs-root", str(runs), env=slurm)
+    assert r.returncode == 0, r.stderr
+    parent_dir = next(d for d in runs.glob("smoke/*") if d.name.startswith("ce-"))
+    child_dir = next(d for d in runs.glob("smoke/*") if d.name.startswith("wb-"))
+    assert wait_done(job_of(parent_dir), slurm)["state"] == "FAILED"
+    assert wait_done(job_of(child_dir), slurm, timeout=120)["state"] == "CANCELLED"   # not pending forever
+    st = ltbench("status", "smoke", "--runs-root", str(runs), env=slurm)
+    assert st.returncode == 0, st.stderr
+    lines = {l.split()[0]: l for l in st.stdout.splitlines()[1:]}
+    failed = lines[parent_dir.name]
+    assert "failed:" in failed and f"{job_of(parent_dir)}_0_log.err" in failed and "stage1" in failed
+    log = Path(failed.split("failed: ")[1].split()[0])
+    assert "missing.pt" in log.read_text()                               # the log says why
+    assert "cancelled (never started)" in lines[child_dir.name]
+
+
+def test_usr2_requeues_the_same_job_and_ends_with_the_same_numbers(slurm, tmp_path):
+    ref = tmp_path / "ref"
+    r = ltbench("run", SMOKE, "runtime.threads=1", "--runs-root", str(ref), env=slurm)
+    assert r.returncode == 0, r.stderr
+    runs = tmp_path / "runs"
+    r = ltbench("submit", SMOKE, "--override", "runtime.threads=1", "--override", "runtime.checkpoint_every_steps=5",
+                "--runs-root", str(runs), env=slurm)
+    assert r.returncode == 0, r.stderr
+    run_dir = next(runs.glob("smoke/ce-*"))
+    job = job_of(run_dir)
+    t0 = time.time()
+    while not (run_dir / "checkpoints" / "last.pt").is_file():
+        assert time.time() - t0 < 300, sacct(job, slurm)
+        time.sleep(0.2)
+    subprocess.run(["scancel", "--signal=USR2", job], check=True, env=slurm)
+    row = wait_done(job, slurm, timeout=600)
+    assert row["state"] == "COMPLETED"
+    assert json.loads((run_dir / "requeues.json").read_text())["requeues"] == 1   # same job id, requeued once
+    assert any(r["state"].startswith("REQUEUED") for r in sacct(job, slurm) if r["id"] == job)
+    st = ltbench("status", str(runs / "smoke"), env=slurm)
+    assert "done (requeued 1x)" in st.stdout and "3/3" in st.stdout
+    a = json.loads((run_dir / "result.json").read_text())
+    b = json.loads(next(ref.glob("smoke/ce-*/result.json")).read_text())
+    for key in ("metrics", "val_metrics", "per_class_acc", "selected_epoch"):
+        assert a[key] == b[key], key
+
+
+def test_sweep_becomes_job_arrays_with_dependencies(slurm, tmp_path):
+    runs = tmp_path / "runs"
+    r = ltbench("submit", STAGE2, "--override", "runtime.threads=1", "--sweep", "seed=0,1", "--array-parallelism", "2",
+                "--runs-root", str(runs), env=slurm)
+    assert r.returncode == 0, r.stderr
+    ids = sorted(job_of(d) for d in runs.glob("smoke/*"))
+    assert len(ids) == 4 and len({i.split("_")[0] for i in ids}) == 2   # one array per level
+    parents = [d for d in runs.glob("smoke/ce-*")]
+    children = [d for d in runs.glob("smoke/wb-*")]
+    assert {job_of(d).split("_")[0] for d in parents} != {job_of(d).split("_")[0] for d in children}
+    for d in parents + children:
+        assert wait_done(job_of(d), slurm, timeout=600)["state"] == "COMPLETED"
+    st = ltbench("status", "smoke", "--runs-root", str(runs), env=slurm)
+    assert st.stdout.count(" done ") == 4 and "seed1" in st.stdout
+
+
+def test_site_file_errors_name_the_key(tmp_path):
+    site = tmp_path / "site.yaml"
+    site.write_text("partition: gpu\ngpus_per_nodes: 4\n")
+    r = subprocess.run([sys.executable, "-m", "bench", "submit", SMOKE, "--site", str(site), "--dry-run",
+                        "--runs-root", str(tmp_path)], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 2 and "unknown key 'gpus_per_nodes'" in r.stderr
+
+
+def test_site_example_is_valid():
+    from bench.submit import load_site
+
+    site = load_site(str(REPO / "slurm" / "site.example.yaml"))
+    assert site["tasks_per_node"] == site["gpus_per_node"] == 4
+
+
+def test_dry_run_matches_the_golden_plan(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "bench", "submit", STAGE2, "--dry-run", "--runs-root", "runs"],
+                       capture_output=True, text=True, cwd=tmp_path)   # an empty runs root: everything to submit
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == (REPO / "tests" / "golden" / "submit_dry_run.txt").read_text()
+
+
+def test_local_cluster_runs_the_same_plan(tmp_path):
+    """--cluster local: submitit's local executor on this machine (no SLURM), parents waited for in turn."""
+    runs = tmp_path / "runs"
+    r = subprocess.run([sys.executable, "-m", "bench", "submit", STAGE2, "--cluster", "local", "--override",
+                        "runtime.threads=1", "--runs-root", str(runs)], capture_output=True, text=True, cwd=REPO,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert next(runs.glob("smoke/ce-*/result.json")).is_file()
+    t0 = time.time()
+    while not list(runs.glob("smoke/wb-*/result.json")):
+        assert time.time() - t0 < 300, r.stdout
+        time.sleep(0.5)

@@ -1,0 +1,289 @@
+"""`ltbench submit`: a config and the runs it depends on, as SLURM jobs through submitit (or locally).
+
+The plan is a function of the resolved configs: every run has its deterministic run directory, so a
+complete run is skipped, an incomplete one is submitted again and resumes from its last checkpoint,
+and no run is submitted twice. A stage-2 / post-hoc config brings its parent along: the child waits
+for it (`afterok`) and is cancelled by SLURM if the parent fails (`kill-on-invalid-dep`).
+
+Jobs are checkpointable: on SIGUSR2 (preemption, or the time limit approaching) submitit calls
+`RunJob.checkpoint`, which requeues the same job; the run continues from its latest atomic checkpoint.
+The number of requeues is bounded (`--max-requeues`) and counted in the run directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench.config import Config, ConfigError, load_config, parent_path
+from bench.rundir import RunDir
+
+
+@dataclass
+class Node:
+    """One run of the plan: the config that makes it and the run it waits for."""
+
+    config: str
+    overrides: list[str]
+    cfg: Config
+    run: RunDir
+    parent: "Node | None" = None
+    complete: bool = False
+    job_id: str | None = None          # submitted now, or still queued / running from an earlier submit
+    queued: bool = False
+    children: list["Node"] = field(default_factory=list)
+
+
+def plan(config: str, overrides: list[str], runs_root: str) -> list[Node]:
+    """The runs to reach `config` (parents first), one node per run directory."""
+    cfg = load_config(config, overrides)
+    node = Node(config, list(overrides), cfg, RunDir.for_config(cfg, runs_root))
+    nodes = [node]
+    if cfg.stage != "stage1" and cfg.parent:
+        p = parent_path(cfg.parent, Path(config).parent)
+        if p.is_file():  # a parent given as an experiment YAML runs first, with this seed (and runtime)
+            runtime = [o for o in overrides if o.startswith("runtime.")]
+            parents = plan(str(p), [f"seed={cfg.seed}", *runtime], runs_root)
+            node.parent = parents[-1]
+            nodes = parents + nodes
+    for n in nodes:
+        n.complete = n.run.is_complete()
+        if not n.complete:
+            n.job_id = queued_job(n.run)
+            n.queued = n.job_id is not None
+    return nodes
+
+
+ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "SUSPENDED", "COMPLETING", "REQUEUE_HOLD", "RESIZING"}
+
+
+def queued_job(run: RunDir) -> str | None:
+    """The SLURM job of an earlier submit of this run if it is still pending or running (never submit twice)."""
+    import shutil
+    import subprocess
+
+    record = run.path / "job.json"
+    if not record.is_file() or shutil.which("squeue") is None:
+        return None
+    job = json.loads(record.read_text()).get("job_id")
+    r = subprocess.run(["squeue", "-h", "-j", str(job), "-o", "%T"], capture_output=True, text=True)
+    return str(job) if r.returncode == 0 and r.stdout.strip() in ACTIVE else None
+
+
+class RunJob:
+    """What a SLURM task executes: `ltbench run` of one config; requeued on preemption."""
+
+    def __init__(self, config: str, overrides: list[str], runs_root: str, max_requeues: int) -> None:
+        self.config, self.overrides, self.runs_root, self.max_requeues = config, overrides, runs_root, max_requeues
+
+    def __call__(self) -> int:
+        import os
+
+        from bench.cli import main
+
+        if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+            import submitit
+
+            env = submitit.JobEnvironment()
+            os.environ.setdefault("MASTER_ADDR", env.hostnames[0])
+            # from the job id, so a requeued job (same id) meets again; offset into a high range
+            os.environ.setdefault("MASTER_PORT", str(20000 + int(env.job_id.split("_")[0]) % 20000))
+        code = main(["run", self.config, *self.overrides, "--runs-root", self.runs_root])
+        if code != 0:
+            raise RuntimeError(f"ltbench run {self.config} exited with {code}")
+        return code
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        """Preempted or near the time limit: requeue unless the bound is reached (counted in the run dir)."""
+        import submitit
+
+        run = RunDir.for_config(load_config(self.config, self.overrides), self.runs_root)
+        counter = run.path / "requeues.json"
+        n = json.loads(counter.read_text())["requeues"] if counter.is_file() else 0
+        if n >= self.max_requeues:
+            return None
+        run.path.mkdir(parents=True, exist_ok=True)
+        counter.write_text(json.dumps({"requeues": n + 1}))
+        return submitit.helpers.DelayedSubmission(self)
+
+
+def load_site(path: str | None) -> dict[str, Any]:
+    """A site file (YAML) of SLURM settings for a real cluster; see slurm/site.example.yaml."""
+    if path is None:
+        return {}
+    doc = yaml.safe_load(Path(path).read_text()) or {}
+    known = {"partition", "account", "qos", "constraint", "gpus_per_node", "cpus_per_task", "mem_gb", "timeout_min",
+             "nodes", "tasks_per_node", "setup", "signal_delay_s"}
+    unknown = set(doc) - known
+    if unknown:
+        raise ConfigError(f"site file {path}: unknown key {sorted(unknown)[0]!r} (known: {', '.join(sorted(known))})")
+    return doc
+
+
+def executor_for(name: str, cluster: str, folder: Path, site: dict[str, Any], after: list[str],
+                 parallelism: int) -> Any:
+    """A submitit executor for one level of the plan; `after`: job ids it must wait for (afterok)."""
+    import submitit
+
+    ex = submitit.AutoExecutor(folder=folder / "%j", cluster=cluster)
+    params: dict[str, Any] = {"name": name, "timeout_min": site.get("timeout_min", 60)}
+    if cluster == "slurm":
+        extra = {k: site[k] for k in ("account", "qos", "constraint") if k in site}
+        if after:
+            # afterok keeps the job pending until its parents succeed; kill-on-invalid-dep cancels it when
+            # one fails, instead of leaving it pending forever
+            extra.update({"dependency": "afterok:" + ":".join(after), "kill-on-invalid-dep": "yes"})
+        params.update({"slurm_partition": site.get("partition"), "slurm_signal_delay_s": site.get("signal_delay_s", 90),
+                       "slurm_additional_parameters": extra, "slurm_setup": site.get("setup", []),
+                       "slurm_array_parallelism": parallelism,
+                       "nodes": site.get("nodes", 1), "tasks_per_node": site.get("tasks_per_node", 1),
+                       "cpus_per_task": site.get("cpus_per_task", 1), "gpus_per_node": site.get("gpus_per_node", 0)})
+        if "mem_gb" in site:
+            params["mem_gb"] = site["mem_gb"]
+        params = {k: v for k, v in params.items() if v is not None}
+    ex.update_parameters(**params)
+    return ex
+
+
+def expand_sweep(sweeps: list[str]) -> list[list[str]]:
+    """`KEY=V1,V2` axes -> every combination as a list of overrides (the cartesian product)."""
+    axes = []
+    for sw in sweeps:
+        key, _, values = sw.partition("=")
+        if not key or not values:
+            raise ConfigError(f"--sweep {sw!r}: expected KEY=V1,V2,...")
+        axes.append([f"{key}={v}" for v in values.split(",")])
+    return [list(combo) for combo in itertools.product(*axes)]
+
+
+def describe(nodes: list[Node]) -> list[str]:
+    out = []
+    for n in nodes:
+        state = "complete, skipped" if n.complete else f"queued as {n.job_id}" if n.queued else "submit"
+        dep = f" after {n.parent.run.path}" if n.parent is not None and not n.parent.complete else ""
+        out.append(f"{state:18s} {n.cfg.stage:8s} {n.run.path}{dep}")
+    return out
+
+
+def submit(configs: list[str], overrides: list[str], runs_root: str, cluster: str, dry_run: bool,
+           site_file: str | None, max_requeues: int, sweeps: list[str] = (), parallelism: int = 16) -> list[Node]:
+    """Plan every config x sweep point, then submit what is neither complete nor queued.
+
+    The runs of one level (stage-1 runs; then the runs that start from them; ...) go out as one job
+    array (at most `parallelism` tasks at once), and a level waits for the jobs of the level before.
+    """
+    site = load_site(site_file)
+    nodes: dict[Path, Node] = {}
+    for c in configs:
+        for point in expand_sweep(list(sweeps)):
+            for n in plan(c, [*overrides, *point], runs_root):
+                if n.parent is not None:  # one node object per run, shared by all its children
+                    n.parent = nodes.get(n.parent.run.path, n.parent)
+                nodes.setdefault(n.run.path, n)
+    ordered = list(nodes.values())
+    for line in describe(ordered):
+        print(line)
+    if dry_run:
+        return ordered
+
+    def depth(n: Node) -> int:
+        return 0 if n.parent is None else depth(n.parent) + 1
+
+    folder = Path(runs_root) / "_submitit"
+    for level in range(max((depth(n) for n in ordered), default=-1) + 1):
+        todo = [n for n in ordered if depth(n) == level and not n.complete and not n.queued]
+        if not todo:
+            continue
+        after = sorted({n.parent.job_id.split("_")[0] for n in todo
+                        if n.parent is not None and n.parent.job_id is not None and not n.parent.complete})
+        if cluster == "local":
+            for n in ordered:  # no dependencies on the local executor: wait for the level before here
+                if depth(n) == level - 1 and getattr(n, "job", None) is not None:
+                    n.job.result()  # type: ignore[attr-defined]
+        name = todo[0].cfg.name if len({n.cfg.name for n in todo}) == 1 else "ltbench"
+        ex = executor_for(f"{name}:{todo[0].cfg.stage}", cluster, folder, site, after, parallelism)
+        jobs = []
+        with ex.batch() if len(todo) > 1 else contextlib.nullcontext():
+            for n in todo:
+                jobs.append(ex.submit(RunJob(n.config, n.overrides, runs_root, max_requeues)))
+        for n, job in zip(todo, jobs):
+            n.job_id, n.job = job.job_id, job  # type: ignore[attr-defined]
+            n.run.path.mkdir(parents=True, exist_ok=True)
+            (n.run.path / "job.json").write_text(json.dumps({
+                "job_id": job.job_id, "cluster": cluster, "folder": str(folder / job.job_id),
+                "stage": n.cfg.stage, "config": n.config, "overrides": n.overrides}))
+            print(f"submitted {n.run.path.name} as job {job.job_id}")
+    return ordered
+
+
+# --- ltbench status ---------------------------------------------------------------------------
+
+def job_states(job: str) -> list[str]:
+    """Accounting states of every run of a job (requeues included), oldest first; [] without sacct."""
+    import shutil
+    import subprocess
+
+    if shutil.which("sacct") is None:
+        return []
+    r = subprocess.run(["sacct", "-j", job, "-X", "-n", "-P", "-D", "-o", "State"], capture_output=True, text=True)
+    return [line.split()[0] for line in r.stdout.splitlines() if line.strip()] if r.returncode == 0 else []
+
+
+def run_status(run: RunDir) -> dict[str, Any]:
+    """One row of `ltbench status`: what the run directory and the scheduler say about a run."""
+    from bench.config import load_yaml
+
+    cfg = load_yaml(run.config_file) if run.config_file.is_file() else {}
+    stage = cfg.get("stage", "?")
+    epochs = (cfg.get("stage2", {}).get("train", {}) if stage == "stage2" else cfg.get("train", {})).get("epochs")
+    lines = run.metrics_file.read_text().splitlines() if run.metrics_file.is_file() else []
+    row: dict[str, Any] = {"run": run.path.name, "stage": stage, "epoch": f"{len(lines)}/{epochs or '?'}",
+                           "state": "not started", "all": None, "many": None, "medium": None, "few": None, "job": ""}
+    if lines:
+        last = json.loads(lines[-1])
+        sel = next((v for k, v in last.items() if isinstance(v, dict) and "all" in v), {})
+        row.update({k: sel.get(k) for k in ("all", "many", "medium", "few")})
+    record = run.path / "job.json"
+    job = json.loads(record.read_text()) if record.is_file() else {}
+    if row["stage"] == "?":
+        row["stage"] = job.get("stage", "?")
+    states = job_states(str(job["job_id"])) if job else []
+    if run.is_complete():
+        res = json.loads(run.result_file.read_text())
+        row.update({k: res["metrics"].get(k) for k in ("all", "many", "medium", "few")}, state="done")
+        if stage == "posthoc":
+            row["epoch"] = "-"
+    elif states:
+        current = states[-1]
+        row["state"] = {"PENDING": "pending", "RUNNING": "running"}.get(current, current.lower())
+        if current in ("FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL"):
+            log = Path(job.get("folder", "")) / f"{job['job_id']}_0_log.err"
+            row["state"] = f"{current.lower()}: {log}" if log.is_file() else f"{current.lower()} (never started)"
+    elif job:
+        row["state"] = "submitted"
+    requeues = sum(s in ("REQUEUED", "PREEMPTED") for s in states)
+    if requeues:
+        row["state"] += f" (requeued {requeues}x)"
+    row["job"] = str(job.get("job_id", ""))
+    return row
+
+
+def status_table(experiment: Path) -> str:
+    """Markdown-style table of every run under an experiment directory (<runs-root>/<name>)."""
+    from bench.metrics import format_pct
+
+    runs = sorted(p for p in experiment.iterdir() if p.is_dir() and not p.name.startswith("_")) if experiment.is_dir() else []
+    if not runs:
+        raise ConfigError(f"ltbench status: no runs under {experiment} (give <runs-root>/<experiment name>)")
+    head = ["run", "stage", "job", "state", "epoch", "all", "many", "medium", "few"]
+    rows = [run_status(RunDir(p)) for p in runs]
+    cells = [[str(r[h]) if h not in ("all", "many", "medium", "few") else format_pct(r[h]) for h in head] for r in rows]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(head)]
+    fmt = "  ".join(f"{{:{w}s}}" for w in widths)
+    return "\n".join([fmt.format(*head)] + [fmt.format(*c) for c in cells])
