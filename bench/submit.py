@@ -189,8 +189,6 @@ def submit(configs: list[str], overrides: list[str], runs_root: str, cluster: st
     ordered = list(nodes.values())
     for line in describe(ordered):
         print(line)
-    if dry_run:
-        return ordered
 
     def depth(n: Node) -> int:
         return 0 if n.parent is None else depth(n.parent) + 1
@@ -202,6 +200,16 @@ def submit(configs: list[str], overrides: list[str], runs_root: str, cluster: st
             continue
         after = sorted({n.parent.job_id.split("_")[0] for n in todo
                         if n.parent is not None and n.parent.job_id is not None and not n.parent.complete})
+        if dry_run:
+            if any(n.parent is not None and not n.parent.complete and n.parent.job_id is None for n in todo):
+                after.append(f"<jobs of level {level - 1}>")
+            if cluster == "slurm":
+                ex = executor_for(f"{todo[0].cfg.name}:{todo[0].cfg.stage}", cluster, folder, site, after, parallelism)
+                # submitit's own sbatch text (its API has no public renderer)
+                script = ex._executor._make_submission_file_text(ex._executor._submitit_command_str, "dry-run")
+                kind = f"a job array of {len(todo)}" if len(todo) > 1 else "1 job"
+                print(f"\n# level {level}: {kind}\n{script}")
+            continue
         if cluster == "local":
             for n in ordered:  # no dependencies on the local executor: wait for the level before here
                 if depth(n) == level - 1 and getattr(n, "job", None) is not None:

@@ -135,7 +135,8 @@ def test_submit_two_stages_then_resubmit_submits_nothing(slurm, tmp_path):
     dry = ltbench(*args, "--dry-run", env=slurm)
     assert dry.returncode == 0, dry.stderr
     lines = dry.stdout.splitlines()
-    assert len(lines) == 2 and lines[0].startswith("submit") and " after " in lines[1] and "submitted" not in dry.stdout
+    assert lines[0].startswith("submit") and " after " in lines[1] and "submitted" not in dry.stdout
+    assert "#SBATCH --kill-on-invalid-dep=yes" in dry.stdout and not runs.exists()
     r = ltbench(*args, env=slurm)
     assert r.returncode == 0, r.stderr
     parent, child = next(runs.glob("smoke/ce-*")), next(runs.glob("smoke/wb-*"))
@@ -233,7 +234,9 @@ def test_dry_run_matches_the_golden_plan(tmp_path):
     r = subprocess.run([sys.executable, "-m", "bench", "submit", STAGE2, "--dry-run", "--runs-root", "runs"],
                        capture_output=True, text=True, cwd=tmp_path)   # an empty runs root: everything to submit
     assert r.returncode == 0, r.stderr
-    assert r.stdout == (REPO / "tests" / "golden" / "submit_dry_run.txt").read_text()
+    out = r.stdout.replace(str(tmp_path), "CWD").replace(sys.executable, "PYTHON")
+    assert out == (REPO / "tests" / "golden" / "submit_dry_run.txt").read_text()
+    assert not (tmp_path / "runs").exists()   # a dry run writes nothing
 
 
 def test_local_cluster_runs_the_same_plan(tmp_path):
@@ -248,3 +251,46 @@ def test_local_cluster_runs_the_same_plan(tmp_path):
     while not list(runs.glob("smoke/wb-*/result.json")):
         assert time.time() - t0 < 300, r.stdout
         time.sleep(0.5)
+
+
+def test_real_preemption_of_a_submitted_run_requeues_and_ends_with_the_same_numbers(slurm, tmp_path):
+    """A job of the high partition preempts a submitted stage-1 run: USR2, checkpoint, requeue, resume."""
+    ref = tmp_path / "ref"
+    assert ltbench("run", SMOKE, "runtime.threads=1", "--runs-root", str(ref), env=slurm).returncode == 0
+    runs = tmp_path / "runs"
+    site = tmp_path / "site.yaml"
+    site.write_text("partition: debug\nsignal_delay_s: 60\n")
+    r = ltbench("submit", SMOKE, "--override", "runtime.threads=1", "--override", "runtime.checkpoint_every_steps=5",
+                "--site", str(site), "--runs-root", str(runs), env=slurm)
+    assert r.returncode == 0, r.stderr
+    run_dir = next(runs.glob("smoke/ce-*"))
+    job = job_of(run_dir)
+    t0 = time.time()
+    while not (run_dir / "checkpoints" / "last.pt").is_file():
+        assert time.time() - t0 < 300, sacct(job, slurm)
+        time.sleep(0.2)
+    hp = tmp_path / "hp"
+    hp.mkdir()
+    h = sbatch(f"#!/bin/bash\n#SBATCH -p high -N 2 -n 2 -c {os.cpu_count()}\nsleep 1\n", hp, slurm)
+    assert wait_done(h, slurm)["state"] == "COMPLETED"
+    assert wait_done(job, slurm, timeout=600)["state"] == "COMPLETED"
+    states = [r["state"].split()[0] for r in sacct(job, slurm) if r["id"] == job]
+    assert any(s in ("PREEMPTED", "REQUEUED") for s in states), states
+    assert json.loads((run_dir / "requeues.json").read_text())["requeues"] == 1   # submitit's checkpoint() ran
+    a = json.loads((run_dir / "result.json").read_text())
+    b = json.loads(next(ref.glob("smoke/ce-*/result.json")).read_text())
+    for key in ("metrics", "val_metrics", "per_class_acc", "selected_epoch"):
+        assert a[key] == b[key], key
+
+
+def test_two_node_ddp_through_submit(slurm, tmp_path):
+    site = tmp_path / "site.yaml"
+    site.write_text("nodes: 2\ntasks_per_node: 1\n")
+    runs = tmp_path / "runs"
+    r = ltbench("submit", SMOKE, "--override", "runtime.threads=1", "--site", str(site), "--runs-root", str(runs),
+                env=slurm)
+    assert r.returncode == 0, r.stderr
+    run_dir = next(runs.glob("smoke/ce-*"))
+    row = wait_done(job_of(run_dir), slurm, timeout=600)
+    assert row["state"] == "COMPLETED" and row["nodes"] == "n[1-2]"
+    assert json.loads((run_dir / "result.json").read_text())["world_size"] == 2
