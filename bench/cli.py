@@ -29,13 +29,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         log(f"run complete, nothing to do: {run.path}")
         return 0
     log(f"run directory: {run.path}")
-    if cfg.stage == "stage1":
-        result = train_stage1(cfg, run)
-    else:
-        from bench.train.stage2 import parent_run, run_posthoc, train_stage2
+    try:
+        if cfg.stage == "stage1":
+            result = train_stage1(cfg, run)
+        else:
+            from bench.train.stage2 import parent_run, run_posthoc, train_stage2
 
-        parent = parent_run(cfg, args.runs_root, Path(args.config).parent)
-        result = (train_stage2 if cfg.stage == "stage2" else run_posthoc)(cfg, run, parent)
+            parent = parent_run(cfg, args.runs_root, Path(args.config).parent)
+            result = (train_stage2 if cfg.stage == "stage2" else run_posthoc)(cfg, run, parent)
+    except Exception as e:
+        run.record_failure(e)   # `ltbench status` / `ltbench table` show it; the next `ltbench run` resumes
+        raise
     from bench import dist
     from bench.metrics import format_pct
 
@@ -112,6 +116,40 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_table(args: argparse.Namespace) -> int:
+    from bench.progress import log
+    from bench.table import RENDER, build_table, collect, records_from_wandb
+
+    if not args.paths and not args.wandb:
+        raise ConfigError("ltbench table: give run directories / experiments, or --wandb ENTITY/PROJECT")
+    records = collect(args.paths) if args.paths else []
+    if args.wandb:
+        records += records_from_wandb(args.wandb)
+    seeds = None
+    if args.seeds:
+        try:
+            seeds = [int(s) for s in args.seeds.split(",")]
+        except ValueError:
+            raise ConfigError(f"ltbench table --seeds {args.seeds!r}: expected comma-separated integers") from None
+    table = build_table(records, seeds, args.select, args.reference)
+    text = RENDER[args.format](table)
+    if args.out:
+        from bench.rundir import write_text_atomic
+
+        out = Path(args.out)
+        write_text_atomic(out, text)
+        log(f"table of {len(records)} runs -> {out}")
+    else:
+        sys.stdout.write(text)
+    plots = Path(args.plots) if args.plots else (Path(args.out).with_suffix("") if args.out else None)
+    if plots is not None and not args.no_plots:
+        from bench.plots import plot_table
+
+        for path in plot_table(table, plots):
+            log(f"plot -> {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ltbench", description="Long-tailed recognition benchmark runner "
                                 "(weight balancing and its single-stage simplification).")
@@ -157,6 +195,20 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("experiment", help="experiment name (under --runs-root) or its directory")
     sp.add_argument("--runs-root", default="runs", help="where run directories are (default: runs/)")
     sp.set_defaults(fn=cmd_status)
+
+    sp = sub.add_parser("table", help="benchmark table of many runs: mean +- std over seeds of all / many / medium / few")
+    sp.add_argument("paths", nargs="*", metavar="PATH", help="run directories, experiments or runs roots")
+    sp.add_argument("--format", choices=["md", "latex", "csv"], default="md", help="output format (default md)")
+    sp.add_argument("--out", default=None, help="write the table here (and its plots as <out stem>-<dataset>.png)")
+    sp.add_argument("--seeds", default=None, help="expected seeds, e.g. 0,1,2 (default: every seed among the runs)")
+    sp.add_argument("--select", choices=["val"], default=None,
+                    help="one row per method: of its settings on a dataset, the best mean val accuracy")
+    sp.add_argument("--reference", action="store_true", help="add the published numbers (datasets/published/)")
+    sp.add_argument("--wandb", default=None, metavar="ENTITY/PROJECT",
+                    help="also read runs from W&B run summaries (online; needs a login)")
+    sp.add_argument("--plots", default=None, metavar="PREFIX", help="write plots as PREFIX-<dataset>.png")
+    sp.add_argument("--no-plots", action="store_true", help="no plots, even with --out")
+    sp.set_defaults(fn=cmd_table)
 
     sp = sub.add_parser("prepare", help="write a dataset as webdataset tar shards + manifest.json (data.shards=OUT)")
     sp.add_argument("dataset", help="dataset card name: fashion-mnist, cifar10, cifar100, imagenet-lt, places-lt, "

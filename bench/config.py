@@ -1,7 +1,7 @@
 """Typed experiment configuration: defaults <- YAML file <- command-line `key.sub=value` overrides.
 
 Every field that changes a reported number lives outside `runtime`; the run directory name hashes
-everything except `runtime` (threads, progress bars, checkpoint cadence), so the same experiment
+everything except `runtime` and `wandb` (threads, progress bars, checkpoint cadence), so the same experiment
 always lands in the same directory and a second `ltbench run` resumes it.
 """
 
@@ -191,6 +191,20 @@ class RuntimeConfig:
 
 
 @dataclass
+class WandbConfig:
+    """Weights & Biases tracking; never changes a reported number, so it is not part of the run hash.
+    The API key comes from `wandb login` / WANDB_API_KEY only: it has no config field, so it can never land in a
+    config or log file."""
+
+    mode: Literal["online", "offline", "disabled"] | None = _f(None, "None = the WANDB_MODE environment variable, else offline (files under <run>/wandb, `wandb sync` later)")
+    project: str = _f("ltbench", "W&B project (WANDB_PROJECT overrides it when set)")
+    entity: str | None = _f(None, "W&B entity (team or user); None = the account's default (or WANDB_ENTITY)")
+    tags: list[str] = _f([], "extra tags; method, dataset, stage and protocol are always added")
+    init_timeout: float = _f(60.0, "seconds wandb.init may take (online) before tracking is given up for this run", gt=0)
+    finish_timeout: float = _f(60.0, "seconds the end of a run waits for W&B to catch up before leaving it", ge=0)
+
+
+@dataclass
 class Config:
     """One experiment: a stage-1 training run on a long-tailed dataset."""
 
@@ -211,14 +225,15 @@ class Config:
     posthoc: PosthocConfig = field(default_factory=PosthocConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def result_dict(self) -> dict[str, Any]:
-        """The fields that can change a result: all but `runtime`, the sections of other stages, the parent's path."""
+        """The fields that can change a result: all but `runtime` / `wandb`, the sections of other stages, the parent's path."""
         d = self.to_dict()
-        for key in ["runtime", "parent"] + [k for k in ("stage2", "posthoc") if k != self.stage]:
+        for key in ["runtime", "wandb", "parent"] + [k for k in ("stage2", "posthoc") if k != self.stage]:
             d.pop(key)
         # Where the files are; selection_hash / the shard manifest's digest in run.json record what was read.
         d["data"].pop("root")

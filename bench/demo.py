@@ -23,10 +23,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from bench.cli import main as cli_main
 from bench.config import load_config
 from bench.data.cards import DatasetError, load_card
 from bench.data.sources import load_fashion_mnist
-from bench.metrics import format_pct
 from bench.progress import log
 from bench.rundir import RunDir
 
@@ -109,7 +109,6 @@ def run_demo(runs_root: str, overrides: list[str]) -> int:
     t0 = time.time()
     log(f"Fashion-MNIST found in {ensure_fashion_mnist()}")
     s1 = run_stage1_parallel(STAGE1, list(overrides), runs_root)
-    rows = [_row(s1["fmnist_naive"], "-"), _row(s1["fmnist_wd"], "-")]
 
     grid = []
     for values in itertools.product(*WB_GRID.values()):
@@ -120,36 +119,14 @@ def run_demo(runs_root: str, overrides: list[str]) -> int:
     tau_norm = run_child("fmnist_taunorm", s1["fmnist_wd"], runs_root)
     hs = run_child("fmnist_hs", s1["fmnist_hs_stage1"], runs_root)
 
-    short = {"stage2.train.weight_decay": "wd", "stage2.train.loss.cb_beta": "beta", "stage2.maxnorm_thresh": "thresh"}
-    rows += [
-        _row(tau_norm["run"], f"tau {tau_norm['result']['posthoc']['tau']:g}"),
-        _row(best["run"], ", ".join(f"{short[k]} {v:g}" for k, v in chosen.items())),
-        _row(s1["fmnist_hs_stage1"], "-"),
-        _row(hs["run"], f"tau {hs['result']['posthoc']['tau']:g}"),
-    ]
-    print(demo_table(rows))
-    log(f"demo finished in {time.time() - t0:.0f} s; runs under {Path(runs_root) / 'demo'}")
-    return 0
-
-
-def _row(run: RunDir, chosen: str) -> dict[str, Any]:
-    return {"result": json.loads(run.result_file.read_text()), "chosen": chosen}
-
-
-def demo_table(rows: list[dict[str, Any]]) -> str:
-    first = rows[0]["result"]
-    n = {g: len(first["groups"][g]) for g in ("many", "medium", "few")}
-    th = first["group_thresholds"]
-    lines = [f"\nFashion-MNIST-LT, IF {first['imbalance_factor']:g}, {first['model']}, seed {first['seed']}, clean "
-             f"protocol: test accuracy (%); groups by training count: many > {th['many']} ({n['many']} classes), "
-             f"medium ({n['medium']}), few < {th['few']} ({n['few']}); hyperparameters chosen on val",
-             "| method | chosen on val | all | many | medium | few | worst class |", "|---|---|---|---|---|---|---|"]
-    for row in rows:
-        r = row["result"]
-        m = r["metrics"]
-        acc = [a if a is not None else 101.0 for a in r["per_class_acc"]]
-        worst = min(range(len(acc)), key=acc.__getitem__)
-        lines.append(f"| {r['method']} | {row['chosen']} | {format_pct(m['all'])} | {format_pct(m['many'])} | "
-                     f"{format_pct(m['medium'])} | {format_pct(m['few'])} | "
-                     f"{r['class_names'][worst]} {format_pct(r['per_class_acc'][worst])} |")
-    return "\n".join(lines)
+    # The table is `ltbench table` over exactly this demo's runs, the WB grid reduced to its best
+    # setting on val (the same choice as above), with its per-class plot beside it.
+    runs = [r.path for r in s1.values()] + [g[0]["run"].path for g in grid] + [tau_norm["run"].path, hs["run"].path]
+    seed = s1["fmnist_wd"].path.name.split("-seed")[1].split("-")[0]
+    out = Path(runs_root) / "demo" / f"table-seed{seed}.md"
+    print()
+    rc = cli_main(["table", *map(str, runs), "--select", "val", "--out", str(out)])
+    sys.stdout.write(out.read_text())
+    log(f"demo finished in {time.time() - t0:.0f} s; runs under {Path(runs_root) / 'demo'}; "
+        f"all seeds run so far: ltbench table {Path(runs_root) / 'demo'} --select val")
+    return rc

@@ -44,3 +44,61 @@ def plot_per_class(result: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_table(table: Any, prefix: Path) -> list[Path]:
+    """Per dataset column of a benchmark table: per-class test accuracy against class size, one line per
+    method (mean over its averaged seeds), and per-class classifier weight norms (WB paper, Fig. 1).
+    Classes sorted by training count, largest first. Writes <prefix>-<dataset>[-if<IF>].png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for col in table.columns:
+        series = []
+        for row in table.rows:
+            cell = table.cells.get((row, col))
+            results = [r.result for r in (cell.runs if cell else []) if r.result]
+            if results:
+                series.append((row, results))
+        if not series:
+            continue
+        counts = series[0][1][0]["class_counts"]
+        order = sorted(range(len(counts)), key=lambda c: (-counts[c], c))
+        fig, (ax, ax_n) = plt.subplots(2, 1, figsize=(max(6.5, 0.1 * len(counts) + 5), 6.4), sharex=True)
+        for i, (row, results) in enumerate(series):
+            label, color = (f"{row[0]} ({row[1]})" if row[1] else row[0]), f"C{i % 10}"
+            acc = [_mean([r["per_class_acc"][c] for r in results]) for c in order]
+            ax.plot(range(len(order)), acc, marker="o" if len(order) <= 20 else None, ms=3, lw=1.2, label=label,
+                    color=color)
+            norms = [(r.get("analysis") or {}).get("weight_norms") for r in results]
+            if all(norms):
+                ax_n.plot(range(len(order)), [_mean([n[c] for n in norms]) for c in order], lw=1.2, color=color)
+        twin = ax.twinx()
+        twin.bar(range(len(order)), [counts[c] for c in order], color="0.85", width=0.9, zorder=0)
+        twin.set_yscale("log")
+        twin.set_ylabel("training images")
+        ax.set_zorder(twin.get_zorder() + 1)
+        ax.patch.set_visible(False)
+        ax.set_ylim(0, 100)
+        ax.set_ylabel("test accuracy (%)")
+        ax.legend(fontsize=7, loc="lower left")
+        from bench.table import column_title
+
+        ax.set_title(f"{column_title(col)}: per-class accuracy and classifier weight norms", fontsize=9)
+        ax_n.set_ylabel("classifier weight norm")
+        ax_n.set_xlabel("class (sorted by training count, largest first)")
+        fig.tight_layout()
+        path = Path(f"{prefix}-{col[0]}{'' if col[1] is None else f'-if{col[1]:g}'}.png")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def _mean(vals: list[float | None]) -> float:
+    vals = [v for v in vals if v is not None]
+    return sum(vals) / len(vals) if vals else float("nan")

@@ -8,6 +8,9 @@
     checkpoints/best.pt   model weights of the best epoch on the selection split
     checkpoints/final.pt  weights of the reported model (what stage2 / posthoc children start from)
     result.json        final metrics; its presence with status=complete marks the run done
+                       (status=failed: the last attempt's one-line error; the run resumes on rerun)
+    wandb.json         the W&B run id (reused on resume) and the last step logged
+    wandb/             W&B's files (offline runs: `wandb sync <run>/wandb/offline-run-*`)
     per_class.png      per-class accuracy against training class size
     features/          pooled features of final.pt per split, cached for stage2 / posthoc children
 """
@@ -83,6 +86,15 @@ class RunDir:
                 raise ConfigError(f"run directory {self.path} holds a run of a different config "
                                   f"(sections differ: {', '.join(diff)}); choose another --run-dir")
         write_text_atomic(self.config_file, text)
+
+    def record_failure(self, error: BaseException) -> None:
+        """result.json with status=failed and the one-line error, in a run directory that exists and is
+        not complete (is_complete stays False, so running the same command again resumes the run)."""
+        from bench import dist
+
+        if dist.is_main() and self.config_file.is_file() and not self.is_complete():
+            text = " ".join(f"{type(error).__name__}: {error}".split())
+            self.write_json("result.json", {"status": "failed", "error": text[:1000]})
 
     def write_json(self, name: str, obj: Any) -> None:
         from bench import dist

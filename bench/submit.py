@@ -273,6 +273,8 @@ def run_status(run: RunDir) -> dict[str, Any]:
         if current in ("FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL"):
             log = Path(job.get("folder", "")) / f"{job['job_id']}_0_log.err"
             row["state"] = f"{current.lower()}: {log}" if log.is_file() else f"{current.lower()} (never started)"
+    elif (failed := _failure(run)) is not None:
+        row["state"] = f"failed: {failed}"
     elif job:
         row["state"] = "submitted"
     requeues = sum(s in ("REQUEUED", "PREEMPTED") for s in states)
@@ -280,6 +282,17 @@ def run_status(run: RunDir) -> dict[str, Any]:
         row["state"] += f" (requeued {requeues}x)"
     row["job"] = str(job.get("job_id", ""))
     return row
+
+
+def _failure(run: RunDir) -> str | None:
+    """The one-line error `ltbench run` recorded in result.json when the last attempt failed."""
+    if not run.result_file.is_file():
+        return None
+    try:
+        res = json.loads(run.result_file.read_text())
+    except json.JSONDecodeError:
+        return None
+    return res.get("error", "?") if res.get("status") == "failed" else None
 
 
 def status_table(experiment: Path) -> str:

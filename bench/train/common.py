@@ -20,6 +20,7 @@ from bench.data.lt import LTData, build_lt_data
 from bench.evaluation import EvalOutput, evaluate_batches
 from bench.metrics import group_metrics, per_class_accuracy, shot_groups
 from bench.rundir import RunDir
+from bench.tracking import Tracker
 from bench.train import checkpoint as ckpt
 from bench.train.optim import effective_lr
 
@@ -124,8 +125,9 @@ def analysis(head: torch.nn.Module, out: EvalOutput, split: str) -> dict[str, An
 def finish(cfg: Config, run: RunDir, data: LTData, evaluator: Evaluator, head: torch.nn.Module,
            state_module: torch.nn.Module, selected_epoch: int | None, t_start: float,
            last_metrics: dict[str, Any] | None = None, extra: dict[str, Any] | None = None,
-           state: Any = None) -> dict[str, Any]:
-    """Evaluate the reported model on test (and val), save its weights as final.pt, write result.json."""
+           state: Any = None, tracker: Tracker | None = None) -> dict[str, Any]:
+    """Evaluate the reported model on test (and val), save its weights as final.pt, write result.json
+    (and the W&B summary, per-class table and plot)."""
     test_metrics, test_per_class, out = evaluator.run("test", keep_features=True)
     val_metrics = evaluator("val") if data.val is not None else None
     if dist.is_main():
@@ -161,9 +163,12 @@ def finish(cfg: Config, run: RunDir, data: LTData, evaluator: Evaluator, head: t
         **(extra or {}),
     }
     run.write_json("result.json", result)
+    plot = run.path / "per_class.png"
     if cfg.runtime.plot and dist.is_main():
         from bench.plots import plot_per_class
-        plot_per_class(result, run.path / "per_class.png")
+        plot_per_class(result, plot)
+    if tracker is not None:
+        tracker.finish(result, {"per_class_plot": plot})
     return result
 
 

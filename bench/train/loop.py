@@ -22,6 +22,7 @@ from bench.data.shards import ShardLoader
 from bench.methods.losses import LossFn
 from bench.progress import Progress, log
 from bench.rundir import RunDir
+from bench.tracking import Tracker
 from bench.train import checkpoint as ckpt
 
 
@@ -101,7 +102,7 @@ class TrainState:
 
 
 def fit(parts: Parts, run: RunDir, epochs: int, selection_split: str, device: torch.device,
-        checkpoint_every: int = 0, progress: str = "auto") -> TrainState:
+        checkpoint_every: int = 0, progress: str = "auto", tracker: Tracker | None = None) -> TrainState:
     """Train for `epochs`, resuming from run.last_ckpt when present. Returns the final state.
 
     Under DDP every rank runs this with its slice of each global batch; its loss is weighted by its
@@ -131,6 +132,8 @@ def fit(parts: Parts, run: RunDir, epochs: int, selection_split: str, device: to
         if dist.is_main():
             run.write_metrics(state.history)
         log(f"resuming {run.path} at epoch {state.epoch + 1}, step {state.step}")
+        if tracker is not None:
+            tracker.resume(state.history)   # epochs checkpointed by an attempt killed before it logged them
 
     def save_last() -> None:
         if isinstance(p.loader, ShardLoader):
@@ -206,16 +209,17 @@ def fit(parts: Parts, run: RunDir, epochs: int, selection_split: str, device: to
         bar.close()
         for c in p.constraints:
             c.after_epoch()
-        add_sums(sums)
+        add_sums(sums)                      # reads the device sums: the epoch's steps are done here
+        train_s = max(1e-9, time.time() - t_epoch)
 
         # End of epoch: evaluate the selection split, remember the best epoch, checkpoint.
         sel = p.evaluate(selection_split)
-        elapsed = max(1e-9, time.time() - t_epoch)
         row = {"epoch": epoch + 1, "lr": p.optimizer.param_groups[0]["lr"],
                "train_loss": state.loss_sum / max(1, state.seen),
                "train_acc": 100.0 * state.correct_sum / max(1, state.seen),
-               selection_split: sel, "epoch_time_s": round(elapsed, 2),
-               "images_per_s": round(n_images * world / elapsed, 1)}
+               selection_split: sel, "epoch_time_s": round(time.time() - t_epoch, 2),
+               "train_time_s": round(train_s, 3),              # the training steps only (no evaluation)
+               "images_per_s": round(n_images * world / train_s, 1)}
         if p.analyze is not None:
             row["analysis"] = p.analyze(selection_split)
         state.history.append(row)
@@ -227,6 +231,8 @@ def fit(parts: Parts, run: RunDir, epochs: int, selection_split: str, device: to
         save_last()
         if dist.is_main():
             run.write_metrics(state.history)
+        if tracker is not None:
+            tracker.log_epoch(row)          # queued: W&B never holds up the next epoch
         log(f"epoch {epoch + 1}/{epochs} loss {row['train_loss']:.4f} train {row['train_acc']:.2f}% "
             f"{selection_split} {sel['all']:.2f}% ({row['images_per_s']:.0f} img/s)")
     dist.barrier()   # rank 0's last checkpoint and best.pt are on disk before anyone reads them

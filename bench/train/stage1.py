@@ -20,6 +20,7 @@ from bench.methods.regularizers import feature_regularization, weight_decay_term
 from bench.models import build_model
 from bench.models.parts import encode, head_of, set_head
 from bench.rundir import RunDir
+from bench.tracking import Tracker
 from bench.train.common import Evaluator, finish, padded, run_info, select_reported, setup
 from bench.train.loop import Parts, fit, make_forward
 from bench.train.optim import make_optimizer, make_scheduler
@@ -45,6 +46,7 @@ def train_stage1(cfg: Config, run: RunDir) -> dict[str, Any]:
         model = model.to(memory_format=torch.channels_last)
     run.prepare(cfg)  # only once data and model are known to be good: bad input leaves no directory
     run.write_json("run.json", run_info(cfg, data, groups, device))
+    tracker = Tracker(cfg, run)
 
     t = cfg.train
     loader = data.train_loader(t.batch_size, cfg.seed, cfg.data.augment, t.drop_last, t.sampler, cfg.runtime.workers)
@@ -71,9 +73,9 @@ def train_stage1(cfg: Config, run: RunDir) -> dict[str, Any]:
                   analyze=evaluator.analyze if cfg.eval.analysis_each_epoch else None,
                   regularizers=regularizers, amp=t.amp)
     state = fit(parts, run, t.epochs, cfg.eval.selection_split, device, cfg.runtime.checkpoint_every_steps,
-                cfg.runtime.progress)
+                cfg.runtime.progress, tracker)
 
     # Report the best epoch on the selection split, or the last one.
     selected, last_metrics = select_reported(cfg, run, state.best_epoch, t.epochs, evaluator, model)
     return finish(cfg, run, data, evaluator, head_of(model), model, selected, t_start, last_metrics,
-                  {"epochs": t.epochs, "data_padded_per_epoch": padded(loader)}, state)
+                  {"epochs": t.epochs, "data_padded_per_epoch": padded(loader)}, state, tracker)

@@ -28,6 +28,7 @@ from bench.methods.posthoc import (choose_tau, class_prior, logit_adjust_additiv
 from bench.models.parts import encode, head_of
 from bench.progress import log
 from bench.rundir import RunDir
+from bench.tracking import Tracker
 from bench.train import checkpoint as ckpt
 from bench.train.common import Evaluator, finish, padded, run_info, select_reported, setup
 from bench.train.loop import Parts, fit, make_forward
@@ -149,6 +150,7 @@ def train_stage2(cfg: Config, run: RunDir, parent: RunDir) -> dict[str, Any]:
         raise ConfigError(f"stage2 retrains a linear classifier; the parent run {parent.path} has {type(head).__name__}")
     run.prepare(cfg)
     run.write_json("run.json", {**run_info(cfg, data, groups, device), "parent": str(parent.path)})
+    tracker = Tracker(cfg, run, {"parent_run": str(parent.path)})
 
     # Freeze the backbone; the classifier (weight and bias) and the last `train_blocks` blocks train.
     trained = set(last_blocks(model, s2.train_blocks))
@@ -200,14 +202,14 @@ def train_stage2(cfg: Config, run: RunDir, parent: RunDir) -> dict[str, Any]:
                   analyze=evaluator.analyze if cfg.eval.analysis_each_epoch else None,
                   constraints=[MaxNorm(head.weight, radius, s2.maxnorm_cadence)] if s2.maxnorm else [], amp=t.amp)
     state = fit(parts, run, t.epochs, cfg.eval.selection_split, device, cfg.runtime.checkpoint_every_steps,
-                cfg.runtime.progress)
+                cfg.runtime.progress, tracker)
 
     selected, last_metrics = select_reported(cfg, run, state.best_epoch, t.epochs, evaluator, model)
     return finish(cfg, run, data, evaluator, head, model, selected, t_start, last_metrics,
                   {"epochs": t.epochs, "parent": str(parent.path), "cached_features": cached,
                    "data_padded_per_epoch": padded(loader),
                    "trained_blocks": s2.train_blocks,
-                   "maxnorm_radius": radius if s2.maxnorm else None}, state)
+                   "maxnorm_radius": radius if s2.maxnorm else None}, state, tracker)
 
 
 def run_posthoc(cfg: Config, run: RunDir, parent: RunDir) -> dict[str, Any]:
@@ -222,6 +224,7 @@ def run_posthoc(cfg: Config, run: RunDir, parent: RunDir) -> dict[str, Any]:
     model = load_parent_model(cfg, data, parent, device)
     run.prepare(cfg)
     run.write_json("run.json", {**run_info(cfg, data, groups, device), "parent": str(parent.path)})
+    tracker = Tracker(cfg, run, {"parent_run": str(parent.path)})
     splits = {s: parent_features(model, parent, data, s, cfg.eval.batch_size, device, cfg.eval.tta_flip,
                                  cfg.runtime.workers)
               for s in (["val"] if data.val is not None else []) + ["test"]}
@@ -259,4 +262,5 @@ def run_posthoc(cfg: Config, run: RunDir, parent: RunDir) -> dict[str, Any]:
     return finish(cfg, run, data, evaluator, evaluator.head, model, None, t_start, None,
                   {"parent": str(parent.path),
                    "posthoc": {"kind": ph.kind, "tau": tau, "chosen_on": None if scores is None else cfg.eval.selection_split,
-                               "grid": None if scores is None else dict(zip(map(str, ph.tau_grid), scores))}})
+                               "grid": None if scores is None else dict(zip(map(str, ph.tau_grid), scores))}},
+                  tracker=tracker)

@@ -102,7 +102,7 @@ def test_sigkill_after_first_epoch_then_resume_is_exact(reference_run, tmp_path)
     _same_numbers(result_of(run_dir), result_of(reference_run))
     ref_hist = [json.loads(l) for l in (reference_run / "metrics.jsonl").read_text().splitlines()]
     new_hist = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    drop = ("epoch_time_s", "images_per_s")
+    drop = ("epoch_time_s", "train_time_s", "images_per_s")
     assert [{k: v for k, v in h.items() if k not in drop} for h in new_hist] == \
            [{k: v for k, v in h.items() if k not in drop} for h in ref_hist]
 
@@ -129,6 +129,11 @@ def test_truncated_checkpoint_is_a_one_line_error(tmp_path):
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0
     assert "last.pt is truncated or corrupt" in r.stderr
+    # recorded for `ltbench status` / `ltbench table`; the run stays resumable (not complete)
+    failed = json.loads((only_run_dir(tmp_path) / "result.json").read_text())
+    assert failed["status"] == "failed" and "last.pt is truncated or corrupt" in failed["error"]
+    st = run_cli("status", "smoke", "--runs-root", str(tmp_path))
+    assert "failed: CheckpointError: " in st.stdout
 
 
 @pytest.mark.parametrize("args, message", [
@@ -161,7 +166,13 @@ def test_demo_on_real_fashion_mnist_short(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     table = [l for l in r.stdout.splitlines() if l.startswith("| ")]
     assert [l.split(" | ")[0][2:] for l in table[1:]] == ["naive", "wd", "tau-norm", "wb", "hs-stage1", "hs"]
-    assert "| wb | wd " in r.stdout and "| tau-norm | tau " in r.stdout and "| hs | tau " in r.stdout
+    # printed through `ltbench table` (--select val over the grid), which also wrote it and its plot
+    assert "- wb, Fashion-MNIST-LT IF 100: chosen stage2.maxnorm_thresh=" in r.stdout
+    assert "(best mean val all of 12 settings)" in r.stdout
+    assert "- tau-norm, Fashion-MNIST-LT IF 100: tau chosen on val: " in r.stdout
+    assert "- hs, Fashion-MNIST-LT IF 100: tau chosen on val: " in r.stdout
+    assert (tmp_path / "demo" / "table-seed0.md").read_text() in r.stdout
+    assert (tmp_path / "demo" / "table-seed0-fashion-mnist-if100.png").is_file()
     res = [json.loads(p.read_text()) for p in sorted((tmp_path / "demo").glob("*/result.json"))]
     assert sorted({x["method"] for x in res}) == ["hs", "hs-stage1", "naive", "tau-norm", "wb", "wd"]
     assert sum(x["method"] == "wb" for x in res) == 12          # the stage-2 grid, one run each

@@ -1,0 +1,453 @@
+"""`ltbench table`: many runs -> one benchmark table (mean +- std over seeds), as in the WB paper's tables.
+
+Runs are found by their run directories (config.yaml, result.json). A row is a method (and, when one
+method ran with several settings on a dataset, each setting: labelled by the config keys that differ);
+a column is a dataset x imbalance factor. A cell averages the COMPLETE runs of the seeds that ran. Runs
+that failed or are unfinished, and seeds that are missing (against --seeds, or else every seed seen in
+the table), are never averaged in silently: the cell is marked and a footnote names them.
+
+Standard deviations are sample standard deviations (n - 1 in the denominator), the usual reading of
+"mean +- std over seeds"; one seed has no std. Output is a pure function of the runs: sorted, fixed
+formatting, paths as given.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench.config import ConfigError
+from bench.metrics import GROUPS
+
+METRICS = ("all", *GROUPS)
+# Row order of the WB paper's tables (naive -> stage 1 -> post-hoc -> stage 2 -> HS); others follow by name.
+METHOD_ORDER = ("naive", "ce", "wd", "l2-norm", "tau-norm", "cb-wd", "cb-maxnorm", "wb", "hs-stage1", "hs")
+# Config keys that identify the row or the column, or differ between seeds of one setting.
+IDENTITY_KEYS = ("seed", "parent_hash", "name", "method")
+COLUMN_KEYS = ("data.dataset", "data.imbalance_factor")
+PUBLISHED = Path(__file__).resolve().parents[1] / "datasets" / "published"
+SKIP_DIRS = {"wandb", "checkpoints", "features", "logs", "_submitit", ".prepare"}
+
+
+@dataclass
+class RunRecord:
+    """One run directory as the table sees it."""
+
+    path: str
+    name: str                                    # experiment name
+    method: str
+    dataset: str
+    imbalance_factor: float | None
+    seed: int
+    state: str                                   # complete, failed, incomplete
+    note: str = ""                               # why it is not complete (error, epoch k/N, scheduler state)
+    metrics: dict[str, float | None] = field(default_factory=dict)        # test
+    val_metrics: dict[str, float | None] | None = None
+    setting: tuple[tuple[str, str], ...] = ()   # flattened config without identity / column keys
+    result: dict[str, Any] | None = None        # the whole result.json of a complete run (plots)
+
+    @property
+    def column(self) -> tuple[str, float | None]:
+        return (self.dataset, self.imbalance_factor)
+
+
+# ----------------------------------------------------------------------------------------------- collecting
+def find_run_dirs(paths: list[str]) -> list[Path]:
+    """Run directories under each path (a run directory, an experiment, a runs root), sorted, unique."""
+    found: dict[Path, Path] = {}
+    for given in paths:
+        p = Path(given)
+        if not p.exists():
+            raise ConfigError(f"ltbench table: {p} does not exist")
+        if (p / "config.yaml").is_file():
+            found.setdefault(p.resolve(), p)
+            continue
+        for cfg in sorted(p.rglob("config.yaml")):
+            rel = cfg.parent.relative_to(p).parts
+            if not SKIP_DIRS.intersection(rel):
+                found.setdefault(cfg.parent.resolve(), cfg.parent)
+    if not found:
+        raise ConfigError(f"ltbench table: no run directories (with config.yaml) under {', '.join(paths)}")
+    return sorted(found.values(), key=lambda q: str(q))
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def setting_of(raw: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    """The config fields that can change a number (Config.result_dict), minus seed, row and column keys."""
+    from bench.config import from_dict
+
+    flat = flatten(from_dict(raw).result_dict())
+    drop = set(IDENTITY_KEYS) | set(COLUMN_KEYS)
+    return tuple(sorted((k, json.dumps(v, sort_keys=True)) for k, v in flat.items() if k not in drop))
+
+
+def load_record(run_dir: Path) -> RunRecord:
+    """What a run directory says about itself; a clear error for a broken one."""
+    from bench.rundir import RunDir
+    from bench.submit import run_status
+
+    raw = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    try:
+        setting = setting_of(raw)
+    except ConfigError as e:
+        raise ConfigError(f"{run_dir / 'config.yaml'}: {e}") from None
+    data = raw.get("data") or {}
+    rec = RunRecord(path=str(run_dir), name=str(raw.get("name")), method=str(raw.get("method")), dataset=str(data.get("dataset")),
+                    imbalance_factor=data.get("imbalance_factor"), seed=int(raw.get("seed", 0)),
+                    state="incomplete", setting=setting)
+    result_file = run_dir / "result.json"
+    result: dict[str, Any] = {}
+    if result_file.is_file():
+        try:
+            result = json.loads(result_file.read_text())
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{result_file}: not valid JSON ({e}); delete it and rerun the run") from None
+    if result.get("status") == "complete":
+        rec.state, rec.metrics, rec.val_metrics, rec.result = "complete", result["metrics"], result.get("val_metrics"), result
+        # the dataset card fills imbalance_factor for file-split sets: take the resolved value
+        rec.imbalance_factor = result.get("imbalance_factor", rec.imbalance_factor)
+    elif result.get("status") == "failed":
+        rec.state, rec.note = "failed", result.get("error", "")
+    else:
+        st = run_status(RunDir(run_dir))
+        epochs = f"{st['epoch']} epochs" if st["stage"] != "posthoc" else ""
+        rec.note = epochs if st["state"] == "not started" else ", ".join(x for x in (st["state"], epochs) if x)
+        if st["state"].split(":")[0].split(" ")[0] in ("failed", "cancelled", "timeout", "out_of_memory", "node_fail"):
+            rec.state = "failed"
+    return rec
+
+
+def collect(paths: list[str]) -> list[RunRecord]:
+    return [load_record(p) for p in find_run_dirs(paths)]
+
+
+def records_from_wandb(path: str) -> list[RunRecord]:
+    """The same records from the summaries of a W&B project's runs (needs the network and a login)."""
+    try:
+        import wandb
+
+        runs = wandb.Api(timeout=30).runs(path)
+        return [record_from_summary(f"wandb:{path}/{r.id}", dict(r.summary), dict(r.config), r.state)
+                for r in runs]
+    except Exception as e:  # noqa: BLE001 - no network, no login, no such project: one line
+        raise ConfigError(f"ltbench table --wandb {path}: cannot read the W&B runs ({type(e).__name__}: "
+                          f"{' '.join(str(e).split())[:200]})") from None
+
+
+def record_from_summary(path: str, summary: dict[str, Any], config: dict[str, Any], run_state: str) -> RunRecord:
+    """A W&B run (summary written by bench.tracking.summary_of, config = the resolved config)."""
+    cfg = {k: v for k, v in config.items() if k not in ("run_dir", "parent_run")}
+    complete = summary.get("status") == "complete"
+    rec = RunRecord(path=path, name=str(cfg.get("name")), method=str(cfg.get("method")), dataset=str((cfg.get("data") or {}).get("dataset")),
+                    imbalance_factor=summary.get("imbalance_factor", (cfg.get("data") or {}).get("imbalance_factor")),
+                    seed=int(cfg.get("seed", 0)), state="complete" if complete else
+                    "failed" if run_state in ("failed", "crashed") else "incomplete",
+                    note="" if complete else f"W&B state {run_state}", setting=setting_of(cfg))
+    if complete:
+        rec.metrics = {g: summary.get(f"test/{g}") for g in METRICS}
+        if any(f"val/{g}" in summary for g in METRICS):
+            rec.val_metrics = {g: summary.get(f"val/{g}") for g in METRICS}
+    return rec
+
+
+# ----------------------------------------------------------------------------------------------- grouping
+@dataclass
+class Cell:
+    runs: list[RunRecord]                        # complete runs averaged (one per seed)
+    left_out: list[str]                          # footnote text: failed / unfinished / duplicate runs
+    missing: list[int]                           # expected seeds with no run at all
+    chosen: str = ""                             # --select: the setting chosen and among how many
+
+    def stats(self, metric: str, source: str = "metrics") -> tuple[float | None, float | None, int]:
+        vals = [v for r in self.runs if (v := (getattr(r, source) or {}).get(metric)) is not None]
+        if not vals:
+            return None, None, 0
+        mean = sum(vals) / len(vals)
+        std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else None
+        return mean, std, len(vals)
+
+    @property
+    def flagged(self) -> bool:
+        return bool(self.left_out or self.missing)
+
+
+@dataclass
+class Table:
+    columns: list[tuple[str, float | None]]
+    rows: list[tuple[str, str]]                  # (method, setting label)
+    cells: dict[tuple[tuple[str, str], tuple[str, float | None]], Cell]
+    expected_seeds: list[int]
+    reference: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _method_key(m: str) -> tuple[int, str]:
+    return (METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER), m)
+
+
+def setting_labels(settings: list[tuple[tuple[str, str], ...]], max_keys: int = 4) -> dict[tuple, str]:
+    """Short labels for several settings of one method in one experiment on one dataset: the config keys
+    whose values differ (at most max_keys, then '+N more')."""
+    if len(settings) < 2:
+        return {s: "" for s in settings}
+    dicts = {s: dict(s) for s in settings}
+    keys = sorted({k for d in dicts.values() for k in d})
+    differing = [k for k in keys if len({d.get(k) for d in dicts.values()}) > 1]
+    out = {}
+    for s, d in dicts.items():
+        parts = [f"{k}={json.loads(d[k]) if k in d else '-'}" for k in differing[:max_keys]]
+        if len(differing) > max_keys:
+            parts.append(f"+{len(differing) - max_keys} more")
+        out[s] = ", ".join(parts)
+    return out
+
+
+def build_table(records: list[RunRecord], seeds: list[int] | None = None, select: str | None = None,
+                reference: bool = False) -> Table:
+    """Group records into cells: (method, label) x (dataset, imbalance factor).
+
+    Within a column, a method's runs are split by experiment name (named in the label when a method
+    comes from several experiments), then by setting; with `select`, each experiment's settings are
+    reduced to the one with the best mean `select` accuracy (seeds averaged first).
+    """
+    expected = sorted(seeds) if seeds is not None else sorted({r.seed for r in records})
+    groups: dict[tuple, dict[str, dict[tuple, list[RunRecord]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    for r in records:
+        groups[(r.method, r.column)][r.name][r.setting].append(r)
+
+    cells: dict[tuple[tuple[str, str], tuple[str, float | None]], Cell] = {}
+    for (method, col), by_name in groups.items():
+        for name, settings in sorted(by_name.items()):
+            prefix = name if len(by_name) > 1 else ""
+            keys = sorted(settings)
+            label = setting_labels(keys)
+            made = {s: make_cell(settings[s], expected) for s in keys}
+            if select and len(keys) > 1:
+                def score(s: tuple) -> float:
+                    mean = made[s].stats("all", "val_metrics")[0]
+                    return -math.inf if mean is None else mean
+                best = max(keys, key=score)      # first in sorted order on ties
+                if score(best) == -math.inf:
+                    raise ConfigError(f"ltbench table --select {select}: no {method} run of {name} on {col[0]} has "
+                                      f"{select} metrics (runs without a {select} split cannot be selected on it)")
+                made[best].chosen = f"{label[best]} (best mean {select} all of {len(keys)} settings)"
+                cells[((method, prefix), col)] = made[best]
+            else:
+                for s in keys:
+                    cells[((method, ", ".join(x for x in (prefix, label[s]) if x)), col)] = made[s]
+
+    columns = sorted({c for _, c in cells}, key=lambda c: (c[0], -(c[1] or 0)))
+    rows = sorted({r for r, _ in cells}, key=lambda r: (_method_key(r[0]), r[1]))
+    table = Table(columns, rows, cells, expected)
+    if reference:
+        table.reference = published_rows(columns)
+    return table
+
+
+def make_cell(runs: list[RunRecord], expected: list[int]) -> Cell:
+    complete: dict[int, RunRecord] = {}
+    left: list[str] = []
+    for r in sorted(runs, key=lambda r: (r.seed, r.path)):
+        if r.state != "complete":
+            left.append(f"seed {r.seed} {r.state}" + (f" ({r.note})" if r.note else "") + f": {r.path}")
+        elif r.seed in complete:
+            left.append(f"seed {r.seed} duplicate (averaged once, from {complete[r.seed].path}): {r.path}")
+        else:
+            complete[r.seed] = r
+    seen = {r.seed for r in runs}
+    return Cell([complete[s] for s in sorted(complete)], left, [s for s in expected if s not in seen])
+
+
+def published_rows(columns: list[tuple[str, float | None]]) -> list[dict[str, Any]]:
+    """Reference rows from datasets/published/*.yaml for the table's columns (IF omitted = the set's own)."""
+    out = []
+    for f in sorted(PUBLISHED.glob("*.yaml")):
+        doc = yaml.safe_load(f.read_text())
+        for row in doc["rows"]:
+            for col in columns:
+                if row["dataset"] == col[0] and row.get("imbalance_factor") in (None, col[1]):
+                    out.append({**row, "source": doc["source"], "column": col})
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- rendering
+def column_title(col: tuple[str, float | None]) -> str:
+    from bench.data.cards import DatasetError, load_card
+
+    try:
+        title = load_card(col[0]).get("title", col[0])
+    except DatasetError:
+        title = col[0]
+    return f"{title} IF {col[1]:g}" if col[1] is not None else title
+
+
+def _num(v: float | None) -> str:
+    return "—" if v is None else f"{v:.2f}"
+
+
+def _cell_text(cell: Cell | None, metric: str, latex: bool = False) -> str:
+    if cell is None:
+        return ""
+    mean, std, _ = cell.stats(metric)
+    if mean is None:
+        return "--" if latex else "—"
+    if std is None:
+        return _num(mean)
+    return f"${mean:.2f} \\pm {std:.2f}$" if latex else f"{mean:.2f} ± {std:.2f}"
+
+
+def _n_text(cell: Cell | None, expected: list[int], mark: str) -> str:
+    if cell is None:
+        return ""
+    return f"{len(cell.runs)}/{len(expected)}{mark}" if cell.flagged else str(len(cell.runs))
+
+
+def _footnotes(table: Table) -> list[tuple[str, str]]:
+    """(mark, text) per flagged or selected cell, in row then column order."""
+    notes = []
+    for row in table.rows:
+        for col in table.columns:
+            cell = table.cells.get((row, col))
+            if cell is None:
+                continue
+            name = f"{row[0]}{' (' + row[1] + ')' if row[1] else ''}, {column_title(col)}"
+            if cell.chosen:
+                notes.append(("", f"{name}: chosen {cell.chosen}"))
+            taus = [(r.seed, r.result["posthoc"]) for r in cell.runs
+                    if r.result and (r.result.get("posthoc") or {}).get("chosen_on")]
+            if taus:
+                notes.append(("", f"{name}: tau chosen on {taus[0][1]['chosen_on']}: "
+                                  + ", ".join(f"{p['tau']:g} (seed {seed})" for seed, p in taus)))
+            if cell.flagged:
+                parts = ([f"seed {s} missing" for s in cell.missing] + cell.left_out)
+                notes.append(("†", f"{name}: not averaged in: " + "; ".join(parts)))
+    return notes
+
+
+def _caption(table: Table) -> str:
+    seeds = ", ".join(map(str, table.expected_seeds))
+    return (f"Test top-1 accuracy (%), mean ± sample std over seeds {{{seeds}}}; n = complete runs averaged; "
+            "† = runs failed, unfinished or missing (not averaged in; see notes).")
+
+
+def render_markdown(table: Table) -> str:
+    head = ["method"]
+    single = len(table.columns) == 1   # one dataset: plain headers, its name in the caption
+    for col in table.columns:
+        t = "" if single else column_title(col) + " "
+        head += [f"{t}{m}" for m in (*METRICS, "n")]
+    title = f"{column_title(table.columns[0])}. " if single else ""
+    lines = [title + _caption(table), "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in table.rows:
+        cells = [_row_label(row)]
+        for col in table.columns:
+            cell = table.cells.get((row, col))
+            cells += [_cell_text(cell, m) for m in METRICS] + [_n_text(cell, table.expected_seeds, "†")]
+        lines.append("| " + " | ".join(cells) + " |")
+    for ref in _reference_lines(table):
+        lines.append("| " + " | ".join(ref) + " |")
+    notes = _footnotes(table)
+    if notes:
+        lines.append("")
+        lines += [f"- {mark}{' ' if mark else ''}{text}" for mark, text in notes]
+    return "\n".join(lines) + "\n"
+
+
+def _row_label(row: tuple[str, str]) -> str:
+    return f"{row[0]} ({row[1]})" if row[1] else row[0]
+
+
+def _reference_lines(table: Table, latex: bool = False) -> list[list[str]]:
+    by_row: dict[tuple[str, str], dict[tuple, dict[str, Any]]] = defaultdict(dict)
+    for ref in table.reference:
+        by_row[(ref["source"], ref["method"])][ref["column"]] = ref
+    out = []
+    for (source, method) in sorted(by_row, key=lambda k: (k[0], _method_key(k[1]))):
+        label = f"{method} ({source})"
+        cells = [f"\\textit{{{_tex(label)}}}" if latex else f"*{label}*"]
+        for col in table.columns:
+            ref = by_row[(source, method)].get(col)
+            cells += [("" if ref is None else _num(ref.get(m)) if ref.get(m) is not None else "—") for m in METRICS]
+            cells += ["" if ref is None else "pub."]
+        out.append(cells)
+    return out
+
+
+_TEX = {"\\": "\\textbackslash{}", "_": "\\_", "%": "\\%", "&": "\\&", "#": "\\#", "{": "\\{", "}": "\\}",
+        "$": "\\$", "~": "\\textasciitilde{}", "^": "\\textasciicircum{}"}
+
+
+def _tex(s: str) -> str:
+    """LaTeX-escape text (one pass, so escapes are not escaped again)."""
+    return "".join(_TEX.get(ch, ch) for ch in s)
+
+
+def render_latex(table: Table) -> str:
+    """A booktabs table: one multicolumn group (all / many / medium / few / n) per dataset column."""
+    ncol = len(METRICS) + 1
+    spec = "l" + ("c" * ncol) * len(table.columns)
+    lines = ["% " + _caption(table), f"\\begin{{tabular}}{{{spec}}}", "\\toprule",
+             " & ".join(["method"] + [f"\\multicolumn{{{ncol}}}{{c}}{{{_tex(column_title(c))}}}"
+                                      for c in table.columns]) + " \\\\"]
+    rules = " ".join(f"\\cmidrule(lr){{{2 + i * ncol}-{1 + (i + 1) * ncol}}}" for i in range(len(table.columns)))
+    lines += [rules, " & ".join([""] + [m for _ in table.columns for m in (*METRICS, "$n$")]) + " \\\\", "\\midrule"]
+    for row in table.rows:
+        cells = [_tex(_row_label(row))]
+        for col in table.columns:
+            cell = table.cells.get((row, col))
+            cells += [_cell_text(cell, m, latex=True) for m in METRICS]
+            cells += [_n_text(cell, table.expected_seeds, "$^\\dagger$")]
+        lines.append(" & ".join(cells) + " \\\\")
+    refs = _reference_lines(table, latex=True)
+    if refs:
+        lines.append("\\midrule")
+        lines += [" & ".join(r) + " \\\\" for r in refs]
+    lines += ["\\bottomrule", "\\end{tabular}"]
+    for mark, text in _footnotes(table):
+        lines.append(f"% {mark}{' ' if mark else ''}{text}")
+    return "\n".join(lines) + "\n"
+
+
+def render_csv(table: Table) -> str:
+    """One line per (row, column): mean, std of each metric, n, seeds, what was left out."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["method", "setting", "dataset", "imbalance_factor", "n", "seeds", *(f"{m}_{s}" for m in METRICS
+                for s in ("mean", "std")), "not_averaged", "chosen"])
+    for row in table.rows:
+        for col in table.columns:
+            cell = table.cells.get((row, col))
+            if cell is None:
+                continue
+            stats = [cell.stats(m)[:2] for m in METRICS]
+            left = [f"seed {s} missing" for s in cell.missing] + cell.left_out
+            w.writerow([row[0], row[1], col[0], "" if col[1] is None else f"{col[1]:g}", len(cell.runs),
+                        " ".join(str(r.seed) for r in cell.runs),
+                        *("" if v is None else f"{v:.4f}" for pair in stats for v in pair), "; ".join(left),
+                        cell.chosen])
+    for ref in table.reference:
+        w.writerow([ref["method"], f"published: {ref['source']}", ref["column"][0],
+                    "" if ref["column"][1] is None else f"{ref['column'][1]:g}", "", "",
+                    *(x for m in METRICS for x in ("" if ref.get(m) is None else f"{ref[m]:.4f}", "")), "", ""])
+    return buf.getvalue()
+
+
+RENDER = {"md": render_markdown, "latex": render_latex, "csv": render_csv}

@@ -1,0 +1,183 @@
+"""`ltbench table`: grouping, mean +- sample std, marking of failed / unfinished / missing runs, and the
+Markdown / LaTeX / CSV renderings against golden files (tests/golden/table.*).
+
+The run directories are written here the way ltbench writes them: config.yaml from a real resolved
+config, result.json with status complete or failed, metrics.jsonl for an unfinished run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+
+from bench.config import ConfigError, dump_yaml, load_config
+from bench.table import (RENDER, build_table, collect, record_from_summary, setting_labels)
+from bench.tracking import summary_of
+from tests.conftest import REPO, run_cli
+
+GOLDEN = REPO / "tests" / "golden"
+SMOKE = REPO / "configs" / "smoke.yaml"
+UPDATE = os.environ.get("LTBENCH_UPDATE_GOLDEN") == "1"   # regenerate the golden files after a deliberate change
+
+
+def write_run(root: Path, overrides: list[str], state: str = "complete", all_: float = 0.0,
+              groups: tuple[float | None, float | None, float | None] = (0.0, 0.0, 0.0), val: float | None = None,
+              extra: dict | None = None, sub: str = "") -> Path:
+    cfg = load_config(SMOKE, overrides)
+    # named without the config hash, so the golden files do not change with the config schema
+    run = root / cfg.name / f"{cfg.method}-seed{cfg.seed}" / f"{cfg.data.dataset}{sub}"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(dump_yaml(cfg))
+    metrics = {"all": all_, "many": groups[0], "medium": groups[1], "few": groups[2]}
+    if state == "complete":
+        result = {"status": "complete", "name": cfg.name, "method": cfg.method, "dataset": cfg.data.dataset,
+                  "imbalance_factor": cfg.data.imbalance_factor, "seed": cfg.seed, "stage": cfg.stage,
+                  "metrics": metrics, "val_metrics": None if val is None else {**metrics, "all": val},
+                  "class_counts": [200, 155, 120, 93, 72, 56, 43, 33, 26, 20],
+                  "per_class_acc": [90.0, 85, 80, 70, 60, 50, 40, 30, 20, None],
+                  "class_names": [f"c{i}" for i in range(10)],
+                  "groups": {"many": [0, 1, 2], "medium": [3, 4, 5, 6], "few": [7, 8, 9]},
+                  "analysis": {"weight_norms": [2.0 - 0.1 * i for i in range(10)]}, **(extra or {})}
+        (run / "result.json").write_text(json.dumps(result))
+    elif state == "failed":
+        (run / "result.json").write_text(json.dumps({"status": "failed", "error": "RuntimeError: CUDA out of memory"}))
+    else:   # unfinished: 1 of 3 epochs
+        (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "val": {"all": 20.0}}) + "\n")
+    return run
+
+
+@pytest.fixture
+def runs(tmp_path, monkeypatch) -> Path:
+    """Two methods x two columns x seeds 0-2 with one failed run, one unfinished run and one missing seed."""
+    monkeypatch.chdir(tmp_path)
+    root = Path("runs")
+    syn = ["name=bench"]
+    fm = ["name=bench", "data.dataset=fashion-mnist", "data.imbalance_factor=100"]
+    # wd on synthetic IF 10: 50 / 52 / 54 -> mean 52.00, sample std 2.00
+    for seed, a in enumerate([50.0, 52.0, 54.0]):
+        write_run(root, syn + ["method=wd", f"seed={seed}"], all_=a, groups=(a + 20, a, a - 20))
+    # wb on synthetic: seeds 0, 1 complete; seed 2 failed (never averaged in)
+    write_run(root, syn + ["method=wb", "seed=0"], all_=60.0, groups=(70.0, 60.0, 50.0))
+    write_run(root, syn + ["method=wb", "seed=1"], all_=61.0, groups=(71.0, 61.0, 52.0))
+    write_run(root, syn + ["method=wb", "seed=2"], state="failed")
+    # wd on Fashion-MNIST IF 100: seeds 0, 2 complete, seed 1 missing; a 'few' group that is empty
+    write_run(root, fm + ["method=wd", "seed=0"], all_=80.0, groups=(90.0, 70.0, None))
+    write_run(root, fm + ["method=wd", "seed=2"], all_=81.5, groups=(91.0, 71.0, None))
+    # wb on Fashion-MNIST IF 100: seeds 0, 1 complete, seed 2 unfinished
+    write_run(root, fm + ["method=wb", "seed=0"], all_=85.0, groups=(88.0, 80.0, 86.0))
+    write_run(root, fm + ["method=wb", "seed=1"], all_=86.0, groups=(89.0, 81.0, 87.0))
+    write_run(root, fm + ["method=wb", "seed=2"], state="unfinished")
+    return root
+
+
+def test_mean_and_sample_std_by_hand(runs):
+    t = build_table(collect([str(runs)]))
+    assert t.columns == [("fashion-mnist", 100.0), ("synthetic", 10.0)]
+    assert t.rows == [("wd", ""), ("wb", "")]       # the WB paper's row order, not alphabetical
+    wd = t.cells[(("wd", ""), ("synthetic", 10.0))]
+    mean, std, n = wd.stats("all")
+    assert (mean, n) == (52.0, 3) and std == pytest.approx(2.0)   # sqrt(((-2)^2 + 0 + 2^2) / (3 - 1))
+    assert wd.stats("few")[:2] == (32.0, pytest.approx(2.0))
+    wb = t.cells[(("wb", ""), ("synthetic", 10.0))]
+    assert wb.stats("all")[:3] == (60.5, pytest.approx(math.sqrt(0.5)), 2)   # the failed seed 2 is left out
+    assert wb.flagged and "seed 2 failed (RuntimeError: CUDA out of memory)" in wb.left_out[0]
+    fm_wd = t.cells[(("wd", ""), ("fashion-mnist", 100.0))]
+    assert fm_wd.missing == [1] and fm_wd.stats("few") == (None, None, 0)
+    fm_wb = t.cells[(("wb", ""), ("fashion-mnist", 100.0))]
+    assert "seed 2 incomplete (1/3 epochs)" in fm_wb.left_out[0]
+
+
+@pytest.mark.parametrize("fmt, golden", [("md", "table.md"), ("latex", "table.tex"), ("csv", "table.csv")])
+def test_golden_outputs(runs, fmt, golden):
+    text = RENDER[fmt](build_table(collect([str(runs)]), reference=False))
+    if UPDATE:
+        (GOLDEN / golden).write_text(text)
+    assert text == (GOLDEN / golden).read_text()
+
+
+def test_output_is_deterministic_whatever_the_path_order(runs):
+    a = RENDER["md"](build_table(collect([str(runs / "bench")])))
+    dirs = sorted(str(p) for p in (runs / "bench").iterdir())
+    b = RENDER["md"](build_table(collect(list(reversed(dirs)) + dirs)))   # duplicates given twice count once
+    assert a == b
+
+
+def test_expected_seeds_mark_cells_with_a_missing_seed(runs):
+    t = build_table(collect([str(runs)]), seeds=[0, 1, 2, 3])
+    wd = t.cells[(("wd", ""), ("synthetic", 10.0))]
+    assert wd.missing == [3] and "3/4†" in RENDER["md"](t)
+
+
+def test_settings_of_one_method_get_labels_and_select_picks_best_val(tmp_path):
+    root = tmp_path / "runs"
+    for wd, vals in ((0.001, (70.0, 72.0)), (0.01, (75.0, 71.0)), (0.1, (60.0, 80.0))):
+        for seed, v in enumerate(vals):
+            write_run(root, ["name=grid", "method=wb", f"seed={seed}", f"train.weight_decay={wd}"],
+                      all_=v, val=v - 1, sub=f"-wd{wd}")
+    t = build_table(collect([str(root)]))
+    assert [r[1] for r in t.rows] == ["train.weight_decay=0.001", "train.weight_decay=0.01", "train.weight_decay=0.1"]
+    sel = build_table(collect([str(root)]), select="val")
+    (cell,) = sel.cells.values()
+    # mean val: 70 / 72 / 69 (seeds averaged first): 0.01 wins although 0.1 has the best single seed
+    assert cell.stats("all")[0] == 73.0 and cell.chosen.startswith("train.weight_decay=0.01 (best mean val all of 3")
+    assert setting_labels([(("a", "1"), ("b", "2")), (("a", "1"), ("b", "3"))]) == \
+        {(("a", "1"), ("b", "2")): "b=2", (("a", "1"), ("b", "3")): "b=3"}
+
+
+def test_same_method_from_two_experiments_gets_two_rows(tmp_path):
+    root = tmp_path / "runs"
+    write_run(root, ["name=exp-a", "method=wd"], all_=50.0)
+    write_run(root, ["name=exp-b", "method=wd", "train.lr=0.1"], all_=55.0)
+    t = build_table(collect([str(root)]))
+    assert t.rows == [("wd", "exp-a"), ("wd", "exp-b")]
+
+
+def test_reference_rows_from_the_published_file(tmp_path):
+    root = tmp_path / "runs"
+    write_run(root, ["name=c", "method=wb", "data.dataset=cifar100", "data.imbalance_factor=100"], all_=52.0)
+    t = build_table(collect([str(root)]), reference=True)
+    wb = [r for r in t.reference if r["method"] == "wb"]
+    assert len(wb) == 1 and wb[0]["all"] == 53.35 and wb[0]["few"] == 32.63     # REFERENCE.md section 5
+    md = RENDER["md"](t)
+    assert "| *wb (WB paper (CVPR 2022))* | 53.35 | 72.60 | 51.86 | 32.63 | pub. |" in md
+    assert "*naive (WB paper (CVPR 2022))* | 38.38 | 64.05 | 35.80 | 11.43" in md
+    assert "IF 50" not in md                                         # only the columns of the table
+
+
+def test_wandb_summary_gives_the_same_record(runs):
+    """`--wandb` reads what bench.tracking writes: summary_of(result) + the resolved config."""
+    import yaml
+
+    (rec,) = [r for r in collect([str(runs)]) if r.method == "wb" and r.seed == 0 and r.dataset == "synthetic"]
+    cfg = yaml.safe_load((Path(rec.path) / "config.yaml").read_text())
+    again = record_from_summary("wandb:x/y/abc", summary_of(rec.result), cfg, "finished")
+    assert (again.method, again.dataset, again.imbalance_factor, again.seed, again.state, again.setting) == \
+           (rec.method, rec.dataset, rec.imbalance_factor, rec.seed, "complete", rec.setting)
+    assert again.metrics == rec.metrics
+    crashed = record_from_summary("wandb:x/y/def", {}, cfg, "crashed")
+    assert crashed.state == "failed"
+
+
+def test_cli_writes_table_and_plots(runs, tmp_path):
+    r = run_cli("table", str(runs), "--format", "csv", "--out", "t/bench.csv", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "t" / "bench.csv").read_text() == (GOLDEN / "table.csv").read_text()
+    for png in ("bench-synthetic-if10.png", "bench-fashion-mnist-if100.png"):
+        assert (tmp_path / "t" / png).stat().st_size > 5000
+    bad = run_cli("table", "no/such/dir", cwd=tmp_path)
+    assert bad.returncode == 2 and bad.stderr.strip() == "ltbench: error: ltbench table: no/such/dir does not exist"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = run_cli("table", str(empty), cwd=tmp_path)
+    assert r.returncode == 2 and "no run directories (with config.yaml) under" in r.stderr
+
+
+def test_broken_result_json_names_the_file(runs):
+    victim = next(Path(runs).glob("bench/wd-seed0/*")) / "result.json"
+    victim.write_text('{"status": "comp')
+    with pytest.raises(ConfigError, match=r"result.json: not valid JSON"):
+        collect([str(runs)])
