@@ -94,7 +94,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
     m = prepare(args.dataset, out, Path(args.src).expanduser() if args.src else None,
                 Path(args.splits).expanduser() if args.splits else None, args.overrides, args.samples_per_shard,
-                args.workers, args.resize_shorter, args.jpeg_quality, args.allow_deviation)
+                args.workers, args.resize_shorter, args.jpeg_quality, args.allow_deviation,
+                array_format=args.array_format)
     sizes = ", ".join(f"{k} {v['num_samples']} in {len(v['shards'])} shards" for k, v in m["splits"].items())
     log(f"{args.dataset}: {sizes} -> {out / 'manifest.json'} (use data.shards={out})")
     return 0
@@ -147,6 +148,21 @@ def cmd_table(args: argparse.Namespace) -> int:
 
         for path in plot_table(table, plots):
             log(f"plot -> {path}")
+    return 0
+
+
+def cmd_perf(args: argparse.Namespace) -> int:
+    from bench.perf import SECTIONS, run_perf
+    from bench.progress import log
+
+    only = args.only.split(",") if args.only else [x for x in SECTIONS if x != "demo" or not args.quick]
+    unknown = [x for x in only if x not in SECTIONS]
+    if unknown:
+        raise ConfigError(f"ltbench perf --only: unknown section(s) {', '.join(unknown)} (known: {', '.join(SECTIONS)})")
+    out = Path(args.out)
+    run_perf(out, only, args.repeats, args.quick, args.threads)
+    log(f"perf report -> {out / 'perf.md'} and {out / 'perf.json'}")
+    sys.stdout.write((out / "perf.md").read_text())
     return 0
 
 
@@ -210,6 +226,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--no-plots", action="store_true", help="no plots, even with --out")
     sp.set_defaults(fn=cmd_table)
 
+    sp = sub.add_parser("perf", help="measure trainer overhead, data pipeline, stage 2, DDP, demo (and GPU) speed")
+    sp.add_argument("--out", default="perf", help="report directory: perf.md, perf.json (default perf/)")
+    sp.add_argument("--only", default=None, help="comma-separated sections: trainer, data, stage2, ddp, demo, gpu")
+    sp.add_argument("--repeats", type=int, default=3, help="interleaved repeats per measurement (median reported)")
+    sp.add_argument("--quick", action="store_true", help="tiny synthetic setting (checks the command, not the speed)")
+    sp.add_argument("--threads", type=int, default=None, help="torch threads per run (default: all cores)")
+    sp.set_defaults(fn=cmd_perf)
+
     sp = sub.add_parser("prepare", help="write a dataset as webdataset tar shards + manifest.json (data.shards=OUT)")
     sp.add_argument("dataset", help="dataset card name: fashion-mnist, cifar10, cifar100, imagenet-lt, places-lt, "
                     "inat2018, synthetic")
@@ -223,6 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--workers", type=int, default=2, help="parallel writer processes (default 2)")
     sp.add_argument("--resize-shorter", type=int, default=None, help="re-encode: shorter side at most this")
     sp.add_argument("--jpeg-quality", type=int, default=None, help="re-encode as JPEG with this quality")
+    sp.add_argument("--array-format", choices=["png", "npy"], default="png",
+                    help="CIFAR / Fashion-MNIST / synthetic: images as PNG, or raw .npy (lossless, no PIL decode: "
+                    "faster for small images, BENCHMARKS.md)")
     sp.add_argument("--allow-deviation", action="store_true",
                     help="prepare even when the source differs from the card's expected statistics (recorded)")
     sp.add_argument("--verify", action="store_true", help="only check every shard in --out against its sha256")

@@ -1,6 +1,6 @@
 """`ltbench prepare`: write a dataset as webdataset tar shards (train / val / test) plus manifest.json.
 
-Each sample is `<key>.png|.jpg` (image bytes), `<key>.cls` (label, ASCII) and, for image files, `<key>.json`
+Each sample is `<key>.png|.jpg|.npy` (image bytes; .npy: a raw uint8 array, `--array-format npy`), `<key>.cls` (label, ASCII) and, for image files, `<key>.json`
 (where it came from). Training samples are shuffled once (seeded) before sharding so every shard mixes classes;
 val / test keep the source order. Shards are written by parallel processes, each to a temporary file
 renamed into place, and a finished shard leaves a record (sha256, size, a digest of its planned
@@ -204,14 +204,19 @@ def card_deviations(plan: Plan, card: dict[str, Any]) -> list[str]:
 _ARRAYS: dict[str, np.ndarray] | None = None   # set before the worker pool forks (array sources)
 
 
-def _encode(item: Item, split: str, resize_shorter: int | None, jpeg_quality: int | None) -> tuple[str, bytes]:
-    """(extension, image bytes): PNG for arrays (lossless), the file's own bytes, or a re-encoded JPEG."""
+def _encode(item: Item, split: str, resize_shorter: int | None, jpeg_quality: int | None,
+            array_format: str = "png") -> tuple[str, bytes]:
+    """(extension, image bytes): arrays as PNG or raw .npy (both lossless; npy skips PIL when training,
+    which matters for small images and models, BENCHMARKS.md), the file's own bytes, or a re-encoded JPEG."""
     from PIL import Image
 
     if item.row is not None:
         assert _ARRAYS is not None
         a = _ARRAYS[split][item.row]
         buf = io.BytesIO()
+        if array_format == "npy":
+            np.save(buf, np.ascontiguousarray(a[..., 0] if a.shape[-1] == 1 else a), allow_pickle=False)
+            return "npy", buf.getvalue()
         Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a).save(buf, format="PNG", optimize=False)
         return "png", buf.getvalue()
     assert item.path is not None
@@ -253,7 +258,8 @@ def _write_shard(out: str, name: str, split: str, first_key: int, items: list[It
         # headers (an integer mtime, no pax records) halve the members a reader parses
         writer = wds.TarWriter(f, mtime=0, format=tarfile.USTAR_FORMAT)  # type: ignore[arg-type]
         for k, it in enumerate(items):
-            ext, data = _encode(it, split, encoding["resize_shorter"], encoding["jpeg_quality"])
+            ext, data = _encode(it, split, encoding["resize_shorter"], encoding["jpeg_quality"],
+                                encoding.get("array_format", "png"))
             sample = {"__key__": f"{first_key + k:08d}", ext: data, "cls": str(it.label).encode()}
             if it.path is not None:  # file sources: where the image came from (arrays: the manifest's selection)
                 sample["json"] = json.dumps({"origin": it.origin}).encode()
@@ -285,14 +291,17 @@ def _finished(out: Path, name: str, digest: str) -> dict[str, Any] | None:
 
 def write_shards(plan: Plan, out: Path, card: dict[str, Any], samples_per_shard: int = 1000, workers: int = 2,
                  resize_shorter: int | None = None, jpeg_quality: int | None = None,
-                 deviations: list[str] | None = None, progress: str = "auto") -> dict[str, Any]:
+                 deviations: list[str] | None = None, progress: str = "auto",
+                 array_format: str = "png") -> dict[str, Any]:
     """Write (or complete) the shards of `plan` under `out` and return the manifest, also written there."""
     global _ARRAYS
     out.mkdir(parents=True, exist_ok=True)
     (out / PREP_DIR).mkdir(exist_ok=True)
     for stale in out.glob(".*.tmp*"):
         stale.unlink()  # torn temporary files of a crashed earlier run
-    encoding = {"resize_shorter": resize_shorter, "jpeg_quality": jpeg_quality}
+    encoding: dict[str, Any] = {"resize_shorter": resize_shorter, "jpeg_quality": jpeg_quality}
+    if array_format != "png":
+        encoding["array_format"] = array_format   # absent = png, so earlier shards keep their digests
     planned = []
     for split, items in plan.splits.items():
         for s, start in enumerate(range(0, max(1, len(items)), samples_per_shard)):
@@ -363,11 +372,14 @@ def _write_shard_job(job: tuple) -> dict[str, Any]:
 def prepare(dataset: str, out: Path, src: Path | None = None, splits_dir: Path | None = None,
             data_overrides: list[str] = (), samples_per_shard: int = 1000, workers: int = 2,
             resize_shorter: int | None = None, jpeg_quality: int | None = None,
-            allow_deviation: bool = False, progress: str = "auto") -> dict[str, Any]:
+            allow_deviation: bool = False, progress: str = "auto", array_format: str = "png") -> dict[str, Any]:
     """Plan from the source, check it against the dataset card, write the shards and manifest."""
     from bench.config import load_config
 
     card = load_card(dataset)
+    if array_format != "png" and card.get("source") not in ("idx", "cifar", "synthetic"):
+        raise DatasetError(f"prepare {dataset}: --array-format applies to array datasets (CIFAR, Fashion-MNIST, "
+                           "synthetic); image files keep their own encoding")
     if card.get("source") in ("split_files", "inat_json"):
         if src is None:
             raise DatasetError(f"prepare {dataset}: --src IMAGE_ROOT is required ({card['how_to_get']})")
@@ -398,4 +410,4 @@ def prepare(dataset: str, out: Path, src: Path | None = None, splits_dir: Path |
             raise DatasetError(f"{out} holds shards of a different preparation ({old.get('dataset')}, "
                                f"{old.get('selection', {}).get('selection_hash')}); choose another --out")
     return write_shards(plan, out, card, samples_per_shard, workers, resize_shorter, jpeg_quality, deviations,
-                        progress)
+                        progress, array_format)

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import tarfile
 import sys
 import time
 from collections import Counter
@@ -308,6 +309,28 @@ def test_eval_batches_come_in_manifest_order(smoke_shards):
     for workers in (0, 2):
         ys = torch.cat([y for _, y in data.eval_batches("test", 16, workers)])   # 25 batches, 4 streams
         assert torch.equal(ys, data.labels("test"))
+
+
+def test_npy_shards_hold_the_same_pixels_as_png_and_memory(smoke_shards, tmp_path):
+    """`prepare --array-format npy`: the same images as PNG shards and as in memory, bit for bit."""
+    from bench.config import load_config
+    from bench.data.lt import build_lt_data
+
+    out = tmp_path / "npy"
+    r = run_cli("prepare", "synthetic", *SMOKE_DATA, "--out", str(out), "--samples-per-shard", "100",
+                "--array-format", "npy")
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["encoding"]["array_format"] == "npy"
+    with tarfile.open(next(out.glob("test-*.tar"))) as tf:
+        assert {Path(n).suffix for n in tf.getnames()} == {".npy", ".cls"}
+    batches = {}
+    for name, extra in (("memory", []), ("png", [f"data.shards={smoke_shards}"]), ("npy", [f"data.shards={out}"])):
+        data = build_lt_data(load_config(SMOKE, extra).data)
+        batches[name] = torch.cat([x for x, _ in data.eval_batches("test", 40, 0)])
+    assert torch.equal(batches["npy"], batches["png"]) and torch.equal(batches["npy"], batches["memory"])
+    bad = run_cli("prepare", "imagenet-lt", "--src", str(tmp_path), "--out", str(tmp_path / "x"), "--array-format", "npy")
+    assert bad.returncode == 2 and "--array-format applies to array datasets" in bad.stderr
 
 
 def test_on_error_skip_survives_a_batch_of_only_bad_samples(smoke_shards, tmp_path):

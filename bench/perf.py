@@ -1,0 +1,355 @@
+"""`ltbench perf`: measured speed of the trainer, the data pipeline, stage 2, DDP and the demo.
+
+Every figure is a ratio against a baseline measured in the same invocation, repeats interleaved
+(baseline, candidate, baseline, ...) so that drift of a shared machine hits both; the report quotes
+medians. Runs use the real code paths: `ltbench run` subprocesses (read back from metrics.jsonl's
+train_time_s, the training steps without evaluation), the real shard loader, torchrun for DDP.
+
+Settings: the Fashion-MNIST-LT demo (resnet8_cifar, batch 64, 14,837 training images), or --quick:
+the synthetic smoke set (a tiny run, for the test that the command works).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.progress import log
+
+REPO = Path(__file__).resolve().parents[1]
+SECTIONS = ("trainer", "data", "stage2", "ddp", "demo", "gpu")
+
+
+class Setting:
+    """The config the measurements train: its file, overrides and threads."""
+
+    def __init__(self, quick: bool, threads: int) -> None:
+        self.quick, self.threads = quick, threads
+        if quick:
+            self.config = REPO / "configs" / "smoke.yaml"
+            self.stage2 = REPO / "configs" / "smoke_stage2.yaml"
+            self.dataset, self.train = "synthetic", ["train.epochs=1"]
+            self.prepare_args = ["imbalance_factor=10", "val_per_class=10", "synthetic.train_per_class=200",
+                                 "synthetic.test_per_class=40", "synthetic.image_size=16"]
+        else:
+            self.config = REPO / "configs" / "demo" / "fmnist_naive.yaml"
+            self.stage2 = REPO / "configs" / "demo" / "fmnist_wb.yaml"
+            self.dataset, self.train = "fashion-mnist", ["train.epochs=1"]
+            self.prepare_args = []
+        self.runtime = ["runtime.progress=off", "runtime.plot=false", "wandb.mode=disabled"]
+        self.overrides = self.train + self.runtime
+
+
+def _median(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")
+
+
+def _env(threads: int, **extra: str) -> dict[str, str]:
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads), "WANDB_MODE": "disabled", **extra}
+
+
+def ltbench_run(setting: Setting, root: Path, extra: list[str], config: Path | None = None,
+                torchrun: int = 0) -> dict[str, Any]:
+    """One `ltbench run` (or torchrun of it) in a fresh run directory; its first epoch's row and wall time."""
+    run_dir = Path(tempfile.mkdtemp(dir=root, prefix="run-"))
+    base = setting.overrides if config is None else setting.runtime    # a stage-2 config inherits `train`
+    args = [str(config or setting.config), *base, *extra, "--run-dir", str(run_dir)]
+    if torchrun:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={torchrun}",
+               "-m", "bench", "run", *args]
+    else:
+        cmd = [sys.executable, "-m", "bench", "run", *args, f"runtime.threads={setting.threads}"]
+    t0 = time.time()
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
+                       env=_env(max(1, setting.threads // max(1, torchrun))))
+    if r.returncode != 0:
+        raise RuntimeError(f"perf: {' '.join(cmd[-6:])} failed: {(r.stderr or r.stdout).strip().splitlines()[-1:]}")
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    result = json.loads((run_dir / "result.json").read_text())
+    return {"row": rows[0], "rows": rows, "result": result, "wall_s": time.time() - t0, "dir": run_dir}
+
+
+def bare_loop(config: str, overrides: list[str], threads: int) -> dict[str, float]:
+    """A hand-written PyTorch loop: the same model, data (in memory, no augmentation), batch, optimiser
+    and schedule as `ltbench run`, one epoch; images/s of the training steps."""
+    import torch.nn.functional as F
+
+    from bench.config import load_config
+    from bench.data.lt import build_lt_data
+    from bench.train.stage1 import make_model
+
+    torch.set_num_threads(threads)
+    cfg = load_config(config, overrides)
+    torch.manual_seed(cfg.seed)
+    data = build_lt_data(cfg.data)
+    model = make_model(cfg, data)
+    t = cfg.train
+    opt = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    x_all, y_all = data.train.x, data.train.y
+    n, b = len(y_all), t.batch_size
+    steps = -(-n // b)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps * t.epochs)
+    norm = data.normalizer()
+    mean, std = norm.mean, norm.std                           # (x - 255 mean) / (255 std), as ltbench
+    model.train()
+    order = torch.randperm(n)
+    t0 = time.time()
+    for s in range(steps):
+        idx = order[s * b:(s + 1) * b]
+        x = (x_all[idx].float() - mean) / std
+        loss = F.cross_entropy(model(x), y_all[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    elapsed = time.time() - t0
+    return {"images_per_s": n / elapsed, "train_time_s": elapsed, "images": n}
+
+
+def run_bare(setting: Setting, extra: list[str]) -> dict[str, float]:
+    cmd = [sys.executable, "-m", "bench.perf", "bare", str(setting.config), str(setting.threads),
+           *setting.overrides, *extra]
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=_env(setting.threads))
+    if r.returncode != 0:
+        raise RuntimeError(f"perf: bare loop failed: {r.stderr.strip().splitlines()[-1:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def rows(res: dict[str, list[float]]) -> list[list[Any]]:
+    """[label, median, repeats] per measurement, for the report."""
+    return [[k, _median(v), v] for k, v in res.items()]
+
+
+def interleaved(repeats: int, fns: dict[str, Callable[[], float]]) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {k: [] for k in fns}
+    for i in range(repeats):
+        for k, fn in fns.items():
+            out[k].append(fn())
+            log(f"perf: repeat {i + 1}/{repeats} {k}: {out[k][-1]:.1f}")
+    return out
+
+
+def section_trainer(s: Setting, root: Path, repeats: int) -> dict[str, Any]:
+    """ltbench's training step vs a bare loop (no augmentation in either), and what crop+flip costs."""
+    none = ["data.augment=none"]
+    res = interleaved(repeats, {
+        "bare loop": lambda: run_bare(s, none)["images_per_s"],
+        "ltbench": lambda: ltbench_run(s, root, none)["row"]["images_per_s"],
+        "ltbench + crop/flip": lambda: ltbench_run(s, root, [])["row"]["images_per_s"],
+    })
+    med = {k: _median(v) for k, v in res.items()}
+    ratio = med["ltbench"] / med["bare loop"]
+    return {"rows": rows(res), "ratios": {"ltbench / bare loop": ratio,
+            "augmented / not augmented": med["ltbench + crop/flip"] / med["ltbench"]},
+            "target": "ltbench >= 0.97 x bare loop", "met": ratio >= 0.97}
+
+
+def section_data(s: Setting, root: Path, repeats: int) -> dict[str, Any]:
+    """Loader-only images/s (decode + augment) from shards with 0 / 1 / 2 workers vs in memory, and
+    training from shards (2 workers) vs from memory."""
+    from bench.config import load_config
+    from bench.data.lt import build_lt_data
+    from bench.data.prepare import prepare
+
+    shards = root / "shards"
+    if not (shards / "manifest.json").is_file():
+        log(f"perf: preparing {s.dataset} shards in {shards}")
+        prepare(s.dataset, shards, data_overrides=s.prepare_args, samples_per_shard=1000, workers=2, progress="off")
+    torch.set_num_threads(s.threads)
+
+    def loader_rate(shard_dir: Path | None, workers: int) -> float:
+        extra = [f"data.shards={shard_dir}"] if shard_dir else []
+        cfg = load_config(s.config, [*s.overrides, *extra])
+        data = build_lt_data(cfg.data)
+        loader = data.train_loader(cfg.train.batch_size, cfg.seed, cfg.data.augment, cfg.train.drop_last,
+                                   cfg.train.sampler, workers)
+        t0, n = time.time(), 0
+        for x, y in loader.epoch(0):
+            n += len(y)
+        return n / (time.time() - t0)
+
+    loaders = interleaved(repeats, {
+        "memory (crop/flip)": lambda: loader_rate(None, 0),
+        "shards, 0 workers": lambda: loader_rate(shards, 0),
+        "shards, 1 worker": lambda: loader_rate(shards, 1),
+        "shards, 2 workers": lambda: loader_rate(shards, 2),
+    })
+    train = interleaved(repeats, {
+        "train from memory": lambda: ltbench_run(s, root, [])["row"]["images_per_s"],
+        "train from shards, 2 workers": lambda: ltbench_run(s, root, [f"data.shards={shards}",
+                                                                     "runtime.workers=2"])["row"]["images_per_s"],
+        "train from shards, 0 workers": lambda: ltbench_run(s, root, [f"data.shards={shards}",
+                                                                     "runtime.workers=0"])["row"]["images_per_s"],
+    })
+    med = {k: _median(v) for k, v in {**loaders, **train}.items()}
+    ratio = med["train from shards, 2 workers"] / med["train from memory"]
+    step_rate = med["train from memory"]
+    bound = {k: ("pipeline" if med[k] < step_rate else "model") for k in loaders if k.startswith("shards")}
+    return {"rows": rows({**loaders, **train}),
+            "ratios": {"shards (2 workers) / memory, training": ratio,
+                       "shards (0 workers) / memory, training": med["train from shards, 0 workers"] / step_rate,
+                       **{f"loader {k} / training step rate": med[k] / step_rate for k in loaders}},
+            "bound": bound, "target": "training from shards >= 0.9 x from memory (2 workers)", "met": ratio >= 0.9}
+
+
+def section_stage2(s: Setting, root: Path, repeats: int) -> dict[str, Any]:
+    """WB stage 2 on cached features vs recomputing the frozen backbone every epoch: time per epoch,
+    the whole run, and the test accuracy (must be equal)."""
+    parent = ltbench_run(s, root, [])["dir"]
+    epochs = ["stage2.train.epochs=2"]
+
+    def child(cached: bool) -> dict[str, Any]:
+        extra = [f"parent={parent}", *epochs, f"stage2.cache_features={str(cached).lower()}"]
+        return ltbench_run(s, root, extra, config=s.stage2)
+
+    runs: dict[str, list[dict[str, Any]]] = {"cached": [], "recomputed": []}
+    for i in range(repeats):
+        for k in runs:
+            runs[k].append(child(k == "cached"))
+            log(f"perf: repeat {i + 1}/{repeats} stage 2 {k}: {runs[k][-1]['row']['train_time_s']:.2f} s/epoch")
+    per_epoch = {k: [r["row"]["train_time_s"] for r in v] for k, v in runs.items()}
+    whole = {k: [r["result"]["wall_time_s"] for r in v] for k, v in runs.items()}
+    acc = {k: v[0]["result"]["metrics"]["all"] for k, v in runs.items()}
+    ratio = _median(per_epoch["recomputed"]) / _median(per_epoch["cached"])
+    return {"rows": rows({f"{k}: training s per epoch": v for k, v in per_epoch.items()}) +
+            rows({f"{k}: whole run s": v for k, v in whole.items()}), "accuracy": acc,
+            "ratios": {"recomputed / cached, per epoch": ratio,
+                       "recomputed / cached, whole run": _median(whole["recomputed"]) / _median(whole["cached"])},
+            "target": ">= 20 x faster per epoch, same accuracy",
+            "met": ratio >= 20 and acc["cached"] == acc["recomputed"]}
+
+
+def section_ddp(s: Setting, root: Path, repeats: int) -> dict[str, Any]:
+    """1 process on all threads vs 2 gloo processes (torchrun) sharing them: images/s and efficiency."""
+    res = interleaved(repeats, {
+        "1 process": lambda: ltbench_run(s, root, [])["row"]["images_per_s"],
+        "2 processes (gloo)": lambda: ltbench_run(s, root, [], torchrun=2)["row"]["images_per_s"],
+    })
+    med = {k: _median(v) for k, v in res.items()}
+    speedup = med["2 processes (gloo)"] / med["1 process"]
+    return {"rows": rows(res), "ratios": {"speedup": speedup, "scaling efficiency": speedup / 2},
+            "target": "measured (no target): on one machine the processes share its cores", "met": None}
+
+
+def section_demo(s: Setting, root: Path, repeats: int) -> dict[str, Any]:
+    """`ltbench demo` end to end in a fresh runs root: wall time and the peak RSS of its largest process."""
+    extra = ["train.epochs=1", "data.n_max=600"] if s.quick else []
+    walls, peaks = [], []
+    for i in range(repeats):
+        runs = Path(tempfile.mkdtemp(dir=root, prefix="demo-"))
+        code = ("import resource, subprocess, sys, time; t = time.time(); "
+                "r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); "
+                "print(r.returncode, time.time() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+        cmd = [sys.executable, "-c", code, sys.executable, "-m", "bench", "demo", *extra, "--runs-root", str(runs)]
+        out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=_env(s.threads)).stdout.split()
+        if not out or out[0] != "0":
+            raise RuntimeError(f"perf: ltbench demo failed in {runs}")
+        walls.append(float(out[1]))
+        peaks.append(int(out[2]) / 1024)
+        log(f"perf: demo {i + 1}/{repeats}: {walls[-1]:.0f} s, peak RSS {peaks[-1]:.0f} MiB")
+    return {"rows": rows({"wall s": walls, "peak RSS of the largest process, MiB": peaks}),
+            "target": "demo under 10 min on 2 cores", "met": _median(walls) < 600 if not s.quick else None}
+
+
+def section_gpu(s: Setting, root: Path, repeats: int) -> dict[str, Any]:
+    """Images/s per GPU for ResNet-50 / ResNeXt-50 at 224 px, bf16 + channels_last, synthetic batches
+    (the model's ceiling), against the shard loader's images/s at 224 px with RandomResizedCrop."""
+    if not torch.cuda.is_available():
+        return {"skipped": "no CUDA device on this machine", "met": None}
+    import timm
+
+    dev = torch.device("cuda")
+    out: dict[str, Any] = {"device": torch.cuda.get_device_name(0), "rows": []}
+    batch = 256
+    for name in ("resnet50", "resnext50_32x4d"):
+        model = timm.create_model(name, num_classes=1000).to(dev).to(memory_format=torch.channels_last)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        x = torch.randn(batch, 3, 224, 224, device=dev).contiguous(memory_format=torch.channels_last)
+        y = torch.randint(0, 1000, (batch,), device=dev)
+        rates = []
+        for _ in range(repeats):
+            for i in range(25):
+                if i == 5:
+                    torch.cuda.synchronize()
+                    t0 = time.time()
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    loss = torch.nn.functional.cross_entropy(model(x), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            torch.cuda.synchronize()
+            rates.append(20 * batch / (time.time() - t0))
+        out["rows"] += rows({f"{name}, synthetic batch {batch}, images/s": rates})
+    out["target"] = "the shard pipeline must deliver at least the model's images/s (see BENCHMARKS.md)"
+    out["met"] = None
+    return out
+
+
+RUNNERS = {"trainer": section_trainer, "data": section_data, "stage2": section_stage2, "ddp": section_ddp,
+           "demo": section_demo, "gpu": section_gpu}
+
+
+def machine() -> dict[str, Any]:
+    mem = 0
+    try:
+        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**30
+    except (ValueError, OSError):
+        pass
+    return {"host": platform.node(), "cpu_cores": os.cpu_count(), "memory_gib": mem, "torch": torch.__version__,
+            "python": platform.python_version(), "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "date": time.strftime("%Y-%m-%d %H:%M")}
+
+
+def run_perf(out: Path, sections: list[str], repeats: int, quick: bool, threads: int | None) -> dict[str, Any]:
+    s = Setting(quick, threads or os.cpu_count() or 1)
+    out.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {"machine": machine(), "setting": "quick (synthetic smoke)" if quick else
+                              "Fashion-MNIST-LT demo", "repeats": repeats, "threads": s.threads, "sections": {}}
+    with tempfile.TemporaryDirectory(dir=out, prefix="work-") as work:
+        for name in sections:
+            log(f"perf: {name}")
+            t0 = time.time()
+            report["sections"][name] = {**RUNNERS[name](s, Path(work), repeats), "doc": RUNNERS[name].__doc__.split("\n\n")[0],
+                                        "section_s": round(time.time() - t0, 1)}
+            (out / "perf.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "perf.md").write_text(render(report))
+    return report
+
+
+def render(report: dict[str, Any]) -> str:
+    m = report["machine"]
+    lines = [f"# ltbench perf: {report['setting']}", "",
+             f"{m['date']}, {m['host']}: {m['cpu_cores']} cores, {m['memory_gib']} GiB, torch {m['torch']}, "
+             f"GPU {m['cuda'] or 'none'}; {report['threads']} threads; medians of {report['repeats']} interleaved repeats.", ""]
+    for name, sec in report["sections"].items():
+        lines += [f"## {name}", "", " ".join(sec["doc"].split()), ""]
+        if "skipped" in sec:
+            lines += [f"skipped: {sec['skipped']}", ""]
+            continue
+        lines += ["| measurement | median | repeats |", "|---|---|---|"]
+        for label, med, reps in sec.get("rows", []):
+            lines.append(f"| {label} | {med:.4g} | {', '.join(f'{x:.4g}' for x in reps)} |")
+        for k, v in sec.get("ratios", {}).items():
+            lines.append(f"| **{k}** | **{v:.3g}** | |")
+        if "accuracy" in sec:
+            lines.append(f"| test accuracy (all) | {', '.join(f'{k} {v:.2f}' for k, v in sec['accuracy'].items())} | |")
+        if "bound" in sec:
+            lines.append(f"| limits a training step | {', '.join(f'{k}: {v}' for k, v in sec['bound'].items())} | |")
+        met = sec.get("met")
+        lines += ["", f"target: {sec.get('target', '-')}: " + ("met" if met else "not met" if met is False else "n/a"), ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "bare":
+    print(json.dumps(bare_loop(sys.argv[2], sys.argv[4:], int(sys.argv[3]))))

@@ -1,0 +1,34 @@
+"""`ltbench perf` runs and writes its report on the tiny synthetic setting (speed itself is measured in
+BENCHMARKS.md, never asserted in tests)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def test_perf_quick_writes_its_report(tmp_path):
+    out = tmp_path / "perf"
+    r = run_cli("perf", "--quick", "--repeats", "1", "--only", "trainer,data,stage2,gpu", "--threads", "1",
+                "--out", str(out))
+    assert r.returncode == 0, r.stdout + r.stderr
+    report = json.loads((out / "perf.json").read_text())
+    assert list(report["sections"]) == ["trainer", "data", "stage2", "gpu"]
+    t = report["sections"]["trainer"]
+    assert {row[0] for row in t["rows"]} == {"bare loop", "ltbench", "ltbench + crop/flip"}
+    assert t["ratios"]["ltbench / bare loop"] > 0 and isinstance(t["met"], bool)
+    d = report["sections"]["data"]
+    assert "shards (2 workers) / memory, training" in d["ratios"] and set(d["bound"].values()) <= {"pipeline", "model"}
+    s2 = report["sections"]["stage2"]
+    assert s2["accuracy"]["cached"] == s2["accuracy"]["recomputed"]     # the same classifier either way
+    assert "skipped" in report["sections"]["gpu"] or report["sections"]["gpu"]["rows"]
+    md = (out / "perf.md").read_text()
+    assert md.startswith("# ltbench perf: quick") and "target: ltbench >= 0.97 x bare loop" in md
+    assert not list(out.glob("work-*"))                  # the scratch runs are removed
+    bad = run_cli("perf", "--only", "nope", "--out", str(out))
+    assert bad.returncode == 2 and "unknown section(s) nope" in bad.stderr

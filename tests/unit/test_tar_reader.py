@@ -1,0 +1,77 @@
+"""The shard tar reader: the hand-written USTAR path against Python's tarfile, the fallback for pax /
+GNU headers, header checksums, torn files; and raw .npy images (`prepare --array-format npy`)."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench.data.cards import DatasetError
+from bench.data.shards import _load_npy, decode_sample, read_shard
+
+
+def write_tar(path: Path, n: int, fmt: int = tarfile.USTAR_FORMAT, long_prefix: str = "") -> list[dict]:
+    samples = []
+    with tarfile.open(path, "w", format=fmt) as tf:
+        for i in range(n):
+            key = f"{long_prefix}{i:06d}"
+            fields = {"png": bytes([i % 256]) * (100 + 37 * i), "cls": str(i % 3).encode()}
+            for ext, data in fields.items():
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size, info.mtime = len(data), 0
+                if fmt == tarfile.PAX_FORMAT:
+                    info.pax_headers = {"comment": "x" * 10}
+                tf.addfile(info, io.BytesIO(data))
+            samples.append({"__key__": key, **fields})
+    return samples
+
+
+@pytest.mark.parametrize("fmt, prefix", [(tarfile.USTAR_FORMAT, ""), (tarfile.USTAR_FORMAT, "d/" * 60),
+                                         (tarfile.PAX_FORMAT, ""), (tarfile.GNU_FORMAT, "long" * 40)])
+def test_every_format_reads_the_same_samples(tmp_path, fmt, prefix):
+    path = tmp_path / "s.tar"
+    samples = write_tar(path, 7, fmt, prefix)
+    assert list(read_shard(str(path), 0, 7, "raise")) == samples
+    assert list(read_shard(str(path), 3, 2, "raise")) == samples[3:5]      # skip seeks over data
+
+
+def test_bad_header_checksum_and_tear_are_named(tmp_path):
+    path = tmp_path / "s.tar"
+    write_tar(path, 4)
+    data = bytearray(path.read_bytes())
+    bad = tmp_path / "bad.tar"
+    third = data.index(b"000002.png")                  # the header of the third sample
+    data[third + 1] ^= 0xFF
+    bad.write_bytes(bytes(data))
+    with pytest.raises(DatasetError, match=r"bad.tar after key 000001: unreadable tar \(InvalidHeaderError: bad checksum\)"):
+        list(read_shard(str(bad), 0, 4, "raise"))
+    torn = tmp_path / "torn.tar"
+    torn.write_bytes(path.read_bytes()[:third + 600])   # inside the third sample's data
+    got = list(read_shard(str(torn), 0, 4, "skip"))
+    assert [g["__key__"] for g in got[:2]] == ["000000", "000001"] and len(got) == 4
+    assert all("unreadable tar" in h.where for h in got[2:])
+
+
+def test_npy_images_decode_without_pil():
+    for a in (np.arange(784, dtype=np.uint8).reshape(28, 28), np.arange(3072, dtype=np.uint8).reshape(32, 32, 3) % 251):
+        buf = io.BytesIO()
+        np.save(buf, a)
+        assert np.array_equal(_load_npy(buf.getvalue()), a)
+        channels = 1 if a.ndim == 2 else 3
+        img, label = decode_sample({"__key__": "k", "npy": buf.getvalue(), "cls": b"4"}, channels, "s.tar", 10)
+        assert label == 4 and img.shape == (*a.shape[:2], channels)
+    with pytest.raises(DatasetError, match=r"s.tar key k: .npy is uint8 \(28, 28, 1\), expected uint8 H x W x 3"):
+        decode_sample({"__key__": "k", "npy": buf.getvalue()[:0] or _npy(np.zeros((28, 28), np.uint8)), "cls": b"1"},
+                      3, "s.tar", 10)
+    with pytest.raises(DatasetError, match=r"s.tar key k: cannot decode .npy"):
+        decode_sample({"__key__": "k", "npy": b"garbage", "cls": b"1"}, 1, "s.tar", 10)
+
+
+def _npy(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, a)
+    return buf.getvalue()
