@@ -179,7 +179,7 @@ class RuntimeConfig:
     """How the run executes; never changes a reported number, so it is not part of the run hash."""
 
     device: Literal["auto", "cpu", "cuda"] = _f("auto", "auto = cuda when available")
-    threads: int | None = _f(None, "torch intra-op threads; None = all cores", ge=1)
+    threads: int | None = _f(None, "torch intra-op threads; None = the cores of this process (cores / processes on the node) minus its shard-decoding workers", ge=1)
     deterministic: bool = _f(True, "torch.use_deterministic_algorithms: bit-exact resume on CPU")
     checkpoint_every_steps: int = _f(0, "also checkpoint every N optimiser steps inside an epoch (0 = epoch ends only)", ge=0)
     progress: Literal["auto", "on", "off"] = _f("auto", "per-epoch progress bar: auto = only on a terminal")
@@ -187,7 +187,7 @@ class RuntimeConfig:
     channels_last: bool = _f(False, "GPU speed: model and inputs in channels_last memory format")
     compile: bool = _f(False, "GPU speed: torch.compile the training forward")
     cudnn_benchmark: bool = _f(False, "GPU speed: cudnn.benchmark autotuning (needs deterministic=false)")
-    workers: int = _f(2, "DataLoader worker processes decoding shards (must divide data.streams; 0 = decode in the training process)", ge=0)
+    workers: int | None = _f(None, "DataLoader worker processes decoding shards (must divide data.streams; 0 = decode in the training process); None = by cores per process: 0 up to 2 cores (workers would compete with the training threads, BENCHMARKS.md), else half of them, at most data.streams", ge=0)
 
 
 @dataclass
@@ -590,7 +590,7 @@ def resolve(cfg: Config, check_files: bool = True) -> Config:
         d.shards_manifest = digest
     elif d.shards is None:
         d.shards_manifest = None
-    if d.shards is not None and d.streams % max(1, cfg.runtime.workers):
+    if d.shards is not None and cfg.runtime.workers is not None and d.streams % max(1, cfg.runtime.workers):
         raise ConfigError(f"config key 'runtime.workers': {cfg.runtime.workers} does not divide data.streams = "
                           f"{d.streams} (each worker serves whole streams)")
     if cfg.groups.many is None:

@@ -82,7 +82,8 @@ class LossFn(nn.Module):
         weights. Under DDP each rank's loss is weighted by its share of the global normalizer."""
         w = self.active_weight()
         if w is None:
-            return torch.tensor(float(len(y)), dtype=torch.float64, device=y.device)
+            # a fill kernel, not torch.tensor(...): no host-to-device copy, so no stream sync per step
+            return torch.full((), float(len(y)), dtype=torch.float64, device=y.device)
         return w.to(device=y.device, dtype=torch.float64)[y].sum()
 
     def weighted_mean(self, per_sample: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -124,7 +125,7 @@ class CBSoftmaxBCE(LossFn):
 
     def normalizer(self, y: torch.Tensor) -> torch.Tensor:
         # the reference form averages over all B*C entries whatever the weights: a count
-        return torch.tensor(float(len(y)), dtype=torch.float64, device=y.device)
+        return torch.full((), float(len(y)), dtype=torch.float64, device=y.device)
 
     def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         C = logits.shape[1]

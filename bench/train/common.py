@@ -34,9 +34,12 @@ def setup_runtime(cfg: Config) -> torch.device:
         if (key == "train") == (cfg.stage == "stage1") and t.batch_size % info.world:
             raise ConfigError(f"config key '{key}.batch_size': {t.batch_size} is not divisible by the {info.world} "
                               f"processes (it is the global batch; each process takes an equal share)")
-    # Processes on one node share its cores.
+    # Processes on one node share its cores; shard-decoding workers take theirs from the same share.
     local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("SLURM_NTASKS_PER_NODE", "1")))
-    torch.set_num_threads(rt.threads or max(1, (os.cpu_count() or 1) // max(1, local)))
+    cores = max(1, (os.cpu_count() or 1) // max(1, local))
+    if rt.workers is None:
+        rt.workers = auto_workers(cores, cfg.data.streams) if cfg.data.shards else 0
+    torch.set_num_threads(rt.threads or max(1, cores - (rt.workers if cfg.data.shards else 0)))
     if rt.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -47,6 +50,15 @@ def setup_runtime(cfg: Config) -> torch.device:
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     return torch.device("cuda", info.local_rank) if use_cuda else torch.device("cpu")
+
+
+def auto_workers(cores: int, streams: int) -> int:
+    """Decoding workers for `cores` cores per process: none up to 2 cores (on 2 cores, workers beside the
+    training threads were slower than decoding in the training process: BENCHMARKS.md), else half of
+    the cores, as a divisor of `streams` (workers serve whole streams)."""
+    if cores <= 2:
+        return 0
+    return max(d for d in range(1, streams + 1) if streams % d == 0 and d <= cores // 2)
 
 
 def setup(cfg: Config) -> tuple[torch.device, LTData, dict[str, list[int]]]:

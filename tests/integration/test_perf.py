@@ -23,7 +23,8 @@ def test_perf_quick_writes_its_report(tmp_path):
     assert {row[0] for row in t["rows"]} == {"bare loop", "ltbench", "ltbench + crop/flip"}
     assert t["ratios"]["ltbench / bare loop"] > 0 and isinstance(t["met"], bool)
     d = report["sections"]["data"]
-    assert "shards (2 workers) / memory, training" in d["ratios"] and set(d["bound"].values()) <= {"pipeline", "model"}
+    assert {"png shards, 2 workers / memory, training", "npy shards, 0 workers / memory, training"} <= set(d["ratios"])
+    assert all(v == "pipeline" or v.startswith("model (loading ") for v in d["bound"].values()) and len(d["bound"]) == 4
     s2 = report["sections"]["stage2"]
     assert s2["accuracy"]["cached"] == s2["accuracy"]["recomputed"]     # the same classifier either way
     assert "skipped" in report["sections"]["gpu"] or report["sections"]["gpu"]["rows"]

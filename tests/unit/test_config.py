@@ -137,3 +137,11 @@ def test_data_root_does_not_change_the_run():
     a = load_config(None, ["data.dataset=fashion-mnist"])
     b = load_config(None, ["data.dataset=fashion-mnist", "data.root=/usr/share/datasets/fashion-mnist"])
     assert a.run_hash() == b.run_hash()
+
+
+def test_auto_workers_by_cores_per_process():
+    from bench.train.common import auto_workers
+
+    # none up to 2 cores; else half the cores, a divisor of data.streams
+    assert [auto_workers(c, 4) for c in (1, 2, 3, 4, 6, 8, 64)] == [0, 0, 1, 2, 2, 4, 4]
+    assert auto_workers(16, 6) == 6 and auto_workers(10, 6) == 3
