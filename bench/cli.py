@@ -38,7 +38,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             parent = parent_run(cfg, args.runs_root, Path(args.config).parent)
             result = (train_stage2 if cfg.stage == "stage2" else run_posthoc)(cfg, run, parent)
     except Exception as e:
+        from bench.tracking import abort_open
+
         run.record_failure(e)   # `ltbench status` / `ltbench table` show it; the next `ltbench run` resumes
+        abort_open(e)           # the W&B run ends as failed; a rerun continues it
         raise
     from bench import dist
     from bench.metrics import format_pct

@@ -201,7 +201,7 @@ class WandbConfig:
     entity: str | None = _f(None, "W&B entity (team or user); None = the account's default (or WANDB_ENTITY)")
     tags: list[str] = _f([], "extra tags; method, dataset, stage and protocol are always added")
     init_timeout: float = _f(60.0, "seconds wandb.init may take (online) before tracking is given up for this run", gt=0)
-    finish_timeout: float = _f(60.0, "seconds the end of a run waits for W&B to catch up before leaving it", ge=0)
+    finish_timeout: float = _f(60.0, "seconds the end of a run waits for W&B to catch up before leaving it", gt=0)
 
 
 @dataclass

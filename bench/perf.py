@@ -64,12 +64,14 @@ def ltbench_run(setting: Setting, root: Path, extra: list[str], config: Path | N
     """One `ltbench run` (or torchrun of it) in a fresh run directory; its first epoch's row and wall time."""
     run_dir = Path(tempfile.mkdtemp(dir=root, prefix="run-"))
     base = setting.overrides if config is None else setting.runtime    # a stage-2 config inherits `train`
-    args = [str(config or setting.config), *base, *extra, "--run-dir", str(run_dir)]
+    # torchrun: the processes share the threads of the 1-process baseline; `extra` may set its own
+    threads = f"runtime.threads={max(1, setting.threads // max(1, torchrun))}"
+    args = [str(config or setting.config), *base, threads, *extra, "--run-dir", str(run_dir)]
     if torchrun:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={torchrun}",
                "-m", "bench", "run", *args]
     else:
-        cmd = [sys.executable, "-m", "bench", "run", *args, f"runtime.threads={setting.threads}"]
+        cmd = [sys.executable, "-m", "bench", "run", *args]
     t0 = time.time()
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
                        env=_env(max(1, setting.threads // max(1, torchrun))))
@@ -183,7 +185,9 @@ def section_data(s: Setting, root: Path, repeats: int) -> dict[str, Any]:
         return n / (time.time() - t0)
 
     def train(fmt: str | None, workers: int) -> Callable[[], float]:
-        extra = [f"data.shards={shards[fmt]}", f"runtime.workers={workers}"] if fmt else []
+        # workers take their cores from the training threads' share, as the auto default does
+        extra = [f"data.shards={shards[fmt]}", f"runtime.workers={workers}",
+                 f"runtime.threads={max(1, s.threads - workers)}"] if fmt else []
         return lambda: ltbench_run(s, root, extra)["row"]["images_per_s"]
 
     loaders = interleaved(repeats, {

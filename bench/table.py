@@ -124,9 +124,9 @@ def load_record(run_dir: Path) -> RunRecord:
         rec.state, rec.metrics, rec.val_metrics, rec.result = "complete", result["metrics"], result.get("val_metrics"), result
         # the dataset card fills imbalance_factor for file-split sets: take the resolved value
         rec.imbalance_factor = result.get("imbalance_factor", rec.imbalance_factor)
-    elif result.get("status") == "failed":
+    elif result.get("status") == "failed" and not (run_dir / "job.json").is_file():
         rec.state, rec.note = "failed", result.get("error", "")
-    else:
+    else:   # unfinished, or submitted: the scheduler's word (a failed attempt may be running again)
         st = run_status(RunDir(run_dir))
         epochs = f"{st['epoch']} epochs" if st["stage"] != "posthoc" else ""
         rec.note = epochs if st["state"] == "not started" else ", ".join(x for x in (st["state"], epochs) if x)
@@ -266,7 +266,9 @@ def make_cell(runs: list[RunRecord], expected: list[int]) -> Cell:
     complete: dict[int, RunRecord] = {}
     left: list[str] = []
     for r in sorted(runs, key=lambda r: (r.seed, r.path)):
-        if r.state != "complete":
+        if r.seed not in expected:
+            left.append(f"seed {r.seed} not among the seeds asked for: {r.path}")
+        elif r.state != "complete":
             left.append(f"seed {r.seed} {r.state}" + (f" ({r.note})" if r.note else "") + f": {r.path}")
         elif r.seed in complete:
             left.append(f"seed {r.seed} duplicate (averaged once, from {complete[r.seed].path}): {r.path}")

@@ -29,6 +29,13 @@ from bench.progress import log
 from bench.rundir import RunDir, write_text_atomic
 
 STATE_FILE = "wandb.json"
+_OPEN: set["Tracker"] = set()     # trackers of this process whose W&B run is not closed yet
+
+
+def abort_open(reason: BaseException) -> None:
+    """Close every open tracker as failed (`ltbench run` calls this when a stage raises)."""
+    for tracker in list(_OPEN):
+        tracker.abort()
 
 
 def wandb_mode(cfg: Config) -> str:
@@ -89,13 +96,18 @@ class Tracker:
         if not self.active:
             return
         state_file = run.path / STATE_FILE
-        state = json.loads(state_file.read_text()) if state_file.is_file() else {}
+        try:
+            state = json.loads(state_file.read_text()) if state_file.is_file() else {}
+        except json.JSONDecodeError:
+            self._warn(f"{state_file} is not valid JSON; this run starts a new W&B run")
+            state = {}
         # One W&B run per run directory: the id is chosen once and written before wandb.init, so a job
         # killed during init still resumes the same W&B run.
         self.state = {"id": state.get("id") or secrets.token_hex(4), "last_step": state.get("last_step", 0),
                       "mode": self.mode, "project": os.environ.get("WANDB_PROJECT") or cfg.wandb.project,
                       "entity": os.environ.get("WANDB_ENTITY") or cfg.wandb.entity, "group": cfg.name}
         self._save_state()
+        _OPEN.add(self)
         init = dict(id=self.state["id"], resume="allow", project=self.state["project"], entity=self.state["entity"],
                     group=cfg.name, job_type=cfg.stage, name=run.path.name, dir=str(run.path), mode=self.mode,
                     tags=sorted({cfg.method, cfg.data.dataset, cfg.stage, cfg.protocol, *cfg.wandb.tags}),
@@ -145,8 +157,19 @@ class Tracker:
         self._put(final)
         self.close()
 
+    def abort(self) -> None:
+        """The run failed: finish the W&B run as failed (exit code 1), then close."""
+        def fail() -> None:
+            if self._wb is not None:
+                self._wb.finish(exit_code=1)
+                self._wb = None
+
+        self._put(fail)
+        self.close()
+
     def close(self) -> None:
         """Stop the worker (bounded wait: W&B never holds the end of a run for longer than finish_timeout)."""
+        _OPEN.discard(self)
         if self._thread is None:
             return
         self._queue.put(None)
@@ -183,8 +206,10 @@ class Tracker:
 
     def _init(self, kwargs: dict[str, Any], timeout: float) -> None:
         wandb = self._wandb()
+        # reinit=create_new: a run of this process left open (an earlier stage that failed) never
+        # receives this run's metrics
         settings = wandb.Settings(console="off", silent=True, x_disable_stats=True, disable_git=True,
-                                  save_code=False, init_timeout=timeout)
+                                  save_code=False, init_timeout=timeout, reinit="create_new")
         self._wb = wandb.init(settings=settings, **kwargs)
 
     def _log(self, data: dict[str, Any], step: int) -> None:

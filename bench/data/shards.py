@@ -183,14 +183,20 @@ def _ustar_members(f: Any, want: Any) -> Iterator[tuple[str, bytes | None]]:
             size = int(hdr[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
         except ValueError:
             raise tarfile.InvalidHeaderError("bad number in header") from None
-        if chksum != sum(hdr) - sum(hdr[148:156]) + 256:
+        unsigned = sum(hdr) - sum(hdr[148:156]) + 256
+        if chksum != unsigned:
+            if chksum == unsigned - 2 * sum(b for b in hdr if b > 127):
+                raise _NotPlainUstar()                     # a signed checksum (old tars): tarfile takes it
             raise tarfile.InvalidHeaderError("bad checksum")
         kind = hdr[156:157]
         if kind not in (b"0", b"\0", b"5"):
             raise _NotPlainUstar()                         # pax, GNU long names, links: tarfile handles them
-        name = hdr[0:100].split(b"\0", 1)[0].decode("utf-8")
-        if hdr[257:262] == b"ustar" and hdr[345]:
-            name = hdr[345:500].split(b"\0", 1)[0].decode("utf-8") + "/" + name
+        try:
+            name = hdr[0:100].split(b"\0", 1)[0].decode("utf-8")
+            if hdr[257:262] == b"ustar" and hdr[345]:
+                name = hdr[345:500].split(b"\0", 1)[0].decode("utf-8") + "/" + name
+        except UnicodeDecodeError:
+            raise _NotPlainUstar() from None               # tarfile decodes other encodings
         padded = -(-size // 512) * 512
         if kind == b"5":
             f.seek(padded, os.SEEK_CUR)
@@ -278,7 +284,7 @@ def read_shard(path: str, skip: int, count: int, on_error: str) -> Iterator[dict
                 yield current
                 produced += 1
                 last_good = current["__key__"]
-    except (tarfile.TarError, EOFError, OSError, UnicodeDecodeError) as e:
+    except (tarfile.TarError, EOFError, OSError) as e:
         # The sample being read may still be whole (the damage starts at the next one).
         if k >= skip and produced < count and _complete(current):
             yield current

@@ -28,6 +28,9 @@ from bench.train.optim import effective_lr
 def setup_runtime(cfg: Config) -> torch.device:
     """Process group, threads, determinism and the device; seeds every global RNG from cfg.seed."""
     rt = cfg.runtime
+    from bench.tracking import wandb_mode
+
+    wandb_mode(cfg)   # a bad WANDB_MODE is an error now, before the run directory exists
     use_cuda = rt.device == "cuda" or (rt.device == "auto" and torch.cuda.is_available())
     info = dist.init(use_cuda)
     for key, t in (("train", cfg.train), ("stage2.train", cfg.stage2.train)):
@@ -36,7 +39,7 @@ def setup_runtime(cfg: Config) -> torch.device:
                               f"processes (it is the global batch; each process takes an equal share)")
     # Processes on one node share its cores; shard-decoding workers take theirs from the same share.
     local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("SLURM_NTASKS_PER_NODE", "1")))
-    cores = max(1, (os.cpu_count() or 1) // max(1, local))
+    cores = max(1, usable_cores() // max(1, local))
     if rt.workers is None:
         rt.workers = auto_workers(cores, cfg.data.streams) if cfg.data.shards else 0
     torch.set_num_threads(rt.threads or max(1, cores - (rt.workers if cfg.data.shards else 0)))
@@ -50,6 +53,14 @@ def setup_runtime(cfg: Config) -> torch.device:
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     return torch.device("cuda", info.local_rank) if use_cuda else torch.device("cpu")
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (CPU affinity: a SLURM allocation or taskset), not the node's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def auto_workers(cores: int, streams: int) -> int:

@@ -108,7 +108,33 @@ def test_training_goes_on_when_wandb_is_unavailable(tmp_path, extra):
             assert SECRET.encode() not in p.read_bytes(), p
 
 
+def test_a_failed_run_ends_its_wandb_run_as_failed(tmp_path):
+    e = env(WANDB_MODE="offline", HOME=str(tmp_path))
+    args = [sys.executable, "-m", "bench", "run", SMOKE, "train.epochs=4", "runtime.threads=1",
+            "--runs-root", str(tmp_path)]
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=e)
+    metrics = lambda: next(iter(tmp_path.glob("smoke/*/metrics.jsonl")), None)  # noqa: E731
+    t0 = time.time()
+    while metrics() is None:
+        assert proc.poll() is None and time.time() - t0 < 300
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    run_dir = metrics().parent
+    ck = run_dir / "checkpoints" / "last.pt"
+    ck.write_bytes(ck.read_bytes()[:1000])
+    r = run_cli("run", SMOKE, "train.epochs=4", "runtime.threads=1", "--runs-root", str(tmp_path), env=e)
+    assert r.returncode == 2 and "truncated or corrupt" in r.stderr
+    run_id = json.loads((run_dir / "wandb.json").read_text())["id"]
+    last = sorted(run_dir.glob(f"wandb/offline-run-*-{run_id}/run-{run_id}.wandb"))[-1]
+    exits = [rec.exit.exit_code for kind, rec in offline_records(last) if kind == "exit"]
+    assert exits == [1]
+
+
 def test_disabled_writes_nothing_and_mode_precedence(tmp_path, monkeypatch):
+    bad = run_cli("run", SMOKE, "--runs-root", str(tmp_path), env=env(WANDB_MODE="sometimes"))
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "WANDB_MODE" in bad.stderr
+    assert not (tmp_path / "smoke").exists()
     r = run_cli("run", SMOKE, "train.epochs=1", "runtime.threads=1", "--runs-root", str(tmp_path),
                 env=env(WANDB_MODE="disabled"))
     assert r.returncode == 0, r.stderr

@@ -110,6 +110,11 @@ def test_expected_seeds_mark_cells_with_a_missing_seed(runs):
     t = build_table(collect([str(runs)]), seeds=[0, 1, 2, 3])
     wd = t.cells[(("wd", ""), ("synthetic", 10.0))]
     assert wd.missing == [3] and "3/4†" in RENDER["md"](t)
+    # seeds outside --seeds are never averaged in: 50, 52 -> 51.00 +- 1.41
+    t = build_table(collect([str(runs)]), seeds=[0, 1])
+    wd = t.cells[(("wd", ""), ("synthetic", 10.0))]
+    assert wd.stats("all")[:3] == (51.0, pytest.approx(math.sqrt(2)), 2)
+    assert wd.flagged and "seed 2 not among the seeds asked for" in wd.left_out[0]
 
 
 def test_settings_of_one_method_get_labels_and_select_picks_best_val(tmp_path):
