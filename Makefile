@@ -30,7 +30,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ltbench fetch fashion-mnist
 	slurm/cluster.sh start $(SLURM_STATE)
-	SLURM_CONF=$(SLURM_STATE)/slurm.conf LTBENCH_REQUIRE_SLURM=1 $(PY) -m pytest -q; \
+	SLURM_CONF=$(SLURM_STATE)/slurm.conf LTBENCH_REQUIRE_SLURM=1 $(PY) -m pytest -q --durations=15; \
 	status=$$?; slurm/cluster.sh stop $(SLURM_STATE); exit $$status
 
 cluster-up:

@@ -172,10 +172,16 @@ def test_failed_stage1_cancels_its_stage2(slurm, tmp_path):
     assert "cancelled (never started)" in lines[child_dir.name]
 
 
-def test_usr2_requeues_the_same_job_and_ends_with_the_same_numbers(slurm, tmp_path):
-    ref = tmp_path / "ref"
+@pytest.fixture(scope="module")
+def smoke_reference(slurm, tmp_path_factory) -> dict:
+    """One uninterrupted smoke run (1 thread), the reference of the requeue / preemption tests."""
+    ref = tmp_path_factory.mktemp("ref")
     r = ltbench("run", SMOKE, "runtime.threads=1", "--runs-root", str(ref), env=slurm)
     assert r.returncode == 0, r.stderr
+    return json.loads(next(ref.glob("smoke/ce-*/result.json")).read_text())
+
+
+def test_usr2_requeues_the_same_job_and_ends_with_the_same_numbers(slurm, smoke_reference, tmp_path):
     runs = tmp_path / "runs"
     r = ltbench("submit", SMOKE, "--override", "runtime.threads=1", "--override", "runtime.checkpoint_every_steps=5",
                 "--runs-root", str(runs), env=slurm)
@@ -193,8 +199,7 @@ def test_usr2_requeues_the_same_job_and_ends_with_the_same_numbers(slurm, tmp_pa
     assert any(r["state"].startswith("REQUEUED") for r in sacct(job, slurm) if r["id"] == job)
     st = ltbench("status", str(runs / "smoke"), env=slurm)
     assert "done (requeued 1x)" in st.stdout and "3/3" in st.stdout
-    a = json.loads((run_dir / "result.json").read_text())
-    b = json.loads(next(ref.glob("smoke/ce-*/result.json")).read_text())
+    a, b = json.loads((run_dir / "result.json").read_text()), smoke_reference
     for key in ("metrics", "val_metrics", "per_class_acc", "selected_epoch"):
         assert a[key] == b[key], key
 
@@ -253,10 +258,9 @@ def test_local_cluster_runs_the_same_plan(tmp_path):
         time.sleep(0.5)
 
 
-def test_real_preemption_of_a_submitted_run_requeues_and_ends_with_the_same_numbers(slurm, tmp_path):
+def test_real_preemption_of_a_submitted_run_requeues_and_ends_with_the_same_numbers(slurm, smoke_reference,
+                                                                                    tmp_path):
     """A job of the high partition preempts a submitted stage-1 run: USR2, checkpoint, requeue, resume."""
-    ref = tmp_path / "ref"
-    assert ltbench("run", SMOKE, "runtime.threads=1", "--runs-root", str(ref), env=slurm).returncode == 0
     runs = tmp_path / "runs"
     site = tmp_path / "site.yaml"
     site.write_text("partition: debug\nsignal_delay_s: 60\n")
@@ -277,8 +281,7 @@ def test_real_preemption_of_a_submitted_run_requeues_and_ends_with_the_same_numb
     states = [r["state"].split()[0] for r in sacct(job, slurm) if r["id"] == job]
     assert any(s in ("PREEMPTED", "REQUEUED") for s in states), states
     assert json.loads((run_dir / "requeues.json").read_text())["requeues"] == 1   # submitit's checkpoint() ran
-    a = json.loads((run_dir / "result.json").read_text())
-    b = json.loads(next(ref.glob("smoke/ce-*/result.json")).read_text())
+    a, b = json.loads((run_dir / "result.json").read_text()), smoke_reference
     for key in ("metrics", "val_metrics", "per_class_acc", "selected_epoch"):
         assert a[key] == b[key], key
 
