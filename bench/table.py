@@ -196,7 +196,6 @@ class Table:
     cells: dict[tuple[tuple[str, str], tuple[str, float | None]], Cell]
     expected_seeds: list[int]
     reference: list[dict[str, Any]] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
 
 
 def _method_key(m: str) -> tuple[int, str]:

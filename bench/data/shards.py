@@ -239,24 +239,25 @@ def read_shard(path: str, skip: int, count: int, on_error: str) -> Iterator[dict
 
     produced, k, last_good = 0, -1, None
     current: dict[str, Any] | None = None
-    state = {"k": -1, "key": None}
 
     def want(name: str) -> bool:
-        # called before the data is read: is this member part of a sample we yield?
-        key = _split_name(name)[0]
-        return (state["k"] + (key != state["key"])) >= skip
+        # called before the data is read: is this member part of a sample we yield? (k and current are
+        # read at call time: the sample being grouped, which a new key would follow)
+        new_sample = current is None or _split_name(name)[0] != current["__key__"]
+        return k + new_sample >= skip
 
     def members(f: Any, local: bool) -> Iterator[tuple[str, bytes | None]]:
         if not local:
             yield from _tarfile_members(f, False, want)
             return
-        start = f.tell()
+        start, seen = f.tell(), 0
         try:
-            yield from _ustar_members(f, want)
+            for m in _ustar_members(f, want):
+                seen += 1
+                yield m
         except _NotPlainUstar:
             # restart with tarfile, passing over the members already seen
             f.seek(start)
-            seen = state["members"]
             for i, m in enumerate(_tarfile_members(f, True, want)):
                 if i >= seen:
                     yield m
@@ -264,9 +265,7 @@ def read_shard(path: str, skip: int, count: int, on_error: str) -> Iterator[dict
     try:
         local = os.path.isfile(path)
         with (open(path, "rb") if local else wds.gopen(path, "rb")) as f:
-            state["members"] = 0
             for name, data in members(f, local):
-                state["members"] += 1
                 key, ext = _split_name(name)
                 if current is None or key != current["__key__"]:
                     if current is not None and k >= skip:
@@ -277,7 +276,6 @@ def read_shard(path: str, skip: int, count: int, on_error: str) -> Iterator[dict
                             return
                     k += 1
                     current = {"__key__": key}
-                    state["k"], state["key"] = k, key
                 if k >= skip and data is not None:
                     current[ext] = data
             if current is not None and k >= skip and produced < count:

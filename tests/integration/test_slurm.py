@@ -181,10 +181,10 @@ def smoke_reference(slurm, tmp_path_factory) -> dict:
     return json.loads(next(ref.glob("smoke/ce-*/result.json")).read_text())
 
 
-def test_usr2_requeues_the_same_job_and_ends_with_the_same_numbers(slurm, smoke_reference, tmp_path):
-    runs = tmp_path / "runs"
+def submit_smoke_until_checkpoint(runs: Path, slurm: dict[str, str], *extra: str) -> tuple[Path, str]:
+    """Submit the smoke run (checkpoints every 5 steps) and wait until its first checkpoint exists."""
     r = ltbench("submit", SMOKE, "--override", "runtime.threads=1", "--override", "runtime.checkpoint_every_steps=5",
-                "--runs-root", str(runs), env=slurm)
+                *extra, "--runs-root", str(runs), env=slurm)
     assert r.returncode == 0, r.stderr
     run_dir = next(runs.glob("smoke/ce-*"))
     job = job_of(run_dir)
@@ -192,6 +192,12 @@ def test_usr2_requeues_the_same_job_and_ends_with_the_same_numbers(slurm, smoke_
     while not (run_dir / "checkpoints" / "last.pt").is_file():
         assert time.time() - t0 < 300, sacct(job, slurm)
         time.sleep(0.2)
+    return run_dir, job
+
+
+def test_usr2_requeues_the_same_job_and_ends_with_the_same_numbers(slurm, smoke_reference, tmp_path):
+    runs = tmp_path / "runs"
+    run_dir, job = submit_smoke_until_checkpoint(runs, slurm)
     subprocess.run(["scancel", "--signal=USR2", job], check=True, env=slurm)
     row = wait_done(job, slurm, timeout=600)
     assert row["state"] == "COMPLETED"
@@ -264,15 +270,7 @@ def test_real_preemption_of_a_submitted_run_requeues_and_ends_with_the_same_numb
     runs = tmp_path / "runs"
     site = tmp_path / "site.yaml"
     site.write_text("partition: debug\nsignal_delay_s: 60\n")
-    r = ltbench("submit", SMOKE, "--override", "runtime.threads=1", "--override", "runtime.checkpoint_every_steps=5",
-                "--site", str(site), "--runs-root", str(runs), env=slurm)
-    assert r.returncode == 0, r.stderr
-    run_dir = next(runs.glob("smoke/ce-*"))
-    job = job_of(run_dir)
-    t0 = time.time()
-    while not (run_dir / "checkpoints" / "last.pt").is_file():
-        assert time.time() - t0 < 300, sacct(job, slurm)
-        time.sleep(0.2)
+    run_dir, job = submit_smoke_until_checkpoint(runs, slurm, "--site", str(site))
     hp = tmp_path / "hp"
     hp.mkdir()
     h = sbatch(f"#!/bin/bash\n#SBATCH -p high -N 2 -n 2 -c {os.cpu_count()}\nsleep 1\n", hp, slurm)
