@@ -10,7 +10,7 @@ STAMP := $(VENV)/.ltbench-installed
 # a unix socket path must stay short; one directory per checkout, so clones do not share a cluster).
 SLURM_STATE ?= /tmp/ltbench-slurm-$(shell echo $(CURDIR) | cksum | cut -d' ' -f1)
 
-.PHONY: demo test test-fast venv clean cluster-up cluster-down
+.PHONY: demo test test-fast venv clean cluster-up cluster-down gpu-check gpu-wheels
 
 venv: $(STAMP)
 
@@ -38,6 +38,22 @@ cluster-up:
 
 cluster-down:
 	slurm/cluster.sh stop $(SLURM_STATE)
+
+# The one-shot GPU check (README "The GPU check"): on a bare GPU machine, with the python that has torch,
+# torchvision and timm. It needs no venv and no network: webdataset and braceexpand come from wheels in
+# .whl/ (made by `make gpu-wheels` on a machine with PyPI access, then copied along) when not installed.
+# Writes gpu-check/perf.md and perf.json, in at most GPU_BUDGET_S seconds plus the final end-to-end runs.
+GPU_PYTHON ?= python3
+GPU_BUDGET_S ?= 420
+GPU_SITE ?= /tmp/ltbench-gpu-site
+gpu-check:
+	if ls .whl/*.whl >/dev/null 2>&1; then $(GPU_PYTHON) -m pip install -q --no-index --no-deps --no-compile \
+		--upgrade --target $(GPU_SITE) .whl/*.whl; fi
+	PYTHONPATH=$(CURDIR):$(GPU_SITE) PYTHONUNBUFFERED=1 $(GPU_PYTHON) -m bench perf --only gpu --out gpu-check \
+		--budget-s $(GPU_BUDGET_S)
+
+gpu-wheels:
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: -d .whl webdataset==1.0.2 braceexpand==0.1.7
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"

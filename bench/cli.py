@@ -163,7 +163,7 @@ def cmd_perf(args: argparse.Namespace) -> int:
     if unknown:
         raise ConfigError(f"ltbench perf --only: unknown section(s) {', '.join(unknown)} (known: {', '.join(SECTIONS)})")
     out = Path(args.out)
-    run_perf(out, only, args.repeats, args.quick, args.threads)
+    run_perf(out, only, args.repeats, args.quick, args.threads, args.budget_s)
     log(f"perf report -> {out / 'perf.md'} and {out / 'perf.json'}")
     sys.stdout.write((out / "perf.md").read_text())
     return 0
@@ -235,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--repeats", type=int, default=3, help="interleaved repeats per measurement (median reported)")
     sp.add_argument("--quick", action="store_true", help="tiny synthetic setting (checks the command, not the speed)")
     sp.add_argument("--threads", type=int, default=None, help="torch threads per run (default: all cores)")
+    sp.add_argument("--budget-s", type=float, default=420.0,
+                    help="gpu section: seconds it may take; items that do not fit are reported as skipped")
     sp.set_defaults(fn=cmd_perf)
 
     sp = sub.add_parser("prepare", help="write a dataset as webdataset tar shards + manifest.json (data.shards=OUT)")

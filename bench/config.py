@@ -71,6 +71,7 @@ class DataConfig:
     streams: int = _f(4, "shards: interleaved shuffled streams per rank; fixes the data order whatever runtime.workers is (workers must divide it)", ge=1)
     shuffle_buffer: int = _f(2000, "shards: samples held by each stream's shuffle buffer (the shard order is shuffled too, every epoch)", ge=1)
     on_error: Literal["raise", "skip"] = _f("raise", "shards: a truncated tar, undecodable image or missing label stops the run (raise) or is skipped, counted and reported in result.json (skip)")
+    decode: Literal["cpu", "gpu"] = _f("cpu", "shards of JPEGs at image_size: decode + crop in the DataLoader workers with PIL (cpu), or read the bytes there and decode, crop and flip the batch on the GPU with nvJPEG (gpu; for when the cores cannot feed the GPU, BENCHMARKS.md); the same crops, pixels differ slightly between decoders")
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 

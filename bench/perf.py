@@ -48,6 +48,7 @@ class Setting:
             self.dataset, self.train = "fashion-mnist", ["train.epochs=1"]
             self.prepare_args = []
         self.runtime = ["runtime.progress=off", "runtime.plot=false", "wandb.mode=disabled"]
+        self.gpu_budget_s = 420.0
         self.overrides = self.train + self.runtime
 
 
@@ -275,37 +276,11 @@ def section_demo(s: Setting, root: Path, repeats: int) -> dict[str, Any]:
 
 
 def section_gpu(s: Setting, root: Path, repeats: int) -> dict[str, Any]:
-    """Images/s per GPU for ResNet-50 / ResNeXt-50 at 224 px, bf16 + channels_last, synthetic batches
-    (the model's ceiling), against the shard loader's images/s at 224 px with RandomResizedCrop."""
-    if not torch.cuda.is_available():
-        return {"skipped": "no CUDA device on this machine", "met": None}
-    import timm
+    """The one-shot GPU check (bench/gpucheck.py, `make gpu-check`): the JPEG pipeline per core, ResNet-50 /
+    ResNeXt-50 bare vs ltbench's trainer (synthetic, then JPEG shards), an end-to-end run resumed on the GPU."""
+    from bench.gpucheck import gpu_check
 
-    dev = torch.device("cuda")
-    out: dict[str, Any] = {"device": torch.cuda.get_device_name(0), "rows": []}
-    batch = 256
-    for name in ("resnet50", "resnext50_32x4d"):
-        model = timm.create_model(name, num_classes=1000).to(dev).to(memory_format=torch.channels_last)
-        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-        x = torch.randn(batch, 3, 224, 224, device=dev).contiguous(memory_format=torch.channels_last)
-        y = torch.randint(0, 1000, (batch,), device=dev)
-        rates = []
-        for _ in range(repeats):
-            for i in range(25):
-                if i == 5:
-                    torch.cuda.synchronize()
-                    t0 = time.time()
-                with torch.autocast("cuda", dtype=torch.bfloat16):
-                    loss = torch.nn.functional.cross_entropy(model(x), y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-            torch.cuda.synchronize()
-            rates.append(20 * batch / (time.time() - t0))
-        out["rows"] += rows({f"{name}, synthetic batch {batch}, images/s": rates})
-    out["target"] = "the shard pipeline must deliver at least the model's images/s (see BENCHMARKS.md)"
-    out["met"] = None
-    return out
+    return gpu_check(root, budget_s=s.gpu_budget_s, tiny=s.quick)
 
 
 RUNNERS = {"trainer": section_trainer, "data": section_data, "stage2": section_stage2, "ddp": section_ddp,
@@ -323,11 +298,14 @@ def machine() -> dict[str, Any]:
             "date": time.strftime("%Y-%m-%d %H:%M")}
 
 
-def run_perf(out: Path, sections: list[str], repeats: int, quick: bool, threads: int | None) -> dict[str, Any]:
+def run_perf(out: Path, sections: list[str], repeats: int, quick: bool, threads: int | None,
+             gpu_budget_s: float = 420.0) -> dict[str, Any]:
     s = Setting(quick, threads or os.cpu_count() or 1)
+    s.gpu_budget_s = gpu_budget_s
     out.mkdir(parents=True, exist_ok=True)
-    report: dict[str, Any] = {"machine": machine(), "setting": "quick (synthetic smoke)" if quick else
-                              "Fashion-MNIST-LT demo", "repeats": repeats, "threads": s.threads, "sections": {}}
+    setting = ("GPU check" + (" (tiny)" if quick else "") if sections == ["gpu"] else
+               "quick (synthetic smoke)" if quick else "Fashion-MNIST-LT demo")
+    report: dict[str, Any] = {"machine": machine(), "setting": setting, "repeats": repeats, "threads": s.threads, "sections": {}}
     with tempfile.TemporaryDirectory(dir=out, prefix="work-") as work:
         for name in sections:
             log(f"perf: {name}")
@@ -348,6 +326,10 @@ def render(report: dict[str, Any]) -> str:
         lines += [f"## {name}", "", " ".join(sec["doc"].split()), ""]
         if "skipped" in sec:
             lines += [f"skipped: {sec['skipped']}", ""]
+            continue
+        if name == "gpu":
+            from bench.gpucheck import render as render_gpu
+            lines += render_gpu(sec)
             continue
         lines += ["| measurement | median | repeats |", "|---|---|---|"]
         for label, med, reps in sec.get("rows", []):

@@ -48,15 +48,27 @@ def random_crop_flip(x: torch.Tensor, gen: torch.Generator, padding: int, flip: 
 
 
 class Normalize:
-    """uint8 NCHW -> float32, (x/255 - mean) / std per channel."""
+    """uint8 NCHW -> float32, (x/255 - mean) / std per channel, computed on `device`.
 
-    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], channels: int) -> None:
+    The uint8 batch travels to the device first and is converted there: a quarter of the bytes of a
+    float batch cross the bus, and the conversion (a 224-px batch of 256 is 38 M elements) runs on the
+    GPU instead of in the training process's host thread, where it would stall the next step. The
+    result is the same on any device: a subtraction and a division are exact IEEE operations.
+    """
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], channels: int,
+                 device: torch.device | None = None) -> None:
         if len(mean) == 1:
             mean, std = mean * channels, std * channels
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
-        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
+        self.device = device or torch.device("cpu")
+        self.mean = (torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) * 255.0).to(self.device)
+        self.std = (torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255.0).to(self.device)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device != self.device:
+            if self.device.type == "cuda" and not x.is_pinned():
+                x = x.pin_memory()          # page-locked: the copy below is asynchronous to the host
+            x = x.to(self.device, non_blocking=True)
         return (x.float() - self.mean) / self.std
 
 

@@ -45,6 +45,7 @@ class LTData:
     channels: int | None = None            # shards: from the manifest
     manifest_digest: str | None = None     # shards: sha256 of manifest.json (names the exact shards)
     eval_skipped: dict[str, tuple[int, list[str]]] = field(default_factory=dict)  # on_error=skip: split -> (n, examples)
+    device: torch.device | None = None     # where batches are normalised (and so delivered); None = CPU
 
     @property
     def in_chans(self) -> int:
@@ -66,7 +67,7 @@ class LTData:
     def normalizer(self) -> Any:
         from bench.data.batches import Normalize
 
-        return Normalize(self.mean, self.std, self.in_chans)
+        return Normalize(self.mean, self.std, self.in_chans, self.device)
 
     def _spec(self, split: ShardSplit, train: bool, batch_size: int, seed: int, augment: str,
               drop_last: bool) -> StreamSpec:
@@ -78,7 +79,7 @@ class LTData:
 
     def train_loader(self, batch_size: int, seed: int, augment: str, drop_last: bool, sampler: str,
                      workers: int = 0) -> Any:
-        """Training batches with the (epoch, start_step) interface, normalised; batch_size is global."""
+        """Training batches with the (epoch, start_step) interface, normalised on `device`; batch_size is global."""
         from bench import dist
         from bench.data.batches import InMemoryLoader
 
@@ -92,7 +93,7 @@ class LTData:
                               drop_last, sampler, self.num_classes, dist.rank(), dist.world())
 
     def eval_batches(self, name: str, batch_size: int, workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The split in order (on this rank), normalised, no augmentation."""
+        """The split in order (on this rank), normalised on `device`, no augmentation."""
         from bench.data.batches import eval_batches
 
         from bench import dist

@@ -41,7 +41,11 @@ def setup_runtime(cfg: Config) -> torch.device:
     local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("SLURM_NTASKS_PER_NODE", "1")))
     cores = max(1, usable_cores() // max(1, local))
     if rt.workers is None:
-        rt.workers = auto_workers(cores, cfg.data.streams) if cfg.data.shards else 0
+        rt.workers = auto_workers(cores, cfg.data.streams, use_cuda) if cfg.data.shards else 0
+        if use_cuda and cfg.data.shards and rt.workers < cores - 1 and dist.is_main():
+            from bench.progress import log
+            log(f"note: data.streams={cfg.data.streams} allows {rt.workers} decoding workers on {cores} cores; "
+                f"set data.streams to a multiple of {cores - 1} to decode on all of them")
     torch.set_num_threads(rt.threads or max(1, cores - (rt.workers if cfg.data.shards else 0)))
     if rt.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -63,10 +67,16 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def auto_workers(cores: int, streams: int) -> int:
-    """Decoding workers for `cores` cores per process: none up to 2 cores (on 2 cores, workers beside the
-    training threads were slower than decoding in the training process: BENCHMARKS.md), else half of
-    the cores, as a divisor of `streams` (workers serve whole streams)."""
+def auto_workers(cores: int, streams: int, gpu: bool = False) -> int:
+    """Decoding workers for `cores` cores per process, as a divisor of `streams` (workers serve whole streams).
+
+    CPU training: none up to 2 cores (on 2 cores, workers beside the training threads were slower than
+    decoding in the training process: BENCHMARKS.md), else half of the cores. GPU training: the training
+    process needs about one core to feed the device, so every other core decodes (a ResNet-50 step on one
+    H100-class GPU eats 3,000+ images/s, several cores' worth of JPEG decoding).
+    """
+    if gpu:
+        return max(d for d in range(1, streams + 1) if streams % d == 0 and d <= max(1, cores - 1))
     if cores <= 2:
         return 0
     return max(d for d in range(1, streams + 1) if streams % d == 0 and d <= cores // 2)
@@ -76,6 +86,7 @@ def setup(cfg: Config) -> tuple[torch.device, LTData, dict[str, list[int]]]:
     """Runtime, the run's long-tailed data and its many / medium / few groups."""
     device = setup_runtime(cfg)
     data = build_lt_data(cfg.data)
+    data.device = device          # uint8 batches are normalised on the device (bench.data.batches.Normalize)
     return device, data, shot_groups(data.class_counts, cfg.groups.many, cfg.groups.few, cfg.groups.inclusive)
 
 

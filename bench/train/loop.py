@@ -220,6 +220,8 @@ def fit(parts: Parts, run: RunDir, epochs: int, selection_split: str, device: to
                selection_split: sel, "epoch_time_s": round(time.time() - t_epoch, 2),
                "train_time_s": round(train_s, 3),              # the training steps only (no evaluation)
                "images_per_s": round(n_images * world / train_s, 1)}
+        if device.type == "cuda":
+            row["gpu_mem_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)   # high-water mark so far
         if p.analyze is not None:
             row["analysis"] = p.analyze(selection_split)
         state.history.append(row)

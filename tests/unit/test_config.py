@@ -145,3 +145,5 @@ def test_auto_workers_by_cores_per_process():
     # none up to 2 cores; else half the cores, a divisor of data.streams
     assert [auto_workers(c, 4) for c in (1, 2, 3, 4, 6, 8, 64)] == [0, 0, 1, 2, 2, 4, 4]
     assert auto_workers(16, 6) == 6 and auto_workers(10, 6) == 3
+    # GPU training: every core but the one feeding the device decodes
+    assert [auto_workers(c, 16, gpu=True) for c in (1, 2, 4, 16, 17, 64)] == [1, 1, 2, 8, 16, 16]
