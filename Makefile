@@ -46,11 +46,12 @@ cluster-down:
 GPU_PYTHON ?= python3
 GPU_BUDGET_S ?= 420
 GPU_SITE ?= /tmp/ltbench-gpu-site
+GPU_ARGS ?=        # e.g. --gpu-parts models --gpu-models resnet50
 gpu-check:
 	if ls .whl/*.whl >/dev/null 2>&1; then $(GPU_PYTHON) -m pip install -q --no-index --no-deps --no-compile \
 		--upgrade --target $(GPU_SITE) .whl/*.whl; fi
 	PYTHONPATH=$(CURDIR):$(GPU_SITE) PYTHONUNBUFFERED=1 $(GPU_PYTHON) -m bench perf --only gpu --out gpu-check \
-		--budget-s $(GPU_BUDGET_S)
+		--budget-s $(GPU_BUDGET_S) $(GPU_ARGS)
 
 gpu-wheels:
 	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: -d .whl webdataset==1.0.2 braceexpand==0.1.7

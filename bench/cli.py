@@ -163,7 +163,16 @@ def cmd_perf(args: argparse.Namespace) -> int:
     if unknown:
         raise ConfigError(f"ltbench perf --only: unknown section(s) {', '.join(unknown)} (known: {', '.join(SECTIONS)})")
     out = Path(args.out)
-    run_perf(out, only, args.repeats, args.quick, args.threads, args.budget_s)
+    from bench.gpucheck import PARTS
+
+    parts = tuple(args.gpu_parts.split(",")) if args.gpu_parts else PARTS
+    if set(parts) - set(PARTS):
+        raise ConfigError(f"ltbench perf --gpu-parts: unknown part(s) {', '.join(sorted(set(parts) - set(PARTS)))} "
+                          f"(known: {', '.join(PARTS)})")
+    gpu = {"budget_s": args.budget_s, "parts": parts}
+    if args.gpu_models:
+        gpu["models"] = tuple(args.gpu_models.split(","))
+    run_perf(out, only, args.repeats, args.quick, args.threads, gpu)
     log(f"perf report -> {out / 'perf.md'} and {out / 'perf.json'}")
     sys.stdout.write((out / "perf.md").read_text())
     return 0
@@ -237,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--threads", type=int, default=None, help="torch threads per run (default: all cores)")
     sp.add_argument("--budget-s", type=float, default=420.0,
                     help="gpu section: seconds it may take; items that do not fit are reported as skipped")
+    sp.add_argument("--gpu-parts", default=None, help="gpu section: comma-separated parts: pipeline, models, end_to_end")
+    sp.add_argument("--gpu-models", default=None, help="gpu section: comma-separated timm models (default resnet50,resnext50_32x4d)")
     sp.set_defaults(fn=cmd_perf)
 
     sp = sub.add_parser("prepare", help="write a dataset as webdataset tar shards + manifest.json (data.shards=OUT)")

@@ -49,6 +49,8 @@ class Setting:
             self.prepare_args = []
         self.runtime = ["runtime.progress=off", "runtime.plot=false", "wandb.mode=disabled"]
         self.gpu_budget_s = 420.0
+        self.gpu_parts: tuple[str, ...] = ("pipeline", "models", "end_to_end")
+        self.gpu_models: tuple[str, ...] = ("resnet50", "resnext50_32x4d")
         self.overrides = self.train + self.runtime
 
 
@@ -280,7 +282,7 @@ def section_gpu(s: Setting, root: Path, repeats: int) -> dict[str, Any]:
     ResNeXt-50 bare vs ltbench's trainer (synthetic, then JPEG shards), an end-to-end run resumed on the GPU."""
     from bench.gpucheck import gpu_check
 
-    return gpu_check(root, budget_s=s.gpu_budget_s, tiny=s.quick)
+    return gpu_check(root, budget_s=s.gpu_budget_s, tiny=s.quick, parts=s.gpu_parts, models=s.gpu_models)
 
 
 RUNNERS = {"trainer": section_trainer, "data": section_data, "stage2": section_stage2, "ddp": section_ddp,
@@ -299,9 +301,11 @@ def machine() -> dict[str, Any]:
 
 
 def run_perf(out: Path, sections: list[str], repeats: int, quick: bool, threads: int | None,
-             gpu_budget_s: float = 420.0) -> dict[str, Any]:
+             gpu: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`gpu`: the GPU check's budget_s / parts / models, when not the defaults."""
     s = Setting(quick, threads or os.cpu_count() or 1)
-    s.gpu_budget_s = gpu_budget_s
+    for key, value in (gpu or {}).items():
+        setattr(s, f"gpu_{key}", value)
     out.mkdir(parents=True, exist_ok=True)
     setting = ("GPU check" + (" (tiny)" if quick else "") if sections == ["gpu"] else
                "quick (synthetic smoke)" if quick else "Fashion-MNIST-LT demo")

@@ -75,7 +75,8 @@ class LTData:
 
         c = self.cfg
         return StreamSpec(split, train, seed, 0, dist.rank(), dist.world(), batch_size, drop_last, c.streams, c.shuffle_buffer,
-                          c.on_error, self.in_chans, self.num_classes, c.pad_to, c.image_size, c.eval_resize, augment, c.crop_padding)
+                          c.on_error, self.in_chans, self.num_classes, c.pad_to, c.image_size, c.eval_resize, augment, c.crop_padding,
+                          decode=c.decode)
 
     def train_loader(self, batch_size: int, seed: int, augment: str, drop_last: bool, sampler: str,
                      workers: int = 0) -> Any:

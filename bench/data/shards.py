@@ -332,10 +332,8 @@ def _load_npy(data: bytes) -> np.ndarray:
     return a.reshape(shape, order="F" if fortran else "C")
 
 
-def decode_sample(sample: dict[str, Any], channels: int, path: str, num_classes: int):
-    """(PIL image, label) of one sample; a DatasetError names the shard and key."""
-    from PIL import Image
-
+def _label(sample: dict[str, Any], path: str, num_classes: int) -> int:
+    """The sample's class index; a DatasetError names the shard and key."""
     key = sample.get("__key__")
     if "cls" not in sample:
         raise DatasetError(f"shard {path} key {key}: no label (.cls)")
@@ -345,6 +343,15 @@ def decode_sample(sample: dict[str, Any], channels: int, path: str, num_classes:
         raise DatasetError(f"shard {path} key {key}: label {sample['cls'][:20]!r} is not an integer") from None
     if not 0 <= label < num_classes:
         raise DatasetError(f"shard {path} key {key}: label {label} outside 0..{num_classes - 1}")
+    return label
+
+
+def decode_sample(sample: dict[str, Any], channels: int, path: str, num_classes: int):
+    """(PIL image, label) of one sample; a DatasetError names the shard and key."""
+    from PIL import Image
+
+    key = sample.get("__key__")
+    label = _label(sample, path, num_classes)
     ext = next((e for e in IMAGE_EXTS if e in sample), None)
     if ext is None:
         raise DatasetError(f"shard {path} key {key}: no image (.jpg / .png / .npy)")
@@ -457,6 +464,7 @@ class StreamSpec:
     augment: str
     crop_padding: int
     start_step: int = 0
+    decode: str = "cpu"               # gpu: JPEGs leave the worker as bytes + crop box (bench.data.gpu_decode)
 
 
 def plan(spec: StreamSpec) -> tuple[list[tuple[list[tuple[int, int, int]], list[tuple[int, int]]]], int]:
@@ -541,26 +549,71 @@ def _to_fixed_size(img, spec: StreamSpec, rng: np.random.Generator) -> np.ndarra
     return a[..., None] if a.ndim == 2 else a
 
 
+def _jpeg_for_gpu(sample: dict[str, Any], spec: StreamSpec, path: str, rng: np.random.Generator):
+    """decode=gpu: (bytes as a uint8 tensor, training crop box or None, label) of a JPEG the GPU decoder
+    takes (baseline or progressive, RGB or greyscale), read from its header alone; None = decode it here
+    (a PNG, CMYK JPEG, ...). The crop box is drawn from `rng` exactly as the CPU path draws it."""
+    from PIL import Image
+
+    ext = next((e for e in IMAGE_EXTS if e in sample), None)
+    if ext not in ("jpg", "jpeg") or spec.image_size is None or "cls" not in sample:
+        return None
+    try:
+        head = Image.open(io.BytesIO(sample[ext]), formats=("JPEG",))   # parses the header, decodes nothing
+    except Exception:  # noqa: BLE001 - not a JPEG after all: the CPU path decides (and reports) what it is
+        return None
+    if head.mode not in ("RGB", "L") or (head.mode == "L") != (spec.channels == 1):
+        return None
+    label = _label(sample, path, spec.num_classes)
+    box = _rrc_box(head.width, head.height, rng) if spec.train and spec.augment == "rrc_flip" else None
+    return torch.frombuffer(bytearray(sample[ext]), dtype=torch.uint8), box, label
+
+
+def _gpu_batch(xs: list[Any], ys: list[int], keys: list[str], holes: list[str], jpegs: list[Any],
+               spec: StreamSpec, index: int) -> dict[str, Any]:
+    """A batch whose JPEGs the main process decodes on the GPU; images decoded here ride along finished."""
+    from bench.data.batches import derived_generator
+
+    done = {i: torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1) for i, a in enumerate(xs) if a is not None}
+    flip = torch.zeros(len(ys), dtype=torch.bool)
+    if spec.train and spec.augment != "none":
+        # the flip draw of random_crop_flip (pad 0 after RandomResizedCrop), from the same generator
+        flip = torch.rand(len(ys), generator=derived_generator(spec.seed, spec.epoch, spec.rank, index, 1)) < 0.5
+    return {"index": index, "y": torch.tensor(ys, dtype=torch.int64), "keys": keys, "holes": holes,
+            "gpu": {"jpegs": [j[1] for j in jpegs], "slots": [j[0] for j in jpegs],
+                    "boxes": [j[2] for j in jpegs], "done": done, "flip": flip}}
+
+
 def _make_batch(items: list[Any], spec: StreamSpec, index: int) -> dict[str, Any]:
     from bench.data.batches import derived_generator, random_crop_flip
 
     rng = np.random.default_rng([spec.seed, spec.epoch, spec.rank, index, 2])
     xs, ys, keys, holes = [], [], [], []
+    jpegs: list[tuple[int, torch.Tensor, tuple[int, int, int, int] | None]] = []   # decode=gpu: (slot, bytes, box)
     for it in items:
         if isinstance(it, Hole):
             holes.append(it.where)
             continue
         sample, path = it
         try:
-            img, label = decode_sample(sample, spec.channels, path, spec.num_classes)
+            passed = _jpeg_for_gpu(sample, spec, path, rng) if spec.decode == "gpu" else None
+            if passed is None:
+                img, label = decode_sample(sample, spec.channels, path, spec.num_classes)
         except DatasetError as e:
             if spec.on_error != "skip":
                 raise
             holes.append(str(e))
             continue
-        xs.append(_to_fixed_size(img, spec, rng))
+        if passed is not None:
+            data, box, label = passed
+            jpegs.append((len(ys), data, box))
+            xs.append(None)   # filled on the GPU
+        else:
+            xs.append(_to_fixed_size(img, spec, rng))
         ys.append(label)
         keys.append(f"{os.path.basename(path)}/{sample['__key__']}")
+    if jpegs:
+        return _gpu_batch(xs, ys, keys, holes, jpegs, spec, index)
     if not xs:  # every sample unreadable (on_error=skip): an empty batch keeps the step count
         return {"index": index, "x": torch.zeros(0, dtype=torch.uint8), "y": torch.zeros(0, dtype=torch.int64),
                 "keys": [], "holes": holes}
@@ -679,6 +732,10 @@ class ShardLoader:
             if b["index"] != expected:  # the DataLoader's round-robin order is what makes the order exact
                 raise RuntimeError(f"shard loader: batch {b['index']} arrived where {expected} was due")
             expected += 1
+            if "gpu" in b:   # data.decode=gpu: JPEG bytes + crop boxes, finished on the normaliser's device
+                from bench.data.gpu_decode import decode_batch
+
+                b = decode_batch(b, spec, self.normalize.device if self.normalize else torch.device("cpu"))
             if b["holes"]:
                 self.skipped += len(b["holes"])
                 self.skipped_examples += b["holes"][: max(0, 10 - len(self.skipped_examples))]

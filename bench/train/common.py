@@ -85,6 +85,9 @@ def auto_workers(cores: int, streams: int, gpu: bool = False) -> int:
 def setup(cfg: Config) -> tuple[torch.device, LTData, dict[str, list[int]]]:
     """Runtime, the run's long-tailed data and its many / medium / few groups."""
     device = setup_runtime(cfg)
+    if cfg.data.decode == "gpu" and (device.type != "cuda" or not cfg.data.shards):
+        raise ConfigError(f"config key 'data.decode': gpu decodes JPEG shards on a CUDA device; this run has "
+                          f"{'no data.shards' if not cfg.data.shards else f'device {device}'} (use data.decode=cpu)")
     data = build_lt_data(cfg.data)
     data.device = device          # uint8 batches are normalised on the device (bench.data.batches.Normalize)
     return device, data, shot_groups(data.class_counts, cfg.groups.many, cfg.groups.few, cfg.groups.inclusive)

@@ -26,9 +26,18 @@ def test_perf_quick_writes_its_report(tmp_path):
     d = report["sections"]["data"]
     assert {"npy shards, 2 workers / memory, training", "npy shards, 0 workers / memory, training"} <= set(d["ratios"])
     assert all(v == "pipeline" or v.startswith("model (loading ") for v in d["bound"].values()) and len(d["bound"]) == 2
-    assert "skipped" in report["sections"]["gpu"] or report["sections"]["gpu"]["rows"]
+    g = report["sections"]["gpu"]
+    # the CPU side of the GPU check runs everywhere: both JPEG sets, training and evaluation paths, 224 px
+    assert [(r["shards"], r["path"][:5]) for r in g["pipeline"]["rows"] if r["workers"] == 0] == [
+        ("original", "train"), ("original", "eval:"), ("shorter-256", "train"), ("shorter-256", "eval:")]
+    assert all(r["images_per_s"] > 0 and r["dtype"] == "torch.uint8" for r in g["pipeline"]["rows"])
+    if g["gpu"] is None:
+        assert g["models"] == g["end_to_end"] == {"skipped": "no GPU", "met": None}
     md = (out / "perf.md").read_text()
     assert md.startswith("# ltbench perf: quick") and "target: ltbench >= 0.97 x bare loop" in md
+    assert "### JPEG pipeline (CPU)" in md and ("skipped: no GPU" in md or "torch.compile" in md)
     assert not list(out.glob("work-*"))                  # the scratch runs are removed
     bad = run_cli("perf", "--only", "nope", "--out", str(out))
     assert bad.returncode == 2 and "unknown section(s) nope" in bad.stderr
+    bad = run_cli("perf", "--only", "gpu", "--gpu-parts", "models,nope", "--out", str(out))
+    assert bad.returncode == 2 and "unknown part(s) nope" in bad.stderr
