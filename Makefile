@@ -46,7 +46,8 @@ cluster-down:
 GPU_PYTHON ?= python3
 GPU_BUDGET_S ?= 420
 GPU_SITE ?= /tmp/ltbench-gpu-site
-GPU_ARGS ?=        # e.g. --gpu-parts models --gpu-models resnet50
+# more `ltbench perf` options, e.g. GPU_ARGS="--gpu-parts models --gpu-models resnet50"
+GPU_ARGS ?=
 gpu-check:
 	if ls .whl/*.whl >/dev/null 2>&1; then $(GPU_PYTHON) -m pip install -q --no-index --no-deps --no-compile \
 		--upgrade --target $(GPU_SITE) .whl/*.whl; fi
