@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
+from typing import Any
 
 from bench.config import ConfigError, describe_fields, dump_yaml, load_config
 
@@ -19,13 +21,24 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from bench.progress import log
+    from bench import dist
+    from bench.lock import DirLock
     from bench.rundir import RunDir
-    from bench.train.stage1 import train_stage1
 
     cfg = load_config(args.config, args.overrides)
     run = RunDir(Path(args.run_dir)) if args.run_dir else RunDir.for_config(cfg, args.runs_root)
-    if run.is_complete():
+
+    # one writer per run directory: rank 0 holds the lock for the whole job (its other ranks follow it)
+    lock = DirLock(run.path, "run directory", wait=args.wait) if dist.from_env().rank == 0 else contextlib.nullcontext()
+    with lock:
+        return _run_locked(cfg, run, args)
+
+
+def _run_locked(cfg: Any, run: Any, args: argparse.Namespace) -> int:
+    from bench.progress import log
+    from bench.train.stage1 import train_stage1
+
+    if run.complete_for(cfg.run_hash()):
         log(f"run complete, nothing to do: {run.path}")
         return 0
     log(f"run directory: {run.path}")
@@ -86,6 +99,11 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from bench.progress import log
 
     out = Path(args.out)
+    for flag, value in (("--samples-per-shard", args.samples_per_shard), ("--workers", args.workers)):
+        if value < 1:
+            raise ConfigError(f"ltbench prepare {flag}: {value} must be at least 1")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"ltbench prepare --out: {out} is a file, not a folder")
     if args.verify:
         bad = verify_shards(out)
         if bad:
@@ -94,11 +112,13 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         log(f"all shards in {out} match manifest.json")
         return 0
     from bench.data.prepare import prepare
+    from bench.lock import DirLock
 
-    m = prepare(args.dataset, out, Path(args.src).expanduser() if args.src else None,
-                Path(args.splits).expanduser() if args.splits else None, args.overrides, args.samples_per_shard,
-                args.workers, args.resize_shorter, args.jpeg_quality, args.allow_deviation,
-                array_format=args.array_format)
+    with DirLock(out, "prepare output folder", wait=args.wait):    # one writer per output folder
+        m = prepare(args.dataset, out, Path(args.src).expanduser() if args.src else None,
+                    Path(args.splits).expanduser() if args.splits else None, args.overrides, args.samples_per_shard,
+                    args.workers, args.resize_shorter, args.jpeg_quality, args.allow_deviation,
+                    array_format=args.array_format)
     sizes = ", ".join(f"{k} {v['num_samples']} in {len(v['shards'])} shards" for k, v in m["splits"].items())
     log(f"{args.dataset}: {sizes} -> {out / 'manifest.json'} (use data.shards={out})")
     return 0
@@ -192,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("run", help="train (or resume, or skip if complete) one experiment")
     common(sp)
     sp.add_argument("--run-dir", default=None, help="use this run directory instead of <runs-root>/<name>/<run>")
+    sp.add_argument("--wait", action="store_true", help="if another process is running this run, wait for it "
+                    "(then resume or skip) instead of stopping")
     sp.set_defaults(fn=cmd_run)
 
     sp = sub.add_parser("config", help="print the resolved config, or --describe every field")
@@ -269,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--allow-deviation", action="store_true",
                     help="prepare even when the source differs from the card's expected statistics (recorded)")
     sp.add_argument("--verify", action="store_true", help="only check every shard in --out against its sha256")
+    sp.add_argument("--wait", action="store_true", help="if another `ltbench prepare` writes to --out, wait for it")
     sp.set_defaults(fn=cmd_prepare)
 
     sp = sub.add_parser("fetch", help="make sure a dataset is present (Debian package as root, else download)")
@@ -291,6 +314,11 @@ def main(argv: list[str] | None = None) -> int:
         return args.fn(args)
     except _user_errors() as e:
         print(f"ltbench: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        # a path the user gave (or the disk behind it): missing, not a directory, read-only, full
+        where = f": {e.filename}" if e.filename else ""
+        print(f"ltbench: error: {e.strerror or type(e).__name__}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("ltbench: interrupted; run the same command again to resume from the last checkpoint", file=sys.stderr)

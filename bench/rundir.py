@@ -30,6 +30,7 @@ from bench.config import Config, ConfigError, dump_yaml
 class RunDir:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        self.config_hash: str | None = None     # the run's config hash, set by prepare(): stamped into every file
 
     @classmethod
     def for_config(cls, cfg: Config, runs_root: str | Path) -> "RunDir":
@@ -68,10 +69,19 @@ class RunDir:
         except json.JSONDecodeError:
             return False
 
+    def complete_for(self, config_hash: str) -> bool:
+        """Is this directory a complete run of the config with `config_hash`? A complete run of another config
+        is an error (its numbers would be reported as this config's), never a silent "nothing to do"."""
+        if not self.is_complete():
+            return False
+        check_owner(self.result_file, json.loads(self.result_file.read_text()).get("config_hash"), config_hash)
+        return True
+
     def prepare(self, cfg: Config) -> None:
         """Create the directory and write config.yaml; refuse a directory that holds another config."""
         from bench import dist
 
+        self.config_hash = cfg.run_hash()
         if not dist.is_main():
             return
         self.path.mkdir(parents=True, exist_ok=True)
@@ -94,7 +104,10 @@ class RunDir:
 
         if dist.is_main() and self.config_file.is_file() and not self.is_complete():
             text = " ".join(f"{type(error).__name__}: {error}".split())
-            self.write_json("result.json", {"status": "failed", "error": text[:1000]})
+            try:
+                self.write_json("result.json", {"status": "failed", "error": text[:1000]})
+            except OSError:
+                pass     # a full or read-only disk: the error itself still reaches the user
 
     def write_json(self, name: str, obj: Any) -> None:
         from bench import dist
@@ -106,6 +119,17 @@ class RunDir:
     def write_metrics(self, history: list[dict[str, Any]]) -> None:
         """Rewritten whole from the checkpointed history, so it never holds an epoch the checkpoint lacks."""
         write_text_atomic(self.metrics_file, "".join(json.dumps(h) + "\n" for h in history))
+
+
+def check_owner(path: Path, recorded: str | None, expected: str, what: str = "config") -> None:
+    """A file of a run directory (checkpoint, result.json) must carry the config hash of the run reading it:
+    a file copied in from another run, or left by one, is refused with both hashes rather than continued."""
+    if recorded is None:
+        raise ConfigError(f"{path} records no config hash (not written by this version of ltbench, or not for "
+                          f"this run); move it away to rerun {what} {expected} from scratch")
+    if recorded != expected:
+        raise ConfigError(f"{path} belongs to {what} {recorded}, not to this run's {what} {expected} (copied in "
+                          "or left by another run?); move it away, or use the run directory of that config")
 
 
 def write_text_atomic(path: Path, text: str) -> None:

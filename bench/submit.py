@@ -71,9 +71,21 @@ def queued_job(run: RunDir) -> str | None:
     record = run.path / "job.json"
     if not record.is_file() or shutil.which("squeue") is None:
         return None
-    job = json.loads(record.read_text()).get("job_id")
+    job = read_job(record).get("job_id")
     r = subprocess.run(["squeue", "-h", "-j", str(job), "-o", "%T"], capture_output=True, text=True)
     return str(job) if r.returncode == 0 and r.stdout.strip() in ACTIVE else None
+
+
+def read_job(record: Path) -> dict[str, Any]:
+    """A run's job.json (written by `ltbench submit`); a damaged one is a one-line error naming it."""
+    try:
+        job = json.loads(record.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{record}: not valid JSON ({e}); delete it (the run's files are intact) and submit "
+                          "again") from None
+    if not isinstance(job, dict) or "job_id" not in job:
+        raise ConfigError(f"{record}: expected an object with a job_id; delete it and submit again")
+    return job
 
 
 class RunJob:
@@ -117,7 +129,9 @@ def load_site(path: str | None) -> dict[str, Any]:
     """A site file (YAML) of SLURM settings for a real cluster; see slurm/site.example.yaml."""
     if path is None:
         return {}
-    doc = yaml.safe_load(Path(path).read_text()) or {}
+    from bench.config import load_yaml
+
+    doc = load_yaml(path)      # missing, not YAML or not a mapping: one line naming the file
     known = {"partition", "account", "qos", "constraint", "gpus_per_node", "cpus_per_task", "mem_gb", "timeout_min",
              "nodes", "tasks_per_node", "setup", "signal_delay_s"}
     unknown = set(doc) - known
@@ -258,7 +272,7 @@ def run_status(run: RunDir) -> dict[str, Any]:
         sel = next((v for k, v in last.items() if isinstance(v, dict) and "all" in v), {})
         row.update({k: sel.get(k) for k in ("all", "many", "medium", "few")})
     record = run.path / "job.json"
-    job = json.loads(record.read_text()) if record.is_file() else {}
+    job = read_job(record) if record.is_file() else {}
     if row["stage"] == "?":
         row["stage"] = job.get("stage", "?")
     states = job_states(str(job["job_id"])) if job else []

@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from bench.config import ConfigError
+from bench.config import ConfigError, load_yaml
 from bench.metrics import GROUPS
 
 METRICS = ("all", *GROUPS)
@@ -104,7 +104,7 @@ def load_record(run_dir: Path) -> RunRecord:
     from bench.rundir import RunDir
     from bench.submit import run_status
 
-    raw = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    raw = load_yaml(run_dir / "config.yaml")
     try:
         setting = setting_of(raw)
     except ConfigError as e:
@@ -120,6 +120,11 @@ def load_record(run_dir: Path) -> RunRecord:
             result = json.loads(result_file.read_text())
         except json.JSONDecodeError as e:
             raise ConfigError(f"{result_file}: not valid JSON ({e}); delete it and rerun the run") from None
+        if not isinstance(result, dict):
+            raise ConfigError(f"{result_file}: expected a JSON object, got a {type(result).__name__}; delete it "
+                              "and rerun the run")
+        if result.get("status") == "complete" and not isinstance(result.get("metrics"), dict):
+            raise ConfigError(f"{result_file}: a complete result without 'metrics'; delete it and rerun the run")
     if result.get("status") == "complete":
         rec.state, rec.metrics, rec.val_metrics, rec.result = "complete", result["metrics"], result.get("val_metrics"), result
         # the dataset card fills imbalance_factor for file-split sets: take the resolved value

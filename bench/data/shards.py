@@ -33,6 +33,7 @@ import io
 import json
 import math
 import os
+import re
 import signal
 import tarfile
 from collections.abc import Iterator
@@ -47,6 +48,9 @@ from bench.data.cards import DatasetError
 
 FORMAT = "ltbench-shards/1"
 MANIFEST = "manifest.json"
+MANIFEST_KEYS = ("dataset", "num_classes", "class_names", "channels", "selection", "splits")
+SHARD_KEYS = ("name", "samples", "bytes", "sha256", "labels")
+SHARD_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*\.tar")
 
 
 def file_sha256(path: Path) -> str:
@@ -100,8 +104,26 @@ def load_manifest(root: str | Path) -> Manifest:
         doc = json.loads(raw)
     except json.JSONDecodeError as e:
         raise DatasetError(f"{path}: not valid JSON ({e})") from None
-    if doc.get("format") != FORMAT:
-        raise DatasetError(f"{path}: format {doc.get('format')!r}, expected {FORMAT!r} (prepare again)")
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        got = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
+        raise DatasetError(f"{path}: format {got!r}, expected {FORMAT!r} (prepare again)")
+    missing = [k for k in MANIFEST_KEYS if k not in doc] if isinstance(doc, dict) else list(MANIFEST_KEYS)
+    if missing:
+        raise DatasetError(f"{path}: missing {', '.join(missing)} (not written by `ltbench prepare`, or damaged; "
+                           "prepare again)")
+    for name, split in doc["splits"].items():
+        lacking = [k for k in ("num_samples", "class_counts", "shards") if k not in split]
+        lacking += sorted({k for s in split.get("shards", []) for k in SHARD_KEYS if k not in s})
+        if lacking:
+            raise DatasetError(f"{path}: split {name} lacks {', '.join(lacking)} (prepare again)")
+    for split in doc["splits"].values():
+        for s in split.get("shards", []):
+            # a manifest travels between users: its names must be plain files in this folder (never
+            # "pipe:cmd", "../x" or a URL, which a tar opener might run or follow)
+            name = str(s.get("name", ""))
+            if not SHARD_NAME.fullmatch(name):
+                raise DatasetError(f"{path}: shard name {name[:80]!r} is not a plain file name in {root} "
+                                   "(letters, digits, '.', '_', '-', ending in .tar)")
     return Manifest(root, doc, hashlib.sha256(raw).hexdigest()[:16])
 
 
@@ -212,9 +234,9 @@ def _ustar_members(f: Any, want: Any) -> Iterator[tuple[str, bytes | None]]:
             yield name, None
 
 
-def _tarfile_members(f: Any, local: bool, want: Any) -> Iterator[tuple[str, bytes | None]]:
-    """The same from Python's tarfile: any tar format, and streams (non-seekable URLs)."""
-    tf = tarfile.open(fileobj=f, mode="r:" if local else "r|")
+def _tarfile_members(f: Any, want: Any) -> Iterator[tuple[str, bytes | None]]:
+    """The same from Python's tarfile: any tar format (pax, GNU)."""
+    tf = tarfile.open(fileobj=f, mode="r:")
     for info in tf:
         if info.isreg():
             if want(info.name):
@@ -223,20 +245,16 @@ def _tarfile_members(f: Any, local: bool, want: Any) -> Iterator[tuple[str, byte
                 yield info.name, fobj.read()
             else:
                 yield info.name, None
-        if not local:
-            tf.members = []  # a stream: do not keep every header (as webdataset does)
 
 
 def read_shard(path: str, skip: int, count: int, on_error: str) -> Iterator[dict[str, Any] | Hole]:
     """Samples skip .. skip+count-1 of a tar shard as {"__key__", field: bytes}, in file order.
 
-    Members are grouped by key from their headers; a local file is opened seekable, so skipped samples
+    Members are grouped by key from their headers; the file is opened seekable, so skipped samples
     cost only their headers (their data is seeked over). Plain USTAR (what `ltbench prepare` writes) is
     parsed by hand, anything else by tarfile. A truncated or unreadable tar raises a DatasetError naming
     the shard and the last intact key; with on_error=skip it yields one Hole per sample it could not reach.
     """
-    import webdataset as wds
-
     produced, k, last_good = 0, -1, None
     current: dict[str, Any] | None = None
 
@@ -246,10 +264,7 @@ def read_shard(path: str, skip: int, count: int, on_error: str) -> Iterator[dict
         new_sample = current is None or _split_name(name)[0] != current["__key__"]
         return k + new_sample >= skip
 
-    def members(f: Any, local: bool) -> Iterator[tuple[str, bytes | None]]:
-        if not local:
-            yield from _tarfile_members(f, False, want)
-            return
+    def members(f: Any) -> Iterator[tuple[str, bytes | None]]:
         start, seen = f.tell(), 0
         try:
             for m in _ustar_members(f, want):
@@ -258,14 +273,14 @@ def read_shard(path: str, skip: int, count: int, on_error: str) -> Iterator[dict
         except _NotPlainUstar:
             # restart with tarfile, passing over the members already seen
             f.seek(start)
-            for i, m in enumerate(_tarfile_members(f, True, want)):
+            for i, m in enumerate(_tarfile_members(f, want)):
                 if i >= seen:
                     yield m
 
     try:
-        local = os.path.isfile(path)
-        with (open(path, "rb") if local else wds.gopen(path, "rb")) as f:
-            for name, data in members(f, local):
+        # a local file only: never an opener that interprets the name (webdataset's gopen runs "pipe:...")
+        with open(path, "rb") as f:
+            for name, data in members(f):
                 key, ext = _split_name(name)
                 if current is None or key != current["__key__"]:
                     if current is not None and k >= skip:

@@ -90,9 +90,27 @@ def load_fashion_mnist(root: str | None = None) -> RawData:
 
 # --- CIFAR-10 / CIFAR-100 ---------------------------------------------------------------------
 
+class _CifarUnpickler(pickle.Unpickler):
+    """pickle.Unpickler that builds only what the CIFAR archives hold: dicts, lists, bytes, numbers and numpy
+    arrays. A pickle can name any callable (os.system, ...) and have it called on load; an archive from the
+    internet or a shared disk must not run code, so every other global is refused."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"global '{module}.{name}' is not allowed in a CIFAR archive")
+        return super().find_class(module, name)
+
+
 def _unpickle(blob: bytes, where: str) -> dict:
+    import io
+
     try:
-        return pickle.loads(blob, encoding="bytes")
+        return _CifarUnpickler(io.BytesIO(blob), encoding="bytes").load()
     except Exception as e:  # pickle raises many types on corrupt input
         raise DatasetError(f"{where}: not a readable CIFAR pickle ({type(e).__name__}: {e})") from None
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,18 @@ def load(path: Path) -> dict[str, Any]:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({msg}); move it away to restart "
                               "this run from scratch") from None
+
+
+@contextlib.contextmanager
+def fitting(path: Path) -> Iterator[None]:
+    """Restoring a checkpoint into this run's model / optimizer / state: a file of another architecture or
+    without the expected entries is one line naming it (torch's mismatch report runs to dozens of lines)."""
+    try:
+        yield
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(f"checkpoint {path} does not fit this run ({type(e).__name__}: {first[:200]}); "
+                              "move it away to restart this run from scratch") from None
 
 
 def rng_state() -> dict[str, Any]:

@@ -19,7 +19,7 @@ from bench.config import Config, ConfigError
 from bench.data.lt import LTData, build_lt_data
 from bench.evaluation import EvalOutput, evaluate_batches
 from bench.metrics import group_metrics, per_class_accuracy, shot_groups
-from bench.rundir import RunDir
+from bench.rundir import RunDir, check_owner
 from bench.tracking import Tracker
 from bench.train import checkpoint as ckpt
 from bench.train.optim import effective_lr
@@ -100,7 +100,10 @@ def select_reported(cfg: Config, run: RunDir, best_epoch: int | None, epochs: in
     if cfg.eval.select == "best" and best_epoch != epochs:
         last_metrics = evaluator("test")
         dist.barrier()  # best.pt is written by rank 0
-        model.load_state_dict(ckpt.load(run.best_ckpt)["model"])
+        saved = ckpt.load(run.best_ckpt)
+        check_owner(run.best_ckpt, saved.get("config_hash"), cfg.run_hash())
+        with ckpt.fitting(run.best_ckpt):
+            model.load_state_dict(saved["model"])
         return best_epoch, last_metrics
     return epochs, None
 
@@ -168,7 +171,7 @@ def finish(cfg: Config, run: RunDir, data: LTData, evaluator: Evaluator, head: t
     test_metrics, test_per_class, out = evaluator.run("test", keep_features=True)
     val_metrics = evaluator("val") if data.val is not None else None
     if dist.is_main():
-        ckpt.save_atomic({"model": state_module.state_dict()}, run.final_ckpt)
+        ckpt.save_atomic({"model": state_module.state_dict(), "config_hash": cfg.run_hash()}, run.final_ckpt)
     result = {
         "status": "complete",
         "name": cfg.name,

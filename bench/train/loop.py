@@ -21,7 +21,7 @@ from bench.data.cards import DatasetError
 from bench.data.shards import ShardLoader
 from bench.methods.losses import LossFn
 from bench.progress import Progress, log
-from bench.rundir import RunDir
+from bench.rundir import RunDir, check_owner
 from bench.tracking import Tracker
 from bench.train import checkpoint as ckpt
 
@@ -118,17 +118,20 @@ def fit(parts: Parts, run: RunDir, epochs: int, selection_split: str, device: to
     scaler = torch.amp.GradScaler(device.type, enabled=p.amp == "fp16")
     if run.last_ckpt.is_file():
         saved = ckpt.load(run.last_ckpt)
+        if run.config_hash is not None:
+            check_owner(run.last_ckpt, saved.get("config_hash"), run.config_hash)
         if saved.get("data_layout") not in (None, layout):   # None: written before layouts were recorded
             # The data order depends on the layout: resuming with another would repeat or skip samples.
             raise DatasetError(f"{run.last_ckpt} was written with data layout {saved.get('data_layout')}, this "
                                f"run has {layout}; resume with the same world size / data.streams / batch size")
-        p.state_module.load_state_dict(saved["model"])
-        p.optimizer.load_state_dict(saved["optimizer"])
-        p.scheduler.load_state_dict(saved["scheduler"])
-        if "scaler" in saved:
-            scaler.load_state_dict(saved["scaler"])
-        ckpt.set_rng_state(saved["rng_ranks"][rank] if "rng_ranks" in saved else saved["rng"])
-        state = TrainState(**saved["state"])
+        with ckpt.fitting(run.last_ckpt):
+            p.state_module.load_state_dict(saved["model"])
+            p.optimizer.load_state_dict(saved["optimizer"])
+            p.scheduler.load_state_dict(saved["scheduler"])
+            if "scaler" in saved:
+                scaler.load_state_dict(saved["scaler"])
+            ckpt.set_rng_state(saved["rng_ranks"][rank] if "rng_ranks" in saved else saved["rng"])
+            state = TrainState(**saved["state"])
         if dist.is_main():
             run.write_metrics(state.history)
         log(f"resuming {run.path} at epoch {state.epoch + 1}, step {state.step}")
@@ -144,8 +147,8 @@ def fit(parts: Parts, run: RunDir, epochs: int, selection_split: str, device: to
         if dist.is_main():
             ckpt.save_atomic({"model": p.state_module.state_dict(), "optimizer": p.optimizer.state_dict(),
                               "scheduler": p.scheduler.state_dict(), "rng": rngs[0], "rng_ranks": rngs,
-                              "scaler": scaler.state_dict(), "state": state.__dict__, "data_layout": layout},
-                             run.last_ckpt)
+                              "scaler": scaler.state_dict(), "state": state.__dict__, "data_layout": layout,
+                              "config_hash": run.config_hash}, run.last_ckpt)
 
     def add_sums(sums: torch.Tensor) -> None:
         """Fold this stretch's loss / correct / seen sums (all ranks) into the checkpointed state."""
@@ -228,7 +231,8 @@ def fit(parts: Parts, run: RunDir, epochs: int, selection_split: str, device: to
         if sel["all"] > state.best_metric:
             state.best_metric, state.best_epoch = sel["all"], epoch + 1
             if dist.is_main():
-                ckpt.save_atomic({"model": p.state_module.state_dict(), "epoch": epoch + 1}, run.best_ckpt)
+                ckpt.save_atomic({"model": p.state_module.state_dict(), "epoch": epoch + 1,
+                                  "config_hash": run.config_hash}, run.best_ckpt)
         state.epoch, state.step, state.loss_sum, state.correct_sum, state.seen = epoch + 1, 0, 0.0, 0, 0
         save_last()
         if dist.is_main():

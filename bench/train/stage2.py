@@ -27,7 +27,7 @@ from bench.methods.posthoc import (choose_tau, class_prior, logit_adjust_additiv
                                    tau_normalize)
 from bench.models.parts import encode, head_of
 from bench.progress import log
-from bench.rundir import RunDir
+from bench.rundir import RunDir, check_owner
 from bench.tracking import Tracker
 from bench.train import checkpoint as ckpt
 from bench.train.common import Evaluator, finish, padded, run_info, select_reported, setup
@@ -47,7 +47,10 @@ def parent_run(cfg: Config, runs_root: str | Path, base: Path = Path(".")) -> Ru
     if not run.is_complete() or not run.final_ckpt.is_file():
         raise ConfigError(f"{cfg.stage} needs its parent run {run.path} to be complete (no result.json / "
                           f"final.pt yet): finish it with `ltbench run {cfg.parent} seed={cfg.seed}`")
-    kind = (json.loads(run.result_file.read_text()).get("posthoc") or {}).get("kind", "")
+    result = json.loads(run.result_file.read_text())
+    if cfg.parent_hash is not None:   # the parent's files must be the run this config was resolved against
+        check_owner(run.result_file, result.get("config_hash"), cfg.parent_hash, "parent config")
+    kind = (result.get("posthoc") or {}).get("kind", "")
     if kind.startswith("la_"):
         raise ConfigError(f"config key 'parent': {run.path} is a logit-adjustment run; its final.pt holds the "
                           "unadjusted classifier, so start from its own parent instead")
@@ -56,7 +59,11 @@ def parent_run(cfg: Config, runs_root: str | Path, base: Path = Path(".")) -> Ru
 
 def load_parent_model(cfg: Config, data: LTData, parent: RunDir, device: torch.device) -> torch.nn.Module:
     model = make_model(cfg, data)
-    model.load_state_dict(ckpt.load(parent.final_ckpt)["model"])
+    saved = ckpt.load(parent.final_ckpt)
+    if cfg.parent_hash is not None:
+        check_owner(parent.final_ckpt, saved.get("config_hash"), cfg.parent_hash, "parent config")
+    with ckpt.fitting(parent.final_ckpt):
+        model.load_state_dict(saved["model"])
     return model.to(device)
 
 

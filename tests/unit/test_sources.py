@@ -128,3 +128,29 @@ def test_real_fashion_mnist_lt_if100():
     assert data.train.x.shape[1:] == (1, 32, 32)
     assert np.isclose(float(data.train.x[:, :, 2:30, 2:30].float().mean()) / 255, 0.2860, atol=0.03)
     assert data.selection_hash == build_lt_data(cfg.data).selection_hash
+
+
+@pytest.mark.parametrize("protocol", [2, 5])
+def test_cifar_arrays_of_any_pickle_protocol_load(tmp_path, protocol):
+    # the real archives are protocol-2 pickles of Python 2's numpy; the restricted unpickler takes both forms
+    write_fake_cifar(tmp_path, 10)
+    folder = tmp_path / "cifar-10-batches-py"
+    entry = pickle.loads((folder / "data_batch_2").read_bytes())
+    (folder / "data_batch_2").write_bytes(pickle.dumps(entry, protocol=protocol))
+    assert load_cifar(10, str(tmp_path)).train_x.shape == (100, 32, 32, 3)
+
+
+def test_a_crafted_cifar_pickle_runs_no_code(tmp_path):
+    import os
+
+    write_fake_cifar(tmp_path, 10)
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    (tmp_path / "cifar-10-batches-py" / "data_batch_2").write_bytes(pickle.dumps({b"data": Payload()}))
+    with pytest.raises(DatasetError, match="data_batch_2: not a readable CIFAR pickle .*is not allowed in a CIFAR archive"):
+        load_cifar(10, str(tmp_path))
+    assert not marker.exists()

@@ -75,3 +75,21 @@ def _npy(a: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, a)
     return buf.getvalue()
+
+
+@pytest.mark.parametrize("name", ["pipe:touch ran", "../outside.tar", "/abs/x.tar", "sub/x.tar", "http://h/x.tar",
+                                  ".hidden.tar", "x.tar.gz"])
+def test_a_manifest_names_only_plain_shard_files(tmp_path, name):
+    import json
+
+    from bench.data.cards import DatasetError
+    from bench.data.shards import FORMAT, load_manifest
+
+    shard = {"samples": 1, "bytes": 1024, "sha256": "0", "labels": [0]}
+    doc = {"format": FORMAT, "dataset": "synthetic", "num_classes": 1, "class_names": ["a"], "channels": 3,
+           "selection": {}, "splits": {"train": {"num_samples": 2, "class_counts": [2], "shards": [
+               {"name": "train-000000.tar", **shard}, {"name": name, **shard}]}}}
+    (tmp_path / "manifest.json").write_text(json.dumps(doc))
+    with pytest.raises(DatasetError, match="is not a plain file name"):
+        load_manifest(tmp_path)
+    assert not (tmp_path / "ran").exists()
