@@ -2,7 +2,8 @@
 
 A step is: features h = encoder(x); logits = head(h); loss = loss(logits, y) + sum of regularizers(h);
 SGD step; scheduler step; constraints after the step (MaxNorm, cadence step). After each epoch:
-constraints with cadence epoch, evaluation of the selection split, best/last checkpoints.
+constraints with cadence epoch, evaluation of the selection split, best/last checkpoints, and a
+metrics.jsonl row whose `lr` is the lr the epoch's first step ran with (`lr_last`: its last step's).
 """
 
 from __future__ import annotations
@@ -99,6 +100,7 @@ class TrainState:
     history: list[dict[str, Any]] = field(default_factory=list)
     data_skipped: int = 0              # shards with data.on_error=skip: unreadable samples dropped so far
     data_skipped_examples: list[str] = field(default_factory=list)
+    epoch_lr: float | None = None      # the lr of the current epoch's first step (kept for a mid-epoch resume)
 
 
 def fit(parts: Parts, run: RunDir, epochs: int, selection_split: str, device: torch.device,
@@ -164,7 +166,11 @@ def fit(parts: Parts, run: RunDir, epochs: int, selection_split: str, device: to
         # loss, correct, seen: summed on the device inside the epoch, no per-step host synchronisation
         sums = torch.zeros(3, dtype=torch.float64, device=device)
         bar = Progress(steps, f"epoch {epoch + 1}/{epochs}", progress if dist.is_main() else "off", start=start_step)
+        lr = p.optimizer.param_groups[0]["lr"]
         for x, y in p.loader.epoch(epoch, start_step):
+            lr = p.optimizer.param_groups[0]["lr"]     # this step's lr: the scheduler steps after the step
+            if state.step == 0:
+                state.epoch_lr = lr
             if len(y) == 0 and world == 1:
                 # shards with data.on_error=skip: every sample of this batch was unreadable; the step
                 # still counts so the schedule and the position stay those of the planned epoch
@@ -214,7 +220,9 @@ def fit(parts: Parts, run: RunDir, epochs: int, selection_split: str, device: to
 
         # End of epoch: evaluate the selection split, remember the best epoch, checkpoint.
         sel = p.evaluate(selection_split)
-        row = {"epoch": epoch + 1, "lr": p.optimizer.param_groups[0]["lr"],
+        # The lr the epoch ran with, read before its steps: after them the scheduler already holds the
+        # next epoch's value. Per-step schedules (and warm-up) change it inside the epoch: lr_last too.
+        row = {"epoch": epoch + 1, "lr": state.epoch_lr if state.epoch_lr is not None else lr, "lr_last": lr,
                "train_loss": state.loss_sum / max(1, state.seen),
                "train_acc": 100.0 * state.correct_sum / max(1, state.seen),
                selection_split: sel, "epoch_time_s": round(time.time() - t_epoch, 2),
