@@ -103,6 +103,7 @@ class LossConfig:
         "(BCE on softmax, per-sample weight); focal; ldam; logit_adjusted (Menon et al.); balanced_softmax")
     label_smoothing: float = _f(0.0, "cross-entropy label smoothing (ce only)", ge=0, le=1)
     cb_beta: float = _f(0.9999, "effective-number beta of the class-balanced weights w_c = (1-beta)/(1-beta^n_c), normalised to sum C", ge=0, le=1)
+    cb_normalizer: Literal["batch", "weights"] = _f("batch", "what a class-weighted loss (cb_ce, or any loss under drw_epoch) divides sum_i w_{y_i} l_i by: batch = the batch size B (the HS code's weighted CE: per-sample w_{y_i} CE_i, then the plain batch mean); weights = sum_i w_{y_i} (PyTorch's weight= semantics, as in the LDAM-DRW code; scales the gradient by 1/mean w_y, ~4.9x on CIFAR-100-LT IF 100); cb_bce_softmax divides by B*C (WB code) and takes batch only")
     focal_gamma: float = _f(1.0, "focal loss gamma", ge=0)
     ldam_max_margin: float = _f(0.5, "LDAM largest margin (the rarest class); margins proportional to n_c^(-1/4)", gt=0)
     ldam_scale: float = _f(30.0, "LDAM logit scale s", gt=0)
@@ -402,7 +403,8 @@ PROTOCOLS: dict[str, dict[str, dict[str, Any]]] = {
                    "train.schedule_unit": "epoch", "train.schedule_step_at_epoch_start": True},
         # CB in the reference BCE-on-softmax form, MaxNorm once per epoch, BN in train mode, crop+flip kept
         "stage2": {"eval.selection_split": "test", "eval.select": "best", "eval.tta_flip": True,
-                   "stage2.train.loss.name": "cb_bce_softmax", "stage2.maxnorm_cadence": "epoch",
+                   "stage2.train.loss.name": "cb_bce_softmax", "stage2.train.loss.cb_normalizer": "batch",
+                   "stage2.maxnorm_cadence": "epoch",
                    "stage2.bn_mode": "train", "stage2.augment": "crop_flip",
                    "stage2.train.schedule_unit": "epoch", "stage2.train.schedule_step_at_epoch_start": True},
         "posthoc": {"eval.selection_split": "test", "eval.tta_flip": True},
@@ -603,6 +605,10 @@ def resolve(cfg: Config, check_files: bool = True) -> Config:
     if cfg.train.wd_in_loss > 0 and cfg.train.weight_decay > 0:
         raise ConfigError(f"config key 'train.wd_in_loss': {cfg.train.wd_in_loss} with train.weight_decay = "
                           f"{cfg.train.weight_decay} decays twice (HS: set train.weight_decay=0)")
+    for key, loss in (("train.loss", cfg.train.loss), ("stage2.train.loss", cfg.stage2.train.loss)):
+        if loss.name == "cb_bce_softmax" and loss.cb_normalizer != "batch":
+            raise ConfigError(f"config key '{key}.cb_normalizer': {loss.cb_normalizer} does not apply to cb_bce_softmax, "
+                              "which averages over all B*C entries as the WB code does (use batch)")
     if cfg.runtime.cudnn_benchmark and cfg.runtime.deterministic:
         raise ConfigError("config key 'runtime.cudnn_benchmark': true picks algorithms by timing, which "
                           "runtime.deterministic=true forbids; set runtime.deterministic=false")

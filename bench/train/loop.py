@@ -103,14 +103,25 @@ class TrainState:
     epoch_lr: float | None = None      # the lr of the current epoch's first step (kept for a mid-epoch resume)
 
 
+def rank_shares(normalizer: torch.Tensor, n: int, world: int) -> torch.Tensor:
+    """(loss share, count share) of this rank, times the world size, in one all-reduce.
+
+    The loss divides by its normalizer (a count, or sum_i w_{y_i}); the regularisers are batch means
+    (feature regularisation) or parameter terms (WD in the loss), whose exact share is the sample count.
+    Weighting each by its share makes DDP's gradient average that of the global batch's objective.
+    """
+    local = torch.stack([normalizer, torch.full((), float(n), dtype=torch.float64, device=normalizer.device)])
+    return local * world / dist.all_reduce_sum(local.clone()).clamp_min(1e-12)
+
+
 def fit(parts: Parts, run: RunDir, epochs: int, selection_split: str, device: torch.device,
         checkpoint_every: int = 0, progress: str = "auto", tracker: Tracker | None = None) -> TrainState:
     """Train for `epochs`, resuming from run.last_ckpt when present. Returns the final state.
 
     Under DDP every rank runs this with its slice of each global batch; its loss is weighted by its
-    share of the global normalizer (W * n_r / N, or with class weights W * sum_r w_y / sum w_y), so
-    DDP's gradient average is the gradient of the global batch's loss, as in one process. Only rank
-    0 writes files.
+    share of the global normalizer (W * n_r / N, or with cb_normalizer=weights W * sum_r w_y / sum w_y)
+    and its regularisers by its share of the samples, so DDP's gradient average is the gradient of the
+    global batch's objective, as in one process. Only rank 0 writes files.
     """
     p = parts
     state = TrainState()
@@ -182,21 +193,20 @@ def fit(parts: Parts, run: RunDir, epochs: int, selection_split: str, device: to
             p.optimizer.zero_grad(set_to_none=True)
             if len(y) == 0:
                 # this rank has no sample in this step: a zero loss still joins DDP's gradient all-reduce
-                loss = sum((q * 0).sum() for q in trained)
+                data_loss = reg = sum((q * 0).sum() for q in trained)
                 logits = None
             else:
                 with torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext():
                     h, logits = p.forward(x)
-                    loss = p.loss(logits, y)
-                    for reg in p.regularizers:
-                        loss = loss + reg(h)
+                    data_loss = p.loss(logits, y)
+                    reg = sum(r(h) for r in p.regularizers)
+            loss = data_loss + reg
             if world > 1:
-                # this rank's share of the global batch's normalizer (the count, or sum of class weights)
-                z = p.loss.normalizer(y)
-                weight = (z * world / dist.all_reduce_sum(z.clone()).clamp_min(1e-12)).to(loss.dtype)
+                share = rank_shares(p.loss.normalizer(y), len(y), world).to(loss.dtype)
+                objective = data_loss * share[0] + reg * share[1]
             else:
-                weight = 1.0
-            scaler.scale(loss * weight).backward()
+                objective = loss
+            scaler.scale(objective).backward()
             scaler.step(p.optimizer)
             scaler.update()
             p.scheduler.step()

@@ -147,3 +147,14 @@ def test_auto_workers_by_cores_per_process():
     assert auto_workers(16, 6) == 6 and auto_workers(10, 6) == 3
     # GPU training: every core but the one feeding the device decodes
     assert [auto_workers(c, 16, gpu=True) for c in (1, 2, 4, 16, 17, 64)] == [1, 1, 2, 8, 16, 16]
+
+
+def test_cb_normalizer_is_named_and_checked():
+    cfg = load_config(None, [])
+    assert cfg.train.loss.cb_normalizer == "batch" and cfg.stage2.train.loss.cb_normalizer == "batch"
+    assert load_config(None, ["stage2.train.loss.cb_normalizer=weights"]).stage2.train.loss.cb_normalizer == "weights"
+    with pytest.raises(ConfigError, match="config key 'stage2.train.loss.cb_normalizer': weights does not apply to "
+                                          "cb_bce_softmax"):
+        load_config(None, ["stage2.train.loss.name=cb_bce_softmax", "stage2.train.loss.cb_normalizer=weights"])
+    with pytest.raises(ConfigError, match="config key 'train.loss.cb_normalizer': expected one of 'batch', 'weights'"):
+        load_config(None, ["train.loss.cb_normalizer=sum"])
