@@ -66,6 +66,8 @@ class DataConfig:
     augment: Literal["crop_flip", "flip", "rrc_flip", "none"] = _f("crop_flip", "training augmentation: random crop with zero padding + horizontal flip (WB/CIFAR standard), flip only, RandomResizedCrop(image_size, scale 0.08-1, ratio 3/4-4/3) + flip (ImageNet standard), or none")
     crop_padding: int = _f(4, "zero padding of the random crop, pixels", ge=0)
     pad_to: int | None = _f(None, "zero-pad images to this size first (e.g. 32 for 28x28 Fashion-MNIST, as the measured reference run did); None = native size", ge=1)
+    mean: list[float] | None = _f(None, "per-channel input mean of the normalisation (x/255 - mean) / std (one value = every channel); None = card (the dataset's true statistics); wb-reference / hs-reference set the reference codes' CIFAR-100 values (0.4914, 0.4822, 0.4465)")
+    std: list[float] | None = _f(None, "per-channel input std of the normalisation, > 0; None = card; wb-reference / hs-reference set the reference codes' CIFAR-100 values (0.2023, 0.1994, 0.2010), the commonly copied CIFAR-10 numbers")
     image_size: int | None = _f(None, "shard datasets with large images: training crop and evaluation centre-crop size; None = card (224)", ge=1)
     eval_resize: int | None = _f(None, "shard datasets with large images: shorter side resized to this before the evaluation centre crop; None = card (256)", ge=1)
     streams: int = _f(4, "shards: interleaved shuffled streams per rank; fixes the data order whatever runtime.workers is (workers must divide it)", ge=1)
@@ -103,6 +105,7 @@ class LossConfig:
         "(BCE on softmax, per-sample weight); focal; ldam; logit_adjusted (Menon et al.); balanced_softmax")
     label_smoothing: float = _f(0.0, "cross-entropy label smoothing (ce only)", ge=0, le=1)
     cb_beta: float = _f(0.9999, "effective-number beta of the class-balanced weights w_c = (1-beta)/(1-beta^n_c), normalised to sum C", ge=0, le=1)
+    cb_normalizer: Literal["batch", "weights"] = _f("batch", "what a class-weighted loss (cb_ce, or any loss under drw_epoch) divides sum_i w_{y_i} l_i by: batch = the batch size B (the HS code's weighted CE: per-sample w_{y_i} CE_i, then the plain batch mean); weights = sum_i w_{y_i} (PyTorch's weight= semantics, as in the LDAM-DRW code; scales the gradient by 1/mean w_y, ~4.9x on CIFAR-100-LT IF 100); cb_bce_softmax divides by B*C (WB code) and takes batch only")
     focal_gamma: float = _f(1.0, "focal loss gamma", ge=0)
     ldam_max_margin: float = _f(0.5, "LDAM largest margin (the rarest class); margins proportional to n_c^(-1/4)", gt=0)
     ldam_scale: float = _f(30.0, "LDAM logit scale s", gt=0)
@@ -169,8 +172,9 @@ class EvalConfig:
     """Evaluation and model selection."""
 
     selection_split: Literal["val", "test"] = _f("val", "split evaluated every epoch and used to pick the best epoch; 'test' is the WB CIFAR protocol (peeks at test)")
-    select: Literal["best", "last"] = _f("last", "report test metrics of the best epoch on the selection split, or of the last epoch")
-    tta_flip: bool = _f(False, "average logits of x and its horizontal flip (WB reports with it, HS without)")
+    select: Literal["best", "last"] = _f("last", "report test metrics of the best epoch on the selection split (highest 'all' = top-1 over its images; on a balanced val split this is the mean per-class accuracy HS selects by), or of the last epoch")
+    tta_flip: bool = _f(False, "reported metrics (test and val in result.json): average the logits of x and its horizontal flip (the WB code reports with it, HS without)")
+    select_tta_flip: bool = _f(False, "the same flip TTA for selection: the per-epoch evaluation of the selection split (best epoch, metrics.jsonl) and the post-hoc tau search (the WB code selects on plain logits)")
     batch_size: int = _f(500, "evaluation batch size", ge=1)
     analysis_each_epoch: bool = _f(False, "also log weight norms, FDR and feature cosine of the selection split after every epoch (metrics.jsonl)")
 
@@ -211,9 +215,10 @@ class Config:
 
     name: str = _f("default", "experiment name; runs go to <runs-root>/<name>/<method>-seed<seed>-<hash>")
     method: str = _f("ce", "method label used in tables (e.g. naive, wd, wb)")
-    protocol: Literal["custom", "clean", "wb-reference"] = _f(
+    protocol: Literal["custom", "clean", "wb-reference", "hs-reference"] = _f(
         "custom", "named protocol whose settings the config must follow (see PROTOCOLS): clean = select on a held-out "
-        "validation split, never peek at test; wb-reference = the WB code's CIFAR protocol; custom = no constraint")
+        "validation split, never peek at test; wb-reference = the WB code's CIFAR protocol; hs-reference = the HS "
+        "code's; custom = no constraint")
     seed: int = _f(0, "seed of weight init, data order and augmentation")
     stage: Literal["stage1", "stage2", "posthoc"] = _f("stage1", "stage1: train a model; stage2: retrain the classifier of `parent`; posthoc: adjust `parent` without training")
     parent: str | None = _f(None, "stage2/posthoc: the run they start from: its run directory, or its experiment YAML (found under the same runs root, same seed)")
@@ -390,23 +395,58 @@ LOCATION_KEYS = ("root", "shards")        # ...except where its data lives now, 
 # values, and setting one of them to something else is an error: the label cannot lie.
 PROTOCOLS: dict[str, dict[str, dict[str, Any]]] = {
     "clean": {
-        "stage1": {"eval.selection_split": "val", "eval.tta_flip": False},
-        "stage2": {"eval.selection_split": "val", "eval.tta_flip": False},
-        "posthoc": {"eval.selection_split": "val", "eval.tta_flip": False},
+        "stage1": {"eval.selection_split": "val", "eval.tta_flip": False, "eval.select_tta_flip": False},
+        "stage2": {"eval.selection_split": "val", "eval.tta_flip": False, "eval.select_tta_flip": False},
+        "posthoc": {"eval.selection_split": "val", "eval.tta_flip": False, "eval.select_tta_flip": False},
     },
     "wb-reference": {
-        # first-n images, no val split, best epoch on TEST, flip TTA, scheduler stepped before each epoch
+        # WB code (Alshammari et al. 2022, ShadeAlsha/LTR-weight-balancing): first-n images, no val split, best
+        # epoch on TEST picked on plain logits, reported with flip TTA, scheduler stepped before each epoch
         "stage1": {"data.selection": "first", "data.profile": "exp", "data.rounding": "floor", "data.n_max": None,
                    "data.val_per_class": 0, "eval.selection_split": "test",
-                   "eval.select": "best", "eval.tta_flip": True, "train.wd_scope": "all",
+                   "eval.select": "best", "eval.tta_flip": True, "eval.select_tta_flip": False,
+                   "train.wd_scope": "all",
                    "train.schedule_unit": "epoch", "train.schedule_step_at_epoch_start": True},
-        # CB in the reference BCE-on-softmax form, MaxNorm once per epoch, BN in train mode, crop+flip kept
+        # CB in the reference BCE-on-softmax form (a mean over B*C entries), MaxNorm once per epoch, BN in
+        # train mode, crop+flip kept
         "stage2": {"eval.selection_split": "test", "eval.select": "best", "eval.tta_flip": True,
-                   "stage2.train.loss.name": "cb_bce_softmax", "stage2.maxnorm_cadence": "epoch",
-                   "stage2.bn_mode": "train", "stage2.augment": "crop_flip",
+                   "eval.select_tta_flip": False,
+                   "stage2.train.loss.name": "cb_bce_softmax", "stage2.train.loss.cb_normalizer": "batch",
+                   "stage2.maxnorm_cadence": "epoch", "stage2.bn_mode": "train", "stage2.augment": "crop_flip",
                    "stage2.train.schedule_unit": "epoch", "stage2.train.schedule_step_at_epoch_start": True},
-        "posthoc": {"eval.selection_split": "test", "eval.tta_flip": True},
+        "posthoc": {"eval.selection_split": "test", "eval.tta_flip": True, "eval.select_tta_flip": False},
     },
+    "hs-reference": {
+        # HS code (Hasegawa & Sato 2024, HN410/Exploring-Weight-Balancing-on-Long-Tailed-Recognition-Problem):
+        # n_max = pool - 20 with round(), the next 20 images of each class as validation; SGD momentum 0.9 with
+        # no weight_decay (WD is a loss term, train.wd_in_loss, over every trained parameter); CosineAnnealingLR
+        # stepped before each epoch; the best epoch by mean per-class accuracy on val; no TTA. lr, the WD and FR
+        # lambdas and the epochs come from the paper per dataset: the configs set them.
+        "stage1": {"data.selection": "first", "data.rounding": "round", "data.n_max": None,
+                   "data.val_per_class": 20, "eval.selection_split": "val", "eval.select": "best",
+                   "eval.tta_flip": False, "eval.select_tta_flip": False,
+                   "train.weight_decay": 0.0, "train.momentum": 0.9, "train.nesterov": False,
+                   "train.schedule": "cosine", "train.schedule_unit": "epoch",
+                   "train.schedule_step_at_epoch_start": True, "train.warmup_epochs": 0},
+        # its stage 2 (second.py with training): CB "softmax" = per-sample weighted CE over the batch mean,
+        # MaxNorm once per epoch, the same scheduler and selection
+        "stage2": {"eval.selection_split": "val", "eval.select": "best", "eval.tta_flip": False,
+                   "eval.select_tta_flip": False, "stage2.train.loss.cb_normalizer": "batch",
+                   "stage2.maxnorm_cadence": "epoch", "stage2.train.momentum": 0.9,
+                   "stage2.train.schedule_unit": "epoch", "stage2.train.schedule_step_at_epoch_start": True},
+        # the multiplicative LA (posthoc la_mult) is fitted on the parent's reported model: its best epoch on val
+        "posthoc": {"eval.selection_split": "val", "eval.tta_flip": False, "eval.select_tta_flip": False},
+    },
+}
+
+# Input statistics a reference code hard-codes per dataset (data.mean / data.std, stage 1; children inherit
+# them). Both codes normalise CIFAR-100 with the commonly copied CIFAR-10 numbers, not CIFAR-100's own; the
+# HS code normalises CIFAR-10 with CIFAR-10's true statistics (= the card); the WB code has no CIFAR-10.
+CIFAR10_COPIED_STATS = ([0.4914, 0.4822, 0.4465], [0.2023, 0.1994, 0.2010])
+REFERENCE_STATS: dict[str, dict[str, tuple[list[float], list[float]]]] = {
+    "wb-reference": {"cifar100": CIFAR10_COPIED_STATS},
+    "hs-reference": {"cifar100": CIFAR10_COPIED_STATS,
+                     "cifar10": ([0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616])},
 }
 
 
@@ -436,7 +476,10 @@ def apply_protocol(raw: dict[str, Any]) -> dict[str, Any]:
             file_split = load_card(dataset).get("source") in FILE_SPLIT_SOURCES
         except DatasetError:
             pass  # an unknown dataset name is reported by _build
-    for key, value in PROTOCOLS[name][stage].items():
+    fixed = dict(PROTOCOLS[name][stage])
+    if stage == "stage1" and isinstance(dataset, str) and dataset in REFERENCE_STATS.get(name, {}):
+        fixed["data.mean"], fixed["data.std"] = REFERENCE_STATS[name][dataset]
+    for key, value in fixed.items():
         if file_split and key in PROFILE_KEYS:
             continue  # the dataset's split files fix its profile and val split
         path = key.split(".")
@@ -573,6 +616,7 @@ def resolve(cfg: Config, check_files: bool = True) -> Config:
             if d.n_max < 1:
                 raise ConfigError(f"config key 'data.val_per_class': {d.val_per_class} leaves no training "
                                   f"images of {d.dataset} (pool of {pool} per class)")
+    _resolve_input_stats(d, card)
     if d.image_size is None and card.get("eval_resize"):
         d.image_size = int(card["image_size"])
     if d.eval_resize is None and card.get("eval_resize"):
@@ -603,6 +647,10 @@ def resolve(cfg: Config, check_files: bool = True) -> Config:
     if cfg.train.wd_in_loss > 0 and cfg.train.weight_decay > 0:
         raise ConfigError(f"config key 'train.wd_in_loss': {cfg.train.wd_in_loss} with train.weight_decay = "
                           f"{cfg.train.weight_decay} decays twice (HS: set train.weight_decay=0)")
+    for key, loss in (("train.loss", cfg.train.loss), ("stage2.train.loss", cfg.stage2.train.loss)):
+        if loss.name == "cb_bce_softmax" and loss.cb_normalizer != "batch":
+            raise ConfigError(f"config key '{key}.cb_normalizer': {loss.cb_normalizer} does not apply to cb_bce_softmax, "
+                              "which averages over all B*C entries as the WB code does (use batch)")
     if cfg.runtime.cudnn_benchmark and cfg.runtime.deterministic:
         raise ConfigError("config key 'runtime.cudnn_benchmark': true picks algorithms by timing, which "
                           "runtime.deterministic=true forbids; set runtime.deterministic=false")
@@ -628,6 +676,21 @@ def _expand_path(key: str, value: str | None) -> str | None:
         raise ConfigError(f"config key '{key}': {value} uses the unset environment variable {unset[0] if unset else '?'}"
                           " (export it, or give the path)")
     return out
+
+
+def _resolve_input_stats(d: DataConfig, card: dict[str, Any]) -> None:
+    """data.mean / data.std: the card's statistics unless set; one value per channel (or one for all), std > 0."""
+    channels = d.synthetic.channels if d.dataset == "synthetic" else int(card["channels"])
+    d.mean = list(card["mean"]) if d.mean is None else d.mean
+    d.std = list(card["std"]) if d.std is None else d.std
+    for key, values in (("data.mean", d.mean), ("data.std", d.std)):
+        if len(values) not in (1, channels):
+            raise ConfigError(f"config key '{key}': {len(values)} values for the {channels} channels of "
+                              f"{d.dataset} (give one per channel, or one for all)")
+    if len(d.mean) != len(d.std):
+        raise ConfigError(f"config key 'data.std': {len(d.std)} values, but data.mean has {len(d.mean)}")
+    if min(d.std) <= 0:
+        raise ConfigError(f"config key 'data.std': {d.std} must be > 0 in every channel")
 
 
 def _resolve_file_split(d: DataConfig, card: dict[str, Any]) -> None:

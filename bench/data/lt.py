@@ -134,6 +134,12 @@ def _to_split(x: np.ndarray, y: np.ndarray, pad_to: int | None) -> Split:
     return Split(t.contiguous(), torch.from_numpy(np.ascontiguousarray(y)))
 
 
+def input_stats(cfg: DataConfig, mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The normalisation statistics: data.mean / data.std when set (a reference protocol may pin the
+    reference code's values, resolved configs always hold them), else the dataset's own."""
+    return (tuple(cfg.mean) if cfg.mean is not None else mean), (tuple(cfg.std) if cfg.std is not None else std)
+
+
 SELECTION_KEYS = ("imbalance_factor", "profile", "n_max", "rounding", "selection", "selection_seed", "val_per_class")
 
 
@@ -162,7 +168,7 @@ def build_shard_data(cfg: DataConfig) -> LTData:
         if s is not None:
             check_shard_files(s, cfg.on_error)
     card = load_card(cfg.dataset)
-    mean, std = tuple(card["mean"]), tuple(card["std"])
+    mean, std = input_stats(cfg, tuple(card["mean"]), tuple(card["std"]))
     if len(mean) == 1 and doc["channels"] > 1:
         mean, std = mean * doc["channels"], std * doc["channels"]
     return LTData(train=splits["train"], val=splits["val"], test=splits["test"], num_classes=doc["num_classes"],
@@ -192,6 +198,7 @@ def build_lt_data(cfg: DataConfig) -> LTData:
     raw = load_raw(cfg)
     counts, train_idx, val_idx = lt_selection(raw, cfg)
     val = _to_split(raw.train_x[val_idx], raw.train_y[val_idx], cfg.pad_to) if cfg.val_per_class else None
+    mean, std = input_stats(cfg, raw.mean, raw.std)
     return LTData(
         train=_to_split(raw.train_x[train_idx], raw.train_y[train_idx], cfg.pad_to),
         val=val,
@@ -200,8 +207,8 @@ def build_lt_data(cfg: DataConfig) -> LTData:
         class_names=raw.class_names,
         class_counts=counts,
         selection_hash=indices_hash(train_idx, val_idx),
-        mean=raw.mean,
-        std=raw.std,
+        mean=mean,
+        std=std,
         root=raw.root,
         cfg=cfg,
     )

@@ -10,8 +10,15 @@ Class weights are handled once, in the base class: a loss owns an optional per-c
   own CB weights (they are not applied twice).
 
 `set_epoch(e)` must be called at the start of every epoch for DRW to switch on (stage 1 does).
-The weighted reduction of every per-sample loss is PyTorch's weighted-CE convention
-sum_i w_{y_i} l_i / sum_i w_{y_i}; cb_bce_softmax keeps its reference form (mean over B*C entries).
+With class weights, a per-sample loss l_i is reduced as `loss.cb_normalizer` says:
+- batch: sum_i w_{y_i} l_i / B, the per-sample weighted loss then the plain batch mean. Both reference
+  codes divide by a count: the HS code's weighted CE (utils/class_balanced_loss.py, CB "softmax" mode:
+  w_{y_i} * CE_i, then .mean()) and the WB code's BCE-on-softmax form (a mean over B*C entries). It
+  keeps the class-balanced gradient on the scale of the unweighted one against weight decay.
+- weights: sum_i w_{y_i} l_i / sum_i w_{y_i}, PyTorch's F.cross_entropy(weight=) convention (the LDAM-DRW
+  code). It rescales the gradient by 1 / mean_i w_{y_i} (about 4.9x on CIFAR-100-LT IF 100 with beta
+  0.9999), a factor that also varies from batch to batch.
+cb_bce_softmax keeps its reference form (a mean over all B*C entries: a count, like batch).
 """
 
 from __future__ import annotations
@@ -62,10 +69,14 @@ class LossFn(nn.Module):
 
     class_weight: torch.Tensor | None
 
-    def __init__(self, class_weight: torch.Tensor | None = None, weight_from_epoch: int | None = None) -> None:
+    def __init__(self, class_weight: torch.Tensor | None = None, weight_from_epoch: int | None = None,
+                 normalizer: str = "batch") -> None:
         super().__init__()
+        if normalizer not in ("batch", "weights"):
+            raise ValueError(f"cb normalizer must be batch or weights, got {normalizer!r}")
         self.register_buffer("class_weight", None if class_weight is None else class_weight.clone())
         self.weight_from_epoch = weight_from_epoch if class_weight is not None else None
+        self.normalize_by = normalizer
         # Before any set_epoch call, the state of epoch 0.
         self._weight_on = self.weight_from_epoch is not None and self.weight_from_epoch <= 0
 
@@ -79,38 +90,49 @@ class LossFn(nn.Module):
 
     def normalizer(self, y: torch.Tensor) -> torch.Tensor:
         """What this loss's batch mean divides by (float64): the batch size, or sum_i w_{y_i} with class
-        weights. Under DDP each rank's loss is weighted by its share of the global normalizer."""
+        weights and normalizer=weights. Under DDP each rank's loss is weighted by its share of the global
+        normalizer, which makes the sum over ranks the loss of the global batch for either normalizer."""
         w = self.active_weight()
-        if w is None:
+        if w is None or self.normalize_by == "batch":
             # a fill kernel, not torch.tensor(...): no host-to-device copy, so no stream sync per step
             return torch.full((), float(len(y)), dtype=torch.float64, device=y.device)
         return w.to(device=y.device, dtype=torch.float64)[y].sum()
 
     def weighted_mean(self, per_sample: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Mean of per-sample losses; with class weights sum_i w_{y_i} l_i / sum_i w_{y_i} (PyTorch CE)."""
+        """Mean of per-sample losses; with class weights sum_i w_{y_i} l_i divided by B or sum_i w_{y_i}."""
         w = self.active_weight()
         if w is None:
             return per_sample.mean()
         wy = w.to(per_sample.dtype)[y]
-        return (wy * per_sample).sum() / wy.sum()
+        total = (wy * per_sample).sum()
+        return total / len(y) if self.normalize_by == "batch" else total / wy.sum()
+
+    def weighted_ce(self, logits: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+        """Cross-entropy with the active class weights (PyTorch's per-sample weighting, which also covers
+        label smoothing), summed and divided by the normalizer: B (batch) or sum_i w_{y_i} (weights)."""
+        w = self.active_weight()
+        if w is None:
+            return F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+        w = w.to(logits.dtype)
+        if self.normalize_by == "weights":
+            return F.cross_entropy(logits, y, weight=w, label_smoothing=label_smoothing)
+        return F.cross_entropy(logits, y, weight=w, reduction="sum", label_smoothing=label_smoothing) / len(y)
 
 
 class CrossEntropy(LossFn):
-    """Cross-entropy. WB stage 1 (REFERENCE.md section 1): plain CE over instance-balanced batches.
+    """Cross-entropy. WB stage 1: plain CE over instance-balanced batches.
 
-    With class weights (cb_ce, or DRW) this is F.cross_entropy(weight=w), i.e. PyTorch semantics
-    sum_i w_{y_i} l_i / sum_i w_{y_i} (a weighted mean, not a plain mean of weighted terms).
+    With class weights (cb_ce, or DRW) each sample's CE is weighted by w_{y_i}; the sum is divided by B
+    (normalizer=batch, the HS code's weighted CE) or by sum_i w_{y_i} (weights, F.cross_entropy(weight=w)).
     """
 
     def __init__(self, label_smoothing: float = 0.0, class_weight: torch.Tensor | None = None,
-                 weight_from_epoch: int | None = None) -> None:
-        super().__init__(class_weight, weight_from_epoch)
+                 weight_from_epoch: int | None = None, normalizer: str = "batch") -> None:
+        super().__init__(class_weight, weight_from_epoch, normalizer)
         self.label_smoothing = label_smoothing
 
     def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        w = self.active_weight()
-        return F.cross_entropy(logits, y, weight=None if w is None else w.to(logits.dtype),
-                               label_smoothing=self.label_smoothing)
+        return self.weighted_ce(logits, y, self.label_smoothing)
 
 
 class CBSoftmaxBCE(LossFn):
@@ -145,8 +167,8 @@ class FocalLoss(LossFn):
     """
 
     def __init__(self, gamma: float, class_weight: torch.Tensor | None = None,
-                 weight_from_epoch: int | None = None) -> None:
-        super().__init__(class_weight, weight_from_epoch)
+                 weight_from_epoch: int | None = None, normalizer: str = "batch") -> None:
+        super().__init__(class_weight, weight_from_epoch, normalizer)
         self.gamma = gamma
 
     def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -167,22 +189,23 @@ def ldam_margins(class_counts: Sequence[int], max_margin: float) -> torch.Tensor
 
 class LDAMLoss(LossFn):
     """LDAM (Cao et al. 2019): CE(s * (z - m_y e_y)) -- the true-class logit lowered by its margin,
-    then all logits scaled by s. Class weights (DRW, the LDAM-DRW recipe) as F.cross_entropy(weight=w).
+    then all logits scaled by s. Class weights (DRW, the LDAM-DRW recipe) as in CrossEntropy; the
+    LDAM-DRW code divides by sum_i w_{y_i} (normalizer=weights).
     """
 
     margins: torch.Tensor
 
     def __init__(self, class_counts: Sequence[int], max_margin: float, scale: float,
-                 class_weight: torch.Tensor | None = None, weight_from_epoch: int | None = None) -> None:
-        super().__init__(class_weight, weight_from_epoch)
+                 class_weight: torch.Tensor | None = None, weight_from_epoch: int | None = None,
+                 normalizer: str = "batch") -> None:
+        super().__init__(class_weight, weight_from_epoch, normalizer)
         self.register_buffer("margins", ldam_margins(class_counts, max_margin))
         self.scale = scale
 
     def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         onehot = F.one_hot(y, logits.shape[1]).to(logits.dtype)
         adjusted = logits - onehot * self.margins.to(logits.dtype)[y].unsqueeze(1)
-        w = self.active_weight()
-        return F.cross_entropy(self.scale * adjusted, y, weight=None if w is None else w.to(logits.dtype))
+        return self.weighted_ce(self.scale * adjusted, y)
 
 
 class AdjustedLogitsCE(LossFn):
@@ -196,14 +219,12 @@ class AdjustedLogitsCE(LossFn):
     offset: torch.Tensor
 
     def __init__(self, offset: torch.Tensor, class_weight: torch.Tensor | None = None,
-                 weight_from_epoch: int | None = None) -> None:
-        super().__init__(class_weight, weight_from_epoch)
+                 weight_from_epoch: int | None = None, normalizer: str = "batch") -> None:
+        super().__init__(class_weight, weight_from_epoch, normalizer)
         self.register_buffer("offset", offset.to(torch.float32).clone())
 
     def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        w = self.active_weight()
-        return F.cross_entropy(logits + self.offset.to(logits.dtype), y,
-                               weight=None if w is None else w.to(logits.dtype))
+        return self.weighted_ce(logits + self.offset.to(logits.dtype), y)
 
 
 LOSS_NAMES = ("ce", "cb_ce", "cb_bce_softmax", "focal", "ldam", "logit_adjusted", "balanced_softmax")
@@ -213,7 +234,8 @@ def make_loss(cfg: LossConfig, class_counts: list[int]) -> LossFn:
     """Build the loss named by cfg.name. `class_counts` (training n_c) is for class-aware losses.
 
     The CB weights (cfg.cb_beta) are applied from epoch 0 by cb_ce / cb_bce_softmax, and from
-    cfg.drw_epoch on by every loss when DRW is set (then cb_* losses are unweighted before it).
+    cfg.drw_epoch on by every loss when DRW is set (then cb_* losses are unweighted before it); the
+    weighted losses divide by cfg.cb_normalizer (cb_bce_softmax by its B*C entries).
     """
     if cfg.name not in LOSS_NAMES:
         raise ValueError(f"unknown loss {cfg.name!r} (known: {', '.join(LOSS_NAMES)})")
@@ -228,15 +250,18 @@ def make_loss(cfg: LossConfig, class_counts: list[int]) -> LossFn:
     elif cfg.name in ("cb_ce", "cb_bce_softmax"):
         weight, start = cb_weights(counts, cfg.cb_beta), 0
 
-    if cfg.name in ("ce", "cb_ce"):
-        return CrossEntropy(cfg.label_smoothing, weight, start)
     if cfg.name == "cb_bce_softmax":
+        if cfg.cb_normalizer != "batch":
+            raise ValueError("loss.cb_normalizer: cb_bce_softmax averages over its B*C entries (WB code); use batch")
         return CBSoftmaxBCE(weight, start)
+    norm = cfg.cb_normalizer
+    if cfg.name in ("ce", "cb_ce"):
+        return CrossEntropy(cfg.label_smoothing, weight, start, norm)
     if cfg.name == "focal":
-        return FocalLoss(cfg.focal_gamma, weight, start)
+        return FocalLoss(cfg.focal_gamma, weight, start, norm)
     if cfg.name == "ldam":
-        return LDAMLoss(counts, cfg.ldam_max_margin, cfg.ldam_scale, weight, start)
+        return LDAMLoss(counts, cfg.ldam_max_margin, cfg.ldam_scale, weight, start, norm)
     n = torch.tensor(counts, dtype=torch.float64)
     if cfg.name == "logit_adjusted":
-        return AdjustedLogitsCE(cfg.la_tau * torch.log(n / n.sum()), weight, start)
-    return AdjustedLogitsCE(torch.log(n), weight, start)  # balanced_softmax
+        return AdjustedLogitsCE(cfg.la_tau * torch.log(n / n.sum()), weight, start, norm)
+    return AdjustedLogitsCE(torch.log(n), weight, start, norm)  # balanced_softmax

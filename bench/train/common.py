@@ -96,7 +96,7 @@ def setup(cfg: Config) -> tuple[torch.device, LTData, dict[str, list[int]]]:
 def select_reported(cfg: Config, run: RunDir, best_epoch: int | None, epochs: int, evaluator: "Evaluator",
                     model: torch.nn.Module) -> tuple[int | None, dict[str, Any] | None]:
     """Load the best epoch's weights when eval.select=best. Returns (selected epoch, last-epoch test metrics
-    when they differ from the reported ones)."""
+    when they differ from the reported ones); `evaluator` is the reporting one (eval.tta_flip)."""
     if cfg.eval.select == "best" and best_epoch != epochs:
         last_metrics = evaluator("test")
         dist.barrier()  # best.pt is written by rank 0
@@ -109,6 +109,15 @@ def select_reported(cfg: Config, run: RunDir, best_epoch: int | None, epochs: in
 
 
 Batches = Callable[[str], Iterable[tuple[torch.Tensor, torch.Tensor]]]
+
+
+def select_and_report(cfg: Config, build: Callable[[bool], "Evaluator"]) -> tuple["Evaluator", "Evaluator"]:
+    """(selection, reporting) evaluators, built for flip TTA on or off: eval.select_tta_flip picks the best
+    epoch / tau, eval.tta_flip reports. The WB code picks its best epoch on plain logits and reports with
+    flip TTA (wb-reference); when both agree one evaluator serves both."""
+    report = build(cfg.eval.tta_flip)
+    select = report if cfg.eval.select_tta_flip == cfg.eval.tta_flip else build(cfg.eval.select_tta_flip)
+    return select, report
 
 
 class Evaluator:
@@ -185,7 +194,8 @@ def finish(cfg: Config, run: RunDir, data: LTData, evaluator: Evaluator, head: t
         "metrics": test_metrics,
         "val_metrics": val_metrics,
         "selected_epoch": selected_epoch,
-        "selection": {"split": cfg.eval.selection_split, "select": cfg.eval.select, "tta_flip": cfg.eval.tta_flip},
+        "selection": {"split": cfg.eval.selection_split, "select": cfg.eval.select, "tta_flip": cfg.eval.tta_flip,
+                      "select_tta_flip": cfg.eval.select_tta_flip},
         "metrics_last_epoch": last_metrics or test_metrics,
         "per_class_acc": test_per_class,
         "class_counts": data.class_counts,

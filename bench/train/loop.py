@@ -2,7 +2,8 @@
 
 A step is: features h = encoder(x); logits = head(h); loss = loss(logits, y) + sum of regularizers(h);
 SGD step; scheduler step; constraints after the step (MaxNorm, cadence step). After each epoch:
-constraints with cadence epoch, evaluation of the selection split, best/last checkpoints.
+constraints with cadence epoch, evaluation of the selection split, best/last checkpoints, and a
+metrics.jsonl row whose `lr` is the lr the epoch's first step ran with (`lr_last`: its last step's).
 """
 
 from __future__ import annotations
@@ -99,6 +100,18 @@ class TrainState:
     history: list[dict[str, Any]] = field(default_factory=list)
     data_skipped: int = 0              # shards with data.on_error=skip: unreadable samples dropped so far
     data_skipped_examples: list[str] = field(default_factory=list)
+    epoch_lr: float | None = None      # the lr of the current epoch's first step (kept for a mid-epoch resume)
+
+
+def rank_shares(normalizer: torch.Tensor, n: int, world: int) -> torch.Tensor:
+    """(loss share, count share) of this rank, times the world size, in one all-reduce.
+
+    The loss divides by its normalizer (a count, or sum_i w_{y_i}); the regularisers are batch means
+    (feature regularisation) or parameter terms (WD in the loss), whose exact share is the sample count.
+    Weighting each by its share makes DDP's gradient average that of the global batch's objective.
+    """
+    local = torch.stack([normalizer, torch.full((), float(n), dtype=torch.float64, device=normalizer.device)])
+    return local * world / dist.all_reduce_sum(local.clone()).clamp_min(1e-12)
 
 
 def fit(parts: Parts, run: RunDir, epochs: int, selection_split: str, device: torch.device,
@@ -106,9 +119,9 @@ def fit(parts: Parts, run: RunDir, epochs: int, selection_split: str, device: to
     """Train for `epochs`, resuming from run.last_ckpt when present. Returns the final state.
 
     Under DDP every rank runs this with its slice of each global batch; its loss is weighted by its
-    share of the global normalizer (W * n_r / N, or with class weights W * sum_r w_y / sum w_y), so
-    DDP's gradient average is the gradient of the global batch's loss, as in one process. Only rank
-    0 writes files.
+    share of the global normalizer (W * n_r / N, or with cb_normalizer=weights W * sum_r w_y / sum w_y)
+    and its regularisers by its share of the samples, so DDP's gradient average is the gradient of the
+    global batch's objective, as in one process. Only rank 0 writes files.
     """
     p = parts
     state = TrainState()
@@ -167,7 +180,11 @@ def fit(parts: Parts, run: RunDir, epochs: int, selection_split: str, device: to
         # loss, correct, seen: summed on the device inside the epoch, no per-step host synchronisation
         sums = torch.zeros(3, dtype=torch.float64, device=device)
         bar = Progress(steps, f"epoch {epoch + 1}/{epochs}", progress if dist.is_main() else "off", start=start_step)
+        lr = p.optimizer.param_groups[0]["lr"]
         for x, y in p.loader.epoch(epoch, start_step):
+            lr = p.optimizer.param_groups[0]["lr"]     # this step's lr: the scheduler steps after the step
+            if state.step == 0:
+                state.epoch_lr = lr
             if len(y) == 0 and world == 1:
                 # shards with data.on_error=skip: every sample of this batch was unreadable; the step
                 # still counts so the schedule and the position stay those of the planned epoch
@@ -179,21 +196,20 @@ def fit(parts: Parts, run: RunDir, epochs: int, selection_split: str, device: to
             p.optimizer.zero_grad(set_to_none=True)
             if len(y) == 0:
                 # this rank has no sample in this step: a zero loss still joins DDP's gradient all-reduce
-                loss = sum((q * 0).sum() for q in trained)
+                data_loss = reg = sum((q * 0).sum() for q in trained)
                 logits = None
             else:
                 with torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext():
                     h, logits = p.forward(x)
-                    loss = p.loss(logits, y)
-                    for reg in p.regularizers:
-                        loss = loss + reg(h)
+                    data_loss = p.loss(logits, y)
+                    reg = sum(r(h) for r in p.regularizers)
+            loss = data_loss + reg
             if world > 1:
-                # this rank's share of the global batch's normalizer (the count, or sum of class weights)
-                z = p.loss.normalizer(y)
-                weight = (z * world / dist.all_reduce_sum(z.clone()).clamp_min(1e-12)).to(loss.dtype)
+                share = rank_shares(p.loss.normalizer(y), len(y), world).to(loss.dtype)
+                objective = data_loss * share[0] + reg * share[1]
             else:
-                weight = 1.0
-            scaler.scale(loss * weight).backward()
+                objective = loss
+            scaler.scale(objective).backward()
             scaler.step(p.optimizer)
             scaler.update()
             p.scheduler.step()
@@ -217,7 +233,9 @@ def fit(parts: Parts, run: RunDir, epochs: int, selection_split: str, device: to
 
         # End of epoch: evaluate the selection split, remember the best epoch, checkpoint.
         sel = p.evaluate(selection_split)
-        row = {"epoch": epoch + 1, "lr": p.optimizer.param_groups[0]["lr"],
+        # The lr the epoch ran with, read before its steps: after them the scheduler already holds the
+        # next epoch's value. Per-step schedules (and warm-up) change it inside the epoch: lr_last too.
+        row = {"epoch": epoch + 1, "lr": state.epoch_lr if state.epoch_lr is not None else lr, "lr_last": lr,
                "train_loss": state.loss_sum / max(1, state.seen),
                "train_acc": 100.0 * state.correct_sum / max(1, state.seen),
                selection_split: sel, "epoch_time_s": round(time.time() - t_epoch, 2),

@@ -21,7 +21,7 @@ from bench.models import build_model
 from bench.models.parts import encode, head_of, set_head
 from bench.rundir import RunDir
 from bench.tracking import Tracker
-from bench.train.common import Evaluator, finish, padded, run_info, select_reported, setup
+from bench.train.common import Evaluator, finish, padded, run_info, select_and_report, select_reported, setup
 from bench.train.loop import Parts, fit, make_forward
 from bench.train.optim import make_optimizer, make_scheduler
 
@@ -62,15 +62,15 @@ def train_stage1(cfg: Config, run: RunDir) -> dict[str, Any]:
     def batches(split: str):
         return data.eval_batches(split, cfg.eval.batch_size, cfg.runtime.workers)
 
-    evaluator = Evaluator(lambda x: encode(model, x), head_of(model), batches, data.num_classes, groups, device,
-                          cfg.eval.tta_flip, modules=[model])
+    select, evaluator = select_and_report(cfg, lambda tta: Evaluator(
+        lambda x: encode(model, x), head_of(model), batches, data.num_classes, groups, device, tta, modules=[model]))
     forward = make_forward(model, lambda x: encode(model, x), head_of(model), device, cfg.runtime.compile,
                            cfg.runtime.channels_last)
     parts = Parts(forward=forward,
                   loss=make_loss(t.loss, data.class_counts).to(device), state_module=model,
                   set_train_mode=model.train, loader=loader, optimizer=optimizer,
-                  scheduler=make_scheduler(optimizer, t, len(loader)), evaluate=evaluator,
-                  analyze=evaluator.analyze if cfg.eval.analysis_each_epoch else None,
+                  scheduler=make_scheduler(optimizer, t, len(loader)), evaluate=select,
+                  analyze=select.analyze if cfg.eval.analysis_each_epoch else None,
                   regularizers=regularizers, amp=t.amp)
     state = fit(parts, run, t.epochs, cfg.eval.selection_split, device, cfg.runtime.checkpoint_every_steps,
                 cfg.runtime.progress, tracker)

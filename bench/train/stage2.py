@@ -30,7 +30,7 @@ from bench.progress import log
 from bench.rundir import RunDir, check_owner
 from bench.tracking import Tracker
 from bench.train import checkpoint as ckpt
-from bench.train.common import Evaluator, finish, padded, run_info, select_reported, setup
+from bench.train.common import Evaluator, finish, padded, run_info, select_and_report, select_reported, setup
 from bench.train.loop import Parts, fit, make_forward
 from bench.train.optim import make_optimizer, make_scheduler
 from bench.train.stage1 import make_model
@@ -113,6 +113,18 @@ def parent_features(model: torch.nn.Module, parent: RunDir, data: LTData, split:
     return feats
 
 
+def eval_features(model: torch.nn.Module, parent: RunDir, data: LTData, cfg: Config, device: torch.device,
+                  selects: bool = True) -> dict[tuple[str, bool], Split]:
+    """Parent features of the evaluated splits by (split, flip TTA): every split as reported (eval.tta_flip)
+    and, when something is selected on it, the selection split as selected on (eval.select_tta_flip)."""
+    splits = ("val", "test") if data.val is not None else ("test",)
+    want = {(s, cfg.eval.tta_flip) for s in splits}
+    if selects and cfg.eval.selection_split in splits:
+        want.add((cfg.eval.selection_split, cfg.eval.select_tta_flip))
+    return {key: parent_features(model, parent, data, key[0], cfg.eval.batch_size, device, key[1], cfg.runtime.workers)
+            for key in sorted(want)}   # one order on every rank: extraction gathers across them
+
+
 def feature_batches(split: Split, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Cached features in order; under DDP this rank's part (the evaluator sums counts over ranks)."""
     return eval_batches(split, batch_size, None, dist.rank(), dist.world())
@@ -172,17 +184,16 @@ def train_stage2(cfg: Config, run: RunDir, parent: RunDir) -> dict[str, Any]:
 
     if cached:
         t0 = time.time()
-        workers = cfg.runtime.workers
-        feats = {"train": parent_features(model, parent, data, "train", cfg.eval.batch_size, device, False, workers)}
-        for split in ("val", "test") if data.val is not None else ("test",):
-            feats[split] = parent_features(model, parent, data, split, cfg.eval.batch_size, device,
-                                           cfg.eval.tta_flip, workers)
+        train = parent_features(model, parent, data, "train", cfg.eval.batch_size, device, False, cfg.runtime.workers)
+        feats = eval_features(model, parent, data, cfg, device)
         log(f"stage 2: {len(data.train)} training features ready in {time.time() - t0:.1f} s")
-        loader = InMemoryLoader(feats["train"], t.batch_size, seed, None, "none", 0, t.drop_last, t.sampler,
+        loader = InMemoryLoader(train, t.batch_size, seed, None, "none", 0, t.drop_last, t.sampler,
                                 data.num_classes, dist.rank(), dist.world())
         encoder = lambda x: x  # noqa: E731 - the features are the input
-        evaluator = Evaluator(encoder, head, lambda s: feature_batches(feats[s], cfg.eval.batch_size),
-                              data.num_classes, groups, device)
+        # flip TTA is already in the features (the mean of x's and flip(x)'s: the head is affine)
+        select, evaluator = select_and_report(cfg, lambda tta: Evaluator(
+            encoder, head, lambda s: feature_batches(feats[(s, tta)], cfg.eval.batch_size), data.num_classes,
+            groups, device))
         set_train_mode = head.train
     else:
         loader = data.train_loader(t.batch_size, seed, s2.augment, t.drop_last, t.sampler, cfg.runtime.workers)
@@ -193,9 +204,9 @@ def train_stage2(cfg: Config, run: RunDir, parent: RunDir) -> dict[str, Any]:
             with torch.set_grad_enabled(bool(trained)):
                 return encode(model, x)
 
-        evaluator = Evaluator(lambda x: encode(model, x), head,
-                              lambda s: data.eval_batches(s, cfg.eval.batch_size, cfg.runtime.workers),
-                              data.num_classes, groups, device, cfg.eval.tta_flip, modules=[model])
+        select, evaluator = select_and_report(cfg, lambda tta: Evaluator(
+            lambda x: encode(model, x), head, lambda s: data.eval_batches(s, cfg.eval.batch_size, cfg.runtime.workers),
+            data.num_classes, groups, device, tta, modules=[model]))
 
         def set_train_mode() -> None:
             model.train(s2.bn_mode == "train")
@@ -205,8 +216,8 @@ def train_stage2(cfg: Config, run: RunDir, parent: RunDir) -> dict[str, Any]:
                            cfg.runtime.channels_last and not cached)
     parts = Parts(forward=forward, loss=make_loss(t.loss, data.class_counts).to(device),
                   state_module=model, set_train_mode=set_train_mode, loader=loader, optimizer=optimizer,
-                  scheduler=make_scheduler(optimizer, t, len(loader)), evaluate=evaluator,
-                  analyze=evaluator.analyze if cfg.eval.analysis_each_epoch else None,
+                  scheduler=make_scheduler(optimizer, t, len(loader)), evaluate=select,
+                  analyze=select.analyze if cfg.eval.analysis_each_epoch else None,
                   constraints=[MaxNorm(head.weight, radius, s2.maxnorm_cadence)] if s2.maxnorm else [], amp=t.amp)
     state = fit(parts, run, t.epochs, cfg.eval.selection_split, device, cfg.runtime.checkpoint_every_steps,
                 cfg.runtime.progress, tracker)
@@ -232,9 +243,7 @@ def run_posthoc(cfg: Config, run: RunDir, parent: RunDir) -> dict[str, Any]:
     run.prepare(cfg)
     run.write_json("run.json", {**run_info(cfg, data, groups, device), "parent": str(parent.path)})
     tracker = Tracker(cfg, run, {"parent_run": str(parent.path)})
-    splits = {s: parent_features(model, parent, data, s, cfg.eval.batch_size, device, cfg.eval.tta_flip,
-                                 cfg.runtime.workers)
-              for s in (["val"] if data.val is not None else []) + ["test"]}
+    feats = eval_features(model, parent, data, cfg, device, selects=ph.kind != "l2norm" and ph.tau is None)
     base_head = head_of(model)
     prior = class_prior(data.class_counts).to(device)
 
@@ -248,9 +257,9 @@ def run_posthoc(cfg: Config, run: RunDir, parent: RunDir) -> dict[str, Any]:
         fn = logit_adjust_additive if ph.kind == "la_add" else logit_adjust_multiplicative
         return head, (lambda z: fn(z, prior, tau))
 
-    def evaluator_for(tau: float) -> Evaluator:
+    def evaluator_for(tau: float, tta: bool) -> Evaluator:
         head, logit_fn = adjusted(tau)
-        return Evaluator(lambda h: h, head, lambda s: feature_batches(splits[s], cfg.eval.batch_size),
+        return Evaluator(lambda h: h, head, lambda s: feature_batches(feats[(s, tta)], cfg.eval.batch_size),
                          data.num_classes, groups, device, logit_fn=logit_fn, modules=[head])
 
     if ph.kind == "l2norm":
@@ -258,12 +267,13 @@ def run_posthoc(cfg: Config, run: RunDir, parent: RunDir) -> dict[str, Any]:
     elif ph.tau is not None:
         tau, scores = ph.tau, None
     else:
-        if cfg.eval.selection_split not in splits:
+        sel = cfg.eval.selection_split
+        if (sel, cfg.eval.select_tta_flip) not in feats:
             raise ConfigError("config key 'posthoc.tau': null needs a selection split to choose tau on "
-                              f"(eval.selection_split={cfg.eval.selection_split} is missing)")
-        tau, _, scores = choose_tau(lambda tt: evaluator_for(tt)(cfg.eval.selection_split)["all"], ph.tau_grid)
-        log(f"posthoc {ph.kind}: tau = {tau:g} chosen on {cfg.eval.selection_split}")
-    evaluator = evaluator_for(tau)
+                              f"(eval.selection_split={sel} is missing)")
+        tau, _, scores = choose_tau(lambda tt: evaluator_for(tt, cfg.eval.select_tta_flip)(sel)["all"], ph.tau_grid)
+        log(f"posthoc {ph.kind}: tau = {tau:g} chosen on {sel}")
+    evaluator = evaluator_for(tau, cfg.eval.tta_flip)
     with torch.no_grad():
         head_of(model).weight.copy_(evaluator.head.weight)
     return finish(cfg, run, data, evaluator, evaluator.head, model, None, t_start, None,

@@ -97,25 +97,29 @@ def test_two_processes_from_shards(tmp_path):
 
 def test_one_process_batch_b_equals_two_processes_b_half(tmp_path):
     """Stage 2 on cached features (a linear classifier, no BatchNorm): the same data order and the
-    rank-weighted loss make 2 processes compute what 1 does; only float summation order differs."""
+    rank-weighted loss make 2 processes compute what 1 does; only float summation order differs.
+    Class-balanced CE under both normalisers: each rank's share is its sample count (batch) or its sum
+    of class weights (weights); either wrong share moves the classifier far beyond the tolerance."""
     parent_root = tmp_path / "parent"
     assert run_cli("run", SMOKE, *FIXED, "--runs-root", str(parent_root)).returncode == 0
     parent = next(parent_root.glob("smoke/ce-*"))
-    # batch 30 does not divide the 772 training features: the last global batch of 22 splits 11 / 11
-    args = ["run", STAGE2, *FIXED, f"parent={parent}", "stage2.train.batch_size=30"]
-    one = run_cli(*args, "--runs-root", str(tmp_path / "one"))
-    assert one.returncode == 0, one.stderr
-    two = torchrun(*args, "--runs-root", str(tmp_path / "two"), port=_port(2))
-    assert two.returncode == 0, two.stdout + two.stderr
-    r1, r2 = result(tmp_path / "one", "smoke/wb-*"), result(tmp_path / "two", "smoke/wb-*")
-    assert r2["world_size"] == 2 and r2["cached_features"]
-    w1 = torch.load(next((tmp_path / "one").glob("smoke/wb-*/checkpoints/final.pt")), weights_only=True)["model"]
-    w2 = torch.load(next((tmp_path / "two").glob("smoke/wb-*/checkpoints/final.pt")), weights_only=True)["model"]
-    head = [k for k in w1 if k.startswith("fc.")]
-    assert head
-    for k in head:
-        torch.testing.assert_close(w2[k], w1[k], rtol=0, atol=1e-5)   # documented tolerance
-    assert r1["metrics"] == r2["metrics"] and r1["per_class_acc"] == r2["per_class_acc"]
+    for norm in ("batch", "weights"):
+        # batch 30 does not divide the 772 training features: the last global batch of 22 splits 11 / 11
+        args = ["run", STAGE2, *FIXED, f"parent={parent}", "stage2.train.batch_size=30",
+                f"stage2.train.loss.cb_normalizer={norm}"]
+        one = run_cli(*args, "--runs-root", str(tmp_path / norm / "one"))
+        assert one.returncode == 0, one.stderr
+        two = torchrun(*args, "--runs-root", str(tmp_path / norm / "two"), port=_port(2))
+        assert two.returncode == 0, two.stdout + two.stderr
+        r1, r2 = result(tmp_path / norm / "one", "smoke/wb-*"), result(tmp_path / norm / "two", "smoke/wb-*")
+        assert r2["world_size"] == 2 and r2["cached_features"]
+        w1, w2 = (torch.load(next((tmp_path / norm / n).glob("smoke/wb-*/checkpoints/final.pt")),
+                             weights_only=True)["model"] for n in ("one", "two"))
+        head = [k for k in w1 if k.startswith("fc.")]
+        assert head
+        for k in head:
+            torch.testing.assert_close(w2[k], w1[k], rtol=0, atol=1e-5)   # documented tolerance
+        assert r1["metrics"] == r2["metrics"] and r1["per_class_acc"] == r2["per_class_acc"]
 
 
 def test_sigkill_both_ranks_mid_epoch_then_resume_is_exact(ddp_run, tmp_path):

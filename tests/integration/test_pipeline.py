@@ -124,3 +124,49 @@ def test_a_logit_adjustment_run_is_not_a_parent(pipeline):
     hs_dir = root / "smoke" / f"hs-seed0-{res['smoke_hs_la']['config_hash']}"
     r = run_cli("run", str(CFG / "smoke_taunorm.yaml"), f"parent={hs_dir}", "--runs-root", str(root))
     assert r.returncode == 2 and "is a logit-adjustment run" in r.stderr
+
+
+def _evaluate_final(run_dir: Path, tta: bool, features: bool = False) -> dict:
+    """Test metrics of a run's final model, with or without flip TTA (features: on the parent's cached ones)."""
+    import yaml
+
+    from bench.config import from_dict
+    from bench.data.lt import build_lt_data
+    from bench.metrics import shot_groups
+    from bench.models.parts import encode, head_of
+    from bench.train.common import Evaluator
+    from bench.train.stage1 import make_model
+    from bench.train.stage2 import feature_batches
+
+    cfg = from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    data = build_lt_data(cfg.data)
+    model = make_model(cfg, data)
+    model.load_state_dict(torch.load(run_dir / "checkpoints" / "final.pt", weights_only=True)["model"])
+    model.eval()
+    groups = shot_groups(data.class_counts, cfg.groups.many, cfg.groups.few, cfg.groups.inclusive)
+    if features:
+        parent = Path(json.loads((run_dir / "result.json").read_text())["parent"])
+        saved = torch.load(parent / "features" / f"test{'-tta' if tta else ''}.pt", weights_only=True)
+        from bench.data.lt import Split
+        batches = lambda s: feature_batches(Split(saved["x"], saved["y"]), 500)  # noqa: E731
+        return Evaluator(lambda h: h, head_of(model), batches, data.num_classes, groups, torch.device("cpu"))("test")
+    return Evaluator(lambda x: encode(model, x), head_of(model), lambda s: data.eval_batches(s, 500),
+                     data.num_classes, groups, torch.device("cpu"), tta)("test")
+
+
+def test_selection_on_plain_logits_reporting_with_flip_tta(pipeline, tmp_path):
+    """wb-reference's evaluation: the best epoch is picked on test without TTA, then reported with it."""
+    root, _ = pipeline
+    peek = ["eval.selection_split=test", "eval.select=best", "eval.tta_flip=true", "eval.select_tta_flip=false"]
+    s1 = run_ok("smoke.yaml", tmp_path, "method=sel", "train.epochs=2", *peek)
+    parent = root / "smoke" / next(p.name for p in (root / "smoke").iterdir() if p.name.startswith("ce-seed"))
+    s2 = run_ok("smoke_stage2.yaml", tmp_path, f"parent={parent}", "method=sel2", *peek)
+    for res, features in ((s1, False), (s2, True)):
+        assert res["selection"] == {"split": "test", "select": "best", "tta_flip": True, "select_tta_flip": False}
+        run_dir = tmp_path / "smoke" / f"{res['method']}-seed0-{res['config_hash']}"
+        plain, tta = _evaluate_final(run_dir, False, features), _evaluate_final(run_dir, True, features)
+        assert plain != tta                     # else this test could not tell them apart
+        rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        # the final model is the selected epoch's: its metrics.jsonl row was computed without TTA ...
+        assert rows[res["selected_epoch"] - 1]["test"] == plain
+        assert res["metrics"] == tta            # ... and the reported metrics with it

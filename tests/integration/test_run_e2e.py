@@ -53,6 +53,11 @@ def test_smoke_run_writes_the_run_directory(reference_run):
     assert res["metrics"]["all"] > 30
     lines = (reference_run / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(l)["epoch"] for l in lines] == [1, 2, 3]
+    # the lr each epoch ran with: lr 0.05, cosine per epoch over E = 3, factor 0.5 (1 + cos(pi e / 3)) for
+    # e = 0, 1, 2 = 1, 0.75, 0.25 (not the next epoch's 0.0375, 0.0125, 0.0)
+    rows = [json.loads(l) for l in lines]
+    assert [r["lr"] for r in rows] == pytest.approx([0.05, 0.0375, 0.0125], abs=1e-12)
+    assert [r["lr_last"] for r in rows] == [r["lr"] for r in rows]   # constant inside an epoch
     import yaml
     resolved = yaml.safe_load((reference_run / "config.yaml").read_text())
     assert resolved["data"]["n_max"] == 190 and resolved["groups"] == {"many": 100, "few": 40, "inclusive": False}
@@ -60,6 +65,18 @@ def test_smoke_run_writes_the_run_directory(reference_run):
     assert (reference_run / "checkpoints" / "last.pt").is_file()
     run_json = json.loads((reference_run / "run.json").read_text())
     assert run_json["selection_hash"] == res["selection_hash"]
+
+
+def test_logged_lr_is_the_lr_of_the_epochs_steps(tmp_path):
+    """Per-step cosine: 772 training images in batches of 32 = 25 steps per epoch, 50 steps in 2 epochs;
+    step t runs at 0.05 * 0.5 (1 + cos(pi t / 50))."""
+    r = run_cli("run", SMOKE, *FIXED, "train.epochs=2", "train.schedule_unit=step", "--runs-root", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(l) for l in (only_run_dir(tmp_path) / "metrics.jsonl").read_text().splitlines()]
+    # epoch 1: steps 0..24: first 0.05; last 0.025 (1 + cos(24 pi / 50)) = 0.025 * 1.0627905195293134
+    # epoch 2: steps 25..49: first 0.025 (1 + cos(pi / 2)) = 0.025; last 0.025 (1 - 0.998026728428272)
+    assert [r["lr"] for r in rows] == pytest.approx([0.05, 0.025], abs=1e-12)
+    assert [r["lr_last"] for r in rows] == pytest.approx([0.026569762988232835, 4.933178929320412e-05], abs=1e-12)
 
 
 def test_complete_run_is_not_rerun(reference_run):

@@ -56,6 +56,31 @@ def test_normalize():
     assert torch.allclose(y, torch.full_like(y, 2.0))
 
 
+def test_data_mean_and_std_reach_the_normalizer(tmp_path):
+    """data.mean / data.std replace the card's statistics in memory and from shards (a white pixel of
+    255 becomes (1 - mean) / std per channel)."""
+    from bench.config import load_config
+    from bench.data.lt import build_lt_data
+    from bench.data.prepare import prepare
+
+    small = ["data.dataset=synthetic", "data.imbalance_factor=2", "data.val_per_class=2",
+             "data.synthetic.train_per_class=12", "data.synthetic.test_per_class=2", "data.synthetic.num_classes=2",
+             "data.synthetic.image_size=4"]
+    white = torch.full((1, 3, 2, 2), 255, dtype=torch.uint8)
+    card = load_config(None, small).data                # card: mean 0.5, std 0.25 -> (1 - 0.5) / 0.25 = 2
+    assert (card.mean, card.std) == ([0.5], [0.25])
+    assert torch.allclose(build_lt_data(card).normalizer()(white), torch.full((1, 3, 2, 2), 2.0))
+    # (1 - 0.1) / 0.5 = 1.8, (1 - 0.2) / 0.25 = 3.2, (1 - 0.3) / 0.125 = 5.6
+    stats = ["data.mean=[0.1, 0.2, 0.3]", "data.std=[0.5, 0.25, 0.125]"]
+    expected = torch.tensor([1.8, 3.2, 5.6]).view(1, 3, 1, 1).expand(1, 3, 2, 2)
+    in_memory = build_lt_data(load_config(None, small + stats).data)
+    assert torch.allclose(in_memory.normalizer()(white), expected)
+    prepare("synthetic", tmp_path / "shards", data_overrides=[o for o in small if o != "data.dataset=synthetic"],
+            workers=1, progress="off")
+    shards = build_lt_data(load_config(None, small + stats + [f"data.shards={tmp_path / 'shards'}"]).data)
+    assert shards.streamed and torch.allclose(shards.normalizer()(white), expected)
+
+
 def test_class_balanced_sampler_draws_classes_uniformly():
     y = torch.tensor([0] * 90 + [1] * 9 + [2] * 1)
     split = Split(torch.zeros(100, 1, 2, 2, dtype=torch.uint8), y)

@@ -1,5 +1,7 @@
 """Config loading: defaults <- YAML <- overrides, one-line errors, resolution from dataset cards."""
 
+import re
+
 import pytest
 
 from bench.config import Config, ConfigError, load_config, parse_override
@@ -85,6 +87,10 @@ def test_protocol_wb_reference_sets_and_guards_its_settings():
     cfg = load_config(None, ["protocol=wb-reference", "data.dataset=cifar100"])
     assert (cfg.data.val_per_class, cfg.eval.selection_split, cfg.eval.tta_flip, cfg.data.n_max) == (0, "test", True, 500)
     assert cfg.train.schedule_step_at_epoch_start is True
+    # the WB code picks the best epoch on plain logits and reports with flip TTA
+    assert cfg.eval.select_tta_flip is False and cfg.eval.select == "best"
+    with pytest.raises(ConfigError, match="'eval.select_tta_flip': True conflicts with protocol wb-reference"):
+        load_config(None, ["protocol=wb-reference", "eval.select_tta_flip=true"])
     with pytest.raises(ConfigError, match="config key 'eval.tta_flip': False conflicts with protocol wb-reference"):
         load_config(None, ["protocol=wb-reference", "eval.tta_flip=false"])
     with pytest.raises(ConfigError, match="conflicts with protocol clean"):
@@ -147,3 +153,86 @@ def test_auto_workers_by_cores_per_process():
     assert auto_workers(16, 6) == 6 and auto_workers(10, 6) == 3
     # GPU training: every core but the one feeding the device decodes
     assert [auto_workers(c, 16, gpu=True) for c in (1, 2, 4, 16, 17, 64)] == [1, 1, 2, 8, 16, 16]
+
+
+CIFAR10_COPIED = ([0.4914, 0.4822, 0.4465], [0.2023, 0.1994, 0.2010])   # what both reference codes use on CIFAR-100
+
+
+def test_protocol_hs_reference_sets_and_guards_its_settings():
+    cfg = load_config(None, ["protocol=hs-reference", "data.dataset=cifar100", "train.wd_in_loss=5e-3"])
+    d, t, e = cfg.data, cfg.train, cfg.eval
+    # n_max = pool - 20 with round(), the next 20 images of each class as validation, first in file order
+    assert (d.n_max, d.rounding, d.val_per_class, d.selection) == (480, "round", 20, "first")
+    # SGD momentum 0.9 without weight_decay: WD lives in the loss; cosine stepped before each epoch
+    assert (t.weight_decay, t.momentum, t.nesterov, t.wd_in_loss) == (0.0, 0.9, False, 5e-3)
+    assert (t.schedule, t.schedule_unit, t.schedule_step_at_epoch_start, t.warmup_epochs) == ("cosine", "epoch", True, 0)
+    # the best epoch on val, no TTA anywhere
+    assert (e.selection_split, e.select, e.tta_flip, e.select_tta_flip) == ("val", "best", False, False)
+    assert (d.mean, d.std) == CIFAR10_COPIED
+    # what the HS paper sets per dataset stays free
+    free = load_config(None, ["protocol=hs-reference", "train.lr=0.05", "train.epochs=7", "train.feature_reg=0.1"])
+    assert (free.train.lr, free.train.epochs, free.train.feature_reg) == (0.05, 7, 0.1)
+    for override, value in (("train.weight_decay=0.005", "0.005"), ("eval.select=last", "'last'"),
+                            ("train.schedule_step_at_epoch_start=false", "False"), ("data.val_per_class=0", "0"),
+                            ("data.rounding=floor", "'floor'"), ("eval.tta_flip=true", "True")):
+        key = override.split("=")[0]
+        with pytest.raises(ConfigError, match=f"config key '{key}': {value} conflicts with protocol hs-reference"):
+            load_config(None, ["protocol=hs-reference", override])
+
+
+def test_reference_protocols_pin_the_reference_input_statistics():
+    # CIFAR-100: both codes use the copied CIFAR-10 numbers; clean keeps the card's true CIFAR-100 statistics
+    for protocol in ("wb-reference", "hs-reference"):
+        cfg = load_config(None, [f"protocol={protocol}", "data.dataset=cifar100"])
+        assert (cfg.data.mean, cfg.data.std) == CIFAR10_COPIED
+        with pytest.raises(ConfigError, match=f"config key 'data.std': .* conflicts with protocol {protocol}"):
+            load_config(None, [f"protocol={protocol}", "data.dataset=cifar100", "data.std=[0.2673, 0.2564, 0.2762]"])
+    clean = load_config(None, ["protocol=clean", "data.dataset=cifar100"])
+    assert (clean.data.mean, clean.data.std) == ([0.5071, 0.4865, 0.4409], [0.2673, 0.2564, 0.2762])
+    # CIFAR-10: the HS code uses CIFAR-10's true statistics (= the card); the WB code has no CIFAR-10 (card)
+    card10 = ([0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616])
+    for protocol in ("hs-reference", "wb-reference", "clean", "custom"):
+        cfg = load_config(None, [f"protocol={protocol}", "data.dataset=cifar10"])
+        assert (cfg.data.mean, cfg.data.std) == card10, protocol
+    # the statistics are part of the run: another mean is another run directory
+    a = load_config(None, ["data.dataset=cifar100"])
+    b = load_config(None, ["data.dataset=cifar100", "data.mean=[0.4914, 0.4822, 0.4465]"])
+    assert a.run_hash() != b.run_hash() and "mean" in a.result_dict()["data"]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.mean=[0.5, 0.5]", "config key 'data.mean': 2 values for the 3 channels of cifar100"),
+    ("data.std=[0.2, 0.0, 0.2]", "config key 'data.std': [0.2, 0.0, 0.2] must be > 0 in every channel"),
+    ("data.std=[0.25]", "config key 'data.std': 1 values, but data.mean has 3"),
+])
+def test_bad_input_statistics(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(None, ["data.dataset=cifar100", override])
+
+
+def test_cb_normalizer_is_named_and_checked():
+    cfg = load_config(None, [])
+    assert cfg.train.loss.cb_normalizer == "batch" and cfg.stage2.train.loss.cb_normalizer == "batch"
+    assert load_config(None, ["stage2.train.loss.cb_normalizer=weights"]).stage2.train.loss.cb_normalizer == "weights"
+    with pytest.raises(ConfigError, match="config key 'stage2.train.loss.cb_normalizer': weights does not apply to "
+                                          "cb_bce_softmax"):
+        load_config(None, ["stage2.train.loss.name=cb_bce_softmax", "stage2.train.loss.cb_normalizer=weights"])
+    with pytest.raises(ConfigError, match="config key 'train.loss.cb_normalizer': expected one of 'batch', 'weights'"):
+        load_config(None, ["train.loss.cb_normalizer=sum"])
+
+
+def test_hs_reference_children_select_on_val_without_tta(tmp_path):
+    (tmp_path / "s1.yaml").write_text("protocol: hs-reference\ndata: {dataset: synthetic}\n")
+    (tmp_path / "s2.yaml").write_text("protocol: hs-reference\nstage: stage2\nparent: s1.yaml\n")
+    (tmp_path / "la.yaml").write_text("protocol: hs-reference\nstage: posthoc\nparent: s1.yaml\n"
+                                      "posthoc: {kind: la_mult, tau: null}\n")
+    s2 = load_config(tmp_path / "s2.yaml")
+    assert (s2.eval.selection_split, s2.eval.select, s2.eval.tta_flip, s2.eval.select_tta_flip) == ("val", "best", False, False)
+    t = s2.stage2.train
+    assert (t.loss.cb_normalizer, t.schedule_step_at_epoch_start, s2.stage2.maxnorm_cadence) == ("batch", True, "epoch")
+    la = load_config(tmp_path / "la.yaml")
+    assert (la.eval.selection_split, la.eval.tta_flip, la.eval.select_tta_flip) == ("val", False, False)
+    with pytest.raises(ConfigError, match="'stage2.maxnorm_cadence': 'step' conflicts with protocol hs-reference"):
+        load_config(tmp_path / "s2.yaml", ["stage2.maxnorm_cadence=step"])
+    with pytest.raises(ConfigError, match="'eval.selection_split': 'test' conflicts with protocol hs-reference"):
+        load_config(tmp_path / "la.yaml", ["eval.selection_split=test"])

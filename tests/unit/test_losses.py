@@ -47,9 +47,56 @@ def test_cb_weights_cifar100_lt_if100():
 
 def test_ce_and_cb_ce():
     assert float(loss("ce")(LOGITS, Y)) == pytest.approx((CE_A + CE_B) / 2, rel=1e-6)
-    # PyTorch weighted CE: sum_i w_yi l_i / sum_i w_yi; sample a has label 1 (w 1.2), b label 0 (w 0.8)
-    expected = (W1 * CE_A + W0 * CE_B) / (W1 + W0)
-    assert float(loss("cb_ce", cb_beta=0.5)(LOGITS, Y)) == pytest.approx(expected, rel=1e-6)
+    # one sample of each class: sum_i w_yi = 0.8 + 1.2 = 2 = B, so both normalisers agree on this batch
+    expected = (W1 * CE_A + W0 * CE_B) / 2
+    for norm in ("batch", "weights"):
+        assert float(loss("cb_ce", cb_beta=0.5, cb_normalizer=norm)(LOGITS, Y)) == pytest.approx(expected, rel=1e-6)
+
+
+# Three samples, where sum_i w_yi (1.2 + 0.8 + 0.8 = 2.8) differs from B = 3:
+#   a: logits [0, ln 3], label 1 (w 1.2): p_1 = 3/4, CE = ln(4/3) = 0.28768207245178085
+#   b: logits [0, 0],    label 0 (w 0.8): p_0 = 1/2, CE = ln 2   = 0.6931471805599453
+#   c: logits [ln 3, 0], label 0 (w 0.8): p_0 = 3/4, CE = ln(4/3)
+# sum_i w_yi CE_i = 1.2 * 0.287682... + 0.8 * 0.693147... + 0.8 * 0.287682... = 1.129881889351518
+LOGITS3 = torch.tensor([[0.0, math.log(3.0)], [0.0, 0.0], [math.log(3.0), 0.0]])
+Y3 = torch.tensor([1, 0, 0])
+CB_BATCH3 = 0.37662729645050597      # 1.129881889351518 / 3   (WB / HS codes: the plain batch mean)
+CB_WEIGHTS3 = 0.4035292461969707     # 1.129881889351518 / 2.8 (PyTorch weight=: sum_i w_yi)
+
+
+@pytest.mark.parametrize("norm, expected, z", [("batch", CB_BATCH3, 3.0), ("weights", CB_WEIGHTS3, 2.8)])
+def test_cb_ce_normalizers_by_hand(norm, expected, z):
+    f = loss("cb_ce", cb_beta=0.5, cb_normalizer=norm)
+    assert float(f(LOGITS3, Y3)) == pytest.approx(expected, rel=1e-6)
+    assert float(f.normalizer(Y3)) == pytest.approx(z, rel=1e-7)
+    # the same reduction for a loss with its own per-sample form (focal, gamma 0 = CE) under DRW
+    g = loss("focal", focal_gamma=0.0, cb_beta=0.5, drw_epoch=0, cb_normalizer=norm)
+    assert float(g(LOGITS3, Y3)) == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("norm, shares", [
+    # rank 0 holds sample a, rank 1 samples b and c. batch: normalizers 1 and 2 of 3; rank losses
+    # 1.2 * 0.287682 / 1 = 0.345218486942137 and (0.8 * 0.693147 + 0.8 * 0.287682) / 2 = 0.39233170120469046
+    ("batch", [(0.345218486942137, 1.0), (0.39233170120469046, 2.0)]),
+    # weights: normalizers 1.2 and 1.6 of 2.8; rank losses 0.28768207245178085 and 0.49041462650586304
+    ("weights", [(0.28768207245178085, 1.2), (0.49041462650586304, 1.6)]),
+])
+def test_ddp_rank_shares_recombine_the_global_loss(norm, shares):
+    """The DDP loop weighs rank r's loss by z_r / Z (times the world size, undone by DDP's average)."""
+    f = loss("cb_ce", cb_beta=0.5, cb_normalizer=norm)
+    parts = [slice(0, 1), slice(1, 3)]
+    for s, (rank_loss, z) in zip(parts, shares):
+        assert float(f(LOGITS3[s], Y3[s])) == pytest.approx(rank_loss, rel=1e-6)
+        assert float(f.normalizer(Y3[s])) == pytest.approx(z, rel=1e-7)
+    total_z = sum(z for _, z in shares)
+    combined = sum(rank_loss * z / total_z for rank_loss, z in shares)
+    assert combined == pytest.approx(CB_BATCH3 if norm == "batch" else CB_WEIGHTS3, rel=1e-12)
+
+
+def test_cb_bce_softmax_takes_only_the_batch_normalizer():
+    with pytest.raises(ValueError, match="cb_normalizer: cb_bce_softmax averages over its B\\*C entries"):
+        loss("cb_bce_softmax", cb_beta=0.5, cb_normalizer="weights")
+    assert float(loss("cb_bce_softmax", cb_beta=0.5).normalizer(Y3)) == 3.0
 
 
 def test_cb_bce_softmax_by_hand_and_loop():
@@ -156,14 +203,15 @@ def test_normalizer_is_what_the_batch_mean_divides_by():
     logits = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
     ce = make_loss(LossConfig(name="ce"), counts)
     assert float(ce.normalizer(y)) == 4.0
-    cb = make_loss(LossConfig(name="cb_ce", cb_beta=0.99), counts)
-    w = cb.class_weight.double()
-    assert float(cb.normalizer(y)) == pytest.approx(float(2 * w[0] + w[1] + w[2]))
-    # split the batch in two "ranks": sum_r loss_r * z_r / Z equals the loss of the whole batch
-    parts = [(slice(0, 1), cb), (slice(1, 4), cb)]
-    whole = cb(logits, y)
-    combined = sum(l(logits[s], y[s]) * l.normalizer(y[s]) for s, l in parts) / cb.normalizer(y)
-    assert float(combined) == pytest.approx(float(whole), rel=1e-6)
+    for norm in ("batch", "weights"):
+        cb = make_loss(LossConfig(name="cb_ce", cb_beta=0.99, cb_normalizer=norm), counts)
+        w = cb.class_weight.double()
+        assert float(cb.normalizer(y)) == (4.0 if norm == "batch" else pytest.approx(float(2 * w[0] + w[1] + w[2])))
+        # split the batch in two "ranks": sum_r loss_r * z_r / Z equals the loss of the whole batch
+        parts = [(slice(0, 1), cb), (slice(1, 4), cb)]
+        whole = cb(logits, y)
+        combined = sum(l(logits[s], y[s]) * l.normalizer(y[s]) for s, l in parts) / cb.normalizer(y)
+        assert float(combined) == pytest.approx(float(whole), rel=1e-6)
     bce = make_loss(LossConfig(name="cb_bce_softmax", cb_beta=0.99), counts)
     assert float(bce.normalizer(y)) == 4.0
     combined = sum(bce(logits[s], y[s]) * bce.normalizer(y[s]) for s, _ in parts) / 4.0

@@ -34,11 +34,20 @@ def test_every_paper_config_loads_with_its_protocol(repo, exp):
     assert wb.stage2.maxnorm_cadence == "epoch" and wb.stage2.train.loss.name == "cb_bce_softmax"
     assert wb.parent_hash == wd.run_hash() and wb.data == wd.data
     assert not cfgs["cb_wd"].stage2.maxnorm and cfgs["cb_maxnorm"].stage2.train.weight_decay == 0.0
-    # HS: clean protocol, 20 val images held out (n_max = pool - 20), ETF + WD in loss + FR
-    assert hs.protocol == "clean" and hs.eval.selection_split == "val" and not hs.eval.tta_flip
+    assert not wd.eval.select_tta_flip and not wb.eval.select_tta_flip     # best epoch on plain logits
+    # the WB code normalises CIFAR-100 with the copied CIFAR-10 statistics (it has no CIFAR-10 code: card)
+    std = [0.2023, 0.1994, 0.2010] if "cifar100" in exp else [0.2470, 0.2435, 0.2616]
+    assert wd.data.std == std and wb.data.std == std
+    # HS: the HS code's protocol: 20 val images held out (n_max = pool - 20, round()), SGD without
+    # weight_decay, WD in the loss + FR + ETF, scheduler stepped before each epoch, the best epoch on val
+    assert hs.protocol == "hs-reference" and hs.eval.selection_split == "val" and hs.eval.select == "best"
+    assert not hs.eval.tta_flip and not hs.eval.select_tta_flip and hs.data.std == std
     assert hs.data.n_max == (480 if "cifar100" in exp else 4980) and hs.data.rounding == "round"
+    assert hs.train.weight_decay == 0.0 and hs.train.schedule_step_at_epoch_start
     assert hs.model.classifier == "etf" and hs.train.wd_in_loss == 5e-3 and hs.train.feature_reg == 0.01
-    assert cfgs["hs"].posthoc.kind == "la_mult" and cfgs["hs"].posthoc.tau is None
+    la = cfgs["hs"]
+    assert la.protocol == "hs-reference" and la.parent_hash == hs.run_hash()
+    assert la.posthoc.kind == "la_mult" and la.posthoc.tau is None and la.eval.selection_split == "val"
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +83,10 @@ def test_large_scale_configs(repo, large_env, large_shards):
     wb = inlt["wb"]
     assert wb.parent_hash == wd.run_hash() and wb.stage2.maxnorm and wb.stage2.bn_mode == "eval"
     assert wb.data.shards_manifest == wd.data.shards_manifest
+    assert wb.stage2.train.loss.name == "cb_ce" and wb.stage2.train.loss.cb_normalizer == "batch"
+    hs = inlt["hs_stage1"]
+    assert hs.protocol == "hs-reference" and hs.eval.select == "best" and hs.train.weight_decay == 0.0
+    assert hs.data.val_per_class == 20 and hs.data.mean == [0.485, 0.456, 0.406]   # split files; ImageNet card
     inat = {p.stem: load_config(p) for p in sorted((d / "inat2018").glob("*.yaml"))}
     assert set(inat) == {"wd", "wb"}   # no val split: nothing may be chosen on it
     assert inat["wd"].model.name == "resnet50" and inat["wd"].train.batch_size == 512
