@@ -193,6 +193,11 @@ def submit(configs: list[str], overrides: list[str], runs_root: str, cluster: st
     array (at most `parallelism` tasks at once), and a level waits for the jobs of the level before.
     """
     site = load_site(site_file)
+    import shutil
+
+    if cluster == "slurm" and shutil.which("srun") is None:
+        raise ConfigError("ltbench submit: no SLURM client here (srun not found on PATH); submit from a login "
+                          "node of the cluster, or run the plan on this machine with --cluster local")
     nodes: dict[Path, Node] = {}
     for c in configs:
         for point in expand_sweep(list(sweeps)):
