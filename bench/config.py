@@ -219,7 +219,7 @@ class Config:
         "custom", "named protocol whose settings the config must follow (see PROTOCOLS): clean = select on a held-out "
         "validation split, never peek at test; wb-reference = the WB code's CIFAR protocol; hs-reference = the HS "
         "code's; custom = no constraint")
-    seed: int = _f(0, "seed of weight init, data order and augmentation")
+    seed: int = _f(0, "seed of weight init, data order and augmentation", ge=0)
     stage: Literal["stage1", "stage2", "posthoc"] = _f("stage1", "stage1: train a model; stage2: retrain the classifier of `parent`; posthoc: adjust `parent` without training")
     parent: str | None = _f(None, "stage2/posthoc: the run they start from: its run directory, or its experiment YAML (found under the same runs root, same seed)")
     parent_hash: str | None = _f(None, "filled in by ltbench: the config hash of `parent` (part of this run's hash)")
@@ -376,7 +376,10 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"config file {p}: not found")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {p}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); "
+                          "is it a YAML file?") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
@@ -505,8 +508,13 @@ def load_with_bases(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if bases is None:
         return raw
     merged: dict[str, Any] = {}
+    if not isinstance(bases, (str, list)) or not all(isinstance(b, str) for b in ([bases] if isinstance(bases, str) else bases)):
+        raise ConfigError(f"config file {path}: 'base' must be a file name or a list of them, got {bases!r}")
     for b in [bases] if isinstance(bases, str) else bases:
         bp = (path.parent / b).resolve()
+        if not bp.is_file():
+            raise ConfigError(f"config file {path}: 'base' {b} is {'a folder' if bp.is_dir() else 'not found'} "
+                              f"({bp}); it names a YAML file, relative to this one")
         if bp in seen:
             raise ConfigError(f"config file {path}: 'base' {b} includes itself")
         merged = merge(merged, load_with_bases(bp, seen + (bp,)))
@@ -519,6 +527,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     A stage2/posthoc config inherits data, model, train (and groups, unless it sets them) from its parent.
     """
     raw: dict[str, Any] = load_with_bases(Path(path)) if path is not None else {}
+    if path is not None and not raw:
+        # an empty file would silently train the defaults under the name "default": almost surely a mistake
+        raise ConfigError(f"config file {path}: empty (an experiment names at least its dataset and model; see "
+                          "configs/smoke.yaml)")
     for ov in overrides:
         keys, value = parse_override(ov)
         _set(raw, keys, value)

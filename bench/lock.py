@@ -70,7 +70,7 @@ class DirLock:
         self.what, self.wait, self.poll_s = what, wait, poll_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._created = False
+        self._created: list[Path] = []
 
     def _try_create(self) -> bool:
         try:
@@ -90,7 +90,8 @@ class DirLock:
         return (info if isinstance(info, dict) else {}), age
 
     def acquire(self) -> None:
-        self._created = not self.path.parent.exists()    # remove it again if nothing else is written there
+        # the folders this creates are removed again if nothing else is written there (bad input leaves none)
+        self._created = [d for d in (self.path.parent, *self.path.parent.parents) if not d.exists()]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         announced = False
         while not self._try_create():
@@ -139,8 +140,10 @@ class DirLock:
             info, _ = self._read()
             if info.get("pid") == os.getpid() and info.get("host") == platform.node():
                 self.path.unlink()
-            if self._created and not any(self.path.parent.iterdir()):
-                self.path.parent.rmdir()          # bad input: no directory left behind
+            for d in self._created:           # deepest first
+                if any(d.iterdir()):
+                    break
+                d.rmdir()
         except OSError:
             pass
 

@@ -135,5 +135,13 @@ def check_owner(path: Path, recorded: str | None, expected: str, what: str = "co
 def write_text_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        # torch.save / write report ENOSPC without a file name: name the file the user must make room for
+        raise OSError(e.errno, e.strerror, str(e.filename or path)) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -24,11 +24,21 @@ def save_atomic(obj: Any, path: Path) -> None:
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        # torch.save / write report ENOSPC without a file name: name the file the user must make room for
+        raise OSError(e.errno, e.strerror, str(e.filename or path)) from None
+    except BaseException:
+        # a full or read-only disk (or a kill): the previous file stays as it was, and no torn temporary
+        # file is left to eat the space a retry needs
+        tmp.unlink(missing_ok=True)
+        raise
     dfd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dfd)

@@ -46,7 +46,17 @@ def _file(tmp: Path) -> Path:
     return tmp / "file"
 
 
+def _yaml(tmp: Path, name: str, content: bytes) -> str:
+    (tmp / name).write_bytes(content)
+    return str(tmp / name)
+
+
 CASES = {
+    "config not UTF-8": (lambda t: ["run", _yaml(t, "c.yaml", b"name: x\n\xff\xfe: 1\n")], "not UTF-8 text"),
+    "base is a folder": (lambda t: ["run", _yaml(t, "c.yaml", f"base: {t}\n".encode())], "is a folder"),
+    "base missing": (lambda t: ["run", _yaml(t, "c.yaml", b"base: nope.yaml\n")], "'base' nope.yaml is not found"),
+    "empty config": (lambda t: ["run", _yaml(t, "c.yaml", b"")], "c.yaml: empty"),
+    "negative seed": (lambda t: ["run", SMOKE, "seed=-1"], "config key 'seed': value -1 out of range"),
     "samples per shard 0": (lambda t: ["prepare", "synthetic", "--out", str(t / "s"), "--samples-per-shard", "0"],
                             "--samples-per-shard: 0 must be at least 1"),
     "prepare into a file": (lambda t: ["prepare", "synthetic", "--out", str(_file(t))], "is a file, not a folder"),
