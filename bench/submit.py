@@ -91,13 +91,31 @@ def read_job(record: Path) -> dict[str, Any]:
 class RunJob:
     """What a SLURM task executes: `ltbench run` of one config; requeued on preemption."""
 
-    def __init__(self, config: str, overrides: list[str], runs_root: str, max_requeues: int) -> None:
+    def __init__(self, config: str, overrides: list[str], runs_root: str, max_requeues: int,
+                 run_path: Path | None = None) -> None:
         self.config, self.overrides, self.runs_root, self.max_requeues = config, overrides, runs_root, max_requeues
+        # known at submit time, so that checkpoint() (a signal handler) needs no config loading
+        self.run_path = run_path or RunDir.for_config(load_config(config, overrides), runs_root).path
 
     def __call__(self) -> int:
         import os
+        import signal
 
-        from bench.cli import main
+        # The preemption signal (SIGUSR2) can arrive while this process is still importing torch. Handled
+        # then, submitit's handler exits the process in the middle of torch's import, whose half-registered
+        # operators break what runs after it ("Trying to override a python impl for DispatchKey.Meta").
+        # So a signal during start-up is only recorded, and handled once the imports are done.
+        pending: list[int] = []
+        handler = signal.signal(signal.SIGUSR2, lambda signum, frame: pending.append(signum))
+        try:
+            import torch  # noqa: F401 - the import the signal must not interrupt
+
+            from bench.cli import main
+            from bench.train import stage1, stage2  # noqa: F401
+        finally:
+            signal.signal(signal.SIGUSR2, handler)
+        if pending:
+            os.kill(os.getpid(), signal.SIGUSR2)     # now submitit checkpoints and requeues, as at any time
 
         if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
             import submitit
@@ -115,12 +133,11 @@ class RunJob:
         """Preempted or near the time limit: requeue unless the bound is reached (counted in the run dir)."""
         import submitit
 
-        run = RunDir.for_config(load_config(self.config, self.overrides), self.runs_root)
-        counter = run.path / "requeues.json"
+        counter = Path(self.run_path) / "requeues.json"
         n = json.loads(counter.read_text())["requeues"] if counter.is_file() else 0
         if n >= self.max_requeues:
             return None
-        run.path.mkdir(parents=True, exist_ok=True)
+        counter.parent.mkdir(parents=True, exist_ok=True)
         counter.write_text(json.dumps({"requeues": n + 1}))
         return submitit.helpers.DelayedSubmission(self)
 
@@ -238,7 +255,7 @@ def submit(configs: list[str], overrides: list[str], runs_root: str, cluster: st
         jobs = []
         with ex.batch() if len(todo) > 1 else contextlib.nullcontext():
             for n in todo:
-                jobs.append(ex.submit(RunJob(n.config, n.overrides, runs_root, max_requeues)))
+                jobs.append(ex.submit(RunJob(n.config, n.overrides, runs_root, max_requeues, n.run.path)))
         for n, job in zip(todo, jobs):
             n.job_id, n.job = job.job_id, job  # type: ignore[attr-defined]
             n.run.path.mkdir(parents=True, exist_ok=True)

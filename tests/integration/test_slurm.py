@@ -295,3 +295,31 @@ def test_two_node_ddp_through_submit(slurm, tmp_path):
     row = wait_done(job_of(run_dir), slurm, timeout=600)
     assert row["state"] == "COMPLETED" and row["nodes"] == "n[1-2]"
     assert json.loads((run_dir / "result.json").read_text())["world_size"] == 2
+
+
+def test_usr2_during_start_up_requeues_and_ends_with_the_same_numbers(slurm, smoke_reference, tmp_path):
+    """The preemption signal while the job is still importing torch (seconds into the job): it is handled
+    once the imports are done, and the requeued job ends with the same numbers."""
+    runs = tmp_path / "runs"
+    r = ltbench("submit", SMOKE, "--override", "runtime.threads=1", "--runs-root", str(runs), env=slurm)
+    assert r.returncode == 0, r.stderr
+    run_dir = next(runs.glob("smoke/ce-*"))
+    job = job_of(run_dir)
+    started = lambda: any("Starting with" in p.read_text() for p in (runs / "_submitit").rglob("*_log.*"))  # noqa: E731
+    t0 = time.time()
+    while not started():               # submitit's handler is installed; the job imports torch next
+        assert time.time() - t0 < 120, sacct(job, slurm)
+        time.sleep(0.02)
+    time.sleep(0.3)
+    assert not (run_dir / "config.yaml").exists()      # still starting up: nothing trained yet
+    subprocess.run(["scancel", "--signal=USR2", job], check=True, env=slurm)
+    row = wait_done(job, slurm, timeout=600)
+    assert row["state"] == "COMPLETED", sacct(job, slurm)
+    assert json.loads((run_dir / "requeues.json").read_text())["requeues"] == 1
+    # handled after the imports: the first attempt exits cleanly (handled inside `import torch`, it died
+    # with a traceback there: "Submitted job triggered an exception")
+    logs = "".join(p.read_text() for p in (runs / "_submitit").rglob("*_log.*"))
+    assert "Traceback" not in logs and "triggered an exception" not in logs, logs
+    a = json.loads((run_dir / "result.json").read_text())
+    for key in ("metrics", "val_metrics", "per_class_acc", "selected_epoch"):
+        assert a[key] == smoke_reference[key], key
