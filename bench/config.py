@@ -374,7 +374,7 @@ def _set(d: dict[str, Any], path: list[str], value: Any) -> None:
 def load_yaml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"config file {p}: not found")
+        raise ConfigError(f"config file {p}: {'a folder, not a YAML file' if p.is_dir() else 'not found'}")
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
     except UnicodeDecodeError as e:
