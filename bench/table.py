@@ -22,8 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from bench.config import ConfigError, load_yaml
 from bench.metrics import GROUPS
 
@@ -283,14 +281,17 @@ def make_cell(runs: list[RunRecord], expected: list[int]) -> Cell:
 
 
 def published_rows(columns: list[tuple[str, float | None]]) -> list[dict[str, Any]]:
-    """Reference rows from datasets/published/*.yaml for the table's columns (IF omitted = the set's own)."""
+    """Reference rows from datasets/published/*.yaml for the table's columns (IF omitted = the set's own).
+
+    Each row comes resolved with its provenance (bench.published: label, table, backbone, epochs, protocol,
+    url, checked, paper); the renderers print method, metrics and the file's short `source`."""
+    from bench.published import load_published
+
     out = []
-    for f in sorted(PUBLISHED.glob("*.yaml")):
-        doc = yaml.safe_load(f.read_text())
-        for row in doc["rows"]:
-            for col in columns:
-                if row["dataset"] == col[0] and row.get("imbalance_factor") in (None, col[1]):
-                    out.append({**row, "source": doc["source"], "column": col})
+    for row in load_published(PUBLISHED):
+        for col in columns:
+            if row["dataset"] == col[0] and row.get("imbalance_factor") in (None, col[1]):
+                out.append({**row, "column": col})
     return out
 
 
