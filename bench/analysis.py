@@ -1,4 +1,4 @@
-"""Analysis measures of HS (REFERENCE.md section 2): per-class classifier weight norms, Fisher's
+"""Analysis measures of HS (Hasegawa & Sato 2024): per-class classifier weight norms, Fisher's
 discriminant ratio of penultimate features, and the "cone effect" (mean pairwise cosine similarity of
 features, within and between classes).
 """

@@ -79,7 +79,7 @@ class DataConfig:
 
 @dataclass
 class GroupsConfig:
-    """Many / medium / few split by TRAINING count n_c (REFERENCE.md section 3)."""
+    """Many / medium / few split by TRAINING count n_c (Kang et al. 2020; WB)."""
 
     many: int | None = _f(None, "many-shot threshold; None = dataset card (100 for CIFAR-100-LT, 1000 for 10-class sets)", ge=0)
     few: int | None = _f(None, "few-shot threshold; None = dataset card (20 / 200)", ge=0)
@@ -139,7 +139,7 @@ class TrainConfig:
 
 
 def _stage2_train() -> "TrainConfig":
-    # WB stage 2 (REFERENCE.md section 1): 10 epochs, SGD lr 0.01 momentum 0.9, cosine, WD 0.1, CB loss.
+    # WB stage 2 (Alshammari et al. 2022): 10 epochs, SGD lr 0.01 momentum 0.9, cosine, WD 0.1, CB loss.
     return TrainConfig(epochs=10, lr=0.01, weight_decay=0.1, loss=LossConfig(name="cb_ce"))
 
 
@@ -394,7 +394,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 INHERITED = ("data", "model", "train")  # a stage2/posthoc run takes these from its parent
 LOCATION_KEYS = ("root", "shards")        # ...except where its data lives now, which it may override
 
-# Settings a named protocol fixes (REFERENCE.md section 3). A config that names the protocol gets these
+# Settings a named protocol fixes (README "Stages, methods and protocols"). A config that names the protocol gets these
 # values, and setting one of them to something else is an error: the label cannot lie.
 PROTOCOLS: dict[str, dict[str, dict[str, Any]]] = {
     "clean": {

@@ -6,7 +6,7 @@ held-out validation split; test is only read for the final table. Runs:
   stage 2   WB on the WD model: a small grid of weight decay x beta x MaxNorm threshold, best on val
   post-hoc  tau-norm of the WD model; HS multiplicative logit adjustment; tau chosen on val
 Groups use the dataset card's thresholds (many > 1000, few < 200: 4 / 3 / 3 classes), because the usual
-> 100 / < 20 leaves no few-shot class on a 10-class profile (REFERENCE.md section 4).
+> 100 / < 20 leaves no few-shot class on a 10-class profile (README, The demo).
 """
 
 from __future__ import annotations

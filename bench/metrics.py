@@ -1,4 +1,4 @@
-"""Many / medium / few groups and the accuracies reported in every table (REFERENCE.md section 3)."""
+"""Many / medium / few groups and the accuracies reported in every table (Kang et al. 2020; WB)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Weights & Biases tracking: one W&B run per run directory (= per stage), grouped by experiment.
 
-Rules (ENVIRONMENT.md, "wandb facts"):
+Rules (wandb's documented behaviour, checked here):
 - only global rank 0 talks to W&B;
 - the run id is written to <run>/wandb.json before wandb.init, and a resumed or requeued job continues
   the same W&B run (id=..., resume="allow"); the step is the epoch, so it never decreases, and epochs

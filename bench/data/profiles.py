@@ -1,6 +1,6 @@
 """Long-tailed class-count profiles, per-class image selection and the held-out validation split.
 
-Definitions follow REFERENCE.md section 4 (LDAM-DRW / WB CIFAR-LT construction).
+Definitions follow the LDAM-DRW (Cao et al. 2019) / WB CIFAR-LT construction.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Classifier heads and constraints: the fixed simplex-ETF classifier (HS) and MaxNorm (WB).
 
-- simplex ETF: REFERENCE.md section 2, W = sqrt(C/(C-1)) * (U[:, :C] (I - 11^T/C))^T.
-- MaxNorm: REFERENCE.md section 1, projected gradient descent onto the ball ||W_k|| <= delta with one
+- simplex ETF (Papyan et al. 2020; HS, Hasegawa & Sato 2024): W = sqrt(C/(C-1)) * (U[:, :C] (I - 11^T/C))^T.
+- MaxNorm (WB, Alshammari et al. 2022): projected gradient descent onto the ball ||W_k|| <= delta with one
   radius delta = min_k r_k + thresh * (max_k r_k - min_k r_k) from the stage-1 rows.
 """
 

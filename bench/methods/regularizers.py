@@ -1,4 +1,4 @@
-"""Explicit regularisation terms of the HS single-stage method (REFERENCE.md section 2).
+"""Explicit regularisation terms of the HS single-stage method (Hasegawa & Sato, ICLR 2024).
 
 Both are added to the training loss. If weight_decay_term is used, the optimiser's own weight_decay
 must be 0 for the same parameters, otherwise the decay is applied twice (SGD's weight_decay=lam adds

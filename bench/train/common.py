@@ -156,7 +156,7 @@ class Evaluator:
 
 
 def analysis(head: torch.nn.Module, out: EvalOutput, split: str) -> dict[str, Any]:
-    """HS analysis measures (REFERENCE.md section 2) on the pooled features of `split`."""
+    """HS analysis measures (Hasegawa & Sato 2024) on the pooled features of `split`."""
     res: dict[str, Any] = {"split": split}
     weight = getattr(head, "weight", None)
     if weight is not None:

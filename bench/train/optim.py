@@ -10,7 +10,7 @@ from bench.config import TrainConfig
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float, scope: str) -> list[dict]:
-    """scope='all': every parameter decays, conv, BN gamma/beta, biases and fc alike (WB, REFERENCE.md 1).
+    """scope='all': every parameter decays, conv, BN gamma/beta, biases and fc alike (WB, Alshammari et al. 2022).
     scope='no_norm_bias': 1-d parameters (norm weights, biases) get no decay (timm's default, which
     silently changes WB's method if used by accident).
     """

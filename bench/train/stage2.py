@@ -1,7 +1,7 @@
 """Stage 2 (WB classifier learning) and the training-free post-hoc stage, both on a finished parent run.
 
 Stage 2 freezes the parent's backbone and retrains its linear classifier with a class-balanced loss,
-weight decay and MaxNorm (projected gradient descent, REFERENCE.md section 1). With no augmentation and
+weight decay and MaxNorm (projected gradient descent, Alshammari et al. 2022). With no augmentation and
 BatchNorm in eval mode the backbone is a fixed function, so its features are extracted once and the
 classifier trains on them (the same classifier, far faster).
 """

@@ -89,9 +89,9 @@ HEADER = {
 }
 
 
-# Large-scale experiments. Backbones as REFERENCE.md section 4 (WB: ResNeXt-50 on ImageNet-LT, ResNet-50
+# Large-scale experiments. Backbones as the WB and HS papers report them (WB: ResNeXt-50 on ImageNet-LT, ResNet-50
 # on iNat 2018 with batch 512; Places-LT: ResNet-152 from ImageNet weights, as in the literature). The
-# schedule values marked ASSUMED are not in REFERENCE.md: check them against the papers before quoting.
+# schedule values marked ASSUMED are not taken from the papers: check them against the papers before quoting.
 LARGE = {
     # folder: (dataset, model, stage-1 training, protocol)
     "imagenet_lt": ("imagenet-lt", {"name": "resnext50_32x4d"},

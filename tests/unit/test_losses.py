@@ -38,7 +38,7 @@ def test_cb_weights_cifar100_lt_if100():
     assert counts[0] == 500 and counts[-1] == 5
     w = cb_weights(counts, 0.9999)
     assert abs(float(w.sum()) - 100) < 1e-3
-    assert abs(float(w[0]) - 0.045) < 1e-3                                     # REFERENCE.md: head ~0.045
+    assert abs(float(w[0]) - 0.045) < 1e-3                                     # hand-computed: head ~0.045
     assert abs(float(w[-1]) - 4.38) < 5e-3                                     # tail ~4.38
     # first principles: tail / head = (1 - b^500) / (1 - b^5)
     b = 0.9999

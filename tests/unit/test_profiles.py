@@ -1,4 +1,4 @@
-"""Long-tailed profiles and selection against the published figures (REFERENCE.md section 4)."""
+"""Long-tailed profiles and selection against the published figures (Cao et al. 2019; WB)."""
 
 import numpy as np
 import pytest

@@ -115,7 +115,7 @@ REAL = "/usr/share/datasets/fashion-mnist"
 
 @pytest.mark.skipif(not __import__("os").path.isdir(REAL), reason="dataset-fashion-mnist not installed (make test installs it)")
 def test_real_fashion_mnist_lt_if100():
-    # without a val split: the reference profile, 14,886 images (REFERENCE.md section 4)
+    # without a val split: the reference profile, 14,886 images (the WB code's cut)
     cfg = load_config(None, ["data.dataset=fashion-mnist", "data.val_per_class=0", "eval.selection_split=test"])
     data = build_lt_data(cfg.data)
     assert data.class_counts == [6000, 3596, 2156, 1292, 774, 464, 278, 166, 100, 60]

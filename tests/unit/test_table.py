@@ -146,7 +146,7 @@ def test_reference_rows_from_the_published_file(tmp_path):
     write_run(root, ["name=c", "method=wb", "data.dataset=cifar100", "data.imbalance_factor=100"], all_=52.0)
     t = build_table(collect([str(root)]), reference=True)
     wb = [r for r in t.reference if r["method"] == "wb"]
-    assert len(wb) == 1 and wb[0]["all"] == 53.35 and wb[0]["few"] == 32.63     # REFERENCE.md section 5
+    assert len(wb) == 1 and wb[0]["all"] == 53.35 and wb[0]["few"] == 32.63     # the WB paper, datasets/published/wb_cvpr2022.yaml
     md = RENDER["md"](t)
     assert "| *wb (WB paper (CVPR 2022))* | 53.35 | 72.60 | 51.86 | 32.63 | pub. |" in md
     assert "*naive (WB paper (CVPR 2022))* | 38.38 | 64.05 | 35.80 | 11.43" in md
