@@ -155,7 +155,7 @@ def cmd_table(args: argparse.Namespace) -> int:
             seeds = [int(s) for s in args.seeds.split(",")]
         except ValueError:
             raise ConfigError(f"ltbench table --seeds {args.seeds!r}: expected comma-separated integers") from None
-    table = build_table(records, seeds, args.select, args.reference)
+    table = build_table(records, seeds, args.select, args.reference, args.ci, args.baseline)
     text = RENDER[args.format](table)
     if args.out:
         from bench.rundir import write_text_atomic
@@ -254,6 +254,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--select", choices=["val"], default=None,
                     help="one row per method: of its settings on a dataset, the best mean val accuracy")
     sp.add_argument("--reference", action="store_true", help="add the published numbers (datasets/published/)")
+    sp.add_argument("--ci", choices=["t", "bootstrap"], default=None,
+                    help="add a 95%% interval of the mean over seeds to every cell (Student t, or percentile bootstrap)")
+    sp.add_argument("--baseline", default=None, metavar="METHOD",
+                    help="compare every row with METHOD: paired t-test of 'all' over the seeds both completed "
+                         "(▲ / ▼ at p < 0.05; CSV: difference, p, pairs)")
     sp.add_argument("--wandb", default=None, metavar="ENTITY/PROJECT",
                     help="also read runs from W&B run summaries (online; needs a login)")
     sp.add_argument("--plots", default=None, metavar="PREFIX", help="write plots as PREFIX-<dataset>.png")

@@ -179,6 +179,17 @@ class Cell:
     missing: list[int]                           # expected seeds with no run at all
     chosen: str = ""                             # --select: the setting chosen and among how many
 
+    def values(self, metric: str, source: str = "metrics") -> dict[int, float]:
+        """seed -> value of the complete runs (one per seed)."""
+        return {r.seed: v for r in self.runs if (v := (getattr(r, source) or {}).get(metric)) is not None}
+
+    def interval(self, metric: str, kind: str) -> tuple[float, float] | None:
+        """95 % interval of the mean over seeds: Student t (kind "t") or a percentile bootstrap."""
+        from bench.stats import bootstrap_interval, t_interval
+
+        vals = list(self.values(metric).values())
+        return t_interval(vals) if kind == "t" else bootstrap_interval(vals)
+
     def stats(self, metric: str, source: str = "metrics") -> tuple[float | None, float | None, int]:
         vals = [v for r in self.runs if (v := (getattr(r, source) or {}).get(metric)) is not None]
         if not vals:
@@ -199,6 +210,31 @@ class Table:
     cells: dict[tuple[tuple[str, str], tuple[str, float | None]], Cell]
     expected_seeds: list[int]
     reference: list[dict[str, Any]] = field(default_factory=list)
+    ci: str | None = None                        # "t" or "bootstrap": a 95 % interval in every cell
+    baseline: str | None = None                  # method every row is compared with (paired t-test over seeds)
+
+    def versus_baseline(self, row: tuple[str, str], col: tuple[str, float | None],
+                        metric: str = "all") -> tuple[float, float, int] | None:
+        """(mean difference row - baseline, two-sided p, pairs) over the seeds both completed; None when
+        there is no baseline, this is the baseline, or fewer than two seeds pair up."""
+        from bench.stats import paired_t
+
+        if self.baseline is None or row[0] == self.baseline:
+            return None
+        base = next((self.cells[(r, col)] for r in self.rows if r[0] == self.baseline and (r, col) in self.cells), None)
+        cell = self.cells.get((row, col))
+        if base is None or cell is None:
+            return None
+        a, b = cell.values(metric), base.values(metric)
+        seeds = sorted(set(a) & set(b))
+        return paired_t([a[k] for k in seeds], [b[k] for k in seeds])
+
+    def marker(self, row: tuple[str, str], col: tuple[str, float | None]) -> str:
+        """▲ / ▼: better / worse than the baseline at p < 0.05 (paired t-test of "all" over seeds)."""
+        cmp = self.versus_baseline(row, col)
+        if cmp is None or cmp[1] >= 0.05:
+            return ""
+        return " ▲" if cmp[0] > 0 else " ▼"
 
 
 def _method_key(m: str) -> tuple[int, str]:
@@ -223,7 +259,7 @@ def setting_labels(settings: list[tuple[tuple[str, str], ...]], max_keys: int = 
 
 
 def build_table(records: list[RunRecord], seeds: list[int] | None = None, select: str | None = None,
-                reference: bool = False) -> Table:
+                reference: bool = False, ci: str | None = None, baseline: str | None = None) -> Table:
     """Group records into cells: (method, label) x (dataset, imbalance factor).
 
     Within a column, a method's runs are split by experiment name (named in the label when a method
@@ -258,7 +294,10 @@ def build_table(records: list[RunRecord], seeds: list[int] | None = None, select
 
     columns = sorted({c for _, c in cells}, key=lambda c: (c[0], -(c[1] or 0)))
     rows = sorted({r for r, _ in cells}, key=lambda r: (_method_key(r[0]), r[1]))
-    table = Table(columns, rows, cells, expected)
+    table = Table(columns, rows, cells, expected, ci=ci, baseline=baseline)
+    if baseline is not None and not any(r[0] == baseline for r in rows):
+        raise ConfigError(f"ltbench table --baseline {baseline}: no such method among the runs "
+                          f"({', '.join(sorted({r[0] for r in rows}))})")
     if reference:
         table.reference = published_rows(columns)
     return table
@@ -310,15 +349,19 @@ def _num(v: float | None) -> str:
     return "—" if v is None else f"{v:.2f}"
 
 
-def _cell_text(cell: Cell | None, metric: str, latex: bool = False) -> str:
+def _cell_text(cell: Cell | None, metric: str, latex: bool = False, ci: str | None = None, mark: str = "") -> str:
     if cell is None:
         return ""
     mean, std, _ = cell.stats(metric)
     if mean is None:
         return "--" if latex else "—"
     if std is None:
-        return _num(mean)
-    return f"${mean:.2f} \\pm {std:.2f}$" if latex else f"{mean:.2f} ± {std:.2f}"
+        return _num(mean) + mark
+    text = f"${mean:.2f} \\pm {std:.2f}$" if latex else f"{mean:.2f} ± {std:.2f}"
+    interval = cell.interval(metric, ci) if ci else None
+    if interval is not None:
+        text += f" [{interval[0]:.2f}, {interval[1]:.2f}]"
+    return text + (mark.replace(" ▲", " $\\blacktriangle$").replace(" ▼", " $\\blacktriangledown$") if latex else mark)
 
 
 def _n_text(cell: Cell | None, expected: list[int], mark: str) -> str:
@@ -351,8 +394,15 @@ def _footnotes(table: Table) -> list[tuple[str, str]]:
 
 def _caption(table: Table) -> str:
     seeds = ", ".join(map(str, table.expected_seeds))
-    return (f"Test top-1 accuracy (%), mean ± sample std over seeds {{{seeds}}}; n = complete runs averaged; "
+    text = (f"Test top-1 accuracy (%), mean ± sample std over seeds {{{seeds}}}; n = complete runs averaged; "
             "† = runs failed, unfinished or missing (not averaged in; see notes).")
+    if table.ci:
+        text += (" [lo, hi] = 95 % interval of the mean (" + ("Student t over seeds" if table.ci == "t" else
+                 "percentile bootstrap over seeds") + ").")
+    if table.baseline:
+        text += (f" ▲ / ▼ = all better / worse than {table.baseline} at p < 0.05 (paired t-test over the seeds "
+                 "both completed).")
+    return text
 
 
 def render_markdown(table: Table) -> str:
@@ -367,7 +417,8 @@ def render_markdown(table: Table) -> str:
         cells = [_row_label(row)]
         for col in table.columns:
             cell = table.cells.get((row, col))
-            cells += [_cell_text(cell, m) for m in METRICS] + [_n_text(cell, table.expected_seeds, "†")]
+            cells += [_cell_text(cell, m, ci=table.ci, mark=table.marker(row, col) if m == "all" else "")
+                      for m in METRICS] + [_n_text(cell, table.expected_seeds, "†")]
         lines.append("| " + " | ".join(cells) + " |")
     for ref in _reference_lines(table):
         lines.append("| " + " | ".join(ref) + " |")
@@ -420,7 +471,8 @@ def render_latex(table: Table) -> str:
         cells = [_tex(_row_label(row))]
         for col in table.columns:
             cell = table.cells.get((row, col))
-            cells += [_cell_text(cell, m, latex=True) for m in METRICS]
+            cells += [_cell_text(cell, m, latex=True, ci=table.ci, mark=table.marker(row, col) if m == "all" else "")
+                      for m in METRICS]
             cells += [_n_text(cell, table.expected_seeds, "$^\\dagger$")]
         lines.append(" & ".join(cells) + " \\\\")
     refs = _reference_lines(table, latex=True)
@@ -437,8 +489,10 @@ def render_csv(table: Table) -> str:
     """One line per (row, column): mean, std of each metric, n, seeds, what was left out."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
+    extra = ([f"{m}_ci_{e}" for m in METRICS for e in ("lo", "hi")] if table.ci else []) + \
+        (["vs_baseline_all_diff", "vs_baseline_all_p", "vs_baseline_pairs"] if table.baseline else [])
     w.writerow(["method", "setting", "dataset", "imbalance_factor", "n", "seeds", *(f"{m}_{s}" for m in METRICS
-                for s in ("mean", "std")), "not_averaged", "chosen"])
+                for s in ("mean", "std")), "not_averaged", "chosen", *extra])
     for row in table.rows:
         for col in table.columns:
             cell = table.cells.get((row, col))
@@ -449,12 +503,24 @@ def render_csv(table: Table) -> str:
             w.writerow([row[0], row[1], col[0], "" if col[1] is None else f"{col[1]:g}", len(cell.runs),
                         " ".join(str(r.seed) for r in cell.runs),
                         *("" if v is None else f"{v:.4f}" for pair in stats for v in pair), "; ".join(left),
-                        cell.chosen])
+                        cell.chosen, *_csv_extra(table, row, col, cell)])
     for ref in table.reference:
         w.writerow([ref["method"], f"published: {ref['source']}", ref["column"][0],
                     "" if ref["column"][1] is None else f"{ref['column'][1]:g}", "", "",
                     *(x for m in METRICS for x in ("" if ref.get(m) is None else f"{ref[m]:.4f}", "")), "", ""])
     return buf.getvalue()
+
+
+def _csv_extra(table: Table, row: tuple[str, str], col: tuple[str, float | None], cell: Cell) -> list[str]:
+    out = []
+    if table.ci:
+        for m in METRICS:
+            iv = cell.interval(m, table.ci)
+            out += ["", ""] if iv is None else [f"{iv[0]:.4f}", f"{iv[1]:.4f}"]
+    if table.baseline:
+        cmp = table.versus_baseline(row, col)
+        out += ["", "", ""] if cmp is None else [f"{cmp[0]:.4f}", f"{cmp[1]:.4g}", str(cmp[2])]
+    return out
 
 
 RENDER = {"md": render_markdown, "latex": render_latex, "csv": render_csv}

@@ -186,3 +186,33 @@ def test_broken_result_json_names_the_file(runs):
     victim.write_text('{"status": "comp')
     with pytest.raises(ConfigError, match=r"result.json: not valid JSON"):
         collect([str(runs)])
+
+
+def test_seed_intervals_and_paired_comparison_by_hand(tmp_path):
+    """--ci t and --baseline: numbers computed by hand from the seeds' values."""
+    root = tmp_path / "runs"
+    # naive: 40, 41, 42 (mean 41, s 1); wb: 45, 47, 46 -> differences 5, 6, 4 (mean 5, s 1)
+    for seed, naive, wb in ((0, 40.0, 45.0), (1, 41.0, 47.0), (2, 42.0, 46.0)):
+        write_run(root, ["name=bench", "method=naive", f"seed={seed}"], all_=naive)
+        write_run(root, ["name=bench", "method=wb", "train.lr=0.02", f"seed={seed}"], all_=wb)
+    table = build_table(collect([str(root)]), ci="t", baseline="naive")
+    col = table.columns[0]
+    wb_row = next(r for r in table.rows if r[0] == "wb")
+    naive_row = next(r for r in table.rows if r[0] == "naive")
+    # t_{0.975,2} = 4.3027: 41 +- 4.3027 * 1 / sqrt(3) = 41 +- 2.4841
+    lo, hi = table.cells[(naive_row, col)].interval("all", "t")
+    assert abs(lo - 38.5159) < 1e-3 and abs(hi - 43.4841) < 1e-3
+    # paired t = 5 / (1 / sqrt 3) = 8.660, df 2: p = 1 - t / sqrt(2 + t^2) = 0.01307
+    diff, p, n = table.versus_baseline(wb_row, col)
+    assert diff == 5.0 and n == 3 and abs(p - (1 - 8.6603 / math.sqrt(2 + 75.0))) < 1e-4
+    assert table.marker(wb_row, col) == " ▲" and table.marker(naive_row, col) == ""
+    md = RENDER["md"](table)
+    assert "41.00 ± 1.00 [38.52, 43.48]" in md and "46.00 ± 1.00 [43.52, 48.48] ▲" in md
+    assert "paired t-test" in md and "Student t" in md
+    csv_text = RENDER["csv"](table)
+    head, *lines = csv_text.splitlines()
+    assert head.endswith("vs_baseline_all_diff,vs_baseline_all_p,vs_baseline_pairs") and "all_ci_lo" in head
+    wb_line = next(line for line in lines if line.startswith("wb,"))
+    assert wb_line.endswith(",5.0000,0.01307,3")
+    with pytest.raises(ConfigError, match="--baseline nope: no such method"):
+        build_table(collect([str(root)]), baseline="nope")
