@@ -405,6 +405,55 @@ def _caption(table: Table) -> str:
     return text
 
 
+def _norm_backbone(name: str) -> str:
+    """'resnext50_32x4d' / 'ResNeXt-50' -> 'resnext50'; 'resnet32_cifar' / 'ResNet-32' -> 'resnet32'."""
+    import re
+
+    return re.sub(r"[^a-z0-9]", "", name.lower().split("_")[0].split("(")[0])
+
+
+def comparisons(table: Table) -> list[dict[str, Any]]:
+    """Each reproduced cell beside the published value of the same method and column (--reference): the
+    difference in points of `all`, a verdict, and what differs between our protocol and the paper's."""
+    out = []
+    for ref in table.reference:
+        for row in table.rows:
+            cell = table.cells.get((row, ref["column"]))
+            if row[0] != ref["method"] or cell is None or ref.get("all") is None:
+                continue
+            mean, std, n = cell.stats("all")
+            if mean is None:
+                continue
+            diff = mean - ref["all"]
+            spread, rule = (2 * std, "2 std") if n >= 3 and std is not None else (1.0, "1 point, n < 3")
+            verdict = ("within the seeds' spread" if abs(diff) <= spread else "above" if diff > 0 else "below")
+            res = cell.runs[0].result or {}
+            differs = []
+            ours_model, theirs = str(res.get("model", "")), str(ref.get("backbone", ""))
+            if ours_model and theirs and _norm_backbone(ours_model) != _norm_backbone(theirs):
+                differs.append(f"backbone {ours_model} vs {theirs}")
+            if isinstance(ref.get("epochs"), int) and res.get("epochs") not in (None, ref["epochs"]):
+                differs.append(f"epochs {res['epochs']} vs {ref['epochs']}")
+            sel = res.get("selection") or {}
+            on_test = "on test" in str(ref.get("protocol", "")).lower()
+            if sel.get("split") and (sel["split"] == "test") != on_test:
+                differs.append(f"selection on {sel['split']} vs {'test' if on_test else 'not test'} in the paper")
+            out.append({"row": row, "column": ref["column"], "source": ref["source"], "published": ref["all"],
+                        "mean": mean, "std": std, "n": n, "diff": diff, "verdict": f"{verdict} ({rule})",
+                        "differs": differs})
+    return out
+
+
+def _comparison_lines(table: Table) -> list[str]:
+    lines = []
+    for c in comparisons(table):
+        ours = f"{c['mean']:.2f}" + (f" ± {c['std']:.2f}" if c["std"] is not None else "") + f", n = {c['n']}"
+        lines.append(f"{_row_label(c['row'])}, {column_title(c['column'])}: ours {ours}; {c['source']} "
+                     f"{c['published']:.2f}: {c['diff']:+.2f} points, {c['verdict']}"
+                     + (f"; protocol differs: {'; '.join(c['differs'])}" if c["differs"] else ""))
+    return lines
+
+
 def render_markdown(table: Table) -> str:
     head = ["method"]
     single = len(table.columns) == 1   # one dataset: plain headers, its name in the caption
@@ -426,6 +475,10 @@ def render_markdown(table: Table) -> str:
     if notes:
         lines.append("")
         lines += [f"- {mark}{' ' if mark else ''}{text}" for mark, text in notes]
+    against = _comparison_lines(table)
+    if against:
+        lines += ["", "Against the published numbers (all; within = |difference| <= 2 std over seeds, or 1 point "
+                  "with fewer than 3 seeds):", ""] + [f"- {x}" for x in against]
     return "\n".join(lines) + "\n"
 
 
@@ -482,6 +535,7 @@ def render_latex(table: Table) -> str:
     lines += ["\\bottomrule", "\\end{tabular}"]
     for mark, text in _footnotes(table):
         lines.append(f"% {mark}{' ' if mark else ''}{text}")
+    lines += [f"% against the published numbers: {x}" for x in _comparison_lines(table)]
     return "\n".join(lines) + "\n"
 
 

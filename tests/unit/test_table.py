@@ -216,3 +216,22 @@ def test_seed_intervals_and_paired_comparison_by_hand(tmp_path):
     assert wb_line.endswith(",5.0000,0.01307,3")
     with pytest.raises(ConfigError, match="--baseline nope: no such method"):
         build_table(collect([str(root)]), baseline="nope")
+
+
+def test_side_by_side_with_the_published_value(tmp_path):
+    """--reference: each reproduced cell against the paper's value, the difference, a verdict, and the
+    protocol differences the run records (backbone, epochs, selection split)."""
+    root = tmp_path / "runs"
+    extra = {"model": "resnet32_cifar", "epochs": 200, "selection": {"split": "val", "select": "best", "tta_flip": False}}
+    for seed, v in ((0, 52.0), (1, 53.0), (2, 54.0)):          # mean 53.00, std 1.00: 53.35 is within 2 std
+        write_run(root, ["name=c", "method=wb", "data.dataset=cifar100", "data.imbalance_factor=100", f"seed={seed}"],
+                  all_=v, extra=extra)
+    for seed, v in ((0, 40.0), (1, 41.0), (2, 42.0)):          # naive mean 41.00 vs 38.38: +2.62 > 2 std: above
+        write_run(root, ["name=c", "method=naive", "data.dataset=cifar100", "data.imbalance_factor=100",
+                         f"seed={seed}"], all_=v, extra={**extra, "model": "resnet34_wb"})
+    md = RENDER["md"](build_table(collect([str(root)]), reference=True))
+    wb = next(x for x in md.splitlines() if x.startswith("- wb, "))
+    assert "ours 53.00 ± 1.00, n = 3; WB paper (CVPR 2022) 53.35: -0.35 points, within the seeds' spread (2 std)" in wb
+    naive = next(x for x in md.splitlines() if x.startswith("- naive, "))
+    assert "+2.62 points, above (2 std)" in naive and "backbone resnet34_wb vs ResNet-32" in naive
+    assert "selection on val vs test in the paper" in naive          # the WB paper picked its epoch on test
