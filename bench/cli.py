@@ -155,7 +155,7 @@ def cmd_table(args: argparse.Namespace) -> int:
             seeds = [int(s) for s in args.seeds.split(",")]
         except ValueError:
             raise ConfigError(f"ltbench table --seeds {args.seeds!r}: expected comma-separated integers") from None
-    table = build_table(records, seeds, args.select, args.reference, args.ci, args.baseline)
+    table = build_table(records, seeds, args.select, args.reference, args.ci, args.baseline, args.cost)
     text = RENDER[args.format](table)
     if args.out:
         from bench.rundir import write_text_atomic
@@ -256,6 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--reference", action="store_true", help="add the published numbers (datasets/published/)")
     sp.add_argument("--ci", choices=["t", "bootstrap"], default=None,
                     help="add a 95%% interval of the mean over seeds to every cell (Student t, or percentile bootstrap)")
+    sp.add_argument("--cost", action="store_true",
+                    help="add each cell's device-hours (GPU-h / CPU-h from result.json: wall time x processes, "
+                         "requeued attempts included)")
     sp.add_argument("--baseline", default=None, metavar="METHOD",
                     help="compare every row with METHOD: paired t-test of 'all' over the seeds both completed "
                          "(▲ / ▼ at p < 0.05; CSV: difference, p, pairs)")

@@ -202,6 +202,41 @@ def describe(nodes: list[Node]) -> list[str]:
     return out
 
 
+def estimate_cost(nodes: list[Node], runs_root: str) -> list[str]:
+    """The device-hours of the runs to submit, from the completed runs under `runs_root` of the same stage,
+    dataset and model (their device-hours per epoch, median, x the planned epochs), or why there is none."""
+    import statistics
+
+    per_epoch: dict[tuple[str, str, str], list[float]] = {}
+    root = Path(runs_root)
+    for f in sorted(root.rglob("result.json")) if root.is_dir() else []:
+        try:
+            res = json.loads(f.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(res, dict) and res.get("status") == "complete" and res.get("cost") and res.get("epochs"):
+            key = (res.get("stage"), res.get("dataset"), res.get("model"))
+            per_epoch.setdefault(key, []).append(res["cost"]["device_hours"] / res["epochs"])
+    hours, based, missing = 0.0, 0, set()
+    todo = [n for n in nodes if not n.complete and not n.queued and n.cfg.stage != "posthoc"]   # post-hoc: seconds
+    for n in todo:
+        key = (n.cfg.stage, n.cfg.data.dataset, n.cfg.model.name)
+        epochs = (n.cfg.train if n.cfg.stage == "stage1" else n.cfg.stage2.train).epochs
+        if key in per_epoch:
+            hours += statistics.median(per_epoch[key]) * epochs
+            based += 1
+        else:
+            missing.add("/".join(key))
+    out = []
+    if based:
+        out.append(f"cost estimate: {hours:.3g} device-hours for {based} of {len(todo)} runs to train (device-hours "
+                   f"per epoch of completed runs under {runs_root} x planned epochs)")
+    if missing:
+        out.append(f"cost estimate: none for {', '.join(sorted(missing))} (no completed run of that stage, dataset "
+                   f"and model under {runs_root})")
+    return out
+
+
 def submit(configs: list[str], overrides: list[str], runs_root: str, cluster: str, dry_run: bool,
            site_file: str | None, max_requeues: int, sweeps: list[str] = (), parallelism: int = 16) -> list[Node]:
     """Plan every config x sweep point, then submit what is neither complete nor queued.
@@ -225,6 +260,9 @@ def submit(configs: list[str], overrides: list[str], runs_root: str, cluster: st
     ordered = list(nodes.values())
     for line in describe(ordered):
         print(line)
+    if dry_run:
+        for line in estimate_cost(ordered, runs_root):
+            print(line)
 
     def depth(n: Node) -> int:
         return 0 if n.parent is None else depth(n.parent) + 1

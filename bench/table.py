@@ -190,6 +190,16 @@ class Cell:
         vals = list(self.values(metric).values())
         return t_interval(vals) if kind == "t" else bootstrap_interval(vals)
 
+    def device_hours(self) -> tuple[float | None, str]:
+        """Device-hours of the averaged runs together, and their unit (GPU-h, CPU-h, or device-h when mixed);
+        None when a run predates cost records."""
+        costs = [(r.result or {}).get("cost") for r in self.runs]
+        if not costs or any(c is None for c in costs):
+            return None, ""
+        kinds = {c["gpu"] for c in costs}
+        return sum(c["device_hours"] for c in costs), ("GPU-h" if kinds == {True} else "CPU-h" if kinds == {False}
+                                                       else "device-h")
+
     def stats(self, metric: str, source: str = "metrics") -> tuple[float | None, float | None, int]:
         vals = [v for r in self.runs if (v := (getattr(r, source) or {}).get(metric)) is not None]
         if not vals:
@@ -211,6 +221,7 @@ class Table:
     expected_seeds: list[int]
     reference: list[dict[str, Any]] = field(default_factory=list)
     ci: str | None = None                        # "t" or "bootstrap": a 95 % interval in every cell
+    cost: bool = False                           # a device-hours column per dataset column (result.json cost)
     baseline: str | None = None                  # method every row is compared with (paired t-test over seeds)
 
     def versus_baseline(self, row: tuple[str, str], col: tuple[str, float | None],
@@ -259,7 +270,8 @@ def setting_labels(settings: list[tuple[tuple[str, str], ...]], max_keys: int = 
 
 
 def build_table(records: list[RunRecord], seeds: list[int] | None = None, select: str | None = None,
-                reference: bool = False, ci: str | None = None, baseline: str | None = None) -> Table:
+                reference: bool = False, ci: str | None = None, baseline: str | None = None,
+                cost: bool = False) -> Table:
     """Group records into cells: (method, label) x (dataset, imbalance factor).
 
     Within a column, a method's runs are split by experiment name (named in the label when a method
@@ -294,7 +306,7 @@ def build_table(records: list[RunRecord], seeds: list[int] | None = None, select
 
     columns = sorted({c for _, c in cells}, key=lambda c: (c[0], -(c[1] or 0)))
     rows = sorted({r for r, _ in cells}, key=lambda r: (_method_key(r[0]), r[1]))
-    table = Table(columns, rows, cells, expected, ci=ci, baseline=baseline)
+    table = Table(columns, rows, cells, expected, ci=ci, baseline=baseline, cost=cost)
     if baseline is not None and not any(r[0] == baseline for r in rows):
         raise ConfigError(f"ltbench table --baseline {baseline}: no such method among the runs "
                           f"({', '.join(sorted({r[0] for r in rows}))})")
@@ -402,7 +414,17 @@ def _caption(table: Table) -> str:
     if table.baseline:
         text += (f" ▲ / ▼ = all better / worse than {table.baseline} at p < 0.05 (paired t-test over the seeds "
                  "both completed).")
+    if table.cost:
+        text += (" cost = device-hours of the averaged runs together (wall time x processes, requeued attempts "
+                 "included; GPU-h or CPU-h).")
     return text
+
+
+def _cost_text(cell: Cell | None) -> str:
+    if cell is None:
+        return ""
+    hours, unit = cell.device_hours()
+    return "—" if hours is None else f"{hours:.3g} {unit}"
 
 
 def _norm_backbone(name: str) -> str:
@@ -459,7 +481,7 @@ def render_markdown(table: Table) -> str:
     single = len(table.columns) == 1   # one dataset: plain headers, its name in the caption
     for col in table.columns:
         t = "" if single else column_title(col) + " "
-        head += [f"{t}{m}" for m in (*METRICS, "n")]
+        head += [f"{t}{m}" for m in (*METRICS, "n", *(("cost",) if table.cost else ()))]
     title = f"{column_title(table.columns[0])}. " if single else ""
     lines = [title + _caption(table), "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in table.rows:
@@ -468,6 +490,8 @@ def render_markdown(table: Table) -> str:
             cell = table.cells.get((row, col))
             cells += [_cell_text(cell, m, ci=table.ci, mark=table.marker(row, col) if m == "all" else "")
                       for m in METRICS] + [_n_text(cell, table.expected_seeds, "†")]
+            if table.cost:
+                cells.append(_cost_text(cell))
         lines.append("| " + " | ".join(cells) + " |")
     for ref in _reference_lines(table):
         lines.append("| " + " | ".join(ref) + " |")
@@ -497,7 +521,7 @@ def _reference_lines(table: Table, latex: bool = False) -> list[list[str]]:
         for col in table.columns:
             ref = by_row[(source, method)].get(col)
             cells += [("" if ref is None else _num(ref.get(m)) if ref.get(m) is not None else "—") for m in METRICS]
-            cells += ["" if ref is None else "pub."]
+            cells += ["" if ref is None else "pub."] + ([""] if table.cost else [])
         out.append(cells)
     return out
 
@@ -544,7 +568,8 @@ def render_csv(table: Table) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     extra = ([f"{m}_ci_{e}" for m in METRICS for e in ("lo", "hi")] if table.ci else []) + \
-        (["vs_baseline_all_diff", "vs_baseline_all_p", "vs_baseline_pairs"] if table.baseline else [])
+        (["vs_baseline_all_diff", "vs_baseline_all_p", "vs_baseline_pairs"] if table.baseline else []) + \
+        (["device_hours", "device_unit"] if table.cost else [])
     w.writerow(["method", "setting", "dataset", "imbalance_factor", "n", "seeds", *(f"{m}_{s}" for m in METRICS
                 for s in ("mean", "std")), "not_averaged", "chosen", *extra])
     for row in table.rows:
@@ -574,6 +599,9 @@ def _csv_extra(table: Table, row: tuple[str, str], col: tuple[str, float | None]
     if table.baseline:
         cmp = table.versus_baseline(row, col)
         out += ["", "", ""] if cmp is None else [f"{cmp[0]:.4f}", f"{cmp[1]:.4g}", str(cmp[2])]
+    if table.cost:
+        hours, unit = cell.device_hours()
+        out += ["", ""] if hours is None else [f"{hours:.5f}", unit]
     return out
 
 

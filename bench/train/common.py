@@ -210,6 +210,7 @@ def finish(cfg: Config, run: RunDir, data: LTData, evaluator: Evaluator, head: t
         "config_hash": cfg.run_hash(),
         "parent_hash": cfg.parent_hash,
         "wall_time_s": round(time.time() - t_start, 1),
+        "cost": run_cost(t_start, state, evaluator.device),
         **(extra or {}),
     }
     run.write_json("result.json", result)
@@ -220,6 +221,20 @@ def finish(cfg: Config, run: RunDir, data: LTData, evaluator: Evaluator, head: t
     if tracker is not None:
         tracker.finish(result, {"per_class_plot": plot})
     return result
+
+
+def run_cost(t_start: float, state: Any, device: torch.device) -> dict[str, Any]:
+    """What the run cost: wall seconds of its checkpointed work over every attempt (requeues included; what
+    a killed attempt did after its last checkpoint is lost and not counted), plus this attempt's work
+    since its last checkpoint (the final evaluation), times the processes, on which device."""
+    now = time.time()
+    if state is not None and hasattr(state, "unsaved_since"):
+        seconds = state.spent_s + now - state.unsaved_since
+    else:
+        seconds = now - t_start            # no training loop (post-hoc): this attempt only
+    kind = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    return {"device": kind, "gpu": device.type == "cuda", "processes": dist.world(), "seconds": round(seconds, 1),
+            "device_hours": round(seconds * dist.world() / 3600, 5)}
 
 
 def padded(loader: Any) -> int:

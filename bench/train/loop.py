@@ -101,6 +101,7 @@ class TrainState:
     data_skipped: int = 0              # shards with data.on_error=skip: unreadable samples dropped so far
     data_skipped_examples: list[str] = field(default_factory=list)
     epoch_lr: float | None = None      # the lr of the current epoch's first step (kept for a mid-epoch resume)
+    spent_s: float = 0.0               # wall seconds of checkpointed work, over every attempt (the run's cost)
 
 
 def rank_shares(normalizer: torch.Tensor, n: int, world: int) -> torch.Tensor:
@@ -151,7 +152,13 @@ def fit(parts: Parts, run: RunDir, epochs: int, selection_split: str, device: to
         if tracker is not None:
             tracker.resume(state.history)   # epochs checkpointed by an attempt killed before it logged them
 
+    t_mark = time.time()    # work since here is not yet in state.spent_s
+
     def save_last() -> None:
+        nonlocal t_mark
+        now = time.time()
+        state.spent_s += now - t_mark     # what a killed attempt did after its last checkpoint is lost: not counted
+        t_mark = now
         if isinstance(p.loader, ShardLoader):
             n, examples = p.loader.pop_skipped()
             state.data_skipped += int(dist.all_reduce_sum(torch.tensor(n)))
@@ -260,4 +267,5 @@ def fit(parts: Parts, run: RunDir, epochs: int, selection_split: str, device: to
         log(f"epoch {epoch + 1}/{epochs} loss {row['train_loss']:.4f} train {row['train_acc']:.2f}% "
             f"{selection_split} {sel['all']:.2f}% ({row['images_per_s']:.0f} img/s)")
     dist.barrier()   # rank 0's last checkpoint and best.pt are on disk before anyone reads them
+    state.unsaved_since = t_mark     # type: ignore[attr-defined]  # set after the last save: never checkpointed
     return state

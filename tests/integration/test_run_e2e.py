@@ -119,6 +119,10 @@ def test_sigkill_after_first_epoch_then_resume_is_exact(reference_run, tmp_path)
     _same_numbers(result_of(run_dir), result_of(reference_run))
     ref_hist = [json.loads(l) for l in (reference_run / "metrics.jsonl").read_text().splitlines()]
     new_hist = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    # the cost counts the killed attempt's checkpointed epoch too: at least every epoch's time, both attempts
+    cost = result_of(run_dir)["cost"]
+    assert cost["seconds"] >= sum(h["epoch_time_s"] for h in new_hist) - 0.1 and cost["processes"] == 1
+    assert cost["seconds"] > result_of(run_dir)["wall_time_s"] - 0.1 and not cost["gpu"]
     drop = ("epoch_time_s", "train_time_s", "images_per_s")
     assert [{k: v for k, v in h.items() if k not in drop} for h in new_hist] == \
            [{k: v for k, v in h.items() if k not in drop} for h in ref_hist]

@@ -235,3 +235,16 @@ def test_side_by_side_with_the_published_value(tmp_path):
     naive = next(x for x in md.splitlines() if x.startswith("- naive, "))
     assert "+2.62 points, above (2 std)" in naive and "backbone resnet34_wb vs ResNet-32" in naive
     assert "selection on val vs test in the paper" in naive          # the WB paper picked its epoch on test
+
+
+def test_cost_per_cell(tmp_path):
+    root = tmp_path / "runs"
+    for seed, hours in ((0, 0.5), (1, 0.25)):
+        write_run(root, ["name=c", "method=wb", f"seed={seed}"], all_=50.0,
+                  extra={"cost": {"device": "NVIDIA H200", "gpu": True, "processes": 4, "seconds": 450.0 * (1 + seed),
+                                  "device_hours": hours}})
+    write_run(root, ["name=c", "method=naive"], all_=40.0)        # written before cost records existed
+    t = build_table(collect([str(root)]), cost=True)
+    md = RENDER["md"](t)
+    assert "| 0.75 GPU-h |" in md and "| — |" in md and "device-hours of the averaged runs" in md
+    assert RENDER["csv"](t).splitlines()[0].endswith(",device_hours,device_unit")
