@@ -155,7 +155,7 @@ def cmd_table(args: argparse.Namespace) -> int:
             seeds = [int(s) for s in args.seeds.split(",")]
         except ValueError:
             raise ConfigError(f"ltbench table --seeds {args.seeds!r}: expected comma-separated integers") from None
-    table = build_table(records, seeds, args.select, args.reference, args.ci, args.baseline, args.cost)
+    table = build_table(records, seeds, args.select, args.reference, args.ci, args.baseline, args.cost, args.protocols)
     text = RENDER[args.format](table)
     if args.out:
         from bench.rundir import write_text_atomic
@@ -256,6 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--reference", action="store_true", help="add the published numbers (datasets/published/)")
     sp.add_argument("--ci", choices=["t", "bootstrap"], default=None,
                     help="add a 95%% interval of the mean over seeds to every cell (Student t, or percentile bootstrap)")
+    sp.add_argument("--protocols", action="store_true",
+                    help="rows per protocol (clean, wb-reference, hs-reference), and each method's reference-protocol "
+                         "number beside its clean one")
     sp.add_argument("--cost", action="store_true",
                     help="add each cell's device-hours (GPU-h / CPU-h from result.json: wall time x processes, "
                          "requeued attempts included)")

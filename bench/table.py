@@ -50,6 +50,7 @@ class RunRecord:
     metrics: dict[str, float | None] = field(default_factory=dict)        # test
     val_metrics: dict[str, float | None] | None = None
     setting: tuple[tuple[str, str], ...] = ()   # flattened config without identity / column keys
+    protocol: str = "custom"                     # the config's named protocol (clean, wb-reference, ...)
     result: dict[str, Any] | None = None        # the whole result.json of a complete run (plots)
 
     @property
@@ -110,7 +111,7 @@ def load_record(run_dir: Path) -> RunRecord:
     data = raw.get("data") or {}
     rec = RunRecord(path=str(run_dir), name=str(raw.get("name")), method=str(raw.get("method")), dataset=str(data.get("dataset")),
                     imbalance_factor=data.get("imbalance_factor"), seed=int(raw.get("seed", 0)),
-                    state="incomplete", setting=setting)
+                    state="incomplete", setting=setting, protocol=str(raw.get("protocol", "custom")))
     result_file = run_dir / "result.json"
     result: dict[str, Any] = {}
     if result_file.is_file():
@@ -163,7 +164,8 @@ def record_from_summary(path: str, summary: dict[str, Any], config: dict[str, An
                     imbalance_factor=summary.get("imbalance_factor", (cfg.get("data") or {}).get("imbalance_factor")),
                     seed=int(cfg.get("seed", 0)), state="complete" if complete else
                     "failed" if run_state in ("failed", "crashed") else "incomplete",
-                    note="" if complete else f"W&B state {run_state}", setting=setting_of(cfg))
+                    note="" if complete else f"W&B state {run_state}", setting=setting_of(cfg),
+                    protocol=str(cfg.get("protocol", "custom")))
     if complete:
         rec.metrics = {g: summary.get(f"test/{g}") for g in METRICS}
         if any(f"val/{g}" in summary for g in METRICS):
@@ -222,6 +224,7 @@ class Table:
     reference: list[dict[str, Any]] = field(default_factory=list)
     ci: str | None = None                        # "t" or "bootstrap": a 95 % interval in every cell
     cost: bool = False                           # a device-hours column per dataset column (result.json cost)
+    protocols: bool = False                      # rows split by protocol, and each method's protocols compared
     baseline: str | None = None                  # method every row is compared with (paired t-test over seeds)
 
     def versus_baseline(self, row: tuple[str, str], col: tuple[str, float | None],
@@ -271,7 +274,7 @@ def setting_labels(settings: list[tuple[tuple[str, str], ...]], max_keys: int = 
 
 def build_table(records: list[RunRecord], seeds: list[int] | None = None, select: str | None = None,
                 reference: bool = False, ci: str | None = None, baseline: str | None = None,
-                cost: bool = False) -> Table:
+                cost: bool = False, protocols: bool = False) -> Table:
     """Group records into cells: (method, label) x (dataset, imbalance factor).
 
     Within a column, a method's runs are split by experiment name (named in the label when a method
@@ -281,12 +284,13 @@ def build_table(records: list[RunRecord], seeds: list[int] | None = None, select
     expected = sorted(seeds) if seeds is not None else sorted({r.seed for r in records})
     groups: dict[tuple, dict[str, dict[tuple, list[RunRecord]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     for r in records:
-        groups[(r.method, r.column)][r.name][r.setting].append(r)
+        # --protocols: a method's runs are split (and labelled) by protocol rather than by experiment
+        groups[(r.method, r.column)][r.protocol if protocols else r.name][r.setting].append(r)
 
     cells: dict[tuple[tuple[str, str], tuple[str, float | None]], Cell] = {}
     for (method, col), by_name in groups.items():
         for name, settings in sorted(by_name.items()):
-            prefix = name if len(by_name) > 1 else ""
+            prefix = name if len(by_name) > 1 or protocols else ""
             keys = sorted(settings)
             label = setting_labels(keys)
             made = {s: make_cell(settings[s], expected) for s in keys}
@@ -306,7 +310,7 @@ def build_table(records: list[RunRecord], seeds: list[int] | None = None, select
 
     columns = sorted({c for _, c in cells}, key=lambda c: (c[0], -(c[1] or 0)))
     rows = sorted({r for r, _ in cells}, key=lambda r: (_method_key(r[0]), r[1]))
-    table = Table(columns, rows, cells, expected, ci=ci, baseline=baseline, cost=cost)
+    table = Table(columns, rows, cells, expected, ci=ci, baseline=baseline, cost=cost, protocols=protocols)
     if baseline is not None and not any(r[0] == baseline for r in rows):
         raise ConfigError(f"ltbench table --baseline {baseline}: no such method among the runs "
                           f"({', '.join(sorted({r[0] for r in rows}))})")
@@ -404,6 +408,29 @@ def _footnotes(table: Table) -> list[tuple[str, str]]:
     return notes
 
 
+def protocol_notes(table: Table) -> list[str]:
+    """--protocols: per method and column run under a reference protocol and under clean, the difference in
+    `all` (what selecting on test, TTA and the reference's other choices add to the number)."""
+    out = []
+    for col in table.columns:
+        by_method: dict[str, dict[str, float]] = defaultdict(dict)
+        for row in table.rows:
+            cell = table.cells.get((row, col))
+            mean = cell.stats("all")[0] if cell is not None else None
+            if mean is not None and row[1].split(",")[0] in _PROTOCOL_NAMES:
+                by_method[row[0]].setdefault(row[1].split(",")[0], mean)
+        for method, means in sorted(by_method.items(), key=lambda kv: _method_key(kv[0])):
+            if "clean" in means:
+                for proto, mean in sorted(means.items()):
+                    if proto != "clean":
+                        out.append(f"{method}, {column_title(col)}: {proto} {mean:.2f} vs clean {means['clean']:.2f}: "
+                                   f"{mean - means['clean']:+.2f} points under {proto}")
+    return out
+
+
+_PROTOCOL_NAMES = ("clean", "wb-reference", "hs-reference", "custom")
+
+
 def _caption(table: Table) -> str:
     seeds = ", ".join(map(str, table.expected_seeds))
     text = (f"Test top-1 accuracy (%), mean ± sample std over seeds {{{seeds}}}; n = complete runs averaged; "
@@ -499,6 +526,10 @@ def render_markdown(table: Table) -> str:
     if notes:
         lines.append("")
         lines += [f"- {mark}{' ' if mark else ''}{text}" for mark, text in notes]
+    peeks = protocol_notes(table) if table.protocols else []
+    if peeks:
+        lines += ["", "The same methods under two protocols (clean = everything chosen on validation, test read once):",
+                  ""] + [f"- {x}" for x in peeks]
     against = _comparison_lines(table)
     if against:
         lines += ["", "Against the published numbers (all; within = |difference| <= 2 std over seeds, or 1 point "

@@ -248,3 +248,18 @@ def test_cost_per_cell(tmp_path):
     md = RENDER["md"](t)
     assert "| 0.75 GPU-h |" in md and "| — |" in md and "device-hours of the averaged runs" in md
     assert RENDER["csv"](t).splitlines()[0].endswith(",device_hours,device_unit")
+
+
+def test_protocols_side_by_side(tmp_path):
+    """--protocols: a method's clean and reference-protocol runs as rows named by protocol, and the
+    difference the reference protocol (selection on test, TTA, ...) makes."""
+    root = tmp_path / "runs"
+    for seed, (clean, ref) in enumerate(((50.0, 53.0), (52.0, 55.0))):
+        write_run(root, ["name=c", "method=wd", "protocol=clean", f"seed={seed}"], all_=clean)
+        write_run(root, ["name=c", "method=wd", "protocol=custom", "eval.selection_split=test", "eval.select=best",
+                         f"seed={seed}"], all_=ref, sub="-ref")
+    t = build_table(collect([str(root)]), protocols=True)
+    assert [r for r in t.rows] == [("wd", "clean"), ("wd", "custom")]
+    md = RENDER["md"](t)
+    assert "| wd (clean) | 51.00 ± 1.41 |" in md and "| wd (custom) | 54.00 ± 1.41 |" in md
+    assert "wd, Synthetic-LT IF 10: custom 54.00 vs clean 51.00: +3.00 points under custom" in md
