@@ -18,12 +18,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from bench.atomic import write_atomic
 from bench.config import Config, ConfigError, dump_yaml
 
 
@@ -133,15 +133,4 @@ def check_owner(path: Path, recorded: str | None, expected: str, what: str = "co
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        # torch.save / write report ENOSPC without a file name: name the file the user must make room for
-        raise OSError(e.errno, e.strerror, str(e.filename or path)) from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda f: f.write(text.encode()))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,38 +11,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from bench.atomic import write_atomic
+
 
 class CheckpointError(RuntimeError):
     """An unreadable checkpoint; the message names the file."""
 
 
 def save_atomic(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file in the same directory, fsync, then os.replace.
-
-    A crash at any moment leaves either the old complete file or the new complete file, never a torn one.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        # torch.save / write report ENOSPC without a file name: name the file the user must make room for
-        raise OSError(e.errno, e.strerror, str(e.filename or path)) from None
-    except BaseException:
-        # a full or read-only disk (or a kill): the previous file stays as it was, and no torn temporary
-        # file is left to eat the space a retry needs
-        tmp.unlink(missing_ok=True)
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    """torch.save to a temporary file in the same directory, fsync, then os.replace (bench.atomic): a crash
+    at any moment leaves either the old complete file or the new complete file, never a torn one."""
+    write_atomic(path, lambda f: torch.save(obj, f), durable=True)
 
 
 def load(path: Path) -> dict[str, Any]:
