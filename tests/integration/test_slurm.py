@@ -323,3 +323,40 @@ def test_usr2_during_start_up_requeues_and_ends_with_the_same_numbers(slurm, smo
     a = json.loads((run_dir / "result.json").read_text())
     for key in ("metrics", "val_metrics", "per_class_acc", "selected_epoch"):
         assert a[key] == smoke_reference[key], key
+
+
+def test_usr2_at_moments_across_a_jobs_life_requeues_and_ends_with_the_same_numbers(slurm, tmp_path):
+    """Preemption signals at several moments of one job (delays after each attempt's start: in the imports,
+    while the data and model are built, in training and evaluation): every attempt requeues cleanly and the
+    last one ends with the numbers of an uninterrupted run."""
+    args = ["runtime.threads=1", "runtime.checkpoint_every_steps=5", "train.epochs=8"]
+    ref = ltbench("run", SMOKE, *args, "--runs-root", str(tmp_path / "ref"), env=slurm)
+    assert ref.returncode == 0, ref.stderr
+    reference = json.loads(next((tmp_path / "ref").glob("smoke/ce-*/result.json")).read_text())
+    runs = tmp_path / "runs"
+    r = ltbench("submit", SMOKE, *(x for a in args for x in ("--override", a)), "--runs-root", str(runs), env=slurm)
+    assert r.returncode == 0, r.stderr
+    run_dir = next(runs.glob("smoke/ce-*"))
+    job = job_of(run_dir)
+
+    def attempts() -> int:
+        return sum(p.read_text().count("Starting with") for p in (runs / "_submitit").rglob("*_log.out"))
+
+    # seconds after an attempt's submitit start: importing torch (~3 s here), building data and model,
+    # training with checkpoints and evaluations
+    for k, delay in enumerate((0.2, 3.8, 5.5)):
+        t0 = time.time()
+        while attempts() < k + 1:
+            assert time.time() - t0 < 180, sacct(job, slurm)
+            time.sleep(0.02)
+        time.sleep(delay)
+        subprocess.run(["scancel", "--signal=USR2", job], env=slurm)
+    row = wait_done(job, slurm, timeout=600)
+    assert row["state"] == "COMPLETED", sacct(job, slurm)
+    logs = "".join(p.read_text() for p in (runs / "_submitit").rglob("*_log.*"))
+    assert "Traceback" not in logs and "triggered an exception" not in logs, logs
+    assert json.loads((run_dir / "requeues.json").read_text())["requeues"] == 3
+    assert "resuming" in logs                            # a later signal came after a checkpoint
+    a = json.loads((run_dir / "result.json").read_text())
+    for key in ("metrics", "val_metrics", "per_class_acc", "selected_epoch"):
+        assert a[key] == reference[key], key
