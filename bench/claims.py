@@ -83,7 +83,7 @@ STAGE1_RECIPE: dict[str, tuple[Any, str]] = {
     "train.batch_size": (64, "WB, HS"),
     "train.momentum": (0.9, "WB, HS"),
     "train.schedule": ("cosine", "WB, HS"),
-    "data.n_max": (None, "the full training pool"),
+    "data.n_max": ("full", "the full training pool"),
 }
 RECIPES: dict[str, dict[str, tuple[Any, str]]] = {
     "naive": {**STAGE1_RECIPE, "train.weight_decay": (0.0, "WB naive")},
@@ -118,11 +118,11 @@ def _differs(got: Any, paper: Any) -> bool:
     return got != paper
 
 
-def deviations(configs: dict[str, dict[str, Any]], chosen_on_val: dict[str, tuple[list[str], str]] | None = None
-               ) -> list[str]:
+def deviations(configs: dict[str, dict[str, Any]], chosen_on_val: dict[str, tuple[list[str], str]] | None = None,
+               full_n_max: int | None = None) -> list[str]:
     """Lines naming where each method's config (a to_dict()) departs from its paper's recipe; what the
     stage-1 runs share is said once. chosen_on_val: method -> (config keys the demo chooses on val instead
-    of fixing them, a sentence saying so)."""
+    of fixing them, a sentence saying so); full_n_max: the head class of the full training pool."""
     chosen_on_val = chosen_on_val or {}
     diffs: dict[str, list[str]] = {}
     for method, cfg in configs.items():
@@ -134,6 +134,8 @@ def deviations(configs: dict[str, dict[str, Any]], chosen_on_val: dict[str, tupl
             got = flat.get(key)
             if key == "posthoc.tau" and got is None:
                 got = "chosen on val"
+            if key == "data.n_max" and got in (None, full_n_max):
+                got = "full"
             if key not in keys and _differs(got, paper):
                 diffs[method].append(f"{key.removeprefix('train.')} {got} (paper {paper}: {source})")
         diffs[method] += [text] if text else []

@@ -42,16 +42,18 @@ def test_missing_rows_are_not_checked():
 
 def test_deviations_name_what_differs_from_the_recipe():
     stage1 = {"model": {"name": "resnet8_cifar"}, "train": {"epochs": 8, "lr": 0.05, "batch_size": 64,
-              "momentum": 0.9, "schedule": "cosine", "weight_decay": 0.0}, "data": {"n_max": None},
+              "momentum": 0.9, "schedule": "cosine", "weight_decay": 0.0}, "data": {"n_max": 5980},
               "eval": {"tta_flip": False}}
     wd = {**stage1, "train": {**stage1["train"], "weight_decay": 1e-3, "wd_scope": "all"}}
     wb = {"stage2": {"train": {"epochs": 10, "lr": 0.01, "weight_decay": 1e-3, "loss": {"name": "cb_ce",
           "cb_beta": 0.9999}}, "maxnorm_thresh": 0.5, "bn_mode": "train", "augment": "crop_flip"}}
     lines = deviations({"naive": stage1, "wd": wd, "wb": wb, "tau-norm": {"posthoc": {"tau": None}}},
-                       {"wb": (["stage2.train.weight_decay", "stage2.maxnorm_thresh"], "chosen on val")})
+                       {"wb": (["stage2.train.weight_decay", "stage2.maxnorm_thresh"], "chosen on val")}, 5980)
     shared, wd_line, wb_line, tau_line = lines
     assert shared.startswith("- stage 1 (naive, wd): ") and "epochs 8 (paper 320" in shared
     assert "lr 0.05 (paper 0.01" in shared and "eval.tta_flip False" in shared and "n_max" not in shared
     assert wd_line == "- wd: weight_decay 0.001 (paper 0.005: WB CIFAR-100-LT, tuned)"
     assert wb_line == "- wb: stage2.train.loss.name cb_ce (paper cb_bce_softmax: WB code; HS weighted CE); chosen on val"
     assert tau_line == "- tau-norm: posthoc.tau chosen on val (paper 1.9: WB code on the WD model)"
+    (line,) = deviations({"naive": {**stage1, "data": {"n_max": 2000}}}, full_n_max=5980)
+    assert "data.n_max 2000 (paper full: the full training pool)" in line
