@@ -47,12 +47,13 @@ FULL_POOL_PER_CLASS = 6000     # Fashion-MNIST training images per class
 # Why the 10-minute budget may not show a claim (printed next to a claim that does not hold).
 NOT_SHOWN_QUICK = {
     "WD beats naive": "8 epochs (~1,860 steps) are far too few for weight decay to pay off (WB trains 200-320 "
-                      "epochs); no value tried beats naive on val at this budget (bench/demo.py); try --full",
+                      "epochs); no value tried beats naive on val at this budget (configs/demo/fmnist_wd.yaml); try --full",
     "WB stage 2 beats WD": "stage 2 re-balances a short-schedule WD model; try --full",
     "tau-norm beats WD": "tau-norm re-balances a short-schedule WD model; try --full",
-    "HS + LA": "the fixed-ETF single stage needs a long schedule for its features to align with the ETF; "
-               "after 8 epochs rare-class logits are still negative, which multiplicative LA cannot lift; try --full",
-    "no final method": "a class at 0 % after 8 epochs is a short-schedule effect; try --full",
+    "HS + LA": "the fixed-ETF single stage needs a long schedule for its features to align with the ETF; after "
+               "8 epochs it misses its rarest classes, and multiplicative LA only scales their logits; try --full",
+    "no final method": "after 8 epochs the HS single stage predicts no test image as its rarest class, and "
+                       "multiplicative LA (z_c * pi_c^-tau) cannot lift negative logits; try --full",
 }
 OFFICIAL_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 
