@@ -57,3 +57,17 @@ def test_deviations_name_what_differs_from_the_recipe():
     assert tau_line == "- tau-norm: posthoc.tau chosen on val (paper 1.9: WB code on the WD model)"
     (line,) = deviations({"naive": {**stage1, "data": {"n_max": 2000}}}, full_n_max=5980)
     assert "data.n_max 2000 (paper full: the full training pool)" in line
+
+
+def test_full_demo_runs_the_papers_stage1_recipe():
+    """--full: only model size and schedule length (and the missing flip TTA) depart from the papers."""
+    from bench.config import load_config
+    from bench.demo import CONFIG_DIR, FULL, STAGE1
+
+    configs = {}
+    for n in STAGE1:
+        cfg = load_config(CONFIG_DIR / f"{n}.yaml", [*FULL.get(n, []), *FULL[""]])
+        configs[cfg.method] = cfg.to_dict()
+    (line,) = deviations(configs, full_n_max=5980)
+    assert line.startswith("- stage 1 (naive, wd, hs-stage1): model.name resnet8_cifar")
+    assert "epochs 20 (paper 320" in line and "lr " not in line and "weight_decay" not in line
