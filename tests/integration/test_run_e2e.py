@@ -177,6 +177,12 @@ def test_demo_on_real_fashion_mnist_short(tmp_path):
     assert "(best mean val all of 12 settings)" in r.stdout
     assert "- tau-norm, Fashion-MNIST-LT IF 100: tau chosen on val: " in r.stdout
     assert "- hs, Fashion-MNIST-LT IF 100: tau chosen on val: " in r.stdout
+    # under the table: the deviations from the papers' recipes and the claims check (1 seed)
+    assert "Deviations from the papers' recipes" in r.stdout and "- stage 1 (naive, wd, hs-stage1): " in r.stdout
+    assert "epochs 1 (paper 320" in r.stdout and "data.n_max 600 (paper full" in r.stdout
+    assert "Claims, on the mean test accuracy over 1 seed (all choices made on val):" in r.stdout
+    claims = [l for l in r.stdout.splitlines() if l.startswith("- [")]
+    assert len(claims) == 5 and all(l.split("]")[0] in ("- [holds", "- [NOT shown") for l in claims)
     assert (tmp_path / "demo" / "table-seed0.md").read_text() in r.stdout
     assert (tmp_path / "demo" / "table-seed0-fashion-mnist-if100.png").is_file()
     res = [json.loads(p.read_text()) for p in sorted((tmp_path / "demo").glob("*/result.json"))]

@@ -1,0 +1,73 @@
+"""The demo's claim checker and deviation list, on hand-made result rows."""
+
+from bench.claims import ON_PAR_PTS, check_claims, deviations, format_claims
+
+
+def rows(naive=80.0, wd=81.0, tau=82.0, wb=83.0, hs=83.0, worst=10.0):
+    per = [90.0] * 9 + [worst]
+    return {"naive": {"all": naive, "per_class": per}, "wd": {"all": wd, "per_class": per},
+            "tau-norm": {"all": tau, "per_class": per}, "wb": {"all": wb, "per_class": per},
+            "hs": {"all": hs, "per_class": per}}
+
+
+def test_every_claim_holds():
+    claims = check_claims(rows())
+    assert [c.holds for c in claims] == [True] * 5
+    assert "wd 81.00 vs naive 80.00 (+1.00)" in claims[0].detail
+    text = format_claims(claims, 3)
+    assert text.startswith("Claims, on the mean test accuracy over 3 seeds") and "NOT" not in text
+
+
+def test_claims_not_held_are_reported_with_the_reason():
+    claims = check_claims(rows(naive=82.0, wd=81.0, tau=80.0, wb=80.5, hs=80.5 - ON_PAR_PTS - 0.01, worst=0.0))
+    assert [c.holds for c in claims] == [False, False, False, False, False]
+    text = format_claims(claims, 1, {"WD beats naive": "too few steps for weight decay"})
+    assert "- [NOT shown] WD beats naive (WB): wd 81.00 vs naive 82.00 (-1.00) -- too few steps" in text
+    assert "over 1 seed (" in text and "lowest class: tau-norm 0.0" in text
+
+
+def test_on_par_tolerance_and_ties():
+    assert check_claims(rows(wb=83.0, hs=83.0 - ON_PAR_PTS))[3].holds is True
+    assert check_claims(rows(wd=80.0, naive=80.0))[0].holds is False      # a tie is not "beats"
+
+
+def test_missing_rows_are_not_checked():
+    r = rows()
+    del r["hs"]
+    claims = check_claims(r)
+    assert claims[3].holds is None and claims[3].detail == "no hs row"
+    assert claims[4].holds is False and "rows missing" in claims[4].detail
+    assert "[not checked]" in format_claims(claims, 1)
+
+
+def test_deviations_name_what_differs_from_the_recipe():
+    stage1 = {"model": {"name": "resnet8_cifar"}, "train": {"epochs": 8, "lr": 0.05, "batch_size": 64,
+              "momentum": 0.9, "schedule": "cosine", "weight_decay": 0.0}, "data": {"n_max": 5980},
+              "eval": {"tta_flip": False}}
+    wd = {**stage1, "train": {**stage1["train"], "weight_decay": 1e-3, "wd_scope": "all"}}
+    wb = {"stage2": {"train": {"epochs": 10, "lr": 0.01, "weight_decay": 1e-3, "loss": {"name": "cb_ce",
+          "cb_beta": 0.9999}}, "maxnorm_thresh": 0.5, "bn_mode": "train", "augment": "crop_flip"}}
+    lines = deviations({"naive": stage1, "wd": wd, "wb": wb, "tau-norm": {"posthoc": {"tau": None}}},
+                       {"wb": (["stage2.train.weight_decay", "stage2.maxnorm_thresh"], "chosen on val")}, 5980)
+    shared, wd_line, wb_line, tau_line = lines
+    assert shared.startswith("- stage 1 (naive, wd): ") and "epochs 8 (paper 320" in shared
+    assert "lr 0.05 (paper 0.01" in shared and "eval.tta_flip False" in shared and "n_max" not in shared
+    assert wd_line == "- wd: weight_decay 0.001 (paper 0.005: WB CIFAR-100-LT, tuned)"
+    assert wb_line == "- wb: stage2.train.loss.name cb_ce (paper cb_bce_softmax: WB code; HS weighted CE); chosen on val"
+    assert tau_line == "- tau-norm: posthoc.tau chosen on val (paper 1.9: WB code on the WD model)"
+    (line,) = deviations({"naive": {**stage1, "data": {"n_max": 2000}}}, full_n_max=5980)
+    assert "data.n_max 2000 (paper full: the full training pool)" in line
+
+
+def test_full_demo_runs_the_papers_stage1_recipe():
+    """--full: only model size and schedule length (and the missing flip TTA) depart from the papers."""
+    from bench.config import load_config
+    from bench.demo import CONFIG_DIR, FULL, STAGE1
+
+    configs = {}
+    for n in STAGE1:
+        cfg = load_config(CONFIG_DIR / f"{n}.yaml", [*FULL.get(n, []), *FULL[""]])
+        configs[cfg.method] = cfg.to_dict()
+    (line,) = deviations(configs, full_n_max=5980)
+    assert line.startswith("- stage 1 (naive, wd, hs-stage1): model.name resnet8_cifar")
+    assert "epochs 20 (paper 320" in line and "lr " not in line and "weight_decay" not in line
