@@ -107,7 +107,7 @@ def load_manifest(root: str | Path) -> Manifest:
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         got = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
         raise DatasetError(f"{path}: format {got!r}, expected {FORMAT!r} (prepare again)")
-    missing = [k for k in MANIFEST_KEYS if k not in doc] if isinstance(doc, dict) else list(MANIFEST_KEYS)
+    missing = [k for k in MANIFEST_KEYS if k not in doc]
     if missing:
         raise DatasetError(f"{path}: missing {', '.join(missing)} (not written by `ltbench prepare`, or damaged; "
                            "prepare again)")
@@ -116,13 +116,12 @@ def load_manifest(root: str | Path) -> Manifest:
         lacking += sorted({k for s in split.get("shards", []) for k in SHARD_KEYS if k not in s})
         if lacking:
             raise DatasetError(f"{path}: split {name} lacks {', '.join(lacking)} (prepare again)")
-    for split in doc["splits"].values():
-        for s in split.get("shards", []):
+        for s in split["shards"]:
             # a manifest travels between users: its names must be plain files in this folder (never
             # "pipe:cmd", "../x" or a URL, which a tar opener might run or follow)
-            name = str(s.get("name", ""))
-            if not SHARD_NAME.fullmatch(name):
-                raise DatasetError(f"{path}: shard name {name[:80]!r} is not a plain file name in {root} "
+            shard = str(s["name"])
+            if not SHARD_NAME.fullmatch(shard):
+                raise DatasetError(f"{path}: shard name {shard[:80]!r} is not a plain file name in {root} "
                                    "(letters, digits, '.', '_', '-', ending in .tar)")
     return Manifest(root, doc, hashlib.sha256(raw).hexdigest()[:16])
 
