@@ -8,12 +8,24 @@ only stores that position, and a resumed epoch neither repeats nor skips a sampl
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.data.lt import Split
+from bench.dist import rank_slice
+
+
+@dataclass
+class Split:
+    """uint8 images (N, C, H, W) as a tensor, int64 labels (N,)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.y)
 
 
 def derived_generator(*keys: int) -> torch.Generator:
@@ -117,8 +129,6 @@ class InMemoryLoader:
         return {"world_size": self.world, "batch_size": self.batch_size}
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        from bench.dist import rank_slice
-
         order = self.order(epoch)
         for step in range(start_step, len(self)):
             idx = order[step * self.batch_size:(step + 1) * self.batch_size]
@@ -135,8 +145,6 @@ class InMemoryLoader:
 def eval_batches(split: Split, batch_size: int, normalize: Normalize | None, rank: int = 0,
                  world: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The split in order, no augmentation; under DDP this rank's contiguous part (in rank order)."""
-    from bench.dist import rank_slice
-
     start, length = rank_slice(len(split), rank, world)
     for i in range(start, start + length, batch_size):
         j = min(i + batch_size, start + length)

@@ -4,27 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
 
+from bench import dist
 from bench.config import DataConfig
+from bench.data.batches import InMemoryLoader, Normalize, Split, eval_batches
 from bench.data.cards import DatasetError, load_card
 from bench.data.profiles import class_counts, indices_hash, select_indices
 from bench.data.shards import ShardLoader, ShardSplit, StreamSpec, check_shard_files, load_manifest
 from bench.data.sources import RawData, load_cifar, load_fashion_mnist, make_synthetic
-
-
-@dataclass
-class Split:
-    """uint8 images (N, C, H, W) as a tensor, int64 labels (N,)."""
-
-    x: torch.Tensor
-    y: torch.Tensor
-
-    def __len__(self) -> int:
-        return len(self.y)
 
 
 @dataclass
@@ -64,26 +54,19 @@ class LTData:
             raise ValueError(f"this run has no '{name}' split (data.val_per_class = 0)")
         return s
 
-    def normalizer(self) -> Any:
-        from bench.data.batches import Normalize
-
+    def normalizer(self) -> Normalize:
         return Normalize(self.mean, self.std, self.in_chans, self.device)
 
     def _spec(self, split: ShardSplit, train: bool, batch_size: int, seed: int, augment: str,
               drop_last: bool) -> StreamSpec:
-        from bench import dist
-
         c = self.cfg
         return StreamSpec(split, train, seed, 0, dist.rank(), dist.world(), batch_size, drop_last, c.streams, c.shuffle_buffer,
                           c.on_error, self.in_chans, self.num_classes, c.pad_to, c.image_size, c.eval_resize, augment, c.crop_padding,
                           decode=c.decode)
 
     def train_loader(self, batch_size: int, seed: int, augment: str, drop_last: bool, sampler: str,
-                     workers: int = 0) -> Any:
+                     workers: int = 0) -> InMemoryLoader | ShardLoader:
         """Training batches with the (epoch, start_step) interface, normalised on `device`; batch_size is global."""
-        from bench import dist
-        from bench.data.batches import InMemoryLoader
-
         if isinstance(self.train, ShardSplit):
             if sampler != "instance":
                 raise DatasetError(f"sampler {sampler} needs random access to the training set; with data.shards "
@@ -95,10 +78,6 @@ class LTData:
 
     def eval_batches(self, name: str, batch_size: int, workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The split in order (on this rank), normalised on `device`, no augmentation."""
-        from bench.data.batches import eval_batches
-
-        from bench import dist
-
         split = self.split(name)
         if isinstance(split, Split):
             yield from eval_batches(split, batch_size, self.normalizer(), dist.rank(), dist.world())

@@ -19,8 +19,8 @@ import torch
 
 from bench import dist
 from bench.config import Config, ConfigError, load_parent, parent_path
-from bench.data.batches import InMemoryLoader, eval_batches
-from bench.data.lt import LTData, Split
+from bench.data.batches import InMemoryLoader, Split, eval_batches
+from bench.data.lt import LTData
 from bench.methods.classifiers import maxnorm_project_, maxnorm_radius
 from bench.methods.losses import make_loss
 from bench.methods.posthoc import (choose_tau, class_prior, logit_adjust_additive, logit_adjust_multiplicative,
