@@ -95,7 +95,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     from bench.data.cards import DatasetError
-    from bench.data.shards import verify_shards
+    from bench.data.shards.manifest import verify_shards
     from bench.progress import log
 
     out = Path(args.out)

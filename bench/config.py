@@ -474,6 +474,8 @@ def apply_protocol(raw: dict[str, Any]) -> dict[str, Any]:
     dataset = _get(raw, ["data", "dataset"])
     file_split = False
     if isinstance(dataset, str):
+        # local, like every bench.data import here: the schema imports without the data package (which
+        # imports it), and the CLI's start-up (help, show) loads no torch
         from bench.data.cards import DatasetError, load_card
         try:
             file_split = load_card(dataset).get("source") in FILE_SPLIT_SOURCES
@@ -605,7 +607,7 @@ def from_dict(raw: dict[str, Any], check_files: bool = False) -> Config:
 def resolve(cfg: Config, check_files: bool = True) -> Config:
     """Fill 'card' defaults from the dataset card and check combinations of fields (and, with
     check_files, read data.shards' manifest to record its digest)."""
-    from bench.data.cards import load_card  # local: cards read YAML files of the repo
+    from bench.data.cards import load_card  # local: see apply_protocol
 
     card = load_card(cfg.data.dataset)
     d = cfg.data
@@ -639,7 +641,7 @@ def resolve(cfg: Config, check_files: bool = True) -> Config:
         raise ConfigError(f"config key 'data.shards': {d.dataset} is read from shards; run `ltbench prepare "
                           f"{d.dataset} --src DIR --out SHARDS` and set data.shards=SHARDS")
     if d.shards is not None and check_files:
-        from bench.data.shards import load_manifest  # local: reads the shard directory
+        from bench.data.shards.manifest import load_manifest  # local: see apply_protocol (pulls in torch)
         digest = load_manifest(d.shards).digest
         if d.shards_manifest not in (None, digest):
             raise ConfigError(f"config key 'data.shards_manifest': the shards in {d.shards} changed since this run "

@@ -130,7 +130,7 @@ def loader_rate(shards: Path, train: bool, batch: int, workers: int, max_images:
     runs on the GPU), with `workers` decoding processes (0 = this process, one thread: per core)."""
     from bench.config import load_config
     from bench.data.lt import build_lt_data
-    from bench.data.shards import ShardLoader
+    from bench.data.shards.loader import ShardLoader
 
     streams = max(1, workers)
     cfg = load_config(JPEG, [f"data.shards={shards}", f"data.streams={streams}", *extra])

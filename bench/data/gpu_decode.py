@@ -1,6 +1,6 @@
 """data.decode=gpu: a batch's JPEGs decoded, cropped, resized and flipped on the device.
 
-The DataLoader workers only read the tar and parse each JPEG header (bench.data.shards._jpeg_for_gpu):
+The DataLoader workers only read the tar and parse each JPEG header (bench.data.shards.decode._jpeg_for_gpu):
 they draw the RandomResizedCrop box and the flip from the same generators as the CPU path, so both paths
 train on the same crops. Here the main process decodes the whole batch with nvJPEG
 (torchvision.io.decode_jpeg on a list, on the device), resizes each crop with antialiased bilinear

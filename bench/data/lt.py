@@ -13,7 +13,9 @@ from bench.config import DataConfig
 from bench.data.batches import InMemoryLoader, Normalize, Split, eval_batches
 from bench.data.cards import DatasetError, load_card
 from bench.data.profiles import class_counts, indices_hash, select_indices
-from bench.data.shards import ShardLoader, ShardSplit, StreamSpec, check_shard_files, load_manifest
+from bench.data.shards.loader import ShardLoader
+from bench.data.shards.manifest import ShardSplit, check_shard_files, load_manifest
+from bench.data.shards.plan import StreamSpec
 from bench.data.sources import RawData, load_cifar, load_fashion_mnist, make_synthetic
 
 

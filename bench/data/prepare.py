@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from bench.data.cards import DatasetError, load_card
-from bench.data.shards import FORMAT, MANIFEST, file_sha256
+from bench.data.shards.manifest import FORMAT, MANIFEST, file_sha256
 from bench.progress import Progress, log
 
 PREP_DIR = ".prepare"   # per-shard records of finished shards (idempotence, crash resume)
