@@ -85,9 +85,10 @@ class Normalize:
 
 
 class InMemoryLoader:
-    """Training batches of one split; `epoch(e, start_step)` yields (images, labels) from that position."""
+    """Training batches of one split; `epoch(e, start_step)` yields (images, labels) from that position.
+    Keyword-only after the batch size: eleven arguments, several of them ints."""
 
-    def __init__(self, split: Split, batch_size: int, seed: int, normalize: Normalize | None,
+    def __init__(self, split: Split, batch_size: int, *, seed: int, normalize: Normalize | None,
                  augment: str = "none", crop_padding: int = 0, drop_last: bool = False,
                  sampler: str = "instance", num_classes: int | None = None, rank: int = 0, world: int = 1) -> None:
         # batch_size is the GLOBAL batch: under DDP each rank takes a contiguous slice of every global

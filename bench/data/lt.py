@@ -62,9 +62,11 @@ class LTData:
     def _spec(self, split: ShardSplit, train: bool, batch_size: int, seed: int, augment: str,
               drop_last: bool) -> StreamSpec:
         c = self.cfg
-        return StreamSpec(split, train, seed, 0, dist.rank(), dist.world(), batch_size, drop_last, c.streams, c.shuffle_buffer,
-                          c.on_error, self.in_chans, self.num_classes, c.pad_to, c.image_size, c.eval_resize, augment, c.crop_padding,
-                          decode=c.decode)
+        return StreamSpec(split=split, train=train, seed=seed, epoch=0, rank=dist.rank(), world=dist.world(),
+                          batch=batch_size, drop_last=drop_last, streams=c.streams, buffer=c.shuffle_buffer,
+                          on_error=c.on_error, channels=self.in_chans, num_classes=self.num_classes, pad_to=c.pad_to,
+                          image_size=c.image_size, eval_resize=c.eval_resize, augment=augment,
+                          crop_padding=c.crop_padding, decode=c.decode)
 
     def train_loader(self, batch_size: int, seed: int, augment: str, drop_last: bool, sampler: str,
                      workers: int = 0) -> InMemoryLoader | ShardLoader:
@@ -75,8 +77,9 @@ class LTData:
                                    "use it on cached features (stage 2) or in-memory data")
             return ShardLoader(self._spec(self.train, True, batch_size // dist.world(), seed, augment, drop_last),
                                self.normalizer(), workers)
-        return InMemoryLoader(self.train, batch_size, seed, self.normalizer(), augment, self.cfg.crop_padding,
-                              drop_last, sampler, self.num_classes, dist.rank(), dist.world())
+        return InMemoryLoader(self.train, batch_size, seed=seed, normalize=self.normalizer(), augment=augment,
+                              crop_padding=self.cfg.crop_padding, drop_last=drop_last, sampler=sampler,
+                              num_classes=self.num_classes, rank=dist.rank(), world=dist.world())
 
     def eval_batches(self, name: str, batch_size: int, workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The split in order (on this rank), normalised on `device`, no augmentation."""

@@ -187,8 +187,9 @@ def train_stage2(cfg: Config, run: RunDir, parent: RunDir) -> dict[str, Any]:
         train = parent_features(model, parent, data, "train", cfg.eval.batch_size, device, False, cfg.runtime.workers)
         feats = eval_features(model, parent, data, cfg, device)
         log(f"stage 2: {len(data.train)} training features ready in {time.time() - t0:.1f} s")
-        loader = InMemoryLoader(train, t.batch_size, seed, None, "none", 0, t.drop_last, t.sampler,
-                                data.num_classes, dist.rank(), dist.world())
+        loader = InMemoryLoader(train, t.batch_size, seed=seed, normalize=None, augment="none", crop_padding=0,
+                                drop_last=t.drop_last, sampler=t.sampler, num_classes=data.num_classes,
+                                rank=dist.rank(), world=dist.world())
         encoder = lambda x: x  # noqa: E731 - the features are the input
         # flip TTA is already in the features (the mean of x's and flip(x)'s: the head is affine)
         select, evaluator = select_and_report(cfg, lambda tta: Evaluator(

@@ -17,7 +17,7 @@ def test_epoch_is_a_permutation_and_differs_between_epochs():
     assert len(loader) == 7
     o0, o1 = loader.order(0), loader.order(1)
     assert sorted(o0.tolist()) == list(range(50)) and not torch.equal(o0, o1)
-    assert torch.equal(o0, InMemoryLoader(_split(), 8, 0, loader.normalize).order(0))   # reproducible
+    assert torch.equal(o0, InMemoryLoader(_split(), 8, seed=0, normalize=loader.normalize).order(0))   # reproducible
 
 
 def test_resume_from_a_step_yields_the_same_tail():
@@ -30,7 +30,7 @@ def test_resume_from_a_step_yields_the_same_tail():
 
 
 def test_drop_last():
-    assert len(InMemoryLoader(_split(), 8, 0, Normalize((0.0,), (1.0,), 1), drop_last=True)) == 6
+    assert len(InMemoryLoader(_split(), 8, seed=0, normalize=Normalize((0.0,), (1.0,), 1), drop_last=True)) == 6
 
 
 def test_crop_flip_equals_per_image_pad_crop_flip():

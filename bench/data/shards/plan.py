@@ -76,9 +76,10 @@ def segments(shard_sizes: list[int], order: list[int], start: int, length: int) 
     return out
 
 
-@dataclass
+@dataclass(kw_only=True)
 class StreamSpec:
-    """Everything a worker needs to produce its batches (picklable)."""
+    """Everything a worker needs to produce its batches (picklable). Keyword-only: 18 fields by position
+    were one swapped pair away from a silently different data order."""
 
     split: ShardSplit
     train: bool
