@@ -85,8 +85,8 @@ class Normalize:
 
 
 class InMemoryLoader:
-    """Training batches of one split; `epoch(e, start_step)` yields (images, labels) from that position.
-    Keyword-only after the batch size: eleven arguments, several of them ints."""
+    """Training batches of one split (a TrainLoader); `epoch(e, start_step)` yields (images, labels) from that
+    position. Keyword-only after the batch size: eleven arguments, several of them ints."""
 
     def __init__(self, split: Split, batch_size: int, *, seed: int, normalize: Normalize | None,
                  augment: str = "none", crop_padding: int = 0, drop_last: bool = False,
@@ -128,6 +128,14 @@ class InMemoryLoader:
 
     def layout(self) -> dict[str, int]:
         return {"world_size": self.world, "batch_size": self.batch_size}
+
+    def padded(self) -> int:
+        """0: the ranks slice every global batch, so none repeats a sample to keep the step counts equal."""
+        return 0
+
+    def pop_skipped(self) -> tuple[int, list[str]]:
+        """(0, []): tensors in memory have no unreadable samples."""
+        return 0, []
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = self.order(epoch)

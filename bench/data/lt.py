@@ -13,6 +13,7 @@ from bench.config import DataConfig
 from bench.data.batches import InMemoryLoader, Normalize, Split, eval_batches
 from bench.data.cards import DatasetError, load_card
 from bench.data.profiles import class_counts, indices_hash, select_indices
+from bench.data.protocols import TrainLoader
 from bench.data.shards.loader import ShardLoader
 from bench.data.shards.manifest import ShardSplit, check_shard_files, load_manifest
 from bench.data.shards.plan import StreamSpec
@@ -69,7 +70,7 @@ class LTData:
                           crop_padding=c.crop_padding, decode=c.decode)
 
     def train_loader(self, batch_size: int, seed: int, augment: str, drop_last: bool, sampler: str,
-                     workers: int = 0) -> InMemoryLoader | ShardLoader:
+                     workers: int = 0) -> TrainLoader:
         """Training batches with the (epoch, start_step) interface, normalised on `device`; batch_size is global."""
         if isinstance(self.train, ShardSplit):
             if sampler != "instance":

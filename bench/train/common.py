@@ -237,11 +237,6 @@ def run_cost(t_start: float, state: Any, device: torch.device) -> dict[str, Any]
             "device_hours": round(seconds * dist.world() / 3600, 5)}
 
 
-def padded(loader: Any) -> int:
-    """Training samples repeated per epoch so that every DDP rank runs the same number of batches."""
-    return loader.padded() if hasattr(loader, "padded") else 0
-
-
 def data_errors(data: LTData, state: Any) -> dict[str, Any] | None:
     """Unreadable samples skipped with data.on_error=skip (None for in-memory data): never silent."""
     if not data.streamed:

@@ -17,9 +17,8 @@ from typing import Any, Protocol
 import torch
 
 from bench import dist
-from bench.data.batches import InMemoryLoader
 from bench.data.cards import DatasetError
-from bench.data.shards import ShardLoader
+from bench.data.protocols import TrainLoader
 from bench.methods.losses import LossFn
 from bench.progress import Progress, log
 from bench.rundir import RunDir, check_owner
@@ -64,7 +63,7 @@ class Parts:
     loss: LossFn
     state_module: torch.nn.Module                      # what checkpoints save and restore
     set_train_mode: Callable[[], None]                 # e.g. frozen backbone in eval mode, head in train mode
-    loader: InMemoryLoader | ShardLoader
+    loader: TrainLoader
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     evaluate: Callable[[str], dict[str, Any]]          # split name -> all/many/medium/few
@@ -159,10 +158,9 @@ def fit(parts: Parts, run: RunDir, epochs: int, selection_split: str, device: to
         now = time.time()
         state.spent_s += now - t_mark     # what a killed attempt did after its last checkpoint is lost: not counted
         t_mark = now
-        if isinstance(p.loader, ShardLoader):
-            n, examples = p.loader.pop_skipped()
-            state.data_skipped += int(dist.all_reduce_sum(torch.tensor(n)))
-            state.data_skipped_examples += examples[: max(0, 10 - len(state.data_skipped_examples))]
+        n, examples = p.loader.pop_skipped()      # (0, []) for in-memory data
+        state.data_skipped += int(dist.all_reduce_sum(torch.tensor(n)))
+        state.data_skipped_examples += examples[: max(0, 10 - len(state.data_skipped_examples))]
         rngs = dist.gather_objects(ckpt.rng_state())   # every rank's RNG, so each resumes its own
         if dist.is_main():
             ckpt.save_atomic({"model": p.state_module.state_dict(), "optimizer": p.optimizer.state_dict(),

@@ -21,7 +21,7 @@ from bench.models import build_model
 from bench.models.parts import encode, head_of, set_head
 from bench.rundir import RunDir
 from bench.tracking import Tracker
-from bench.train.common import Evaluator, finish, padded, run_info, select_and_report, select_reported, setup
+from bench.train.common import Evaluator, finish, run_info, select_and_report, select_reported, setup
 from bench.train.loop import Parts, fit, make_forward
 from bench.train.optim import make_optimizer, make_scheduler
 
@@ -78,4 +78,4 @@ def train_stage1(cfg: Config, run: RunDir) -> dict[str, Any]:
     # Report the best epoch on the selection split, or the last one.
     selected, last_metrics = select_reported(cfg, run, state.best_epoch, t.epochs, evaluator, model)
     return finish(cfg, run, data, evaluator, head_of(model), model, selected, t_start, last_metrics,
-                  {"epochs": t.epochs, "data_padded_per_epoch": padded(loader)}, state, tracker)
+                  {"epochs": t.epochs, "data_padded_per_epoch": loader.padded()}, state, tracker)

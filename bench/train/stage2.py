@@ -30,7 +30,7 @@ from bench.progress import log
 from bench.rundir import RunDir, check_owner
 from bench.tracking import Tracker
 from bench.train import checkpoint as ckpt
-from bench.train.common import Evaluator, finish, padded, run_info, select_and_report, select_reported, setup
+from bench.train.common import Evaluator, finish, run_info, select_and_report, select_reported, setup
 from bench.train.loop import Parts, fit, make_forward
 from bench.train.optim import make_optimizer, make_scheduler
 from bench.train.stage1 import make_model
@@ -226,7 +226,7 @@ def train_stage2(cfg: Config, run: RunDir, parent: RunDir) -> dict[str, Any]:
     selected, last_metrics = select_reported(cfg, run, state.best_epoch, t.epochs, evaluator, model)
     return finish(cfg, run, data, evaluator, head, model, selected, t_start, last_metrics,
                   {"epochs": t.epochs, "parent": str(parent.path), "cached_features": cached,
-                   "data_padded_per_epoch": padded(loader),
+                   "data_padded_per_epoch": loader.padded(),
                    "trained_blocks": s2.train_blocks,
                    "maxnorm_radius": radius if s2.maxnorm else None}, state, tracker)
 

@@ -129,7 +129,7 @@ def _worker_init(_: int) -> None:
 
 
 class ShardLoader:
-    """Training or evaluation batches of a ShardSplit with the InMemoryLoader interface.
+    """Training or evaluation batches of a ShardSplit (a TrainLoader, as InMemoryLoader).
 
     `epoch(e, start_step)` yields normalised (images, labels); `len()` is the batches per rank and epoch.
     """
