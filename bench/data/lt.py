@@ -17,7 +17,7 @@ from bench.data.protocols import TrainLoader
 from bench.data.shards.loader import ShardLoader
 from bench.data.shards.manifest import ShardSplit, check_shard_files, load_manifest
 from bench.data.shards.plan import StreamSpec
-from bench.data.sources import RawData, load_cifar, load_fashion_mnist, make_synthetic
+from bench.data.sources import RawData, load_raw
 
 
 @dataclass
@@ -98,16 +98,6 @@ class LTData:
     def size(self, name: str) -> int:
         s = {"train": self.train, "val": self.val, "test": self.test}[name]
         return 0 if s is None else len(s)
-
-
-def load_raw(cfg: DataConfig) -> RawData:
-    if cfg.dataset == "fashion-mnist":
-        return load_fashion_mnist(cfg.root)
-    if cfg.dataset in ("cifar10", "cifar100"):
-        return load_cifar(10 if cfg.dataset == "cifar10" else 100, cfg.root)
-    s = cfg.synthetic
-    return make_synthetic(s.num_classes, s.train_per_class, s.test_per_class, s.image_size, s.channels,
-                          s.noise, s.seed)
 
 
 def _to_split(x: np.ndarray, y: np.ndarray, pad_to: int | None) -> Split:

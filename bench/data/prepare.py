@@ -25,8 +25,12 @@ from typing import Any
 
 import numpy as np
 
+from bench.config import FILE_SPLIT_SOURCES, load_config
 from bench.data.cards import DatasetError, load_card
+from bench.data.lt import lt_selection
+from bench.data.profiles import indices_hash
 from bench.data.shards.manifest import FORMAT, MANIFEST, file_sha256
+from bench.data.sources import RAW_SOURCES, load_raw
 from bench.progress import Progress, log
 
 PREP_DIR = ".prepare"   # per-shard records of finished shards (idempotence, crash resume)
@@ -62,9 +66,6 @@ def _sha(path: Path) -> str:
 
 def plan_profile_dataset(dataset: str, data_cfg: Any) -> Plan:
     """CIFAR-10/100 and Fashion-MNIST: cut the long-tailed train / val split exactly as the in-memory path does."""
-    from bench.data.lt import load_raw, lt_selection
-    from bench.data.profiles import indices_hash
-
     raw = load_raw(data_cfg)
     counts, train_idx, val_idx = lt_selection(raw, data_cfg)
     card = load_card(dataset)
@@ -374,20 +375,18 @@ def prepare(dataset: str, out: Path, src: Path | None = None, splits_dir: Path |
             resize_shorter: int | None = None, jpeg_quality: int | None = None,
             allow_deviation: bool = False, progress: str = "auto", array_format: str = "png") -> dict[str, Any]:
     """Plan from the source, check it against the dataset card, write the shards and manifest."""
-    from bench.config import load_config
-
     card = load_card(dataset)
-    if array_format != "png" and card.get("source") not in ("idx", "cifar", "synthetic"):
+    if array_format != "png" and dataset not in RAW_SOURCES:
         raise DatasetError(f"prepare {dataset}: --array-format applies to array datasets (CIFAR, Fashion-MNIST, "
                            "synthetic); image files keep their own encoding")
-    if card.get("source") in ("split_files", "inat_json"):
+    if card.get("source") in FILE_SPLIT_SOURCES:
         if src is None:
             raise DatasetError(f"prepare {dataset}: --src IMAGE_ROOT is required ({card['how_to_get']})")
         if data_overrides:
             raise DatasetError(f"prepare {dataset}: its split files fix the long-tailed set; drop "
                                f"{' '.join(data_overrides)}")
         plan = plan_file_dataset(dataset, card, src, splits_dir or src)
-    elif card.get("source") in ("idx", "cifar", "synthetic"):
+    elif dataset in RAW_SOURCES:
         overrides = [f"data.dataset={dataset}"] + [o if o.startswith("data.") else f"data.{o}" for o in data_overrides]
         if src is not None:
             overrides.append(f"data.root={src}")

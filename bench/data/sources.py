@@ -1,7 +1,9 @@
 """Raw datasets as uint8 arrays: Fashion-MNIST (IDX files), CIFAR-10/100 (python pickles), synthetic.
 
 Each loader returns the full, balanced training pool and the test set; the long-tailed subset is cut
-from the pool by bench.data.lt.
+from the pool by bench.data.lt. RAW_SOURCES (at the end) maps a dataset card's name to its loader: a new
+in-memory dataset is its card (datasets/<name>.yaml), a loader here and one entry there. Datasets read
+from image files (ImageNet-LT, ...) have none: `ltbench prepare` shards them from their split files.
 """
 
 from __future__ import annotations
@@ -10,11 +12,13 @@ import gzip
 import os
 import pickle
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from bench.config import DataConfig
 from bench.data.cards import DatasetError, load_card
 
 
@@ -197,3 +201,27 @@ def make_synthetic(num_classes: int, train_per_class: int, test_per_class: int, 
     std = tuple(card["std"]) * channels if len(card["std"]) == 1 else tuple(card["std"])
     return RawData(train_x, train_y, test_x, test_y, num_classes, [f"class{c}" for c in range(num_classes)],
                    mean, std, None)
+
+
+# --- the registry -----------------------------------------------------------------------------
+
+def _synthetic(cfg: DataConfig) -> RawData:
+    s = cfg.synthetic
+    return make_synthetic(s.num_classes, s.train_per_class, s.test_per_class, s.image_size, s.channels,
+                          s.noise, s.seed)
+
+
+RAW_SOURCES: dict[str, Callable[[DataConfig], RawData]] = {
+    "fashion-mnist": lambda cfg: load_fashion_mnist(cfg.root),
+    "cifar10": lambda cfg: load_cifar(10, cfg.root),
+    "cifar100": lambda cfg: load_cifar(100, cfg.root),
+    "synthetic": _synthetic,
+}
+
+
+def load_raw(cfg: DataConfig) -> RawData:
+    """The raw pool and test set of data.dataset, by its entry in RAW_SOURCES."""
+    if cfg.dataset not in RAW_SOURCES:
+        raise DatasetError(f"{cfg.dataset} is not read into memory (datasets that are: {', '.join(RAW_SOURCES)}); "
+                           f"prepare its shards with `ltbench prepare {cfg.dataset}` and set data.shards")
+    return RAW_SOURCES[cfg.dataset](cfg)
