@@ -3,66 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 from pathlib import Path
-from typing import Any
 
 from bench.config import ConfigError, describe_fields, dump_yaml, load_config
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that are the user's input, printed as one line instead of a traceback."""
-    from bench.data.cards import DatasetError
-    from bench.models import ModelError
-    from bench.train.checkpoint import CheckpointError
-
-    return (ConfigError, DatasetError, ModelError, CheckpointError)
+from bench.errors import error_line, user_errors
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from bench import dist
-    from bench.lock import DirLock
-    from bench.rundir import RunDir
+    from bench.run import run_config_file
 
-    cfg = load_config(args.config, args.overrides)
-    run = RunDir(Path(args.run_dir)) if args.run_dir else RunDir.for_config(cfg, args.runs_root)
-
-    # one writer per run directory: rank 0 holds the lock for the whole job (its other ranks follow it)
-    lock = DirLock(run.path, "run directory", wait=args.wait) if dist.from_env().rank == 0 else contextlib.nullcontext()
-    with lock:
-        return _run_locked(cfg, run, args)
-
-
-def _run_locked(cfg: Any, run: Any, args: argparse.Namespace) -> int:
-    from bench.progress import log
-    from bench.train.stage1 import train_stage1
-
-    if run.complete_for(cfg.run_hash()):
-        log(f"run complete, nothing to do: {run.path}")
-        return 0
-    log(f"run directory: {run.path}")
-    try:
-        if cfg.stage == "stage1":
-            result = train_stage1(cfg, run)
-        else:
-            from bench.train.stage2 import parent_run, run_posthoc, train_stage2
-
-            parent = parent_run(cfg, args.runs_root, Path(args.config).parent)
-            result = (train_stage2 if cfg.stage == "stage2" else run_posthoc)(cfg, run, parent)
-    except Exception as e:
-        from bench.tracking import abort_open
-
-        run.record_failure(e)   # `ltbench status` / `ltbench table` show it; the next `ltbench run` resumes
-        abort_open(e)           # the W&B run ends as failed; a rerun continues it
-        raise
-    from bench import dist
-    from bench.metrics import format_pct
-
-    dist.shutdown()
-    m = result["metrics"]
-    log(f"done: test all {format_pct(m['all'])} many {format_pct(m['many'])} medium {format_pct(m['medium'])} "
-        f"few {format_pct(m['few'])} -> {run.result_file}")
+    run_config_file(args.config, args.overrides, args.runs_root, run_dir=args.run_dir, wait=args.wait)
     return 0
 
 
@@ -133,7 +84,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from bench.submit import status_table
+    from bench.jobs import status_table
 
     exp = Path(args.experiment)
     print(status_table(exp if exp.is_dir() else Path(args.runs_root) / args.experiment))
@@ -141,8 +92,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_table(args: argparse.Namespace) -> int:
-    from bench.progress import log
-    from bench.table import RENDER, build_table, collect, records_from_wandb
+    from bench.table import build_table, collect, records_from_wandb, save_table
 
     if not args.paths and not args.wandb:
         raise ConfigError("ltbench table: give run directories / experiments, or --wandb ENTITY/PROJECT")
@@ -156,21 +106,11 @@ def cmd_table(args: argparse.Namespace) -> int:
         except ValueError:
             raise ConfigError(f"ltbench table --seeds {args.seeds!r}: expected comma-separated integers") from None
     table = build_table(records, seeds, args.select, args.reference, args.ci, args.baseline, args.cost, args.protocols)
-    text = RENDER[args.format](table)
-    if args.out:
-        from bench.rundir import write_text_atomic
-
-        out = Path(args.out)
-        write_text_atomic(out, text)
-        log(f"table of {len(records)} runs -> {out}")
-    else:
+    out = Path(args.out) if args.out else None
+    plots = Path(args.plots) if args.plots else (out.with_suffix("") if out else None)
+    text = save_table(table, args.format, out, None if args.no_plots else plots)
+    if out is None:
         sys.stdout.write(text)
-    plots = Path(args.plots) if args.plots else (Path(args.out).with_suffix("") if args.out else None)
-    if plots is not None and not args.no_plots:
-        from bench.plots import plot_table
-
-        for path in plot_table(table, plots):
-            log(f"plot -> {path}")
     return 0
 
 
@@ -327,13 +267,8 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = list(args.overrides) + rest
     try:
         return args.fn(args)
-    except _user_errors() as e:
-        print(f"ltbench: error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        # a path the user gave (or the disk behind it): missing, not a directory, read-only, full
-        where = f": {e.filename}" if e.filename else ""
-        print(f"ltbench: error: {e.strerror or type(e).__name__}{where}", file=sys.stderr)
+    except user_errors() as e:
+        print(f"ltbench: error: {error_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("ltbench: interrupted; run the same command again to resume from the last checkpoint", file=sys.stderr)

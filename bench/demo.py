@@ -15,7 +15,6 @@ show. --full: three seeds of the papers' stage-1 recipe for 20 epochs (FULL belo
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import shutil
 import subprocess
@@ -26,12 +25,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from bench.cli import main as cli_main
+from bench.claims import check_claims, deviations, format_claims, rows_from_table
 from bench.config import load_config
 from bench.data.cards import DatasetError, load_card
 from bench.data.sources import load_fashion_mnist
 from bench.progress import log
-from bench.rundir import RunDir
+from bench.run import run_experiment
+from bench.rundir import RunDir, write_text_atomic
+from bench.table import Table, build_table, collect, save_table
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "demo"
 STAGE1 = ["fmnist_naive", "fmnist_wd", "fmnist_hs_stage1"]
@@ -122,13 +123,10 @@ def run_stage1_parallel(names: list[str], overrides: list[str], runs_root: str,
 
 def run_child(config: str, parent: RunDir, runs_root: str, extra: list[str] = ()) -> dict[str, Any]:
     """A stage2 / posthoc run on a finished parent run directory, in this process."""
-    from bench.train.stage2 import run_posthoc, train_stage2
-
     cfg = load_config(CONFIG_DIR / f"{config}.yaml", [f"parent={parent.path}", *extra, "runtime.progress=off"])
     run = RunDir.for_config(cfg, runs_root)
-    if not run.is_complete():
-        (train_stage2 if cfg.stage == "stage2" else run_posthoc)(cfg, run, parent)
-    return {"cfg": cfg, "result": json.loads(run.result_file.read_text()), "run": run}
+    result = run_experiment(cfg, run, runs_root=runs_root, parent=parent)
+    return {"cfg": cfg, "result": result, "run": run}
 
 
 def run_seed(runs_root: str, overrides: list[str],
@@ -153,12 +151,8 @@ def run_seed(runs_root: str, overrides: list[str],
     return runs, configs
 
 
-def report(runs: list[Path], configs: dict[str, Any], full: bool) -> str:
+def report(table: Table, configs: dict[str, Any], full: bool) -> str:
     """Deviations from the papers' recipes and the claims check, for under the table."""
-    from bench.claims import check_claims, deviations, format_claims, rows_from_table
-    from bench.table import build_table, collect
-
-    table = build_table(collect([str(r) for r in runs]), select="val")
     rows = rows_from_table(table)
     grid = " x ".join(f"{k.rsplit('.', 1)[-1]} {v}" for k, v in WB_GRID.items())
     lines = ["", "Deviations from the papers' recipes (WB: Alshammari et al. 2022; HS: Hasegawa & Sato 2024):",
@@ -188,9 +182,10 @@ def run_demo(runs_root: str, overrides: list[str], full: bool = False) -> int:
     tag = "full" if len(seed_list) > 1 else f"seed{seed_list[0]}"
     out = Path(runs_root) / "demo" / f"table-{tag}.md"
     print()
-    rc = cli_main(["table", *map(str, runs), "--select", "val", "--out", str(out)])
-    out.write_text(out.read_text() + report(runs, configs, full))
-    sys.stdout.write(out.read_text())
-    log(f"demo finished in {time.time() - t0:.0f} s; runs under {Path(runs_root) / 'demo'}; "
+    table = build_table(collect([str(r) for r in runs]), select="val")
+    text = save_table(table, "md", None, out.with_suffix("")) + report(table, configs, full)
+    write_text_atomic(out, text)
+    sys.stdout.write(text)
+    log(f"demo finished in {time.time() - t0:.0f} s; table -> {out}; runs under {Path(runs_root) / 'demo'}; "
         f"all seeds run so far: ltbench table {Path(runs_root) / 'demo'} --select val")
-    return rc
+    return 0

@@ -92,7 +92,7 @@ def bare_loop(config: str, overrides: list[str], threads: int) -> dict[str, floa
 
     from bench.config import load_config
     from bench.data.lt import build_lt_data
-    from bench.train.stage1 import make_model
+    from bench.methods.classifiers import make_model
 
     torch.set_num_threads(threads)
     cfg = load_config(config, overrides)

@@ -5,6 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from bench.data.cards import dataset_title
+
+
+def per_class_figure(result: dict[str, Any], run_dir: Path) -> dict[str, Path]:
+    """A finished run's per-class figure, <run>/per_class.png ({W&B key: path}, for bench/run.py)."""
+    path = run_dir / "per_class.png"
+    plot_per_class(result, path)
+    return {"per_class_plot": path}
+
 
 def plot_per_class(result: dict[str, Any], path: Path) -> None:
     """Per-class test accuracy and classifier weight norms against training class size (WB Fig. 1 style).
@@ -85,9 +94,7 @@ def plot_table(table: Any, prefix: Path) -> list[Path]:
         ax.set_ylim(0, 100)
         ax.set_ylabel("test accuracy (%)")
         ax.legend(fontsize=7, loc="lower left")
-        from bench.table import column_title
-
-        ax.set_title(f"{column_title(col)}: per-class accuracy and classifier weight norms", fontsize=9)
+        ax.set_title(f"{dataset_title(*col)}: per-class accuracy and classifier weight norms", fontsize=9)
         ax_n.set_ylabel("classifier weight norm")
         ax_n.set_xlabel("class (sorted by training count, largest first)")
         fig.tight_layout()

@@ -69,6 +69,9 @@ class RunDir:
         except json.JSONDecodeError:
             return False
 
+    def read_result(self) -> dict[str, Any]:
+        return json.loads(self.result_file.read_text())
+
     def complete_for(self, config_hash: str) -> bool:
         """Is this directory a complete run of the config with `config_hash`? A complete run of another config
         is an error (its numbers would be reported as this config's), never a silent "nothing to do"."""

@@ -17,13 +17,19 @@ import csv
 import io
 import json
 import math
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.config import ConfigError, load_yaml
+from bench.config import ConfigError, from_dict, load_yaml
+from bench.data.cards import dataset_title
+from bench.jobs import run_status
 from bench.metrics import GROUPS
+from bench.published import load_published
+from bench.rundir import RunDir, write_text_atomic
+from bench.stats import bootstrap_interval, paired_t, t_interval
 
 METRICS = ("all", *GROUPS)
 # Row order of the WB paper's tables (naive -> stage 1 -> post-hoc -> stage 2 -> HS); others follow by name.
@@ -91,8 +97,6 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def setting_of(raw: dict[str, Any]) -> tuple[tuple[str, str], ...]:
     """The config fields that can change a number (Config.result_dict), minus seed, row and column keys."""
-    from bench.config import from_dict
-
     flat = flatten(from_dict(raw).result_dict())
     drop = set(IDENTITY_KEYS) | set(COLUMN_KEYS)
     return tuple(sorted((k, json.dumps(v, sort_keys=True)) for k, v in flat.items() if k not in drop))
@@ -100,9 +104,6 @@ def setting_of(raw: dict[str, Any]) -> tuple[tuple[str, str], ...]:
 
 def load_record(run_dir: Path) -> RunRecord:
     """What a run directory says about itself; a clear error for a broken one."""
-    from bench.rundir import RunDir
-    from bench.submit import run_status
-
     raw = load_yaml(run_dir / "config.yaml")
     try:
         setting = setting_of(raw)
@@ -187,8 +188,6 @@ class Cell:
 
     def interval(self, metric: str, kind: str) -> tuple[float, float] | None:
         """95 % interval of the mean over seeds: Student t (kind "t") or a percentile bootstrap."""
-        from bench.stats import bootstrap_interval, t_interval
-
         vals = list(self.values(metric).values())
         return t_interval(vals) if kind == "t" else bootstrap_interval(vals)
 
@@ -231,8 +230,6 @@ class Table:
                         metric: str = "all") -> tuple[float, float, int] | None:
         """(mean difference row - baseline, two-sided p, pairs) over the seeds both completed; None when
         there is no baseline, this is the baseline, or fewer than two seeds pair up."""
-        from bench.stats import paired_t
-
         if self.baseline is None or row[0] == self.baseline:
             return None
         base = next((self.cells[(r, col)] for r in self.rows if r[0] == self.baseline and (r, col) in self.cells), None)
@@ -340,8 +337,6 @@ def published_rows(columns: list[tuple[str, float | None]]) -> list[dict[str, An
 
     Each row comes resolved with its provenance (bench.published: label, table, backbone, epochs, protocol,
     url, checked, paper); the renderers print method, metrics and the file's short `source`."""
-    from bench.published import load_published
-
     out = []
     for row in load_published(PUBLISHED):
         for col in columns:
@@ -351,16 +346,6 @@ def published_rows(columns: list[tuple[str, float | None]]) -> list[dict[str, An
 
 
 # ----------------------------------------------------------------------------------------------- rendering
-def column_title(col: tuple[str, float | None]) -> str:
-    from bench.data.cards import DatasetError, load_card
-
-    try:
-        title = load_card(col[0]).get("title", col[0])
-    except DatasetError:
-        title = col[0]
-    return f"{title} IF {col[1]:g}" if col[1] is not None else title
-
-
 def _num(v: float | None) -> str:
     return "—" if v is None else f"{v:.2f}"
 
@@ -394,7 +379,7 @@ def _footnotes(table: Table) -> list[tuple[str, str]]:
             cell = table.cells.get((row, col))
             if cell is None:
                 continue
-            name = f"{row[0]}{' (' + row[1] + ')' if row[1] else ''}, {column_title(col)}"
+            name = f"{row[0]}{' (' + row[1] + ')' if row[1] else ''}, {dataset_title(*col)}"
             if cell.chosen:
                 notes.append(("", f"{name}: chosen {cell.chosen}"))
             taus = [(r.seed, r.result["posthoc"]) for r in cell.runs
@@ -423,7 +408,7 @@ def protocol_notes(table: Table) -> list[str]:
             if "clean" in means:
                 for proto, mean in sorted(means.items()):
                     if proto != "clean":
-                        out.append(f"{method}, {column_title(col)}: {proto} {mean:.2f} vs clean {means['clean']:.2f}: "
+                        out.append(f"{method}, {dataset_title(*col)}: {proto} {mean:.2f} vs clean {means['clean']:.2f}: "
                                    f"{mean - means['clean']:+.2f} points under {proto}")
     return out
 
@@ -456,8 +441,6 @@ def _cost_text(cell: Cell | None) -> str:
 
 def _norm_backbone(name: str) -> str:
     """'resnext50_32x4d' / 'ResNeXt-50' -> 'resnext50'; 'resnet32_cifar' / 'ResNet-32' -> 'resnet32'."""
-    import re
-
     return re.sub(r"[^a-z0-9]", "", name.lower().split("_")[0].split("(")[0])
 
 
@@ -497,7 +480,7 @@ def _comparison_lines(table: Table) -> list[str]:
     lines = []
     for c in comparisons(table):
         ours = f"{c['mean']:.2f}" + (f" ± {c['std']:.2f}" if c["std"] is not None else "") + f", n = {c['n']}"
-        lines.append(f"{_row_label(c['row'])}, {column_title(c['column'])}: ours {ours}; {c['source']} "
+        lines.append(f"{_row_label(c['row'])}, {dataset_title(*c['column'])}: ours {ours}; {c['source']} "
                      f"{c['published']:.2f}: {c['diff']:+.2f} points, {c['verdict']}"
                      + (f"; protocol differs: {'; '.join(c['differs'])}" if c["differs"] else ""))
     return lines
@@ -507,9 +490,9 @@ def render_markdown(table: Table) -> str:
     head = ["method"]
     single = len(table.columns) == 1   # one dataset: plain headers, its name in the caption
     for col in table.columns:
-        t = "" if single else column_title(col) + " "
+        t = "" if single else dataset_title(*col) + " "
         head += [f"{t}{m}" for m in (*METRICS, "n", *(("cost",) if table.cost else ()))]
-    title = f"{column_title(table.columns[0])}. " if single else ""
+    title = f"{dataset_title(*table.columns[0])}. " if single else ""
     lines = [title + _caption(table), "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in table.rows:
         cells = [_row_label(row)]
@@ -571,7 +554,7 @@ def render_latex(table: Table) -> str:
     ncol = len(METRICS) + 1
     spec = "l" + ("c" * ncol) * len(table.columns)
     lines = ["% " + _caption(table), f"\\begin{{tabular}}{{{spec}}}", "\\toprule",
-             " & ".join(["method"] + [f"\\multicolumn{{{ncol}}}{{c}}{{{_tex(column_title(c))}}}"
+             " & ".join(["method"] + [f"\\multicolumn{{{ncol}}}{{c}}{{{_tex(dataset_title(*c))}}}"
                                       for c in table.columns]) + " \\\\"]
     rules = " ".join(f"\\cmidrule(lr){{{2 + i * ncol}-{1 + (i + 1) * ncol}}}" for i in range(len(table.columns)))
     lines += [rules, " & ".join([""] + [m for _ in table.columns for m in (*METRICS, "$n$")]) + " \\\\", "\\midrule"]
@@ -637,3 +620,18 @@ def _csv_extra(table: Table, row: tuple[str, str], col: tuple[str, float | None]
 
 
 RENDER = {"md": render_markdown, "latex": render_latex, "csv": render_csv}
+
+
+def save_table(table: Table, fmt: str, out: Path | None, plots: Path | None) -> str:
+    """Render `table` as `fmt`; write it atomically to `out` (if given) and its per-dataset plots to
+    <plots>-<dataset>.png (if given). Returns the text. `ltbench table` and the demo."""
+    from bench.plots import plot_table       # matplotlib: only when plots are asked for
+    from bench.progress import log
+
+    text = RENDER[fmt](table)
+    if out is not None:
+        write_text_atomic(out, text)
+        log(f"table -> {out}")
+    for path in plot_table(table, plots) if plots is not None else []:
+        log(f"plot -> {path}")
+    return text

@@ -30,3 +30,12 @@ def load_card(name: str) -> dict[str, Any]:
     if card.get("name") != name:
         raise DatasetError(f"dataset card {path}: 'name' is {card.get('name')!r}, expected {name!r}")
     return card
+
+
+def dataset_title(name: str, imbalance_factor: float | None = None) -> str:
+    """A dataset's display name from its card (e.g. "CIFAR-100-LT IF 100"); the name itself without a card."""
+    try:
+        title = load_card(name).get("title", name)
+    except DatasetError:
+        title = name
+    return f"{title} IF {imbalance_factor:g}" if imbalance_factor is not None else title

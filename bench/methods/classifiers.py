@@ -1,4 +1,5 @@
-"""Classifier heads and constraints: the fixed simplex-ETF classifier (HS) and MaxNorm (WB).
+"""Classifier heads and constraints: the fixed simplex-ETF classifier (HS), MaxNorm (WB), and the model of
+a config with its head (make_model).
 
 - simplex ETF (Papyan et al. 2020; HS, Hasegawa & Sato 2024): W = sqrt(C/(C-1)) * (U[:, :C] (I - 11^T/C))^T.
 - MaxNorm (WB, Alshammari et al. 2022): projected gradient descent onto the ball ||W_k|| <= delta with one
@@ -8,10 +9,16 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from bench.config import Config
+from bench.data.lt import LTData
+from bench.models import build_model
+from bench.models.parts import head_of, set_head
 
 
 def simplex_etf(num_classes: int, dim: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -84,3 +91,37 @@ def maxnorm_project_(weight: torch.Tensor, radius: float) -> None:
         scale = (radius / norms[over]).to(weight.dtype)
         shape = (-1,) + (1,) * (weight.dim() - 1)
         weight[over] = weight[over] * scale.view(shape)
+
+
+class MaxNorm:
+    """WB MaxNorm: after each step (or epoch) rows of W above the radius are projected onto it."""
+
+    def __init__(self, weight: torch.Tensor, radius: float, cadence: str) -> None:
+        self.weight, self.radius, self.cadence = weight, radius, cadence
+
+    def after_step(self) -> None:
+        if self.cadence == "step":
+            maxnorm_project_(self.weight.data, self.radius)
+
+    def after_epoch(self) -> None:
+        if self.cadence == "epoch":
+            maxnorm_project_(self.weight.data, self.radius)
+
+
+# The classifier heads of config `model.classifier`: the backbone's own linear layer, or a fixed simplex ETF
+# (HS) in its place, seeded by the run's seed. A new head is a builder here: (linear layer, classes, seed) -> head.
+HEADS: dict[str, Callable[[nn.Linear, int, int], nn.Module]] = {
+    "linear": lambda linear, num_classes, seed: linear,
+    "etf": lambda linear, num_classes, seed: ETFClassifier(linear.in_features, num_classes,
+                                                           generator=torch.Generator().manual_seed(seed)),
+}
+
+
+def make_model(cfg: Config, data: LTData) -> nn.Module:
+    """The timm model of cfg.model with this dataset's classes and channels, and the head of model.classifier."""
+    model = build_model(cfg.model.name, num_classes=data.num_classes, in_chans=data.in_chans,
+                        pretrained_file=cfg.model.pretrained_file, drop_rate=cfg.model.drop_rate)
+    head = HEADS[cfg.model.classifier](head_of(model), data.num_classes, cfg.seed)
+    if head is not head_of(model):
+        set_head(model, head)
+    return model

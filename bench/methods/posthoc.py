@@ -4,12 +4,14 @@
 - Logit adjustment with the training prior pi_c = n_c / N: additive z_c - tau log pi_c (Menon et al.
   2021) and multiplicative z_c * pi_c^(-tau) (HS).
 - choose_tau: pick tau on a validation score, deterministically.
+- POSTHOC: the post-hoc kinds (config `posthoc.kind`) by name; a new step is a function here and an entry.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -32,11 +34,6 @@ def tau_normalize(weight: torch.Tensor, tau: float) -> torch.Tensor:
     norms = w.flatten(1).norm(dim=1).clamp_min(torch.finfo(w.dtype).tiny)
     denom = norms.pow(tau).view((-1,) + (1,) * (w.dim() - 1))
     return w / denom
-
-
-def l2_normalize(weight: torch.Tensor) -> torch.Tensor:
-    """L2-norm: W_k / ||W_k|| per row (new tensor); tau_normalize with tau = 1."""
-    return tau_normalize(weight, 1.0)
 
 
 def _prior_like(prior: Sequence[float] | torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
@@ -69,3 +66,21 @@ def choose_tau(score_fn: Callable[[float], float], grid: Iterable[float]) -> tup
         if not math.isnan(s) and (math.isnan(scores[best]) or s > scores[best]):
             best = i
     return taus[best], scores[best], scores
+
+
+@dataclass(frozen=True)
+class PostHoc:
+    """A post-hoc step at a given tau: a new classifier weight from the old one (`weight(W, tau)`) and/or
+    adjusted logits (`logits(z, prior, tau)`); `fixed_tau` = nothing to choose (L2-norm is tau-norm at 1)."""
+
+    weight: Callable[[torch.Tensor, float], torch.Tensor] | None = None
+    logits: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor] | None = None
+    fixed_tau: float | None = None
+
+
+POSTHOC: dict[str, PostHoc] = {
+    "l2norm": PostHoc(weight=tau_normalize, fixed_tau=1.0),
+    "taunorm": PostHoc(weight=tau_normalize),
+    "la_add": PostHoc(logits=logit_adjust_additive),
+    "la_mult": PostHoc(logits=logit_adjust_multiplicative),
+}

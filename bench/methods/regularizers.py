@@ -7,9 +7,11 @@ lam * theta to the gradient, which is exactly the gradient of this term).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
+
+from bench.config import TrainConfig
 
 
 def weight_decay_term(params: Iterable[torch.Tensor], lam: float) -> torch.Tensor:
@@ -31,3 +33,15 @@ def feature_regularization(h: torch.Tensor, lam_fr: float) -> torch.Tensor:
     if h.dim() < 2:
         raise ValueError(f"features must be (B, d), got shape {tuple(h.shape)}")
     return 0.5 * lam_fr * h.flatten(1).pow(2).sum(dim=1).mean()
+
+
+def make_regularizers(t: TrainConfig, model: torch.nn.Module) -> list[Callable[[torch.Tensor], torch.Tensor]]:
+    """The loss terms of train.wd_in_loss and train.feature_reg, each a function of the pooled features h."""
+    terms: list[Callable[[torch.Tensor], torch.Tensor]] = []
+    if t.wd_in_loss:
+        # HS: lambda/2 * sum ||theta||^2 over the trained parameters, as a loss term (not inside SGD)
+        trained = [p for p in model.parameters() if p.requires_grad]
+        terms.append(lambda h: weight_decay_term(trained, t.wd_in_loss))
+    if t.feature_reg:
+        terms.append(lambda h: feature_regularization(h, t.feature_reg))
+    return terms

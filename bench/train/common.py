@@ -8,6 +8,7 @@ import random
 import sys
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -109,6 +110,9 @@ def select_reported(cfg: Config, run: RunDir, best_epoch: int | None, epochs: in
 
 
 Batches = Callable[[str], Iterable[tuple[torch.Tensor, torch.Tensor]]]
+# Draws figures of a finished run from its result into its directory: {W&B key: PNG path}. Passed in by
+# bench/run.py (the reporting layer), so training never imports plotting.
+Figures = Callable[[dict[str, Any], Path], dict[str, Path]]
 
 
 def select_and_report(cfg: Config, build: Callable[[bool], "Evaluator"]) -> tuple["Evaluator", "Evaluator"]:
@@ -174,9 +178,9 @@ def analysis(head: torch.nn.Module, out: EvalOutput, split: str) -> dict[str, An
 def finish(cfg: Config, run: RunDir, data: LTData, evaluator: Evaluator, head: torch.nn.Module,
            state_module: torch.nn.Module, selected_epoch: int | None, t_start: float,
            last_metrics: dict[str, Any] | None = None, extra: dict[str, Any] | None = None,
-           state: Any = None, tracker: Tracker | None = None) -> dict[str, Any]:
+           state: Any = None, tracker: Tracker | None = None, figures: Figures | None = None) -> dict[str, Any]:
     """Evaluate the reported model on test (and val), save its weights as final.pt, write result.json
-    (and the W&B summary, per-class table and plot)."""
+    (and the W&B summary and per-class table, with the figures `figures` draws from the result)."""
     test_metrics, test_per_class, out = evaluator.run("test", keep_features=True)
     val_metrics = evaluator("val") if data.val is not None else None
     if dist.is_main():
@@ -214,12 +218,9 @@ def finish(cfg: Config, run: RunDir, data: LTData, evaluator: Evaluator, head: t
         **(extra or {}),
     }
     run.write_json("result.json", result)
-    plot = run.path / "per_class.png"
-    if cfg.runtime.plot and dist.is_main():
-        from bench.plots import plot_per_class
-        plot_per_class(result, plot)
+    images = figures(result, run.path) if figures is not None and dist.is_main() else {}
     if tracker is not None:
-        tracker.finish(result, {"per_class_plot": plot})
+        tracker.finish(result, images)
     return result
 
 

@@ -13,31 +13,18 @@ from typing import Any
 import torch
 
 from bench.config import Config
-from bench.data.lt import LTData
-from bench.methods.classifiers import ETFClassifier
+from bench.methods.classifiers import make_model
 from bench.methods.losses import make_loss
-from bench.methods.regularizers import feature_regularization, weight_decay_term
-from bench.models import build_model
-from bench.models.parts import encode, head_of, set_head
+from bench.methods.regularizers import make_regularizers
+from bench.models.parts import encode, head_of
 from bench.rundir import RunDir
 from bench.tracking import Tracker
-from bench.train.common import Evaluator, finish, run_info, select_and_report, select_reported, setup
+from bench.train.common import Evaluator, Figures, finish, run_info, select_and_report, select_reported, setup
 from bench.train.loop import Parts, fit, make_forward
 from bench.train.optim import make_optimizer, make_scheduler
 
 
-def make_model(cfg: Config, data: LTData) -> torch.nn.Module:
-    """The timm model of cfg.model with this dataset's classes and channels (and an ETF head for HS)."""
-    model = build_model(cfg.model.name, num_classes=data.num_classes, in_chans=data.in_chans,
-                        pretrained_file=cfg.model.pretrained_file, drop_rate=cfg.model.drop_rate)
-    if cfg.model.classifier == "etf":
-        lin = head_of(model)
-        set_head(model, ETFClassifier(lin.in_features, data.num_classes,
-                                      generator=torch.Generator().manual_seed(cfg.seed)))
-    return model
-
-
-def train_stage1(cfg: Config, run: RunDir) -> dict[str, Any]:
+def train_stage1(cfg: Config, run: RunDir, figures: Figures | None = None) -> dict[str, Any]:
     """Train (or resume) the run in `run`; returns the result dict also written to result.json."""
     t_start = time.time()
     device, data, groups = setup(cfg)
@@ -51,13 +38,6 @@ def train_stage1(cfg: Config, run: RunDir) -> dict[str, Any]:
     t = cfg.train
     loader = data.train_loader(t.batch_size, cfg.seed, cfg.data.augment, t.drop_last, t.sampler, cfg.runtime.workers)
     optimizer = make_optimizer(model, t)
-    regularizers = []
-    if t.wd_in_loss:
-        # HS: lambda/2 * sum ||theta||^2 over the trained parameters, as a loss term (not inside SGD)
-        trained = [p for p in model.parameters() if p.requires_grad]
-        regularizers.append(lambda h: weight_decay_term(trained, t.wd_in_loss))
-    if t.feature_reg:
-        regularizers.append(lambda h: feature_regularization(h, t.feature_reg))
 
     def batches(split: str):
         return data.eval_batches(split, cfg.eval.batch_size, cfg.runtime.workers)
@@ -71,11 +51,11 @@ def train_stage1(cfg: Config, run: RunDir) -> dict[str, Any]:
                   set_train_mode=model.train, loader=loader, optimizer=optimizer,
                   scheduler=make_scheduler(optimizer, t, len(loader)), evaluate=select,
                   analyze=select.analyze if cfg.eval.analysis_each_epoch else None,
-                  regularizers=regularizers, amp=t.amp)
+                  regularizers=make_regularizers(t, model), amp=t.amp)
     state = fit(parts, run, t.epochs, cfg.eval.selection_split, device, cfg.runtime.checkpoint_every_steps,
                 cfg.runtime.progress, tracker)
 
     # Report the best epoch on the selection split, or the last one.
     selected, last_metrics = select_reported(cfg, run, state.best_epoch, t.epochs, evaluator, model)
     return finish(cfg, run, data, evaluator, head_of(model), model, selected, t_start, last_metrics,
-                  {"epochs": t.epochs, "data_padded_per_epoch": loader.padded()}, state, tracker)
+                  {"epochs": t.epochs, "data_padded_per_epoch": loader.padded()}, state, tracker, figures)

@@ -21,19 +21,17 @@ from bench import dist
 from bench.config import Config, ConfigError, load_parent, parent_path
 from bench.data.batches import InMemoryLoader, Split, eval_batches
 from bench.data.lt import LTData
-from bench.methods.classifiers import maxnorm_project_, maxnorm_radius
+from bench.methods.classifiers import MaxNorm, make_model, maxnorm_radius
 from bench.methods.losses import make_loss
-from bench.methods.posthoc import (choose_tau, class_prior, logit_adjust_additive, logit_adjust_multiplicative,
-                                   tau_normalize)
+from bench.methods.posthoc import POSTHOC, choose_tau, class_prior
 from bench.models.parts import encode, head_of
 from bench.progress import log
 from bench.rundir import RunDir, check_owner
 from bench.tracking import Tracker
 from bench.train import checkpoint as ckpt
-from bench.train.common import Evaluator, finish, run_info, select_and_report, select_reported, setup
+from bench.train.common import Evaluator, Figures, finish, run_info, select_and_report, select_reported, setup
 from bench.train.loop import Parts, fit, make_forward
 from bench.train.optim import make_optimizer, make_scheduler
-from bench.train.stage1 import make_model
 
 
 def parent_run(cfg: Config, runs_root: str | Path, base: Path = Path(".")) -> RunDir:
@@ -130,21 +128,6 @@ def feature_batches(split: Split, batch_size: int) -> Iterator[tuple[torch.Tenso
     return eval_batches(split, batch_size, None, dist.rank(), dist.world())
 
 
-class MaxNorm:
-    """WB MaxNorm: after each step (or epoch) rows of W above the radius are projected onto it."""
-
-    def __init__(self, weight: torch.Tensor, radius: float, cadence: str) -> None:
-        self.weight, self.radius, self.cadence = weight, radius, cadence
-
-    def after_step(self) -> None:
-        if self.cadence == "step":
-            maxnorm_project_(self.weight.data, self.radius)
-
-    def after_epoch(self) -> None:
-        if self.cadence == "epoch":
-            maxnorm_project_(self.weight.data, self.radius)
-
-
 def last_blocks(model: torch.nn.Module, k: int) -> list[str]:
     """Parameter names of the last k backbone blocks, by timm's fine-grained group_matcher (the final
     group is the classifier and is excluded)."""
@@ -159,7 +142,7 @@ def last_blocks(model: torch.nn.Module, k: int) -> list[str]:
     return [n for names in blocks[-k:] for n in names]
 
 
-def train_stage2(cfg: Config, run: RunDir, parent: RunDir) -> dict[str, Any]:
+def train_stage2(cfg: Config, run: RunDir, parent: RunDir, figures: Figures | None = None) -> dict[str, Any]:
     t_start = time.time()
     s2 = cfg.stage2
     device, data, groups = setup(cfg)
@@ -228,10 +211,10 @@ def train_stage2(cfg: Config, run: RunDir, parent: RunDir) -> dict[str, Any]:
                   {"epochs": t.epochs, "parent": str(parent.path), "cached_features": cached,
                    "data_padded_per_epoch": loader.padded(),
                    "trained_blocks": s2.train_blocks,
-                   "maxnorm_radius": radius if s2.maxnorm else None}, state, tracker)
+                   "maxnorm_radius": radius if s2.maxnorm else None}, state, tracker, figures)
 
 
-def run_posthoc(cfg: Config, run: RunDir, parent: RunDir) -> dict[str, Any]:
+def run_posthoc(cfg: Config, run: RunDir, parent: RunDir, figures: Figures | None = None) -> dict[str, Any]:
     """L2-norm / tau-norm of the classifier rows, or additive / multiplicative logit adjustment.
 
     tau is fixed, or the value of `tau_grid` with the best accuracy on the selection split (ties: the
@@ -244,29 +227,28 @@ def run_posthoc(cfg: Config, run: RunDir, parent: RunDir) -> dict[str, Any]:
     run.prepare(cfg)
     run.write_json("run.json", {**run_info(cfg, data, groups, device), "parent": str(parent.path)})
     tracker = Tracker(cfg, run, {"parent_run": str(parent.path)})
-    feats = eval_features(model, parent, data, cfg, device, selects=ph.kind != "l2norm" and ph.tau is None)
+    step = POSTHOC[ph.kind]
+    fixed_tau = step.fixed_tau if step.fixed_tau is not None else ph.tau
+    feats = eval_features(model, parent, data, cfg, device, selects=fixed_tau is None)
     base_head = head_of(model)
     prior = class_prior(data.class_counts).to(device)
 
     def adjusted(tau: float) -> tuple[torch.nn.Module, Any]:
         """(head, logit_fn) of this adjustment at this tau; the bias is left unchanged."""
         head = copy.deepcopy(base_head)
-        if ph.kind in ("l2norm", "taunorm"):
+        if step.weight is not None:
             with torch.no_grad():
-                head.weight.copy_(tau_normalize(base_head.weight, 1.0 if ph.kind == "l2norm" else tau))
-            return head, None
-        fn = logit_adjust_additive if ph.kind == "la_add" else logit_adjust_multiplicative
-        return head, (lambda z: fn(z, prior, tau))
+                head.weight.copy_(step.weight(base_head.weight, tau))
+        adjust = step.logits
+        return head, None if adjust is None else (lambda z: adjust(z, prior, tau))
 
     def evaluator_for(tau: float, tta: bool) -> Evaluator:
         head, logit_fn = adjusted(tau)
         return Evaluator(lambda h: h, head, lambda s: feature_batches(feats[(s, tta)], cfg.eval.batch_size),
                          data.num_classes, groups, device, logit_fn=logit_fn, modules=[head])
 
-    if ph.kind == "l2norm":
-        tau, scores = 1.0, None
-    elif ph.tau is not None:
-        tau, scores = ph.tau, None
+    if fixed_tau is not None:
+        tau, scores = fixed_tau, None
     else:
         sel = cfg.eval.selection_split
         if (sel, cfg.eval.select_tta_flip) not in feats:
@@ -281,4 +263,4 @@ def run_posthoc(cfg: Config, run: RunDir, parent: RunDir) -> dict[str, Any]:
                   {"parent": str(parent.path),
                    "posthoc": {"kind": ph.kind, "tau": tau, "chosen_on": None if scores is None else cfg.eval.selection_split,
                                "grid": None if scores is None else dict(zip(map(str, ph.tau_grid), scores))}},
-                  tracker=tracker)
+                  tracker=tracker, figures=figures)

@@ -135,7 +135,7 @@ def _evaluate_final(run_dir: Path, tta: bool, features: bool = False) -> dict:
     from bench.metrics import shot_groups
     from bench.models.parts import encode, head_of
     from bench.train.common import Evaluator
-    from bench.train.stage1 import make_model
+    from bench.methods.classifiers import make_model
     from bench.train.stage2 import feature_batches
 
     cfg = from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from bench.methods.classifiers import ETFClassifier, maxnorm_project_, maxnorm_radius, simplex_etf
-from bench.methods.posthoc import (choose_tau, class_prior, l2_normalize, logit_adjust_additive,
+from bench.methods.posthoc import (POSTHOC, choose_tau, class_prior, logit_adjust_additive,
                                    logit_adjust_multiplicative, tau_normalize)
 from bench.methods.regularizers import feature_regularization, weight_decay_term
 
@@ -37,7 +37,7 @@ def test_maxnorm_projection():
 
 def test_tau_norm_and_l2():
     w = ROWS.clone()
-    l2 = l2_normalize(w)
+    l2 = POSTHOC["l2norm"].weight(w, POSTHOC["l2norm"].fixed_tau)          # L2-norm = tau-norm at tau 1
     assert torch.allclose(l2, torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]]), atol=1e-7)
     assert torch.equal(w, ROWS)                                 # not in place
     assert torch.equal(tau_normalize(w, 0.0), ROWS)             # tau 0 = identity
@@ -110,3 +110,13 @@ def test_regularizers_by_hand():
     # features with squared norms 25 and 1: 0.01/2 * 13 = 0.065
     h = torch.tensor([[3.0, 4.0], [0.0, 1.0]])
     assert float(feature_regularization(h, 0.01)) == pytest.approx(0.065)
+
+
+def test_every_posthoc_kind_of_the_config_has_one_registered_step():
+    import typing
+
+    from bench.config import PosthocConfig
+
+    kinds = typing.get_args(typing.get_type_hints(PosthocConfig)["kind"])
+    assert set(kinds) == set(POSTHOC)
+    assert all((s.weight is None) != (s.logits is None) for s in POSTHOC.values())
