@@ -24,6 +24,7 @@ from typing import Any
 
 from bench.config import ConfigError, load_yaml
 from bench.metrics import GROUPS
+from bench.paths import repo_or_package_dir
 
 METRICS = ("all", *GROUPS)
 # Row order of the WB paper's tables (naive -> stage 1 -> post-hoc -> stage 2 -> HS); others follow by name.
@@ -31,7 +32,7 @@ METHOD_ORDER = ("naive", "ce", "wd", "l2-norm", "tau-norm", "cb-wd", "cb-maxnorm
 # Config keys that identify the row or the column, or differ between seeds of one setting.
 IDENTITY_KEYS = ("seed", "parent_hash", "name", "method")
 COLUMN_KEYS = ("data.dataset", "data.imbalance_factor")
-PUBLISHED = Path(__file__).resolve().parents[1] / "datasets" / "published"
+PUBLISHED = repo_or_package_dir("datasets") / "published"
 SKIP_DIRS = {"wandb", "checkpoints", "features", "logs", "_submitit", ".prepare"}
 
 
