@@ -8,12 +8,14 @@ from pathlib import Path
 
 from bench.config import ConfigError, describe_fields, dump_yaml, load_config
 from bench.errors import error_line, user_errors
+from bench.paths import find_config
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from bench.run import run_config_file
 
-    run_config_file(args.config, args.overrides, args.runs_root, run_dir=args.run_dir, wait=args.wait)
+    # a file, or the name of a shipped config
+    run_config_file(find_config(args.config), args.overrides, args.runs_root, run_dir=args.run_dir, wait=args.wait)
     return 0
 
 
@@ -24,7 +26,7 @@ def cmd_config(args: argparse.Namespace) -> int:
         return 0
     if not args.config:
         raise ConfigError("ltbench config: give a CONFIG file or --describe")
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(find_config(args.config), args.overrides)
     sys.stdout.write(dump_yaml(cfg))
     print(f"# run directory: {Path(args.runs_root) / cfg.name / cfg.run_name()}")
     return 0
@@ -78,7 +80,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     from bench.submit import submit
 
-    submit(args.configs, list(args.overrides), args.runs_root, args.cluster, args.dry_run, args.site,
+    submit([find_config(c) for c in args.configs], list(args.overrides), args.runs_root, args.cluster, args.dry_run, args.site,
            args.max_requeues, args.sweep, args.array_parallelism)
     return 0
 
@@ -145,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(sp: argparse.ArgumentParser, config: bool = True) -> None:
         if config:
-            sp.add_argument("config", nargs="?" if sp.prog.endswith("config") else None, help="experiment YAML file")
+            sp.add_argument("config", nargs="?" if sp.prog.endswith("config") else None, help="experiment YAML file, or a shipped config by name (smoke, demo/fmnist_wd)")
         sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.lr=0.1")
         sp.add_argument("--runs-root", default="runs", help="where run directories are created (default: runs/)")
 
@@ -171,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(fn=cmd_demo)
 
     sp = sub.add_parser("submit", help="submit configs (and the runs they depend on) as SLURM jobs via submitit")
-    sp.add_argument("configs", nargs="+", metavar="CONFIG", help="experiment YAML files")
+    sp.add_argument("configs", nargs="+", metavar="CONFIG", help="experiment YAML files (or shipped config names)")
     sp.add_argument("--override", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="config override applied to every CONFIG (repeatable)")
     sp.add_argument("--runs-root", default="runs", help="where run directories are created (default: runs/)")

@@ -29,12 +29,13 @@ from bench.claims import check_claims, deviations, format_claims, rows_from_tabl
 from bench.config import load_config
 from bench.data.cards import DatasetError, load_card
 from bench.data.sources import load_fashion_mnist
+from bench.paths import repo_or_package_dir
 from bench.progress import log
 from bench.run import run_experiment
 from bench.rundir import RunDir, write_text_atomic
 from bench.table import Table, build_table, collect, save_table
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "demo"
+CONFIG_DIR = repo_or_package_dir("configs") / "demo"
 STAGE1 = ["fmnist_naive", "fmnist_wd", "fmnist_hs_stage1"]
 # WB stage 2 grid, chosen on val: weight decay, CB beta, MaxNorm threshold (12 runs on cached features).
 WB_GRID = {"stage2.train.weight_decay": [1e-3, 1e-2, 1e-1], "stage2.train.loss.cb_beta": [0.99, 0.9999],

@@ -35,11 +35,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from bench.paths import repo_or_package_dir
 from bench.progress import log
 
-REPO = Path(__file__).resolve().parents[1]
-SYNTHETIC = REPO / "configs" / "perf" / "gpu_synthetic.yaml"
-JPEG = REPO / "configs" / "perf" / "gpu_jpeg.yaml"
+REPO = Path(__file__).resolve().parents[1]   # the folder holding the package: the cwd of its subprocesses
+CONFIGS = repo_or_package_dir("configs")
+SYNTHETIC = CONFIGS / "perf" / "gpu_synthetic.yaml"
+JPEG = CONFIGS / "perf" / "gpu_jpeg.yaml"
 MODELS = ("resnet50", "resnext50_32x4d")
 
 
@@ -308,7 +310,7 @@ def section_end_to_end(work: Path, device: str = "cuda", gpus: int = 1) -> dict[
     uninterrupted run's), stage 2 on cached features, the table, and stage 1 under torchrun."""
     from bench.data.prepare import prepare
 
-    smoke = REPO / "configs" / "smoke.yaml"
+    smoke = CONFIGS / "smoke.yaml"
     shards = work / "smoke-shards"
     prepare("synthetic", shards, data_overrides=["imbalance_factor=10", "val_per_class=10",
                                                   "synthetic.train_per_class=200", "synthetic.test_per_class=40",
@@ -325,7 +327,7 @@ def section_end_to_end(work: Path, device: str = "cuda", gpus: int = 1) -> dict[
     same = ref["result"]["metrics"] == resumed["result"]["metrics"]
     out["resume"] = {"uninterrupted": ref["result"]["metrics"], "killed and resumed": resumed["result"]["metrics"],
                      "equal": same, "resumed_at": next((ln for ln in resumed["log"].splitlines() if "resuming" in ln), None)}
-    stage2 = run_ltbench(REPO / "configs" / "smoke_stage2.yaml", [*common[1:], f"parent={runs / 'smoke' / 'uninterrupted'}"],
+    stage2 = run_ltbench(CONFIGS / "smoke_stage2.yaml", [*common[1:], f"parent={runs / 'smoke' / 'uninterrupted'}"],
                          runs / "smoke" / "stage2")
     out["stage2"] = {"metrics": stage2["result"]["metrics"], "cached_features": "extracting" in stage2["log"].lower()
                      or (runs / "smoke" / "uninterrupted" / "features").is_dir()}

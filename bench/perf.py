@@ -25,9 +25,11 @@ from typing import Any
 
 import torch
 
+from bench.paths import repo_or_package_dir
 from bench.progress import log
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[1]   # the folder holding the package: the cwd of the timed subprocesses
+CONFIGS = repo_or_package_dir("configs")
 SECTIONS = ("trainer", "data", "stage2", "ddp", "demo", "gpu")
 
 
@@ -37,14 +39,14 @@ class Setting:
     def __init__(self, quick: bool, threads: int) -> None:
         self.quick, self.threads = quick, threads
         if quick:
-            self.config = REPO / "configs" / "smoke.yaml"
-            self.stage2 = REPO / "configs" / "smoke_stage2.yaml"
+            self.config = CONFIGS / "smoke.yaml"
+            self.stage2 = CONFIGS / "smoke_stage2.yaml"
             self.dataset, self.train = "synthetic", ["train.epochs=1"]
             self.prepare_args = ["imbalance_factor=10", "val_per_class=10", "synthetic.train_per_class=200",
                                  "synthetic.test_per_class=40", "synthetic.image_size=16"]
         else:
-            self.config = REPO / "configs" / "demo" / "fmnist_naive.yaml"
-            self.stage2 = REPO / "configs" / "demo" / "fmnist_wb.yaml"
+            self.config = CONFIGS / "demo" / "fmnist_naive.yaml"
+            self.stage2 = CONFIGS / "demo" / "fmnist_wb.yaml"
             self.dataset, self.train = "fashion-mnist", ["train.epochs=1"]
             self.prepare_args = []
         self.runtime = ["runtime.progress=off", "runtime.plot=false", "wandb.mode=disabled"]

@@ -14,7 +14,9 @@ from typing import Any
 
 import yaml
 
-PUBLISHED = Path(__file__).resolve().parents[1] / "datasets" / "published"
+from bench.paths import repo_or_package_dir
+
+PUBLISHED = repo_or_package_dir("datasets") / "published"
 METRICS = ("all", "many", "medium", "few")
 ROW_KEYS = ("method", "dataset", "imbalance_factor", *METRICS)
 # provenance keys every row must resolve to (row value, else the file's `defaults`)

@@ -27,6 +27,7 @@ from bench.config import ConfigError, from_dict, load_yaml
 from bench.data.cards import dataset_title
 from bench.jobs import run_status
 from bench.metrics import GROUPS
+from bench.paths import repo_or_package_dir
 from bench.published import load_published
 from bench.rundir import RunDir, write_text_atomic
 from bench.stats import bootstrap_interval, paired_t, t_interval
@@ -37,7 +38,7 @@ METHOD_ORDER = ("naive", "ce", "wd", "l2-norm", "tau-norm", "cb-wd", "cb-maxnorm
 # Config keys that identify the row or the column, or differ between seeds of one setting.
 IDENTITY_KEYS = ("seed", "parent_hash", "name", "method")
 COLUMN_KEYS = ("data.dataset", "data.imbalance_factor")
-PUBLISHED = Path(__file__).resolve().parents[1] / "datasets" / "published"
+PUBLISHED = repo_or_package_dir("datasets") / "published"
 SKIP_DIRS = {"wandb", "checkpoints", "features", "logs", "_submitit", ".prepare"}
 
 

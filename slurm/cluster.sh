@@ -8,7 +8,7 @@
 #   slurm/cluster.sh status [STATE]
 #
 # STATE (default $LTBENCH_SLURM_STATE or /tmp/ltbench-slurm) holds every config, log, PID file and
-# database; a fresh STATE restarts job ids at 1. Settings follow shared/ENVIRONMENT.md: accounting
+# database; a fresh STATE restarts job ids at 1. The settings it writes: accounting
 # through slurmdbd (sacct works, so submitit sees jobs killed outside Python), fast scheduling,
 # cred_expire=5 (quick requeue), and real preemption: partition `high` (PriorityTier 10) requeues jobs
 # of the default partition `debug`, sending them their signal first (preempt_send_user_signal) and

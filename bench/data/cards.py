@@ -9,15 +9,17 @@ from typing import Any
 
 import yaml
 
+from bench.paths import repo_or_package_dir
+
 
 class DatasetError(RuntimeError):
     """Missing or malformed data; the message says where we looked and how to get it."""
 
 
 def cards_dir() -> Path:
-    """datasets/ beside the package (editable install), or $LTBENCH_DATASETS_DIR."""
+    """$LTBENCH_DATASETS_DIR, else datasets/ of the checkout or of the installed wheel (bench.paths)."""
     env = os.environ.get("LTBENCH_DATASETS_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "datasets"
+    return Path(env) if env else repo_or_package_dir("datasets")
 
 
 @functools.lru_cache(maxsize=None)
