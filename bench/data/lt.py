@@ -49,6 +49,9 @@ class LTData:
 
     @property
     def in_chans(self) -> int:
+        """Channels the model sees: the stored ones, or 3 under data.to_rgb (Normalize repeats the grey one)."""
+        if self.cfg.to_rgb:
+            return 3
         if isinstance(self.train, ShardSplit):
             assert self.channels is not None
             return self.channels
@@ -75,7 +78,7 @@ class LTData:
 
         c = self.cfg
         return StreamSpec(split, train, seed, 0, dist.rank(), dist.world(), batch_size, drop_last, c.streams, c.shuffle_buffer,
-                          c.on_error, self.in_chans, self.num_classes, c.pad_to, c.image_size, c.eval_resize, augment, c.crop_padding,
+                          c.on_error, self.channels, self.num_classes, c.pad_to, c.image_size, c.eval_resize, augment, c.crop_padding,
                           decode=c.decode)
 
     def train_loader(self, batch_size: int, seed: int, augment: str, drop_last: bool, sampler: str,
