@@ -8,6 +8,7 @@ always lands in the same directory and a second `ltbench run` resumes it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -65,6 +66,7 @@ class DataConfig:
     val_per_class: int | None = _f(None, "held-out validation images per class, taken from the training pool after the selected ones (HS: 20); 0 = no val split; None = card (20; fixed by the split files where they define val)", ge=0)
     augment: Literal["crop_flip", "flip", "rrc_flip", "none"] = _f("crop_flip", "training augmentation: random crop with zero padding + horizontal flip (WB/CIFAR standard), flip only, RandomResizedCrop(image_size, scale 0.08-1, ratio 3/4-4/3) + flip (ImageNet standard), or none")
     crop_padding: int = _f(4, "zero padding of the random crop, pixels", ge=0)
+    to_rgb: bool = _f(False, "repeat a one-channel (grey) image to three channels before the model, as the WB reference run on Fashion-MNIST-LT did; the first convolution then has three input channels (its initial scale is the same, its updates are not)")
     pad_to: int | None = _f(None, "zero-pad images to this size first (e.g. 32 for 28x28 Fashion-MNIST, as the measured reference run did); None = native size", ge=1)
     mean: list[float] | None = _f(None, "per-channel input mean of the normalisation (x/255 - mean) / std (one value = every channel); None = card (the dataset's true statistics); wb-reference / hs-reference set the reference codes' CIFAR-100 values (0.4914, 0.4822, 0.4465)")
     std: list[float] | None = _f(None, "per-channel input std of the normalisation, > 0; None = card; wb-reference / hs-reference set the reference codes' CIFAR-100 values (0.2023, 0.1994, 0.2010), the commonly copied CIFAR-10 numbers")
@@ -209,6 +211,11 @@ class WandbConfig:
     finish_timeout: float = _f(60.0, "seconds the end of a run waits for W&B to catch up before leaving it", gt=0)
 
 
+# Fields added after run directories were first named (dotted key -> default): out of the run hash while at
+# their default, so an upgrade keeps every existing run directory and its hash.
+HASH_NEUTRAL_AT_DEFAULT: dict[str, Any] = {"data.to_rgb": False}
+
+
 @dataclass
 class Config:
     """One experiment: a stage-1 training run on a long-tailed dataset."""
@@ -247,8 +254,17 @@ class Config:
         return d
 
     def run_hash(self) -> str:
-        """Hash of result_dict(), 10 hex chars: equal hashes = the same experiment."""
-        return hashlib.sha256(json.dumps(self.result_dict(), sort_keys=True).encode()).hexdigest()[:10]
+        """Hash of result_dict(), 10 hex chars: equal hashes = the same experiment.
+
+        Fields in HASH_NEUTRAL_AT_DEFAULT are left out while they hold their default, so adding such a
+        field does not orphan the run directories made before it existed (their runs did not use it)."""
+        d = self.result_dict()
+        for dotted, default in HASH_NEUTRAL_AT_DEFAULT.items():
+            *path, key = dotted.split(".")
+            section = functools.reduce(lambda s, k: s.get(k, {}), path, d)
+            if key in section and section[key] == default:
+                section.pop(key)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
     def run_name(self) -> str:
         return f"{self.method}-seed{self.seed}-{self.run_hash()}"
@@ -693,8 +709,13 @@ def _expand_path(key: str, value: str | None) -> str | None:
 
 
 def _resolve_input_stats(d: DataConfig, card: dict[str, Any]) -> None:
-    """data.mean / data.std: the card's statistics unless set; one value per channel (or one for all), std > 0."""
+    """data.mean / data.std: the card's statistics unless set; one value per channel (or one for all), std > 0;
+    data.to_rgb only on one-channel data."""
     channels = d.synthetic.channels if d.dataset == "synthetic" else int(card["channels"])
+    if d.to_rgb and channels != 1:
+        raise ConfigError(f"config key 'data.to_rgb': {d.dataset} has {channels} channels already "
+                          "(to_rgb repeats a one-channel image to three)")
+    channels = 3 if d.to_rgb else channels
     d.mean = list(card["mean"]) if d.mean is None else d.mean
     d.std = list(card["std"]) if d.std is None else d.std
     for key, values in (("data.mean", d.mean), ("data.std", d.std)):

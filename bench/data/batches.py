@@ -81,6 +81,8 @@ class Normalize:
             if self.device.type == "cuda" and not x.is_pinned():
                 x = x.pin_memory()          # page-locked: the copy below is asynchronous to the host
             x = x.to(self.device, non_blocking=True)
+        if x.shape[1] == 1 and self.mean.shape[1] == 3:
+            x = x.expand(-1, 3, -1, -1)     # data.to_rgb: grey repeated to three channels, as the WB reference run
         return (x.float() - self.mean) / self.std
 
 

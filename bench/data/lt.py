@@ -42,6 +42,9 @@ class LTData:
 
     @property
     def in_chans(self) -> int:
+        """Channels the model sees: the stored ones, or 3 under data.to_rgb (Normalize repeats the grey one)."""
+        if self.cfg.to_rgb:
+            return 3
         if isinstance(self.train, ShardSplit):
             assert self.channels is not None
             return self.channels
@@ -65,7 +68,7 @@ class LTData:
         c = self.cfg
         return StreamSpec(split=split, train=train, seed=seed, epoch=0, rank=dist.rank(), world=dist.world(),
                           batch=batch_size, drop_last=drop_last, streams=c.streams, buffer=c.shuffle_buffer,
-                          on_error=c.on_error, channels=self.in_chans, num_classes=self.num_classes, pad_to=c.pad_to,
+                          on_error=c.on_error, channels=self.channels, num_classes=self.num_classes, pad_to=c.pad_to,
                           image_size=c.image_size, eval_resize=c.eval_resize, augment=augment,
                           crop_padding=c.crop_padding, decode=c.decode)
 

@@ -29,6 +29,16 @@ def test_resume_from_a_step_yields_the_same_tail():
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
 
 
+def test_normalize_repeats_a_grey_channel_for_to_rgb():
+    """data.to_rgb: (x/255 - m) / s of the grey image in each of three identical channels."""
+    x = torch.tensor([[[[0, 51], [102, 255]]]], dtype=torch.uint8)          # 1 x 1 x 2 x 2
+    out = Normalize((0.2,), (0.5,), 3)(x)
+    expected = torch.tensor([[-0.4, 0.0], [0.4, 1.6]])                       # (v/255 - 0.2) / 0.5 by hand
+    assert out.shape == (1, 3, 2, 2)
+    for c in range(3):
+        assert torch.allclose(out[0, c], expected, atol=1e-6)
+
+
 def test_drop_last():
     assert len(InMemoryLoader(_split(), 8, seed=0, normalize=Normalize((0.0,), (1.0,), 1), drop_last=True)) == 6
 
@@ -104,3 +114,18 @@ def test_ddp_ranks_split_each_global_batch_exactly_as_one_process_sees_it():
     for step, ((x, y), *parts) in enumerate(zip(one.epoch(1), *(r.epoch(1) for r in ranks))):
         assert torch.equal(torch.cat([p[0] for p in parts]), x) and torch.equal(torch.cat([p[1] for p in parts]), y)
         assert [len(p[1]) for p in parts] == ([3, 3, 2] if step < 6 else [1, 1, 0])   # last batch: 2 of 50
+
+
+def test_to_rgb_feeds_three_channels_to_the_model():
+    """A one-channel dataset under data.to_rgb: the model is built for 3 channels and every batch has them."""
+    from bench.config import load_config
+    from bench.data.lt import build_lt_data
+
+    cfg = load_config(None, ["data.dataset=synthetic", "data.synthetic.channels=1", "data.synthetic.image_size=8",
+                             "data.synthetic.train_per_class=40", "data.to_rgb=true"])
+    data = build_lt_data(cfg.data)
+    assert data.in_chans == 3 and data.train.x.shape[1] == 1            # stored grey, seen as RGB
+    x, _ = next(iter(data.train_loader(16, 0, "crop_flip", False, "instance").epoch(0)))
+    xe, _ = next(iter(data.eval_batches("test", 16)))
+    for batch in (x, xe):
+        assert batch.shape[1:] == (3, 8, 8) and torch.equal(batch[:, 0], batch[:, 1]) and torch.equal(batch[:, 0], batch[:, 2])

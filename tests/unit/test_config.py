@@ -73,6 +73,27 @@ def test_run_hash_ignores_runtime_only():
     assert a.run_name().startswith("ce-seed0-")
 
 
+def test_hash_neutral_fields_keep_old_run_names_until_set():
+    """data.to_rgb came after run directories were named: at its default the hash is the one computed
+    without the field (the hash of the same config dict, field removed); set, it names another run."""
+    import hashlib
+    import json
+
+    a = load_config(None, ["data.dataset=fashion-mnist"])
+    d = a.result_dict()
+    del d["data"]["to_rgb"]
+    assert a.run_hash() == hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
+    assert load_config(None, ["data.dataset=fashion-mnist", "data.to_rgb=true"]).run_hash() != a.run_hash()
+
+
+def test_to_rgb_only_on_one_channel_data():
+    cfg = load_config(None, ["data.dataset=fashion-mnist", "data.to_rgb=true", "data.mean=[0.1,0.2,0.3]",
+                             "data.std=[1,1,1]"])
+    assert cfg.data.to_rgb and len(cfg.data.mean) == 3     # one value per repeated channel is allowed
+    with pytest.raises(ConfigError, match="config key 'data.to_rgb': cifar10 has 3 channels already"):
+        load_config(None, ["data.dataset=cifar10", "data.to_rgb=true"])
+
+
 def test_resolved_config_round_trips(tmp_path):
     import yaml
 
