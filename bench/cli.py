@@ -6,9 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench.config import ConfigError, describe_fields, dump_yaml, load_config
+from bench.config import ConfigError, describe_fields, dump_yaml, find_config, load_config
 from bench.errors import error_line, user_errors
-from bench.paths import find_config
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -21,6 +21,8 @@ from typing import Any, Literal
 
 import yaml
 
+from bench.paths import repo_or_package_dir
+
 
 class ConfigError(ValueError):
     """A bad configuration; the message is one line naming the key and the problem."""
@@ -754,3 +756,21 @@ def describe_fields(obj: Any = None, prefix: str = "") -> list[tuple[str, str, s
         else:
             rows.append((prefix + f.name, repr(value), f.metadata.get("doc", "")))
     return rows
+
+
+def find_config(arg: str) -> str:
+    """A CONFIG argument as a file path: the file itself when it exists, else a shipped config of that name.
+
+    `smoke`, `smoke.yaml`, `demo/fmnist_wd` and `configs/smoke.yaml` all name shipped configs, so the
+    commands in the README work from any directory once ltbench is installed. A name that is neither
+    stops with a one-line error.
+    """
+    if Path(arg).expanduser().exists():
+        return arg
+    shipped = repo_or_package_dir("configs")
+    rel = arg.removeprefix("configs/")
+    for cand in (shipped / rel, shipped / f"{rel}.yaml"):
+        if cand.is_file():
+            return str(cand)
+    raise ConfigError(f"config file {arg}: not found (neither a file here nor a shipped config in {shipped}; "
+                      "e.g. `ltbench config smoke` names configs/smoke.yaml)")

@@ -1,11 +1,12 @@
-"""bench.paths: the shipped configs/ and datasets/ folders, and CONFIG arguments naming a shipped config."""
+"""bench.paths: the shipped configs/ and datasets/ folders; bench.config.find_config: CONFIG arguments naming a
+shipped config."""
 
 from pathlib import Path
 
 import pytest
 
 from bench import paths
-from bench.config import ConfigError
+from bench.config import ConfigError, find_config
 
 
 def test_checkout_folders(repo):
@@ -26,14 +27,14 @@ def test_packaged_copy_wins(tmp_path, monkeypatch):
 def test_find_config(repo, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     shipped = repo / "configs"
-    assert paths.find_config("smoke") == str(shipped / "smoke.yaml")
-    assert paths.find_config("smoke.yaml") == str(shipped / "smoke.yaml")
-    assert paths.find_config("configs/smoke_stage2.yaml") == str(shipped / "smoke_stage2.yaml")
-    assert paths.find_config("demo/fmnist_wd") == str(shipped / "demo" / "fmnist_wd.yaml")
+    assert find_config("smoke") == str(shipped / "smoke.yaml")
+    assert find_config("smoke.yaml") == str(shipped / "smoke.yaml")
+    assert find_config("configs/smoke_stage2.yaml") == str(shipped / "smoke_stage2.yaml")
+    assert find_config("demo/fmnist_wd") == str(shipped / "demo" / "fmnist_wd.yaml")
     # a file that exists is taken as given, even where a shipped config has its name
     (tmp_path / "smoke.yaml").write_text("name: mine\n")
-    assert paths.find_config("smoke.yaml") == "smoke.yaml"
+    assert find_config("smoke.yaml") == "smoke.yaml"
     with pytest.raises(ConfigError, match="nope: not found"):
-        paths.find_config("nope")
+        find_config("nope")
     with pytest.raises(ConfigError, match="not found"):
-        paths.find_config(str(Path(tmp_path) / "none.yaml"))
+        find_config(str(Path(tmp_path) / "none.yaml"))
