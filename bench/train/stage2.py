@@ -48,10 +48,10 @@ def parent_run(cfg: Config, runs_root: str | Path, base: Path = Path(".")) -> Ru
     result = json.loads(run.result_file.read_text())
     if cfg.parent_hash is not None:   # the parent's files must be the run this config was resolved against
         check_owner(run.result_file, result.get("config_hash"), cfg.parent_hash, "parent config")
-    kind = (result.get("posthoc") or {}).get("kind", "")
-    if kind.startswith("la_"):
-        raise ConfigError(f"config key 'parent': {run.path} is a logit-adjustment run; its final.pt holds the "
-                          "unadjusted classifier, so start from its own parent instead")
+    kind = (result.get("posthoc") or {}).get("kind")
+    if kind in POSTHOC and POSTHOC[kind].logits is not None:
+        raise ConfigError(f"config key 'parent': {run.path} is a logit-adjustment run ({kind}); its final.pt holds "
+                          "the unadjusted classifier, so start from its own parent instead")
     return run
 
 

@@ -15,7 +15,7 @@ import torch
 
 from tests.conftest import REPO, run_cli
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.ddp]
 
 SMOKE = str(REPO / "configs" / "smoke.yaml")
 STAGE2 = str(REPO / "configs" / "smoke_stage2.yaml")

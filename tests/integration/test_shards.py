@@ -167,6 +167,7 @@ def _run_ddp(shards: Path, workers: int, out: Path, port: int) -> list[dict]:
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
 
 
+@pytest.mark.ddp
 def test_ddp_streaming_is_exact_with_0_and_2_workers(smoke_shards, tmp_path):
     m = json.loads((smoke_shards / "manifest.json").read_text())
     all_train = {f"{sh['name']}/{k:08d}" for sh in m["splits"]["train"]["shards"]
