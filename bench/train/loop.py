@@ -114,6 +114,108 @@ def rank_shares(normalizer: torch.Tensor, n: int, world: int) -> torch.Tensor:
     return local * world / dist.all_reduce_sum(local.clone()).clamp_min(1e-12)
 
 
+class LastCheckpoint:
+    """<run>/checkpoints/last.pt: everything an exact resume needs (model, optimizer, scheduler, grad scaler,
+    every rank's RNG, and the TrainState with the data position), written atomically by rank 0 and checked on
+    restore against the run's config hash and data layout."""
+
+    def __init__(self, p: Parts, run: RunDir, scaler: torch.amp.GradScaler, layout: Any) -> None:
+        self.p, self.run, self.scaler, self.layout = p, run, scaler, layout
+        self.t_mark = time.time()        # work since here is not yet in state.spent_s
+
+    def restore(self, tracker: Tracker | None) -> TrainState:
+        """The checkpointed state restored into the parts, or a fresh TrainState when there is none."""
+        p, run = self.p, self.run
+        if not run.last_ckpt.is_file():
+            return TrainState()
+        saved = ckpt.load(run.last_ckpt)
+        if run.config_hash is not None:
+            check_owner(run.last_ckpt, saved.get("config_hash"), run.config_hash)
+        if saved.get("data_layout") not in (None, self.layout):   # None: written before layouts were recorded
+            # The data order depends on the layout: resuming with another would repeat or skip samples.
+            raise DatasetError(f"{run.last_ckpt} was written with data layout {saved.get('data_layout')}, this "
+                               f"run has {self.layout}; resume with the same world size / data.streams / batch size")
+        with ckpt.fitting(run.last_ckpt):
+            p.state_module.load_state_dict(saved["model"])
+            p.optimizer.load_state_dict(saved["optimizer"])
+            p.scheduler.load_state_dict(saved["scheduler"])
+            if "scaler" in saved:
+                self.scaler.load_state_dict(saved["scaler"])
+            ckpt.set_rng_state(saved["rng_ranks"][dist.rank()] if "rng_ranks" in saved else saved["rng"])
+            state = TrainState(**saved["state"])
+        if dist.is_main():
+            run.write_metrics(state.history)
+        log(f"resuming {run.path} at epoch {state.epoch + 1}, step {state.step}")
+        if tracker is not None:
+            tracker.resume(state.history)   # epochs checkpointed by an attempt killed before it logged them
+        self.t_mark = time.time()
+        return state
+
+    def save(self, state: TrainState) -> None:
+        """Checkpoint `state` with the parts; every rank calls it (the skipped-sample count and the RNG states
+        are gathered), rank 0 writes."""
+        p = self.p
+        now = time.time()
+        state.spent_s += now - self.t_mark     # what a killed attempt did after its last checkpoint is lost: not counted
+        self.t_mark = now
+        n, examples = p.loader.pop_skipped()      # (0, []) for in-memory data
+        state.data_skipped += int(dist.all_reduce_sum(torch.tensor(n)))
+        state.data_skipped_examples += examples[: max(0, 10 - len(state.data_skipped_examples))]
+        rngs = dist.gather_objects(ckpt.rng_state())   # every rank's RNG, so each resumes its own
+        if dist.is_main():
+            ckpt.save_atomic({"model": p.state_module.state_dict(), "optimizer": p.optimizer.state_dict(),
+                              "scheduler": p.scheduler.state_dict(), "rng": rngs[0], "rng_ranks": rngs,
+                              "scaler": self.scaler.state_dict(), "state": state.__dict__, "data_layout": self.layout,
+                              "config_hash": self.run.config_hash}, self.run.last_ckpt)
+
+
+def train_step(p: Parts, x: torch.Tensor, y: torch.Tensor, scaler: torch.amp.GradScaler,
+               autocast_dtype: torch.dtype | None, trained: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One optimiser step on a batch already on the device: loss + regularisers, backward (under DDP this
+    rank's share of the global batch's objective), optimiser and scheduler step, per-step constraints.
+    Returns (loss, logits); logits None when this rank had no sample."""
+    world = dist.world()
+    p.optimizer.zero_grad(set_to_none=True)
+    if len(y) == 0:
+        # this rank has no sample in this step: a zero loss still joins DDP's gradient all-reduce
+        data_loss = reg = sum((q * 0).sum() for q in trained)
+        logits = None
+    else:
+        with torch.autocast(x.device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext():
+            h, logits = p.forward(x)
+            data_loss = p.loss(logits, y)
+            reg = sum(r(h) for r in p.regularizers)
+    loss = data_loss + reg
+    if world > 1:
+        share = rank_shares(p.loss.normalizer(y), len(y), world).to(loss.dtype)
+        objective = data_loss * share[0] + reg * share[1]
+    else:
+        objective = loss
+    scaler.scale(objective).backward()
+    scaler.step(p.optimizer)
+    scaler.update()
+    p.scheduler.step()
+    for c in p.constraints:
+        c.after_step()
+    return loss, logits
+
+
+def epoch_row(state: TrainState, epoch: int, lr: float, split: str, sel: dict[str, Any], t_epoch: float,
+              train_s: float, n_images: int, device: torch.device) -> dict[str, Any]:
+    """The epoch's metrics.jsonl row. `lr` is the lr the epoch ran with, read before its steps: after them the
+    scheduler already holds the next epoch's value; per-step schedules (and warm-up) change it inside the
+    epoch, so the last step's is logged too (lr_last)."""
+    row = {"epoch": epoch + 1, "lr": state.epoch_lr if state.epoch_lr is not None else lr, "lr_last": lr,
+           "train_loss": state.loss_sum / max(1, state.seen),
+           "train_acc": 100.0 * state.correct_sum / max(1, state.seen),
+           split: sel, "epoch_time_s": round(time.time() - t_epoch, 2),
+           "train_time_s": round(train_s, 3),              # the training steps only (no evaluation)
+           "images_per_s": round(n_images / train_s, 1)}
+    if device.type == "cuda":
+        row["gpu_mem_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)   # high-water mark so far
+    return row
+
+
 def fit(parts: Parts, run: RunDir, epochs: int, selection_split: str, device: torch.device,
         checkpoint_every: int = 0, progress: str = "auto", tracker: Tracker | None = None) -> TrainState:
     """Train for `epochs`, resuming from run.last_ckpt when present. Returns the final state.
@@ -124,49 +226,12 @@ def fit(parts: Parts, run: RunDir, epochs: int, selection_split: str, device: to
     global batch's objective, as in one process. Only rank 0 writes files.
     """
     p = parts
-    state = TrainState()
-    world, rank = dist.world(), dist.rank()
+    world = dist.world()
     layout = p.loader.layout()
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(p.amp)
     scaler = torch.amp.GradScaler(device.type, enabled=p.amp == "fp16")
-    if run.last_ckpt.is_file():
-        saved = ckpt.load(run.last_ckpt)
-        if run.config_hash is not None:
-            check_owner(run.last_ckpt, saved.get("config_hash"), run.config_hash)
-        if saved.get("data_layout") not in (None, layout):   # None: written before layouts were recorded
-            # The data order depends on the layout: resuming with another would repeat or skip samples.
-            raise DatasetError(f"{run.last_ckpt} was written with data layout {saved.get('data_layout')}, this "
-                               f"run has {layout}; resume with the same world size / data.streams / batch size")
-        with ckpt.fitting(run.last_ckpt):
-            p.state_module.load_state_dict(saved["model"])
-            p.optimizer.load_state_dict(saved["optimizer"])
-            p.scheduler.load_state_dict(saved["scheduler"])
-            if "scaler" in saved:
-                scaler.load_state_dict(saved["scaler"])
-            ckpt.set_rng_state(saved["rng_ranks"][rank] if "rng_ranks" in saved else saved["rng"])
-            state = TrainState(**saved["state"])
-        if dist.is_main():
-            run.write_metrics(state.history)
-        log(f"resuming {run.path} at epoch {state.epoch + 1}, step {state.step}")
-        if tracker is not None:
-            tracker.resume(state.history)   # epochs checkpointed by an attempt killed before it logged them
-
-    t_mark = time.time()    # work since here is not yet in state.spent_s
-
-    def save_last() -> None:
-        nonlocal t_mark
-        now = time.time()
-        state.spent_s += now - t_mark     # what a killed attempt did after its last checkpoint is lost: not counted
-        t_mark = now
-        n, examples = p.loader.pop_skipped()      # (0, []) for in-memory data
-        state.data_skipped += int(dist.all_reduce_sum(torch.tensor(n)))
-        state.data_skipped_examples += examples[: max(0, 10 - len(state.data_skipped_examples))]
-        rngs = dist.gather_objects(ckpt.rng_state())   # every rank's RNG, so each resumes its own
-        if dist.is_main():
-            ckpt.save_atomic({"model": p.state_module.state_dict(), "optimizer": p.optimizer.state_dict(),
-                              "scheduler": p.scheduler.state_dict(), "rng": rngs[0], "rng_ranks": rngs,
-                              "scaler": scaler.state_dict(), "state": state.__dict__, "data_layout": layout,
-                              "config_hash": run.config_hash}, run.last_ckpt)
+    last = LastCheckpoint(p, run, scaler, layout)
+    state = last.restore(tracker)
 
     def add_sums(sums: torch.Tensor) -> None:
         """Fold this stretch's loss / correct / seen sums (all ranks) into the checkpointed state."""
@@ -198,28 +263,7 @@ def fit(parts: Parts, run: RunDir, epochs: int, selection_split: str, device: to
                 bar.update()
                 continue
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            p.optimizer.zero_grad(set_to_none=True)
-            if len(y) == 0:
-                # this rank has no sample in this step: a zero loss still joins DDP's gradient all-reduce
-                data_loss = reg = sum((q * 0).sum() for q in trained)
-                logits = None
-            else:
-                with torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext():
-                    h, logits = p.forward(x)
-                    data_loss = p.loss(logits, y)
-                    reg = sum(r(h) for r in p.regularizers)
-            loss = data_loss + reg
-            if world > 1:
-                share = rank_shares(p.loss.normalizer(y), len(y), world).to(loss.dtype)
-                objective = data_loss * share[0] + reg * share[1]
-            else:
-                objective = loss
-            scaler.scale(objective).backward()
-            scaler.step(p.optimizer)
-            scaler.update()
-            p.scheduler.step()
-            for c in p.constraints:
-                c.after_step()
+            loss, logits = train_step(p, x, y, scaler, autocast_dtype, trained)
             if logits is not None:
                 sums[0] += loss.detach().double() * len(y)
                 sums[1] += (logits.detach().argmax(1) == y).sum()
@@ -229,7 +273,7 @@ def fit(parts: Parts, run: RunDir, epochs: int, selection_split: str, device: to
             bar.update()
             if checkpoint_every and state.step % checkpoint_every == 0 and state.step < steps:
                 add_sums(sums)
-                save_last()
+                last.save(state)
         bar.close()
         for c in p.constraints:
             c.after_epoch()
@@ -238,16 +282,7 @@ def fit(parts: Parts, run: RunDir, epochs: int, selection_split: str, device: to
 
         # End of epoch: evaluate the selection split, remember the best epoch, checkpoint.
         sel = p.evaluate(selection_split)
-        # The lr the epoch ran with, read before its steps: after them the scheduler already holds the
-        # next epoch's value. Per-step schedules (and warm-up) change it inside the epoch: lr_last too.
-        row = {"epoch": epoch + 1, "lr": state.epoch_lr if state.epoch_lr is not None else lr, "lr_last": lr,
-               "train_loss": state.loss_sum / max(1, state.seen),
-               "train_acc": 100.0 * state.correct_sum / max(1, state.seen),
-               selection_split: sel, "epoch_time_s": round(time.time() - t_epoch, 2),
-               "train_time_s": round(train_s, 3),              # the training steps only (no evaluation)
-               "images_per_s": round(n_images * world / train_s, 1)}
-        if device.type == "cuda":
-            row["gpu_mem_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)   # high-water mark so far
+        row = epoch_row(state, epoch, lr, selection_split, sel, t_epoch, train_s, n_images * world, device)
         if p.analyze is not None:
             row["analysis"] = p.analyze(selection_split)
         state.history.append(row)
@@ -257,7 +292,7 @@ def fit(parts: Parts, run: RunDir, epochs: int, selection_split: str, device: to
                 ckpt.save_atomic({"model": p.state_module.state_dict(), "epoch": epoch + 1,
                                   "config_hash": run.config_hash}, run.best_ckpt)
         state.epoch, state.step, state.loss_sum, state.correct_sum, state.seen = epoch + 1, 0, 0.0, 0, 0
-        save_last()
+        last.save(state)
         if dist.is_main():
             run.write_metrics(state.history)
         if tracker is not None:
@@ -265,5 +300,5 @@ def fit(parts: Parts, run: RunDir, epochs: int, selection_split: str, device: to
         log(f"epoch {epoch + 1}/{epochs} loss {row['train_loss']:.4f} train {row['train_acc']:.2f}% "
             f"{selection_split} {sel['all']:.2f}% ({row['images_per_s']:.0f} img/s)")
     dist.barrier()   # rank 0's last checkpoint and best.pt are on disk before anyone reads them
-    state.unsaved_since = t_mark     # type: ignore[attr-defined]  # set after the last save: never checkpointed
+    state.unsaved_since = last.t_mark     # type: ignore[attr-defined]  # set after the last save: never checkpointed
     return state
