@@ -10,10 +10,12 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from bench.methods.classifiers import row_norms
+
 
 def class_weight_norms(weight: torch.Tensor) -> list[float]:
     """Per-class L2 norms ||W_k|| of the classifier rows (weight of shape (C, d))."""
-    return [float(v) for v in weight.detach().double().flatten(1).norm(dim=1)]
+    return [float(v) for v in row_norms(weight.double())]
 
 
 def _as_features_labels(features: torch.Tensor, labels: torch.Tensor | Sequence[int]

@@ -20,3 +20,9 @@ def error_line(e: BaseException) -> str:
     if isinstance(e, OSError):
         return f"{e.strerror or type(e).__name__}{': ' + str(e.filename) if e.filename else ''}"
     return str(e)
+
+
+def one_line(e: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line (whitespace runs collapsed), at most `limit` characters."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import dist
+from bench.errors import one_line
 from bench.config import Config
 from bench.metrics import GROUPS
 from bench.progress import log
@@ -191,7 +192,7 @@ class Tracker:
                 op()
             except Exception as e:  # noqa: BLE001 - any W&B problem: warn once, keep training
                 self.failed = True
-                self._warn(f"W&B {self.mode} tracking failed ({type(e).__name__}: {_one_line(e)}); training goes on, "
+                self._warn(f"W&B {self.mode} tracking failed ({type(e).__name__}: {one_line(e)}); training goes on, "
                            f"results are in {self.run_dir.path}")
                 try:
                     if self._wb is not None:
@@ -282,8 +283,3 @@ def per_class_table(wandb: Any, result: dict[str, Any]) -> Any:
     rows = [[c, result["class_names"][c], n, group_of[c], result["per_class_acc"][c], norms[c]]
             for c, n in enumerate(result["class_counts"])]
     return wandb.Table(columns=cols, data=rows)
-
-
-def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    return text if len(text) <= 300 else text[:297] + "..."

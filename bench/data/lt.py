@@ -10,7 +10,7 @@ import torch
 
 from bench import dist
 from bench.config import DataConfig
-from bench.data.batches import InMemoryLoader, Normalize, Split, eval_batches
+from bench.data.batches import InMemoryLoader, Normalize, Split, center_pad, eval_batches
 from bench.data.cards import DatasetError, load_card
 from bench.data.profiles import class_counts, indices_hash, select_indices
 from bench.data.protocols import TrainLoader
@@ -98,17 +98,9 @@ class LTData:
     def labels(self, name: str) -> torch.Tensor:
         return self.split(name).y
 
-    def size(self, name: str) -> int:
-        s = {"train": self.train, "val": self.val, "test": self.test}[name]
-        return 0 if s is None else len(s)
-
 
 def _to_split(x: np.ndarray, y: np.ndarray, pad_to: int | None) -> Split:
-    t = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
-    if pad_to is not None and pad_to > t.shape[-1]:
-        # Zero padding, centred (28 -> 32 for Fashion-MNIST as in the measured reference run).
-        p = pad_to - t.shape[-1]
-        t = torch.nn.functional.pad(t, (p // 2, p - p // 2, p // 2, p - p // 2))
+    t = center_pad(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))), pad_to)
     return Split(t.contiguous(), torch.from_numpy(np.ascontiguousarray(y)))
 
 

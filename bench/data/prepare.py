@@ -60,10 +60,6 @@ class Plan:
 
 # --- planning: what goes into which split ----------------------------------------------------
 
-def _sha(path: Path) -> str:
-    return file_sha256(path)
-
-
 def plan_profile_dataset(dataset: str, data_cfg: Any) -> Plan:
     """CIFAR-10/100 and Fashion-MNIST: cut the long-tailed train / val split exactly as the in-memory path does."""
     raw = load_raw(data_cfg)
@@ -74,14 +70,14 @@ def plan_profile_dataset(dataset: str, data_cfg: Any) -> Plan:
         for f in (card.get("files") or {}).values():
             for p in (Path(raw.root) / f, Path(raw.root) / f.removesuffix(".gz")):
                 if p.is_file():
-                    sources[p.name] = _sha(p)
+                    sources[p.name] = file_sha256(p)
                     break
             else:
                 folder = Path(raw.root) / f
                 if folder.is_dir():
                     for p in sorted(folder.iterdir()):
                         if p.is_file():
-                            sources[f"{f}/{p.name}"] = _sha(p)
+                            sources[f"{f}/{p.name}"] = file_sha256(p)
     # Shuffle the training rows once so that every shard holds all classes (the source is class-sorted).
     order = np.random.default_rng(TRAIN_ORDER_SEED).permutation(len(train_idx))
     arrays = {"train": raw.train_x[train_idx[order]], "val": raw.train_x[val_idx], "test": raw.test_x}
@@ -154,7 +150,7 @@ def plan_file_dataset(dataset: str, card: dict[str, Any], src: Path, splits_dir:
             entries = _read_split_file(path)
         else:
             entries, names = _read_inat_json(path)
-        sources[fname] = _sha(path)
+        sources[fname] = file_sha256(path)
         items = []
         for rel, label in entries:
             if not 0 <= label < card["num_classes"]:

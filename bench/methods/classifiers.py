@@ -68,14 +68,14 @@ class ETFClassifier(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, weight=fixed simplex ETF"
 
 
-def _row_norms(weight: torch.Tensor) -> torch.Tensor:
+def row_norms(weight: torch.Tensor) -> torch.Tensor:
     """L2 norm of each row (each output class); higher-dim weights are flattened per row."""
     return weight.detach().flatten(1).norm(dim=1)
 
 
 def maxnorm_radius(weight: torch.Tensor, thresh: float) -> float:
     """WB MaxNorm radius from the stage-1 classifier rows: min_k r_k + thresh * (max_k r_k - min_k r_k)."""
-    r = _row_norms(weight).double()
+    r = row_norms(weight).double()
     lo, hi = float(r.min()), float(r.max())
     return lo + thresh * (hi - lo)
 
@@ -85,7 +85,7 @@ def maxnorm_project_(weight: torch.Tensor, radius: float) -> None:
     """Project rows onto the ball of `radius` in place: rows with ||W_k|| > radius are rescaled to norm
     radius; rows at or below it are left untouched (bit for bit). Pass the weight only, never the bias.
     """
-    norms = _row_norms(weight)
+    norms = row_norms(weight)
     over = norms > radius
     if bool(over.any()):
         scale = (radius / norms[over]).to(weight.dtype)

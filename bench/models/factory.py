@@ -9,7 +9,6 @@ exactly as timm does for its hosted weights. Nothing here touches the network.
 from __future__ import annotations
 
 import difflib
-import re
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple
 
@@ -18,18 +17,15 @@ import torch
 import torch.nn as nn
 from timm.models import get_pretrained_cfg, load_state_dict, parse_model_name, split_model_name_tag
 
+from bench.errors import one_line
+
 from . import cifar_resnet  # noqa: F401  (registers the CIFAR ResNets with timm)
 
-__all__ = ['ModelError', 'build_model', 'feature_dim', 'classifier']
+__all__ = ['ModelError', 'build_model']
 
 
 class ModelError(ValueError):
     """A model cannot be built or its weights cannot be loaded (one-line, user-facing message)."""
-
-
-def _one_line(err: BaseException, limit: int = 300) -> str:
-    msg = re.sub(r'\s+', ' ', str(err)).strip() or type(err).__name__
-    return msg if len(msg) <= limit else msg[:limit - 3] + '...'
 
 
 def _unknown_model_message(name: str) -> str:
@@ -56,7 +52,7 @@ def _read_state_dict(path: Path) -> Dict[str, torch.Tensor]:
     except Exception as e:  # truncated zip, not a pickle, unsafe globals, bad safetensors header, ...
         raise ModelError(
             f"model.pretrained_file: {path} is not a readable PyTorch/safetensors checkpoint "
-            f"({type(e).__name__}: {_one_line(e)})") from e
+            f"({type(e).__name__}: {one_line(e)})") from e
     if not isinstance(sd, Mapping) or not sd or not all(torch.is_tensor(v) for v in sd.values()):
         raise ModelError(f"model.pretrained_file: {path} does not contain a state_dict of tensors")
     return dict(sd)
@@ -106,7 +102,7 @@ def build_model(
     try:
         source, _ = parse_model_name(name)
     except ValueError as e:
-        raise ModelError(f"model.name: {_one_line(e)}") from e
+        raise ModelError(f"model.name: {one_line(e)}") from e
     if source is not None:
         raise ModelError(f"model.name: {name!r} names a '{source}:' source; only timm registry names are "
                          f"supported (use model.pretrained_file for weights; no network access)")
@@ -124,7 +120,7 @@ def build_model(
         try:
             return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs)
         except Exception as e:
-            raise ModelError(f"model {name!r} could not be built: {_one_line(e)}") from e
+            raise ModelError(f"model {name!r} could not be built: {one_line(e)}") from e
 
     path = Path(pretrained_file).expanduser()
     if not path.exists():
@@ -135,7 +131,7 @@ def build_model(
     try:
         cfg = get_pretrained_cfg(name)
     except RuntimeError as e:  # invalid pretrained tag
-        raise ModelError(f"model.name: {_one_line(e)}") from e
+        raise ModelError(f"model.name: {one_line(e)}") from e
     classifiers = _names(cfg.classifier if cfg is not None else None)
     first_convs = _names(cfg.first_conv if cfg is not None else None)
     arch = split_model_name_tag(name)[0]
@@ -163,41 +159,6 @@ def build_model(
         raise
     except Exception as e:  # size mismatch, missing keys under strict load, ...
         raise ModelError(f"model.pretrained_file: {path} could not be loaded into {name!r}: "
-                         f"{type(e).__name__}: {_one_line(e)}") from e
+                         f"{type(e).__name__}: {one_line(e)}") from e
     _check_keys(model, sd, classifiers, path, name)
     return model
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    """Strip DataParallel/DDP (``.module``) and torch.compile (``._orig_mod``) wrappers."""
-    while True:
-        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-            model = model.module
-        elif hasattr(model, '_orig_mod') and isinstance(model._orig_mod, nn.Module):
-            model = model._orig_mod
-        else:
-            return model
-
-
-def classifier(model: nn.Module) -> nn.Linear:
-    """The model's final ``nn.Linear`` classifier (``model.get_classifier()``)."""
-    m = _unwrap(model)
-    if not hasattr(m, 'get_classifier'):
-        raise ModelError(f"model {type(m).__name__} has no get_classifier() (not a timm-style model)")
-    head = m.get_classifier()
-    if not isinstance(head, nn.Linear):
-        raise ModelError(f"model {type(m).__name__}: classifier is {type(head).__name__}, not nn.Linear "
-                         f"(num_classes=0 or a non-linear head)")
-    return head
-
-
-def feature_dim(model: nn.Module) -> int:
-    """Dimension of the pooled features fed to the classifier (= ``forward_head(x, pre_logits=True)``)."""
-    m = _unwrap(model)
-    head = m.get_classifier() if hasattr(m, 'get_classifier') else None
-    if isinstance(head, nn.Linear):
-        return int(head.in_features)
-    dim = getattr(m, 'head_hidden_size', None) or getattr(m, 'num_features', None)
-    if not isinstance(dim, int):
-        raise ModelError(f"model {type(m).__name__} exposes neither a Linear classifier nor num_features")
-    return dim

@@ -9,7 +9,7 @@ import timm
 import torch
 import torch.nn as nn
 
-from bench.models import ModelError, build_model, classifier, feature_dim
+from bench.models import ModelError, build_model
 from bench.models.cifar_resnet import CIFAR_MODEL_NAMES, checkpoint_filter_fn
 
 
@@ -47,7 +47,7 @@ def test_he_cifar_structure_option_a() -> None:
 
 def test_resnet34_wb_shapes_and_params() -> None:
     model = build_model("resnet34_wb", num_classes=100)
-    assert model.num_features == 512 and feature_dim(model) == 512
+    assert model.num_features == 512 and model.fc.in_features == 512
     assert abs(n_params(model) - 21.3e6) / 21.3e6 < 0.01
     assert model.conv1.kernel_size == (3, 3) and model.conv1.stride == (1, 1)
     assert not any(isinstance(m, nn.MaxPool2d) for m in model.modules())
@@ -67,18 +67,17 @@ def test_timm_model_api(name: str) -> None:
     assert model.num_classes == 7
     assert model.pretrained_cfg["first_conv"] == "conv1" and model.pretrained_cfg["classifier"] == "fc"
     assert isinstance(model.get_classifier(), nn.Linear)
-    assert classifier(model) is model.fc and model.get_classifier().out_features == 7
+    assert model.get_classifier() is model.fc and model.fc.out_features == 7
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         pooled = model.forward_head(model.forward_features(x), pre_logits=True)
-        assert pooled.shape == (3, model.num_features) == (3, feature_dim(model))
+        assert pooled.shape == (3, model.num_features) == (3, model.fc.in_features)
         assert torch.equal(model(x), model.fc(pooled))
     model.reset_classifier(4)
-    assert model.num_classes == 4 and classifier(model).out_features == 4 and model(x).shape == (3, 4)
+    assert model.num_classes == 4 and model.get_classifier().out_features == 4 and model(x).shape == (3, 4)
     model.reset_classifier(0)
     assert model(x).shape == (3, model.num_features)
-    with pytest.raises(ModelError):
-        classifier(model)
+    assert not isinstance(model.get_classifier(), nn.Linear)      # no head left: features out
 
 
 @pytest.mark.parametrize("name", ["resnet20_cifar", "resnet34_wb"])

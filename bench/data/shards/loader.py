@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.data.batches import derived_generator, random_crop_flip
+from bench.data.batches import center_pad, derived_generator, random_crop_flip
 from bench.data.cards import DatasetError
 from bench.data.gpu_decode import decode_batch
 from bench.data.shards.decode import _jpeg_for_gpu, _to_fixed_size, decode_sample
@@ -68,10 +68,7 @@ def _make_batch(items: list[Any], spec: StreamSpec, index: int) -> dict[str, Any
     if not xs:  # every sample unreadable (on_error=skip): an empty batch keeps the step count
         return {"index": index, "x": torch.zeros(0, dtype=torch.uint8), "y": torch.zeros(0, dtype=torch.int64),
                 "keys": [], "holes": holes}
-    x = torch.from_numpy(np.stack(xs)).permute(0, 3, 1, 2)
-    if spec.pad_to is not None and spec.pad_to > x.shape[-1]:
-        p = spec.pad_to - x.shape[-1]
-        x = torch.nn.functional.pad(x, (p // 2, p - p // 2, p // 2, p - p // 2))
+    x = center_pad(torch.from_numpy(np.stack(xs)).permute(0, 3, 1, 2), spec.pad_to)
     if spec.train and spec.augment != "none":
         # the same batched crop / flip as the in-memory loader; RandomResizedCrop already cropped
         gen = derived_generator(spec.seed, spec.epoch, spec.rank, index, 1)
