@@ -35,6 +35,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from bench.config import load_config
+from bench.data.lt import build_lt_data
+from bench.data.prepare import prepare
+from bench.data.shards.loader import ShardLoader
+from bench.models import build_model
 from bench.paths import repo_or_package_dir
 from bench.progress import log
 
@@ -108,7 +113,6 @@ def jpeg_shards(work: Path, counts: dict[str, int], workers: int, size: tuple[in
     """The photo-like tree as `ltbench prepare imagenet-lt` shards: originals and re-encoded (shorter side
     `resize_shorter`, quality 90). The tree is not ImageNet-LT, so the card check is passed with
     --allow-deviation (recorded in the manifests)."""
-    from bench.data.prepare import prepare
 
     src = work / "photos"
     if not (src / "splits").is_dir():
@@ -129,9 +133,6 @@ def loader_rate(shards: Path, train: bool, batch: int, workers: int, max_images:
                 extra: list[str] = ()) -> dict[str, float]:
     """Images/s of the shard loader alone: decode + crop (+ flip) + uint8 batch, no normalisation (that
     runs on the GPU), with `workers` decoding processes (0 = this process, one thread: per core)."""
-    from bench.config import load_config
-    from bench.data.lt import build_lt_data
-    from bench.data.shards.loader import ShardLoader
 
     streams = max(1, workers)
     cfg = load_config(JPEG, [f"data.shards={shards}", f"data.streams={streams}", *extra])
@@ -179,7 +180,6 @@ def section_pipeline(shards: dict[str, Path], cores: int, max_images: int, extra
 def bare_rate(model_name: str, batch: int, compile_: bool, device: str = "cuda", image: int = 224,
               num_classes: int = 100, steps: int = 30, warmup: int = 10) -> dict[str, float]:
     """A hand-written loop: timm model, bf16 autocast, channels_last, SGD, inputs already on the device."""
-    from bench.models import build_model   # timm's factory, with ltbench's CIFAR ResNets registered
 
     dev = torch.device(device)
     torch.backends.cudnn.benchmark = dev.type == "cuda"
@@ -308,7 +308,6 @@ def section_models(work: Path, jpeg: Path | None, deadline: float, models: tuple
 def section_end_to_end(work: Path, device: str = "cuda", gpus: int = 1) -> dict[str, Any]:
     """Tiny synthetic shards: stage 1 killed after its first checkpoint and resumed (numbers equal to an
     uninterrupted run's), stage 2 on cached features, the table, and stage 1 under torchrun."""
-    from bench.data.prepare import prepare
 
     smoke = CONFIGS / "smoke.yaml"
     shards = work / "smoke-shards"

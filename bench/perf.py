@@ -25,6 +25,11 @@ from typing import Any
 
 import torch
 
+from bench.config import load_config
+from bench.data.lt import build_lt_data
+from bench.data.prepare import prepare
+from bench.gpucheck import gpu_check, render as render_gpu
+from bench.methods.classifiers import make_model
 from bench.paths import repo_or_package_dir
 from bench.progress import log
 
@@ -92,9 +97,6 @@ def bare_loop(config: str, overrides: list[str], threads: int) -> dict[str, floa
     and schedule as `ltbench run`, one epoch; images/s of the training steps."""
     import torch.nn.functional as F
 
-    from bench.config import load_config
-    from bench.data.lt import build_lt_data
-    from bench.methods.classifiers import make_model
 
     torch.set_num_threads(threads)
     cfg = load_config(config, overrides)
@@ -165,9 +167,6 @@ def section_trainer(s: Setting, root: Path, repeats: int) -> dict[str, Any]:
 def section_data(s: Setting, root: Path, repeats: int) -> dict[str, Any]:
     """Loader-only images/s (decode + augment) from shards (PNG and raw .npy images) with 0 and 2 workers
     vs in memory, and training from shards vs from memory."""
-    from bench.config import load_config
-    from bench.data.lt import build_lt_data
-    from bench.data.prepare import prepare
 
     formats = ("npy",) if s.quick else ("png", "npy")    # quick: the code path, not the comparison
     shards = {}
@@ -282,7 +281,6 @@ def section_demo(s: Setting, root: Path, repeats: int) -> dict[str, Any]:
 def section_gpu(s: Setting, root: Path, repeats: int) -> dict[str, Any]:
     """The one-shot GPU check (bench/gpucheck.py, `make gpu-check`): the JPEG pipeline per core, ResNet-50 /
     ResNeXt-50 bare vs ltbench's trainer (synthetic, then JPEG shards), an end-to-end run resumed on the GPU."""
-    from bench.gpucheck import gpu_check
 
     return gpu_check(root, budget_s=s.gpu_budget_s, tiny=s.quick, parts=s.gpu_parts, models=s.gpu_models)
 
@@ -334,7 +332,6 @@ def render(report: dict[str, Any]) -> str:
             lines += [f"skipped: {sec['skipped']}", ""]
             continue
         if name == "gpu":
-            from bench.gpucheck import render as render_gpu
             lines += render_gpu(sec)
             continue
         lines += ["| measurement | median | repeats |", "|---|---|---|"]

@@ -18,6 +18,9 @@ from bench.lock import DirLock
 from bench.metrics import format_pct
 from bench.progress import log
 from bench.rundir import RunDir
+from bench.tracking import abort_open
+from bench.train.stage1 import train_stage1
+from bench.train.stage2 import parent_run, run_posthoc, train_stage2
 
 
 def run_config_file(config: str | Path, overrides: list[str], runs_root: str | Path,
@@ -52,9 +55,6 @@ def run_experiment(cfg: Config, run: RunDir, *, runs_root: str | Path, base: Pat
 
 def _train(cfg: Config, run: RunDir, runs_root: str | Path, base: Path, parent: RunDir | None) -> dict[str, Any]:
     from bench.plots import per_class_figure    # matplotlib: imported once there is a result to draw
-    from bench.tracking import abort_open
-    from bench.train.stage1 import train_stage1
-    from bench.train.stage2 import parent_run, run_posthoc, train_stage2
 
     figures = per_class_figure if cfg.runtime.plot else None
     try:

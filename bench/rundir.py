@@ -23,8 +23,9 @@ from typing import Any
 
 import yaml
 
+from bench import dist
 from bench.atomic import write_atomic
-from bench.config import Config, ConfigError, dump_yaml
+from bench.config import Config, ConfigError, dump_yaml, from_dict
 
 
 class RunDir:
@@ -82,16 +83,12 @@ class RunDir:
 
     def prepare(self, cfg: Config) -> None:
         """Create the directory and write config.yaml; refuse a directory that holds another config."""
-        from bench import dist
-
         self.config_hash = cfg.run_hash()
         if not dist.is_main():
             return
         self.path.mkdir(parents=True, exist_ok=True)
         text = dump_yaml(cfg)
         if self.config_file.is_file():
-            from bench.config import from_dict
-
             old = from_dict(yaml.safe_load(self.config_file.read_text()) or {}).result_dict()
             new = cfg.result_dict()
             if old != new:
@@ -103,8 +100,6 @@ class RunDir:
     def record_failure(self, error: BaseException) -> None:
         """result.json with status=failed and the one-line error, in a run directory that exists and is
         not complete (is_complete stays False, so running the same command again resumes the run)."""
-        from bench import dist
-
         if dist.is_main() and self.config_file.is_file() and not self.is_complete():
             text = " ".join(f"{type(error).__name__}: {error}".split())
             try:
@@ -113,8 +108,6 @@ class RunDir:
                 pass     # a full or read-only disk: the error itself still reaches the user
 
     def write_json(self, name: str, obj: Any) -> None:
-        from bench import dist
-
         if not dist.is_main():
             return
         write_text_atomic(self.path / name, json.dumps(obj, indent=2, sort_keys=False) + "\n")

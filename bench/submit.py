@@ -21,7 +21,8 @@ from typing import Any
 
 import yaml
 
-from bench.config import Config, ConfigError, load_config, parent_path
+from bench.config import Config, ConfigError, load_config, load_yaml, parent_path
+from bench.errors import error_line, user_errors
 from bench.jobs import queued_job
 from bench.rundir import RunDir
 
@@ -97,8 +98,6 @@ class RunJob:
             os.environ.setdefault("MASTER_ADDR", env.hostnames[0])
             # from the job id, so a requeued job (same id) meets again; offset into a high range
             os.environ.setdefault("MASTER_PORT", str(20000 + int(env.job_id.split("_")[0]) % 20000))
-        from bench.errors import error_line, user_errors
-
         try:
             run_config_file(self.config, self.overrides, self.runs_root)
         except user_errors() as e:   # bad input: the job fails with the one line `ltbench run` prints
@@ -122,8 +121,6 @@ def load_site(path: str | None) -> dict[str, Any]:
     """A site file (YAML) of SLURM settings for a real cluster; see slurm/site.example.yaml."""
     if path is None:
         return {}
-    from bench.config import load_yaml
-
     doc = load_yaml(path)      # missing, not YAML or not a mapping: one line naming the file
     known = {"partition", "account", "qos", "constraint", "gpus_per_node", "cpus_per_task", "mem_gb", "timeout_min",
              "nodes", "tasks_per_node", "setup", "signal_delay_s"}

@@ -28,6 +28,7 @@ from bench.data.cards import dataset_title
 from bench.jobs import run_status
 from bench.metrics import GROUPS
 from bench.paths import repo_or_package_dir
+from bench.progress import log
 from bench.published import load_published
 from bench.rundir import RunDir, write_text_atomic
 from bench.stats import bootstrap_interval, paired_t, t_interval
@@ -627,7 +628,6 @@ def save_table(table: Table, fmt: str, out: Path | None, plots: Path | None) -> 
     """Render `table` as `fmt`; write it atomically to `out` (if given) and its per-dataset plots to
     <plots>-<dataset>.png (if given). Returns the text. `ltbench table` and the demo."""
     from bench.plots import plot_table       # matplotlib: only when plots are asked for
-    from bench.progress import log
 
     text = RENDER[fmt](table)
     if out is not None:

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import dist
+from bench.config import Config, ConfigError
 from bench.errors import one_line
-from bench.config import Config
 from bench.metrics import GROUPS
 from bench.progress import log
 from bench.rundir import RunDir, write_text_atomic
@@ -45,8 +45,6 @@ def wandb_mode(cfg: Config) -> str:
     # wandb also knows "dryrun" (= offline) and "run" (= online); anything else is a typo worth naming
     mode = {"dryrun": "offline", "run": "online"}.get(mode, mode)
     if mode not in ("online", "offline", "disabled"):
-        from bench.config import ConfigError
-
         raise ConfigError(f"W&B mode {mode!r} (from WANDB_MODE) is not one of online, offline, disabled")
     return mode
 

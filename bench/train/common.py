@@ -21,7 +21,8 @@ from bench.data.lt import LTData, build_lt_data
 from bench.evaluation import EvalOutput, evaluate_batches
 from bench.metrics import group_metrics, per_class_accuracy, shot_groups
 from bench.rundir import RunDir, check_owner
-from bench.tracking import Tracker
+from bench.progress import log
+from bench.tracking import Tracker, wandb_mode
 from bench.train import checkpoint as ckpt
 from bench.train.optim import effective_lr
 
@@ -29,7 +30,6 @@ from bench.train.optim import effective_lr
 def setup_runtime(cfg: Config) -> torch.device:
     """Process group, threads, determinism and the device; seeds every global RNG from cfg.seed."""
     rt = cfg.runtime
-    from bench.tracking import wandb_mode
 
     wandb_mode(cfg)   # a bad WANDB_MODE is an error now, before the run directory exists
     use_cuda = rt.device == "cuda" or (rt.device == "auto" and torch.cuda.is_available())
@@ -44,7 +44,6 @@ def setup_runtime(cfg: Config) -> torch.device:
     if rt.workers is None:
         rt.workers = auto_workers(cores, cfg.data.streams, use_cuda) if cfg.data.shards else 0
         if use_cuda and cfg.data.shards and rt.workers < cores - 1 and dist.is_main():
-            from bench.progress import log
             log(f"note: data.streams={cfg.data.streams} allows {rt.workers} decoding workers on {cores} cores; "
                 f"set data.streams to a multiple of {cores - 1} to decode on all of them")
     torch.set_num_threads(rt.threads or max(1, cores - (rt.workers if cfg.data.shards else 0)))
