@@ -263,3 +263,20 @@ def test_protocols_side_by_side(tmp_path):
     md = RENDER["md"](t)
     assert "| wd (clean) | 51.00 ± 1.41 |" in md and "| wd (custom) | 54.00 ± 1.41 |" in md
     assert "wd, Synthetic-LT IF 10: custom 54.00 vs clean 51.00: +3.00 points under custom" in md
+
+
+def test_columns_are_defined_once_and_latex_rows_stay_rectangular(tmp_path):
+    """COLUMNS drives the grid renderers: LaTeX (which has no cost column) gives published rows as many cells
+    as reproduced rows, also under --cost."""
+    from bench.table import COLUMNS, columns_of
+
+    root = tmp_path / "runs"
+    write_run(root, ["name=c", "method=wb", "data.dataset=cifar100", "data.imbalance_factor=100"], all_=52.0,
+              extra={"cost": {"device": "cpu", "gpu": False, "processes": 1, "seconds": 36.0, "device_hours": 0.01}})
+    t = build_table(collect([str(root)]), reference=True, cost=True)
+    assert [c.name for c in COLUMNS] == ["all", "many", "medium", "few", "n", "cost"]
+    assert [c.name for c in columns_of(t, "latex")] == ["all", "many", "medium", "few", "n"]
+    rows = [x for x in RENDER["latex"](t).splitlines() if x.endswith("\\\\") and " & " in x and "multicolumn" not in x]
+    assert len({x.count(" & ") for x in rows}) == 1 and any(x.startswith("\\textit") for x in rows)
+    md = [x for x in RENDER["md"](t).splitlines() if x.startswith("| ")]
+    assert len({x.count(" | ") for x in md}) == 1 and "| 0.01 CPU-h |" in md[1]
