@@ -9,6 +9,7 @@ STAMP := $(VENV)/.ltbench-installed
 # The local SLURM test cluster (slurm/cluster.sh): its state, configs and logs live here (under /tmp:
 # a unix socket path must stay short; one directory per checkout, so clones do not share a cluster).
 SLURM_STATE ?= /tmp/ltbench-slurm-$(shell echo $(CURDIR) | cksum | cut -d' ' -f1)
+NO_CHROMIUM := install it as root (apt-get install -y chromium), then make test again
 
 .PHONY: demo test test-fast venv clean cluster-up cluster-down gpu-check gpu-wheels
 
@@ -26,11 +27,15 @@ demo: $(STAMP)
 	$(VENV)/bin/ltbench demo
 
 # The whole suite, with a real single-host SLURM cluster started before and stopped after (even when
-# a test fails); tests that need it fail rather than skip when LTBENCH_REQUIRE_SLURM=1.
+# a test fails), and Chromium for the HTML table's browser test (installed from Debian when missing, as
+# root); tests that need them fail rather than skip under LTBENCH_REQUIRE_SLURM=1 / LTBENCH_REQUIRE_BROWSER=1.
 test: $(STAMP)
 	$(VENV)/bin/ltbench fetch fashion-mnist
+	command -v chromium >/dev/null || { test "$$(id -u)" = 0 || { echo "make test: no Chromium, not root: $(NO_CHROMIUM)" \
+		>&2; exit 1; }; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 	slurm/cluster.sh start $(SLURM_STATE)
-	SLURM_CONF=$(SLURM_STATE)/slurm.conf LTBENCH_REQUIRE_SLURM=1 $(PY) -m pytest -q --durations=15; \
+	SLURM_CONF=$(SLURM_STATE)/slurm.conf LTBENCH_REQUIRE_SLURM=1 LTBENCH_REQUIRE_BROWSER=1 \
+		$(PY) -m pytest -q --durations=15; \
 	status=$$?; slurm/cluster.sh stop $(SLURM_STATE); exit $$status
 
 cluster-up:

@@ -111,8 +111,16 @@ def cmd_table(args: argparse.Namespace) -> int:
             raise ConfigError(f"ltbench table --seeds {args.seeds!r}: expected comma-separated integers") from None
     table = build_table(records, seeds, args.select, args.reference, args.ci, args.baseline, args.cost, args.protocols)
     out = Path(args.out) if args.out else None
-    plots = Path(args.plots) if args.plots else (out.with_suffix("") if out else None)
-    text = save_table(table, args.format, out, None if args.no_plots else plots)
+    if args.format == "html" or args.html:
+        from bench.report_html import save_html
+    if args.format == "html":   # figures embedded; PNG files only where --plots asks for them
+        text = save_html(table, out, None if args.no_plots or not args.plots else Path(args.plots),
+                         figures=not args.no_plots)
+    else:
+        plots = Path(args.plots) if args.plots else (out.with_suffix("") if out else None)
+        text = save_table(table, args.format, out, None if args.no_plots else plots)
+    if args.html:
+        save_html(table, Path(args.html), figures=not args.no_plots)
     if out is None:
         sys.stdout.write(text)
     return 0
@@ -196,7 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("table", help="benchmark table of many runs: mean +- std over seeds of all / many / medium / few")
     sp.add_argument("paths", nargs="*", metavar="PATH", help="run directories, experiments or runs roots")
-    sp.add_argument("--format", choices=["md", "latex", "csv"], default="md", help="output format (default md)")
+    sp.add_argument("--format", choices=["md", "latex", "csv", "html"], default="md",
+                    help="output format (default md; html: the page of --html)")
     sp.add_argument("--out", default=None, help="write the table here (and its plots as <out stem>-<dataset>.png)")
     sp.add_argument("--seeds", default=None, help="expected seeds, e.g. 0,1,2 (default: every seed among the runs)")
     sp.add_argument("--select", choices=["val"], default=None,
@@ -216,7 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--wandb", default=None, metavar="ENTITY/PROJECT",
                     help="also read runs from W&B run summaries (online; needs a login)")
     sp.add_argument("--plots", default=None, metavar="PREFIX", help="write plots as PREFIX-<dataset>.png")
-    sp.add_argument("--no-plots", action="store_true", help="no plots, even with --out")
+    sp.add_argument("--no-plots", action="store_true", help="no plots, even with --out (--html: no figures)")
+    sp.add_argument("--html", default=None, metavar="OUT",
+                    help="also write one self-contained HTML page: caption, table, notes, published rows with their "
+                         "provenance, and the plots embedded (no external files)")
     sp.set_defaults(fn=cmd_table)
 
     sp = sub.add_parser("perf", help="measure trainer overhead, data pipeline, stage 2, DDP, demo (and GPU) speed")

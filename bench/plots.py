@@ -98,12 +98,17 @@ def plot_table(table: Any, prefix: Path) -> list[Path]:
         ax_n.set_ylabel("classifier weight norm")
         ax_n.set_xlabel("class (sorted by training count, largest first)")
         fig.tight_layout()
-        path = Path(f"{prefix}-{col[0]}{'' if col[1] is None else f'-if{col[1]:g}'}.png")
+        path = plot_path(prefix, col)
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)
     return written
+
+
+def plot_path(prefix: Path, col: tuple[str, float | None]) -> Path:
+    """Where plot_table writes a dataset column's figure: <prefix>-<dataset>[-if<IF>].png."""
+    return Path(f"{prefix}-{col[0]}{'' if col[1] is None else f'-if{col[1]:g}'}.png")
 
 
 def _mean(vals: list[float | None]) -> float:

@@ -21,7 +21,7 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from bench.config import ConfigError, from_dict, load_yaml
 from bench.data.cards import dataset_title
@@ -373,7 +373,7 @@ def _n_text(cell: Cell | None, expected: list[int], mark: str) -> str:
     return f"{len(cell.runs)}/{len(expected)}{mark}" if cell.flagged else str(len(cell.runs))
 
 
-def _footnotes(table: Table) -> list[tuple[str, str]]:
+def footnotes(table: Table) -> list[tuple[str, str]]:
     """(mark, text) per flagged or selected cell, in row then column order."""
     notes = []
     for row in table.rows:
@@ -418,7 +418,7 @@ def protocol_notes(table: Table) -> list[str]:
 _PROTOCOL_NAMES = ("clean", "wb-reference", "hs-reference", "custom")
 
 
-def _caption(table: Table) -> str:
+def caption(table: Table) -> str:
     seeds = ", ".join(map(str, table.expected_seeds))
     text = (f"Test top-1 accuracy (%), mean ± sample std over seeds {{{seeds}}}; n = complete runs averaged; "
             "† = runs failed, unfinished or missing (not averaged in; see notes).")
@@ -478,67 +478,173 @@ def comparisons(table: Table) -> list[dict[str, Any]]:
     return out
 
 
-def _comparison_lines(table: Table) -> list[str]:
+def comparison_lines(table: Table) -> list[str]:
     lines = []
     for c in comparisons(table):
         ours = f"{c['mean']:.2f}" + (f" ± {c['std']:.2f}" if c["std"] is not None else "") + f", n = {c['n']}"
-        lines.append(f"{_row_label(c['row'])}, {dataset_title(*c['column'])}: ours {ours}; {c['source']} "
+        lines.append(f"{row_label(c['row'])}, {dataset_title(*c['column'])}: ours {ours}; {c['source']} "
                      f"{c['published']:.2f}: {c['diff']:+.2f} points, {c['verdict']}"
                      + (f"; protocol differs: {'; '.join(c['differs'])}" if c["differs"] else ""))
     return lines
 
 
+# ----------------------------------------------------------------------------------------------- columns
+Row = tuple[str, str]                            # (method, setting label)
+Col = tuple[str, float | None]                   # (dataset, imbalance factor)
+
+
+@dataclass(frozen=True)
+class Column:
+    """One sub-column of every dataset column in the grid renderers (Markdown, LaTeX, HTML): defined once here,
+    so that a new column is one entry of COLUMNS (and, for CSV, of CSV_FIELDS)."""
+
+    name: str
+    header: str                                  # header text (Markdown, HTML; LaTeX: `tex` when set)
+    text: Callable[[Table, Row, Col, Cell | None, bool], str]   # a reproduced cell; bool: LaTeX source
+    published: Callable[[dict[str, Any]], str]   # a published reference row's cell (its column has a value)
+    shown: Callable[[Table, str], bool] = lambda table, fmt: True   # given the table's flags and the format
+    tex: str | None = None
+
+
+def _metric_column(m: str) -> Column:
+    return Column(m, m, lambda t, row, col, cell, latex: _cell_text(
+        cell, m, latex=latex, ci=t.ci, mark=t.marker(row, col) if m == "all" else ""), lambda ref: _num(ref.get(m)))
+
+
+COLUMNS = (
+    *(_metric_column(m) for m in METRICS),
+    Column("n", "n", lambda t, row, col, cell, latex: _n_text(cell, t.expected_seeds, "$^\\dagger$" if latex else "†"),
+           lambda ref: "pub.", tex="$n$"),
+    Column("cost", "cost", lambda t, row, col, cell, latex: _cost_text(cell), lambda ref: "",
+           shown=lambda t, fmt: t.cost and fmt != "latex"),
+)
+
+
+def columns_of(table: Table, fmt: str) -> list[Column]:
+    """The sub-columns `fmt` ("md", "latex", "html") shows for this table's flags."""
+    return [c for c in COLUMNS if c.shown(table, fmt)]
+
+
+@dataclass(frozen=True)
+class CsvField:
+    """One field of the CSV (a line per reproduced cell, then a line per published value)."""
+
+    header: str
+    value: Callable[[Table, Row, Col, Cell], str]
+    published: Callable[[dict[str, Any]], str] | None = None   # None: not written on published lines
+    shown: Callable[[Table], bool] = lambda table: True
+
+
+def _csv_num(v: float | None, fmt: str = ".4f") -> str:
+    return "" if v is None else format(v, fmt)
+
+
+def _csv_ci(m: str, end: int) -> CsvField:
+    def value(t: Table, row: Row, col: Col, cell: Cell) -> str:
+        iv = cell.interval(m, t.ci)
+        return "" if iv is None else f"{iv[end]:.4f}"
+    return CsvField(f"{m}_ci_{('lo', 'hi')[end]}", value, shown=lambda t: bool(t.ci))
+
+
+def _csv_vs(i: int, header: str, fmt: str) -> CsvField:
+    def value(t: Table, row: Row, col: Col, cell: Cell) -> str:
+        cmp = t.versus_baseline(row, col)
+        return "" if cmp is None else format(cmp[i], fmt)
+    return CsvField(header, value, shown=lambda t: bool(t.baseline))
+
+
+def _csv_hours(i: int, header: str) -> CsvField:
+    def value(t: Table, row: Row, col: Col, cell: Cell) -> str:
+        hours, unit = cell.device_hours()
+        return "" if hours is None else (f"{hours:.5f}", unit)[i]
+    return CsvField(header, value, shown=lambda t: t.cost)
+
+
+CSV_FIELDS = (
+    CsvField("method", lambda t, row, col, cell: row[0], lambda ref: ref["method"]),
+    CsvField("setting", lambda t, row, col, cell: row[1], lambda ref: f"published: {ref['source']}"),
+    CsvField("dataset", lambda t, row, col, cell: col[0], lambda ref: ref["column"][0]),
+    CsvField("imbalance_factor", lambda t, row, col, cell: _csv_num(col[1], "g"),
+             lambda ref: _csv_num(ref["column"][1], "g")),
+    CsvField("n", lambda t, row, col, cell: str(len(cell.runs)), lambda ref: ""),
+    CsvField("seeds", lambda t, row, col, cell: " ".join(str(r.seed) for r in cell.runs), lambda ref: ""),
+    *(CsvField(f"{m}_{s}", lambda t, row, col, cell, m=m, i=i: _csv_num(cell.stats(m)[i]),
+               lambda ref, m=m, i=i: _csv_num(ref.get(m)) if i == 0 else "")
+      for m in METRICS for i, s in enumerate(("mean", "std"))),
+    CsvField("not_averaged", lambda t, row, col, cell: "; ".join([f"seed {s} missing" for s in cell.missing]
+                                                                  + cell.left_out), lambda ref: ""),
+    CsvField("chosen", lambda t, row, col, cell: cell.chosen, lambda ref: ""),
+    *(_csv_ci(m, end) for m in METRICS for end in (0, 1)),
+    _csv_vs(0, "vs_baseline_all_diff", ".4f"), _csv_vs(1, "vs_baseline_all_p", ".4g"),
+    _csv_vs(2, "vs_baseline_pairs", ""),
+    _csv_hours(0, "device_hours"), _csv_hours(1, "device_unit"),
+)
+
+
+# ----------------------------------------------------------------------------------------------- renderers
 def render_markdown(table: Table) -> str:
     head = ["method"]
     single = len(table.columns) == 1   # one dataset: plain headers, its name in the caption
+    shown = columns_of(table, "md")
     for col in table.columns:
         t = "" if single else dataset_title(*col) + " "
-        head += [f"{t}{m}" for m in (*METRICS, "n", *(("cost",) if table.cost else ()))]
+        head += [f"{t}{c.header}" for c in shown]
     title = f"{dataset_title(*table.columns[0])}. " if single else ""
-    lines = [title + _caption(table), "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = [title + caption(table), "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in table.rows:
-        cells = [_row_label(row)]
-        for col in table.columns:
-            cell = table.cells.get((row, col))
-            cells += [_cell_text(cell, m, ci=table.ci, mark=table.marker(row, col) if m == "all" else "")
-                      for m in METRICS] + [_n_text(cell, table.expected_seeds, "†")]
-            if table.cost:
-                cells.append(_cost_text(cell))
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join([row_label(row), *grid_cells(table, row, "md")]) + " |")
     for ref in _reference_lines(table):
         lines.append("| " + " | ".join(ref) + " |")
-    notes = _footnotes(table)
+    notes = footnotes(table)
     if notes:
         lines.append("")
         lines += [f"- {mark}{' ' if mark else ''}{text}" for mark, text in notes]
     peeks = protocol_notes(table) if table.protocols else []
     if peeks:
-        lines += ["", "The same methods under two protocols (clean = everything chosen on validation, test read once):",
-                  ""] + [f"- {x}" for x in peeks]
-    against = _comparison_lines(table)
+        lines += ["", PROTOCOL_NOTES_INTRO, ""] + [f"- {x}" for x in peeks]
+    against = comparison_lines(table)
     if against:
-        lines += ["", "Against the published numbers (all; within = |difference| <= 2 std over seeds, or 1 point "
-                  "with fewer than 3 seeds):", ""] + [f"- {x}" for x in against]
+        lines += ["", COMPARISON_INTRO, ""] + [f"- {x}" for x in against]
     return "\n".join(lines) + "\n"
 
 
-def _row_label(row: tuple[str, str]) -> str:
+PROTOCOL_NOTES_INTRO = "The same methods under two protocols (clean = everything chosen on validation, test read once):"
+COMPARISON_INTRO = ("Against the published numbers (all; within = |difference| <= 2 std over seeds, or 1 point "
+                    "with fewer than 3 seeds):")
+
+
+def grid_cells(table: Table, row: Row, fmt: str) -> list[str]:
+    """A reproduced row's cells in the grid renderers: every dataset column's shown sub-columns."""
+    latex = fmt == "latex"
+    shown = columns_of(table, fmt)
+    return [c.text(table, row, col, table.cells.get((row, col)), latex) for col in table.columns for c in shown]
+
+
+def row_label(row: tuple[str, str]) -> str:
     return f"{row[0]} ({row[1]})" if row[1] else row[0]
 
 
-def _reference_lines(table: Table, latex: bool = False) -> list[list[str]]:
-    by_row: dict[tuple[str, str], dict[tuple, dict[str, Any]]] = defaultdict(dict)
+def reference_rows(table: Table) -> list[tuple[str, str, dict[Col, dict[str, Any]]]]:
+    """The published rows as the grid shows them: (source, method, {column: registry row}), sorted."""
+    by_row: dict[tuple[str, str], dict[Col, dict[str, Any]]] = defaultdict(dict)
     for ref in table.reference:
         by_row[(ref["source"], ref["method"])][ref["column"]] = ref
+    return [(source, method, by_row[(source, method)])
+            for (source, method) in sorted(by_row, key=lambda k: (k[0], _method_key(k[1])))]
+
+
+def reference_cells(table: Table, refs: dict[Col, dict[str, Any]], fmt: str) -> list[str]:
+    shown = columns_of(table, fmt)
+    return [("" if ref is None else c.published(ref)) for col in table.columns
+            for ref in (refs.get(col),) for c in shown]
+
+
+def _reference_lines(table: Table, latex: bool = False) -> list[list[str]]:
     out = []
-    for (source, method) in sorted(by_row, key=lambda k: (k[0], _method_key(k[1]))):
+    for source, method, refs in reference_rows(table):
         label = f"{method} ({source})"
-        cells = [f"\\textit{{{_tex(label)}}}" if latex else f"*{label}*"]
-        for col in table.columns:
-            ref = by_row[(source, method)].get(col)
-            cells += [("" if ref is None else _num(ref.get(m)) if ref.get(m) is not None else "—") for m in METRICS]
-            cells += ["" if ref is None else "pub."] + ([""] if table.cost else [])
-        out.append(cells)
+        out.append([f"\\textit{{{_tex(label)}}}" if latex else f"*{label}*",
+                    *reference_cells(table, refs, "latex" if latex else "md")])
     return out
 
 
@@ -553,72 +659,42 @@ def _tex(s: str) -> str:
 
 def render_latex(table: Table) -> str:
     """A booktabs table: one multicolumn group (all / many / medium / few / n) per dataset column."""
-    ncol = len(METRICS) + 1
+    shown = columns_of(table, "latex")
+    ncol = len(shown)
     spec = "l" + ("c" * ncol) * len(table.columns)
-    lines = ["% " + _caption(table), f"\\begin{{tabular}}{{{spec}}}", "\\toprule",
+    lines = ["% " + caption(table), f"\\begin{{tabular}}{{{spec}}}", "\\toprule",
              " & ".join(["method"] + [f"\\multicolumn{{{ncol}}}{{c}}{{{_tex(dataset_title(*c))}}}"
                                       for c in table.columns]) + " \\\\"]
     rules = " ".join(f"\\cmidrule(lr){{{2 + i * ncol}-{1 + (i + 1) * ncol}}}" for i in range(len(table.columns)))
-    lines += [rules, " & ".join([""] + [m for _ in table.columns for m in (*METRICS, "$n$")]) + " \\\\", "\\midrule"]
+    lines += [rules, " & ".join([""] + [c.tex or c.header for _ in table.columns for c in shown]) + " \\\\",
+              "\\midrule"]
     for row in table.rows:
-        cells = [_tex(_row_label(row))]
-        for col in table.columns:
-            cell = table.cells.get((row, col))
-            cells += [_cell_text(cell, m, latex=True, ci=table.ci, mark=table.marker(row, col) if m == "all" else "")
-                      for m in METRICS]
-            cells += [_n_text(cell, table.expected_seeds, "$^\\dagger$")]
-        lines.append(" & ".join(cells) + " \\\\")
+        lines.append(" & ".join([_tex(row_label(row)), *grid_cells(table, row, "latex")]) + " \\\\")
     refs = _reference_lines(table, latex=True)
     if refs:
         lines.append("\\midrule")
         lines += [" & ".join(r) + " \\\\" for r in refs]
     lines += ["\\bottomrule", "\\end{tabular}"]
-    for mark, text in _footnotes(table):
+    for mark, text in footnotes(table):
         lines.append(f"% {mark}{' ' if mark else ''}{text}")
-    lines += [f"% against the published numbers: {x}" for x in _comparison_lines(table)]
+    lines += [f"% against the published numbers: {x}" for x in comparison_lines(table)]
     return "\n".join(lines) + "\n"
 
 
 def render_csv(table: Table) -> str:
-    """One line per (row, column): mean, std of each metric, n, seeds, what was left out."""
+    """One line per (row, column): mean, std of each metric, n, seeds, what was left out (CSV_FIELDS)."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    extra = ([f"{m}_ci_{e}" for m in METRICS for e in ("lo", "hi")] if table.ci else []) + \
-        (["vs_baseline_all_diff", "vs_baseline_all_p", "vs_baseline_pairs"] if table.baseline else []) + \
-        (["device_hours", "device_unit"] if table.cost else [])
-    w.writerow(["method", "setting", "dataset", "imbalance_factor", "n", "seeds", *(f"{m}_{s}" for m in METRICS
-                for s in ("mean", "std")), "not_averaged", "chosen", *extra])
+    fields = [f for f in CSV_FIELDS if f.shown(table)]
+    w.writerow([f.header for f in fields])
     for row in table.rows:
         for col in table.columns:
             cell = table.cells.get((row, col))
-            if cell is None:
-                continue
-            stats = [cell.stats(m)[:2] for m in METRICS]
-            left = [f"seed {s} missing" for s in cell.missing] + cell.left_out
-            w.writerow([row[0], row[1], col[0], "" if col[1] is None else f"{col[1]:g}", len(cell.runs),
-                        " ".join(str(r.seed) for r in cell.runs),
-                        *("" if v is None else f"{v:.4f}" for pair in stats for v in pair), "; ".join(left),
-                        cell.chosen, *_csv_extra(table, row, col, cell)])
+            if cell is not None:
+                w.writerow([f.value(table, row, col, cell) for f in fields])
     for ref in table.reference:
-        w.writerow([ref["method"], f"published: {ref['source']}", ref["column"][0],
-                    "" if ref["column"][1] is None else f"{ref['column'][1]:g}", "", "",
-                    *(x for m in METRICS for x in ("" if ref.get(m) is None else f"{ref[m]:.4f}", "")), "", ""])
+        w.writerow([f.published(ref) for f in fields if f.published is not None])
     return buf.getvalue()
-
-
-def _csv_extra(table: Table, row: tuple[str, str], col: tuple[str, float | None], cell: Cell) -> list[str]:
-    out = []
-    if table.ci:
-        for m in METRICS:
-            iv = cell.interval(m, table.ci)
-            out += ["", ""] if iv is None else [f"{iv[0]:.4f}", f"{iv[1]:.4f}"]
-    if table.baseline:
-        cmp = table.versus_baseline(row, col)
-        out += ["", "", ""] if cmp is None else [f"{cmp[0]:.4f}", f"{cmp[1]:.4g}", str(cmp[2])]
-    if table.cost:
-        hours, unit = cell.device_hours()
-        out += ["", ""] if hours is None else [f"{hours:.5f}", unit]
-    return out
 
 
 RENDER = {"md": render_markdown, "latex": render_latex, "csv": render_csv}

@@ -263,3 +263,43 @@ def test_protocols_side_by_side(tmp_path):
     md = RENDER["md"](t)
     assert "| wd (clean) | 51.00 ± 1.41 |" in md and "| wd (custom) | 54.00 ± 1.41 |" in md
     assert "wd, Synthetic-LT IF 10: custom 54.00 vs clean 51.00: +3.00 points under custom" in md
+
+
+def test_columns_are_defined_once_and_latex_rows_stay_rectangular(tmp_path):
+    """COLUMNS drives the grid renderers: LaTeX (which has no cost column) gives published rows as many cells
+    as reproduced rows, also under --cost."""
+    from bench.table import COLUMNS, columns_of
+
+    root = tmp_path / "runs"
+    write_run(root, ["name=c", "method=wb", "data.dataset=cifar100", "data.imbalance_factor=100"], all_=52.0,
+              extra={"cost": {"device": "cpu", "gpu": False, "processes": 1, "seconds": 36.0, "device_hours": 0.01}})
+    t = build_table(collect([str(root)]), reference=True, cost=True)
+    assert [c.name for c in COLUMNS] == ["all", "many", "medium", "few", "n", "cost"]
+    assert [c.name for c in columns_of(t, "latex")] == ["all", "many", "medium", "few", "n"]
+    rows = [x for x in RENDER["latex"](t).splitlines() if x.endswith("\\\\") and " & " in x and "multicolumn" not in x]
+    assert len({x.count(" & ") for x in rows}) == 1 and any(x.startswith("\\textit") for x in rows)
+    md = [x for x in RENDER["md"](t).splitlines() if x.startswith("| ")]
+    assert len({x.count(" | ") for x in md}) == 1 and "| 0.01 CPU-h |" in md[1]
+
+
+def test_html_page_holds_the_markdown_cells_escaped_and_self_contained(runs):
+    """bench/report_html.py: the Markdown table's cells, notes and published rows in one page; every text
+    escaped (a run path with <&> in its notes), figures as data URIs, nothing fetched from elsewhere."""
+    import re
+
+    from bench.report_html import draw_figures, render_html
+
+    write_run(runs, ["name=bench", "method=wd", "seed=1", "data.dataset=cifar100", "data.imbalance_factor=100"],
+              state="failed", sub="<b>&x")
+    write_run(runs, ["name=bench", "method=wd", "seed=0", "data.dataset=cifar100", "data.imbalance_factor=100"],
+              all_=47.0)
+    t = build_table(collect([str(runs)]), reference=True, ci="t", baseline="wd", cost=True)
+    page = render_html(t, figures=draw_figures(t))
+    for cell in ("80.75 ± 1.06", "2/3<span class=\"flag\">†</span>", "60.50 ± 0.71", "46.08", "pub."):
+        assert cell in page
+    assert "wd-seed1/cifar100&lt;b&gt;&amp;x" in page and "<b>&x" not in page
+    assert '<a href="https://arxiv.org/abs/2203.14197">WB paper (CVPR 2022)</a>' in page      # provenance links
+    imgs = re.findall(r'<img src="([^"]*)"', page)
+    assert len(imgs) == 3 and all(s.startswith("data:image/png;base64,") for s in imgs)
+    assert not re.search(r'<(script|link|iframe)\b|src="(?!data:)', page)
+    assert page.count("<tr") == 2 + len(t.rows) + len({(r["source"], r["method"]) for r in t.reference})
