@@ -42,6 +42,7 @@ from bench.data.shards.loader import ShardLoader
 from bench.models import build_model
 from bench.paths import repo_or_package_dir
 from bench.progress import log
+from bench.rundir import RunDir
 
 REPO = Path(__file__).resolve().parents[1]   # the folder holding the package: the cwd of its subprocesses
 CONFIGS = repo_or_package_dir("configs")
@@ -235,7 +236,7 @@ def run_ltbench(config: Path, overrides: list[str], run_dir: Path, torchrun: int
     if proc.returncode != 0:
         raise RuntimeError(f"gpu-check: ltbench run failed: {output.strip().splitlines()[-3:]}")
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    result = json.loads((run_dir / "result.json").read_text())
+    result = RunDir(run_dir).read_result()
     return {"rows": rows, "result": result, "wall_s": time.time() - t0, "log": output}
 
 

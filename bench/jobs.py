@@ -65,7 +65,7 @@ def run_status(run: RunDir) -> dict[str, Any]:
         row["stage"] = job.get("stage", "?")
     states = job_states(str(job["job_id"])) if job else []
     if run.is_complete():
-        res = json.loads(run.result_file.read_text())
+        res = run.read_result()
         row.update({k: res["metrics"].get(k) for k in ("all", "many", "medium", "few")}, state="done")
         if stage == "posthoc":
             row["epoch"] = "-"
@@ -88,11 +88,9 @@ def run_status(run: RunDir) -> dict[str, Any]:
 
 def _failure(run: RunDir) -> str | None:
     """The one-line error `ltbench run` recorded in result.json when the last attempt failed."""
-    if not run.result_file.is_file():
-        return None
     try:
-        res = json.loads(run.result_file.read_text())
-    except json.JSONDecodeError:
+        res = run.read_result()
+    except ConfigError:          # damaged: not a recorded failure
         return None
     return res.get("error", "?") if res.get("status") == "failed" else None
 

@@ -32,6 +32,7 @@ from bench.gpucheck import gpu_check, render as render_gpu
 from bench.methods.classifiers import make_model
 from bench.paths import repo_or_package_dir
 from bench.progress import log
+from bench.rundir import RunDir
 
 REPO = Path(__file__).resolve().parents[1]   # the folder holding the package: the cwd of the timed subprocesses
 CONFIGS = repo_or_package_dir("configs")
@@ -88,7 +89,7 @@ def ltbench_run(setting: Setting, root: Path, extra: list[str], config: Path | N
     if r.returncode != 0:
         raise RuntimeError(f"perf: {' '.join(cmd[-6:])} failed: {(r.stderr or r.stdout).strip().splitlines()[-1:]}")
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    result = json.loads((run_dir / "result.json").read_text())
+    result = RunDir(run_dir).read_result()
     return {"row": rows[0], "rows": rows, "result": result, "wall_s": time.time() - t0, "dir": run_dir}
 
 

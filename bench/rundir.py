@@ -19,13 +19,61 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import yaml
 
 from bench import dist
 from bench.atomic import write_atomic
 from bench.config import Config, ConfigError, dump_yaml, from_dict
+
+
+Metrics = dict[str, float | None]      # all / many / medium / few (%); None for an empty group
+
+
+class Result(TypedDict, total=False):
+    """result.json, written by the stages through RunDir.write_result and read through RunDir.read_result.
+
+    status "failed" carries only `error`; a complete result carries the rest. Stage-specific keys: epochs,
+    data_padded_per_epoch (trained stages), parent, cached_features, trained_blocks, maxnorm_radius (stage 2),
+    posthoc {kind, tau, chosen_on, grid} (post-hoc)."""
+
+    status: str                         # "complete" | "failed"
+    error: str
+    name: str
+    dataset: str
+    imbalance_factor: float | None
+    method: str
+    protocol: str
+    seed: int
+    stage: str
+    model: str
+    metrics: Metrics                    # test, of the reported model
+    val_metrics: Metrics | None
+    metrics_last_epoch: Metrics
+    selected_epoch: int | None
+    selection: dict[str, Any]           # split, select, tta_flip, select_tta_flip
+    per_class_acc: list[float | None]
+    class_counts: list[int]
+    class_names: list[str]
+    groups: dict[str, list[int]]
+    group_thresholds: dict[str, Any]
+    analysis: dict[str, Any]
+    selection_hash: str
+    data_manifest: str | None
+    data_errors: dict[str, Any] | None
+    world_size: int
+    config_hash: str
+    parent_hash: str | None
+    wall_time_s: float
+    cost: dict[str, Any]                # device, gpu, processes, seconds, device_hours
+    epochs: int
+    data_padded_per_epoch: int
+    parent: str
+    cached_features: bool
+    trained_blocks: int
+    maxnorm_radius: float | None
+    posthoc: dict[str, Any]
 
 
 class RunDir:
@@ -63,22 +111,32 @@ class RunDir:
         return self.path / "result.json"
 
     def is_complete(self) -> bool:
-        if not self.result_file.is_file():
-            return False
         try:
-            return json.loads(self.result_file.read_text()).get("status") == "complete"
-        except json.JSONDecodeError:
+            return self.read_result().get("status") == "complete"
+        except ConfigError:        # damaged: not complete (reading it for a table names the problem)
             return False
 
-    def read_result(self) -> dict[str, Any]:
-        return json.loads(self.result_file.read_text())
+    def read_result(self) -> Result:
+        """result.json ({} when there is none yet); a damaged one is a one-line error naming the file."""
+        if not self.result_file.is_file():
+            return {}
+        try:
+            result = json.loads(self.result_file.read_text())
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{self.result_file}: not valid JSON ({e}); delete it and rerun the run") from None
+        if not isinstance(result, dict):
+            raise ConfigError(f"{self.result_file}: expected a JSON object, got a {type(result).__name__}; delete "
+                              "it and rerun the run")
+        if result.get("status") == "complete" and not isinstance(result.get("metrics"), dict):
+            raise ConfigError(f"{self.result_file}: a complete result without 'metrics'; delete it and rerun the run")
+        return result  # type: ignore[return-value]
 
     def complete_for(self, config_hash: str) -> bool:
         """Is this directory a complete run of the config with `config_hash`? A complete run of another config
         is an error (its numbers would be reported as this config's), never a silent "nothing to do"."""
         if not self.is_complete():
             return False
-        check_owner(self.result_file, json.loads(self.result_file.read_text()).get("config_hash"), config_hash)
+        check_owner(self.result_file, self.read_result().get("config_hash"), config_hash)
         return True
 
     def prepare(self, cfg: Config) -> None:
@@ -97,13 +155,16 @@ class RunDir:
                                   f"(sections differ: {', '.join(diff)}); choose another --run-dir")
         write_text_atomic(self.config_file, text)
 
+    def write_result(self, result: Result) -> None:
+        self.write_json("result.json", result)
+
     def record_failure(self, error: BaseException) -> None:
         """result.json with status=failed and the one-line error, in a run directory that exists and is
         not complete (is_complete stays False, so running the same command again resumes the run)."""
         if dist.is_main() and self.config_file.is_file() and not self.is_complete():
             text = " ".join(f"{type(error).__name__}: {error}".split())
             try:
-                self.write_json("result.json", {"status": "failed", "error": text[:1000]})
+                self.write_result({"status": "failed", "error": text[:1000]})
             except OSError:
                 pass     # a full or read-only disk: the error itself still reaches the user
 

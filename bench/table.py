@@ -115,18 +115,7 @@ def load_record(run_dir: Path) -> RunRecord:
     rec = RunRecord(path=str(run_dir), name=str(raw.get("name")), method=str(raw.get("method")), dataset=str(data.get("dataset")),
                     imbalance_factor=data.get("imbalance_factor"), seed=int(raw.get("seed", 0)),
                     state="incomplete", setting=setting, protocol=str(raw.get("protocol", "custom")))
-    result_file = run_dir / "result.json"
-    result: dict[str, Any] = {}
-    if result_file.is_file():
-        try:
-            result = json.loads(result_file.read_text())
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{result_file}: not valid JSON ({e}); delete it and rerun the run") from None
-        if not isinstance(result, dict):
-            raise ConfigError(f"{result_file}: expected a JSON object, got a {type(result).__name__}; delete it "
-                              "and rerun the run")
-        if result.get("status") == "complete" and not isinstance(result.get("metrics"), dict):
-            raise ConfigError(f"{result_file}: a complete result without 'metrics'; delete it and rerun the run")
+    result = RunDir(run_dir).read_result()
     if result.get("status") == "complete":
         rec.state, rec.metrics, rec.val_metrics, rec.result = "complete", result["metrics"], result.get("val_metrics"), result
         # the dataset card fills imbalance_factor for file-split sets: take the resolved value

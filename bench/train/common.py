@@ -20,7 +20,7 @@ from bench.config import Config, ConfigError
 from bench.data.lt import LTData, build_lt_data
 from bench.evaluation import EvalOutput, evaluate_batches
 from bench.metrics import group_metrics, per_class_accuracy, shot_groups
-from bench.rundir import RunDir, check_owner
+from bench.rundir import Result, RunDir, check_owner
 from bench.progress import log
 from bench.tracking import Tracker, wandb_mode
 from bench.train import checkpoint as ckpt
@@ -177,14 +177,14 @@ def analysis(head: torch.nn.Module, out: EvalOutput, split: str) -> dict[str, An
 def finish(cfg: Config, run: RunDir, data: LTData, evaluator: Evaluator, head: torch.nn.Module,
            state_module: torch.nn.Module, selected_epoch: int | None, t_start: float,
            last_metrics: dict[str, Any] | None = None, extra: dict[str, Any] | None = None,
-           state: Any = None, tracker: Tracker | None = None, figures: Figures | None = None) -> dict[str, Any]:
+           state: Any = None, tracker: Tracker | None = None, figures: Figures | None = None) -> Result:
     """Evaluate the reported model on test (and val), save its weights as final.pt, write result.json
     (and the W&B summary and per-class table, with the figures `figures` draws from the result)."""
     test_metrics, test_per_class, out = evaluator.run("test", keep_features=True)
     val_metrics = evaluator("val") if data.val is not None else None
     if dist.is_main():
         ckpt.save_atomic({"model": state_module.state_dict(), "config_hash": cfg.run_hash()}, run.final_ckpt)
-    result = {
+    result: Result = {
         "status": "complete",
         "name": cfg.name,
         "dataset": cfg.data.dataset,
@@ -216,7 +216,7 @@ def finish(cfg: Config, run: RunDir, data: LTData, evaluator: Evaluator, head: t
         "cost": run_cost(t_start, state, evaluator.device),
         **(extra or {}),
     }
-    run.write_json("result.json", result)
+    run.write_result(result)
     images = figures(result, run.path) if figures is not None and dist.is_main() else {}
     if tracker is not None:
         tracker.finish(result, images)

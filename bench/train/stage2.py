@@ -45,7 +45,7 @@ def parent_run(cfg: Config, runs_root: str | Path, base: Path = Path(".")) -> Ru
     if not run.is_complete() or not run.final_ckpt.is_file():
         raise ConfigError(f"{cfg.stage} needs its parent run {run.path} to be complete (no result.json / "
                           f"final.pt yet): finish it with `ltbench run {cfg.parent} seed={cfg.seed}`")
-    result = json.loads(run.result_file.read_text())
+    result = run.read_result()
     if cfg.parent_hash is not None:   # the parent's files must be the run this config was resolved against
         check_owner(run.result_file, result.get("config_hash"), cfg.parent_hash, "parent config")
     kind = (result.get("posthoc") or {}).get("kind")
