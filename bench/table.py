@@ -212,6 +212,7 @@ class Table:
     cells: dict[tuple[tuple[str, str], tuple[str, float | None]], Cell]
     expected_seeds: list[int]
     reference: list[dict[str, Any]] = field(default_factory=list)
+    reference_asked: bool = False                # --reference: say so when the registry has nothing to compare
     ci: str | None = None                        # "t" or "bootstrap": a 95 % interval in every cell
     cost: bool = False                           # a device-hours column per dataset column (result.json cost)
     protocols: bool = False                      # rows split by protocol, and each method's protocols compared
@@ -303,7 +304,7 @@ def build_table(records: list[RunRecord], seeds: list[int] | None = None, select
         raise ConfigError(f"ltbench table --baseline {baseline}: no such method among the runs "
                           f"({', '.join(sorted({r[0] for r in rows}))})")
     if reference:
-        table.reference = published_rows(columns)
+        table.reference, table.reference_asked = published_rows(columns), True
     return table
 
 
@@ -469,7 +470,11 @@ def comparisons(table: Table) -> list[dict[str, Any]]:
 
 def comparison_lines(table: Table) -> list[str]:
     lines = []
-    for c in comparisons(table):
+    found = comparisons(table)
+    if table.reference_asked and not found:
+        cols = ", ".join(dataset_title(*c) for c in table.columns)
+        return [f"no published number of these methods on {cols} in datasets/published/ (nothing to compare)"]
+    for c in found:
         ours = f"{c['mean']:.2f}" + (f" ± {c['std']:.2f}" if c["std"] is not None else "") + f", n = {c['n']}"
         lines.append(f"{row_label(c['row'])}, {dataset_title(*c['column'])}: ours {ours}; {c['source']} "
                      f"{c['published']:.2f}: {c['diff']:+.2f} points, {c['verdict']}"

@@ -153,6 +153,14 @@ def test_reference_rows_from_the_published_file(tmp_path):
     assert "IF 50" not in md                                         # only the columns of the table
 
 
+def test_reference_without_published_numbers_says_so(tmp_path):
+    root = tmp_path / "runs"
+    write_run(root, ["name=f", "method=wb", "data.dataset=fashion-mnist", "data.imbalance_factor=100"], all_=80.0)
+    md = RENDER["md"](build_table(collect([str(root)]), reference=True))
+    assert "- no published number of these methods on Fashion-MNIST-LT IF 100 in datasets/published/" in md
+    assert "nothing to compare" not in RENDER["md"](build_table(collect([str(root)])))     # only when asked
+
+
 def test_wandb_summary_gives_the_same_record(runs):
     """`--wandb` reads what bench.tracking writes: summary_of(result) + the resolved config."""
     import yaml
