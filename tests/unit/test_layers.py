@@ -83,3 +83,14 @@ def test_the_import_graph_has_no_circle():
 def test_training_and_data_never_import_reporting_or_entry_points():
     bad = [(m, n) for m, deps in graph().items() if m.startswith(LOWER) for n in deps if n in REPORTING | ENTRY]
     assert not bad, bad
+
+
+def test_a_slurm_job_unpickles_its_runjob_without_loading_torch():
+    """submitit unpickles RunJob (importing bench.submit) before it installs its preemption handler: a
+    signal in that window kills the job, so that import must stay fast and must not load torch (~3 s)."""
+    import subprocess
+    import sys
+
+    code = "import sys, bench.submit; print(sorted(m for m in ('torch', 'timm', 'matplotlib') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PKG.parent, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
