@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from bench.config import Config, ConfigError, load_config, load_yaml, parent_path
 from bench.errors import error_line, user_errors

@@ -8,6 +8,7 @@ import random
 import sys
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -174,53 +175,81 @@ def analysis(head: torch.nn.Module, out: EvalOutput, split: str) -> dict[str, An
     return res
 
 
-def finish(cfg: Config, run: RunDir, data: LTData, evaluator: Evaluator, head: torch.nn.Module,
-           state_module: torch.nn.Module, selected_epoch: int | None, t_start: float,
-           last_metrics: dict[str, Any] | None = None, extra: dict[str, Any] | None = None,
-           state: Any = None, tracker: Tracker | None = None, figures: Figures | None = None) -> Result:
-    """Evaluate the reported model on test (and val), save its weights as final.pt, write result.json
-    (and the W&B summary and per-class table, with the figures `figures` draws from the result)."""
-    test_metrics, test_per_class, out = evaluator.run("test", keep_features=True)
-    val_metrics = evaluator("val") if data.val is not None else None
-    if dist.is_main():
-        ckpt.save_atomic({"model": state_module.state_dict(), "config_hash": cfg.run_hash()}, run.final_ckpt)
-    result: Result = {
-        "status": "complete",
-        "name": cfg.name,
-        "dataset": cfg.data.dataset,
-        "imbalance_factor": cfg.data.imbalance_factor,
-        "method": cfg.method,
-        "protocol": cfg.protocol,
-        "seed": cfg.seed,
-        "stage": cfg.stage,
-        "model": cfg.model.name,
-        "metrics": test_metrics,
-        "val_metrics": val_metrics,
-        "selected_epoch": selected_epoch,
-        "selection": {"split": cfg.eval.selection_split, "select": cfg.eval.select, "tta_flip": cfg.eval.tta_flip,
-                      "select_tta_flip": cfg.eval.select_tta_flip},
-        "metrics_last_epoch": last_metrics or test_metrics,
-        "per_class_acc": test_per_class,
-        "class_counts": data.class_counts,
-        "class_names": data.class_names,
-        "groups": evaluator.groups,
-        "group_thresholds": {"many": cfg.groups.many, "few": cfg.groups.few, "inclusive": cfg.groups.inclusive},
-        "analysis": analysis(head, out, "test"),
-        "selection_hash": data.selection_hash,
-        "data_manifest": data.manifest_digest,
-        "data_errors": data_errors(data, state),
-        "world_size": dist.world(),
-        "config_hash": cfg.run_hash(),
-        "parent_hash": cfg.parent_hash,
-        "wall_time_s": round(time.time() - t_start, 1),
-        "cost": run_cost(t_start, state, evaluator.device),
-        **(extra or {}),
-    }
-    run.write_result(result)
-    images = figures(result, run.path) if figures is not None and dist.is_main() else {}
-    if tracker is not None:
-        tracker.finish(result, images)
-    return result
+@dataclass
+class Stage:
+    """One stage recipe's context: what every recipe starts from (config, run directory, device, data, groups,
+    start time) and the one way it ends (`finish`). `open` creates the run directory once the recipe knows
+    its data and model are good, so bad input leaves no directory behind."""
+
+    cfg: Config
+    run: RunDir
+    device: torch.device
+    data: LTData
+    groups: dict[str, list[int]]
+    t_start: float
+    figures: Figures | None = None
+    tracker: Tracker | None = None
+
+    @classmethod
+    def start(cls, cfg: Config, run: RunDir, figures: Figures | None = None) -> "Stage":
+        t_start = time.time()
+        device, data, groups = setup(cfg)
+        return cls(cfg, run, device, data, groups, t_start, figures)
+
+    def open(self, parent: RunDir | None = None) -> None:
+        """config.yaml, run.json (with the parent run), and the tracker."""
+        self.run.prepare(self.cfg)
+        info = run_info(self.cfg, self.data, self.groups, self.device)
+        self.run.write_json("run.json", info if parent is None else {**info, "parent": str(parent.path)})
+        self.tracker = Tracker(self.cfg, self.run, None if parent is None else {"parent_run": str(parent.path)})
+
+    def finish(self, evaluator: Evaluator, head: torch.nn.Module, state_module: torch.nn.Module, *,
+               selected_epoch: int | None = None, last_metrics: dict[str, Any] | None = None,
+               extra: dict[str, Any] | None = None, state: Any = None) -> Result:
+        """Evaluate the reported model on test (and val), save its weights as final.pt, write result.json
+        (and the W&B summary and per-class table, with the figures `figures` draws from the result)."""
+        cfg, run, data = self.cfg, self.run, self.data
+        test_metrics, test_per_class, out = evaluator.run("test", keep_features=True)
+        val_metrics = evaluator("val") if data.val is not None else None
+        if dist.is_main():
+            ckpt.save_atomic({"model": state_module.state_dict(), "config_hash": cfg.run_hash()}, run.final_ckpt)
+        result: Result = {
+            "status": "complete",
+            "name": cfg.name,
+            "dataset": cfg.data.dataset,
+            "imbalance_factor": cfg.data.imbalance_factor,
+            "method": cfg.method,
+            "protocol": cfg.protocol,
+            "seed": cfg.seed,
+            "stage": cfg.stage,
+            "model": cfg.model.name,
+            "metrics": test_metrics,
+            "val_metrics": val_metrics,
+            "selected_epoch": selected_epoch,
+            "selection": {"split": cfg.eval.selection_split, "select": cfg.eval.select, "tta_flip": cfg.eval.tta_flip,
+                          "select_tta_flip": cfg.eval.select_tta_flip},
+            "metrics_last_epoch": last_metrics or test_metrics,
+            "per_class_acc": test_per_class,
+            "class_counts": data.class_counts,
+            "class_names": data.class_names,
+            "groups": evaluator.groups,
+            "group_thresholds": {"many": cfg.groups.many, "few": cfg.groups.few, "inclusive": cfg.groups.inclusive},
+            "analysis": analysis(head, out, "test"),
+            "selection_hash": data.selection_hash,
+            "data_manifest": data.manifest_digest,
+            "data_errors": data_errors(data, state),
+            "world_size": dist.world(),
+            "config_hash": cfg.run_hash(),
+            "parent_hash": cfg.parent_hash,
+            "wall_time_s": round(time.time() - self.t_start, 1),
+            "cost": run_cost(self.t_start, state, evaluator.device),
+            **(extra or {}),
+        }
+        run.write_result(result)
+        images = self.figures(result, run.path) if self.figures is not None and dist.is_main() else {}
+        if self.tracker is not None:
+            self.tracker.finish(result, images)
+        return result
 
 
 def run_cost(t_start: float, state: Any, device: torch.device) -> dict[str, Any]:

@@ -7,7 +7,6 @@ the pooled feature; its logit adjustment is a separate `posthoc` run.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import torch
@@ -18,22 +17,19 @@ from bench.methods.losses import make_loss
 from bench.methods.regularizers import make_regularizers
 from bench.models.parts import encode, head_of
 from bench.rundir import RunDir
-from bench.tracking import Tracker
-from bench.train.common import Evaluator, Figures, finish, run_info, select_and_report, select_reported, setup
+from bench.train.common import Evaluator, Figures, Stage, select_and_report, select_reported
 from bench.train.loop import Parts, fit, make_forward
 from bench.train.optim import make_optimizer, make_scheduler
 
 
 def train_stage1(cfg: Config, run: RunDir, figures: Figures | None = None) -> dict[str, Any]:
     """Train (or resume) the run in `run`; returns the result dict also written to result.json."""
-    t_start = time.time()
-    device, data, groups = setup(cfg)
+    st = Stage.start(cfg, run, figures)
+    device, data, groups = st.device, st.data, st.groups
     model = make_model(cfg, data).to(device)
     if cfg.runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    run.prepare(cfg)  # only once data and model are known to be good: bad input leaves no directory
-    run.write_json("run.json", run_info(cfg, data, groups, device))
-    tracker = Tracker(cfg, run)
+    st.open()  # only once data and model are known to be good: bad input leaves no directory
 
     t = cfg.train
     loader = data.train_loader(t.batch_size, cfg.seed, cfg.data.augment, t.drop_last, t.sampler, cfg.runtime.workers)
@@ -53,9 +49,9 @@ def train_stage1(cfg: Config, run: RunDir, figures: Figures | None = None) -> di
                   analyze=select.analyze if cfg.eval.analysis_each_epoch else None,
                   regularizers=make_regularizers(t, model), amp=t.amp)
     state = fit(parts, run, t.epochs, cfg.eval.selection_split, device, cfg.runtime.checkpoint_every_steps,
-                cfg.runtime.progress, tracker)
+                cfg.runtime.progress, st.tracker)
 
     # Report the best epoch on the selection split, or the last one.
     selected, last_metrics = select_reported(cfg, run, state.best_epoch, t.epochs, evaluator, model)
-    return finish(cfg, run, data, evaluator, head_of(model), model, selected, t_start, last_metrics,
-                  {"epochs": t.epochs, "data_padded_per_epoch": loader.padded()}, state, tracker, figures)
+    return st.finish(evaluator, head_of(model), model, selected_epoch=selected, last_metrics=last_metrics,
+                     extra={"epochs": t.epochs, "data_padded_per_epoch": loader.padded()}, state=state)

@@ -9,7 +9,6 @@ classifier trains on them (the same classifier, far faster).
 from __future__ import annotations
 
 import copy
-import json
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -27,9 +26,8 @@ from bench.methods.posthoc import POSTHOC, choose_tau, class_prior
 from bench.models.parts import encode, head_of
 from bench.progress import log
 from bench.rundir import RunDir, check_owner
-from bench.tracking import Tracker
 from bench.train import checkpoint as ckpt
-from bench.train.common import Evaluator, Figures, finish, run_info, select_and_report, select_reported, setup
+from bench.train.common import Evaluator, Figures, Stage, select_and_report, select_reported
 from bench.train.loop import Parts, fit, make_forward
 from bench.train.optim import make_optimizer, make_scheduler
 
@@ -143,16 +141,13 @@ def last_blocks(model: torch.nn.Module, k: int) -> list[str]:
 
 
 def train_stage2(cfg: Config, run: RunDir, parent: RunDir, figures: Figures | None = None) -> dict[str, Any]:
-    t_start = time.time()
-    s2 = cfg.stage2
-    device, data, groups = setup(cfg)
+    st = Stage.start(cfg, run, figures)
+    s2, device, data, groups = cfg.stage2, st.device, st.data, st.groups
     model = load_parent_model(cfg, data, parent, device)
     head = head_of(model)
     if not isinstance(head, torch.nn.Linear):
         raise ConfigError(f"stage2 retrains a linear classifier; the parent run {parent.path} has {type(head).__name__}")
-    run.prepare(cfg)
-    run.write_json("run.json", {**run_info(cfg, data, groups, device), "parent": str(parent.path)})
-    tracker = Tracker(cfg, run, {"parent_run": str(parent.path)})
+    st.open(parent)
 
     # Freeze the backbone; the classifier (weight and bias) and the last `train_blocks` blocks train.
     trained = set(last_blocks(model, s2.train_blocks))
@@ -204,14 +199,13 @@ def train_stage2(cfg: Config, run: RunDir, parent: RunDir, figures: Figures | No
                   analyze=select.analyze if cfg.eval.analysis_each_epoch else None,
                   constraints=[MaxNorm(head.weight, radius, s2.maxnorm_cadence)] if s2.maxnorm else [], amp=t.amp)
     state = fit(parts, run, t.epochs, cfg.eval.selection_split, device, cfg.runtime.checkpoint_every_steps,
-                cfg.runtime.progress, tracker)
+                cfg.runtime.progress, st.tracker)
 
     selected, last_metrics = select_reported(cfg, run, state.best_epoch, t.epochs, evaluator, model)
-    return finish(cfg, run, data, evaluator, head, model, selected, t_start, last_metrics,
-                  {"epochs": t.epochs, "parent": str(parent.path), "cached_features": cached,
-                   "data_padded_per_epoch": loader.padded(),
-                   "trained_blocks": s2.train_blocks,
-                   "maxnorm_radius": radius if s2.maxnorm else None}, state, tracker, figures)
+    return st.finish(evaluator, head, model, selected_epoch=selected, last_metrics=last_metrics, state=state,
+                     extra={"epochs": t.epochs, "parent": str(parent.path), "cached_features": cached,
+                            "data_padded_per_epoch": loader.padded(), "trained_blocks": s2.train_blocks,
+                            "maxnorm_radius": radius if s2.maxnorm else None})
 
 
 def run_posthoc(cfg: Config, run: RunDir, parent: RunDir, figures: Figures | None = None) -> dict[str, Any]:
@@ -220,13 +214,10 @@ def run_posthoc(cfg: Config, run: RunDir, parent: RunDir, figures: Figures | Non
     tau is fixed, or the value of `tau_grid` with the best accuracy on the selection split (ties: the
     first in grid order). Features are extracted once (eval mode), so each candidate costs one matmul.
     """
-    t_start = time.time()
-    ph = cfg.posthoc
-    device, data, groups = setup(cfg)
+    st = Stage.start(cfg, run, figures)
+    ph, device, data, groups = cfg.posthoc, st.device, st.data, st.groups
     model = load_parent_model(cfg, data, parent, device)
-    run.prepare(cfg)
-    run.write_json("run.json", {**run_info(cfg, data, groups, device), "parent": str(parent.path)})
-    tracker = Tracker(cfg, run, {"parent_run": str(parent.path)})
+    st.open(parent)
     step = POSTHOC[ph.kind]
     fixed_tau = step.fixed_tau if step.fixed_tau is not None else ph.tau
     feats = eval_features(model, parent, data, cfg, device, selects=fixed_tau is None)
@@ -259,8 +250,7 @@ def run_posthoc(cfg: Config, run: RunDir, parent: RunDir, figures: Figures | Non
     evaluator = evaluator_for(tau, cfg.eval.tta_flip)
     with torch.no_grad():
         head_of(model).weight.copy_(evaluator.head.weight)
-    return finish(cfg, run, data, evaluator, evaluator.head, model, None, t_start, None,
-                  {"parent": str(parent.path),
-                   "posthoc": {"kind": ph.kind, "tau": tau, "chosen_on": None if scores is None else cfg.eval.selection_split,
-                               "grid": None if scores is None else dict(zip(map(str, ph.tau_grid), scores))}},
-                  tracker=tracker, figures=figures)
+    chosen_on = None if scores is None else cfg.eval.selection_split
+    grid = None if scores is None else dict(zip(map(str, ph.tau_grid), scores))
+    return st.finish(evaluator, evaluator.head, model, extra={
+        "parent": str(parent.path), "posthoc": {"kind": ph.kind, "tau": tau, "chosen_on": chosen_on, "grid": grid}})

@@ -1,0 +1,137 @@
+"""Resolving a built config: defaults from the dataset card, paths expanded, combinations of fields checked,
+the shard manifest's digest recorded."""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+from bench.config.build import _build
+from bench.config.protocols import FILE_SPLIT_SOURCES
+from bench.config.schema import Config, ConfigError, DataConfig
+
+
+def from_dict(raw: dict[str, Any], check_files: bool = False) -> Config:
+    """Rebuild a Config from a resolved dict (e.g. a run directory's config.yaml).
+
+    Stored configs are not re-checked against their data files: shards may since have moved (node-local
+    copies, another mount); the stored `data.shards_manifest` digest still names the data exactly.
+    """
+    return resolve(_build(Config, raw, ""), check_files)
+
+
+def resolve(cfg: Config, check_files: bool = True) -> Config:
+    """Fill 'card' defaults from the dataset card and check combinations of fields (and, with
+    check_files, read data.shards' manifest to record its digest)."""
+    from bench.data.cards import load_card  # local: see bench.config.protocols.apply_protocol
+
+    card = load_card(cfg.data.dataset)
+    d = cfg.data
+    d.root, d.shards = _expand_path("data.root", d.root), _expand_path("data.shards", d.shards)
+    cfg.model.pretrained_file = _expand_path("model.pretrained_file", cfg.model.pretrained_file)
+    if card.get("source") in FILE_SPLIT_SOURCES:
+        _resolve_file_split(d, card)
+    else:
+        if d.profile == "files":
+            raise ConfigError(f"config key 'data.profile': 'files' needs a dataset with its own split files, "
+                              f"not {d.dataset} (use exp or step)")
+        d.profile = d.profile or "exp"
+        d.imbalance_factor = d.imbalance_factor if d.imbalance_factor is not None else 100.0
+        d.val_per_class = d.val_per_class if d.val_per_class is not None else 20
+        if d.n_max is None:
+            # HS convention: the head class keeps the whole pool minus its validation images
+            # (CIFAR-100: 500 - 20 = 480); with no val split this is the WB/LDAM-DRW profile (500).
+            pool = d.synthetic.train_per_class if d.dataset == "synthetic" else int(card["pool_per_class"])
+            d.n_max = pool - d.val_per_class
+            if d.n_max < 1:
+                raise ConfigError(f"config key 'data.val_per_class': {d.val_per_class} leaves no training "
+                                  f"images of {d.dataset} (pool of {pool} per class)")
+    _resolve_input_stats(d, card)
+    if d.image_size is None and card.get("eval_resize"):
+        d.image_size = int(card["image_size"])
+    if d.eval_resize is None and card.get("eval_resize"):
+        d.eval_resize = int(card["eval_resize"])
+    if d.augment == "rrc_flip" and d.image_size is None:
+        raise ConfigError(f"config key 'data.augment': rrc_flip needs data.image_size (the crop size) for {d.dataset}")
+    if d.shards is None and card.get("source") in FILE_SPLIT_SOURCES:
+        raise ConfigError(f"config key 'data.shards': {d.dataset} is read from shards; run `ltbench prepare "
+                          f"{d.dataset} --src DIR --out SHARDS` and set data.shards=SHARDS")
+    if d.shards is not None and check_files:
+        from bench.data.shards.manifest import load_manifest  # local: see bench.config.protocols.apply_protocol (pulls in torch)
+        digest = load_manifest(d.shards).digest
+        if d.shards_manifest not in (None, digest):
+            raise ConfigError(f"config key 'data.shards_manifest': the shards in {d.shards} changed since this run "
+                              f"started (manifest {digest}, run has {d.shards_manifest}); start a new run")
+        d.shards_manifest = digest
+    elif d.shards is None:
+        d.shards_manifest = None
+    if d.shards is not None and cfg.runtime.workers is not None and d.streams % max(1, cfg.runtime.workers):
+        raise ConfigError(f"config key 'runtime.workers': {cfg.runtime.workers} does not divide data.streams = "
+                          f"{d.streams} (each worker serves whole streams)")
+    if cfg.groups.many is None:
+        cfg.groups.many = int(card["groups"]["many"])
+    if cfg.groups.few is None:
+        cfg.groups.few = int(card["groups"]["few"])
+    if cfg.groups.few > cfg.groups.many:
+        raise ConfigError(f"config key 'groups.few': {cfg.groups.few} is above groups.many = {cfg.groups.many}")
+    if cfg.train.wd_in_loss > 0 and cfg.train.weight_decay > 0:
+        raise ConfigError(f"config key 'train.wd_in_loss': {cfg.train.wd_in_loss} with train.weight_decay = "
+                          f"{cfg.train.weight_decay} decays twice (HS: set train.weight_decay=0)")
+    for key, loss in (("train.loss", cfg.train.loss), ("stage2.train.loss", cfg.stage2.train.loss)):
+        if loss.name == "cb_bce_softmax" and loss.cb_normalizer != "batch":
+            raise ConfigError(f"config key '{key}.cb_normalizer': {loss.cb_normalizer} does not apply to cb_bce_softmax, "
+                              "which averages over all B*C entries as the WB code does (use batch)")
+    if cfg.runtime.cudnn_benchmark and cfg.runtime.deterministic:
+        raise ConfigError("config key 'runtime.cudnn_benchmark': true picks algorithms by timing, which "
+                          "runtime.deterministic=true forbids; set runtime.deterministic=false")
+    if cfg.eval.selection_split == "val" and cfg.data.val_per_class == 0 and d.profile == "files":
+        raise ConfigError(f"config key 'eval.selection_split': {d.dataset} has no validation split; use "
+                          "eval.selection_split=test with eval.select=last (no peeking), as its papers report")
+    if cfg.eval.selection_split == "val" and cfg.data.val_per_class == 0:
+        raise ConfigError("config key 'data.val_per_class': 0 leaves no validation split for "
+                          "eval.selection_split=val (set val_per_class > 0, or selection_split=test)")
+    return cfg
+
+
+def _expand_path(key: str, value: str | None) -> str | None:
+    """$VAR / ${VAR} in path fields (shared configs name data locations by environment variable)."""
+    if value is None or "$" not in value:
+        return value
+    out = os.path.expandvars(value)
+    if "$" in out:
+        unset = re.findall(r"\$\{?(\w+)", out)
+        raise ConfigError(f"config key '{key}': {value} uses the unset environment variable {unset[0] if unset else '?'}"
+                          " (export it, or give the path)")
+    return out
+
+
+def _resolve_input_stats(d: DataConfig, card: dict[str, Any]) -> None:
+    """data.mean / data.std: the card's statistics unless set; one value per channel (or one for all), std > 0;
+    data.to_rgb only on one-channel data."""
+    channels = d.synthetic.channels if d.dataset == "synthetic" else int(card["channels"])
+    if d.to_rgb and channels != 1:
+        raise ConfigError(f"config key 'data.to_rgb': {d.dataset} has {channels} channels already "
+                          "(to_rgb repeats a one-channel image to three)")
+    channels = 3 if d.to_rgb else channels
+    d.mean = list(card["mean"]) if d.mean is None else d.mean
+    d.std = list(card["std"]) if d.std is None else d.std
+    for key, values in (("data.mean", d.mean), ("data.std", d.std)):
+        if len(values) not in (1, channels):
+            raise ConfigError(f"config key '{key}': {len(values)} values for the {channels} channels of "
+                              f"{d.dataset} (give one per channel, or one for all)")
+    if len(d.mean) != len(d.std):
+        raise ConfigError(f"config key 'data.std': {len(d.std)} values, but data.mean has {len(d.mean)}")
+    if min(d.std) <= 0:
+        raise ConfigError(f"config key 'data.std': {d.std} must be > 0 in every channel")
+
+
+def _resolve_file_split(d: DataConfig, card: dict[str, Any]) -> None:
+    """ImageNet-LT, Places-LT, iNat: the split files fix the long-tailed set; a different explicit value is an error."""
+    fixed = {"profile": "files", "imbalance_factor": float(card["lt"]["imbalance_factor"]),
+             "n_max": int(card["lt"]["n_max"]), "val_per_class": int(card["lt"]["val_per_class"])}
+    for key, value in fixed.items():
+        have = getattr(d, key)
+        if have is not None and have != value:
+            raise ConfigError(f"config key 'data.{key}': {have!r}, but the {d.dataset} split files fix it at {value!r}")
+        setattr(d, key, value)

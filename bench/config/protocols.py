@@ -1,0 +1,112 @@
+"""Named protocols: the settings a reference code fixes (wb-reference, hs-reference) or the clean protocol
+demands, applied to a raw config before it is built; and the input statistics a reference code hard-codes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.config.build import _set
+from bench.config.schema import ConfigError
+
+
+# Settings a named protocol fixes (README "Stages, methods and protocols"). A config that names the protocol gets these
+# values, and setting one of them to something else is an error: the label cannot lie.
+PROTOCOLS: dict[str, dict[str, dict[str, Any]]] = {
+    "clean": {
+        "stage1": {"eval.selection_split": "val", "eval.tta_flip": False, "eval.select_tta_flip": False},
+        "stage2": {"eval.selection_split": "val", "eval.tta_flip": False, "eval.select_tta_flip": False},
+        "posthoc": {"eval.selection_split": "val", "eval.tta_flip": False, "eval.select_tta_flip": False},
+    },
+    "wb-reference": {
+        # WB code (Alshammari et al. 2022, ShadeAlsha/LTR-weight-balancing): first-n images, no val split, best
+        # epoch on TEST picked on plain logits, reported with flip TTA, scheduler stepped before each epoch
+        "stage1": {"data.selection": "first", "data.profile": "exp", "data.rounding": "floor", "data.n_max": None,
+                   "data.val_per_class": 0, "eval.selection_split": "test",
+                   "eval.select": "best", "eval.tta_flip": True, "eval.select_tta_flip": False,
+                   "train.wd_scope": "all",
+                   "train.schedule_unit": "epoch", "train.schedule_step_at_epoch_start": True},
+        # CB in the reference BCE-on-softmax form (a mean over B*C entries), MaxNorm once per epoch, BN in
+        # train mode, crop+flip kept
+        "stage2": {"eval.selection_split": "test", "eval.select": "best", "eval.tta_flip": True,
+                   "eval.select_tta_flip": False,
+                   "stage2.train.loss.name": "cb_bce_softmax", "stage2.train.loss.cb_normalizer": "batch",
+                   "stage2.maxnorm_cadence": "epoch", "stage2.bn_mode": "train", "stage2.augment": "crop_flip",
+                   "stage2.train.schedule_unit": "epoch", "stage2.train.schedule_step_at_epoch_start": True},
+        "posthoc": {"eval.selection_split": "test", "eval.tta_flip": True, "eval.select_tta_flip": False},
+    },
+    "hs-reference": {
+        # HS code (Hasegawa & Sato 2024, HN410/Exploring-Weight-Balancing-on-Long-Tailed-Recognition-Problem):
+        # n_max = pool - 20 with round(), the next 20 images of each class as validation; SGD momentum 0.9 with
+        # no weight_decay (WD is a loss term, train.wd_in_loss, over every trained parameter); CosineAnnealingLR
+        # stepped before each epoch; the best epoch by mean per-class accuracy on val; no TTA. lr, the WD and FR
+        # lambdas and the epochs come from the paper per dataset: the configs set them.
+        "stage1": {"data.selection": "first", "data.rounding": "round", "data.n_max": None,
+                   "data.val_per_class": 20, "eval.selection_split": "val", "eval.select": "best",
+                   "eval.tta_flip": False, "eval.select_tta_flip": False,
+                   "train.weight_decay": 0.0, "train.momentum": 0.9, "train.nesterov": False,
+                   "train.schedule": "cosine", "train.schedule_unit": "epoch",
+                   "train.schedule_step_at_epoch_start": True, "train.warmup_epochs": 0},
+        # its stage 2 (second.py with training): CB "softmax" = per-sample weighted CE over the batch mean,
+        # MaxNorm once per epoch, the same scheduler and selection
+        "stage2": {"eval.selection_split": "val", "eval.select": "best", "eval.tta_flip": False,
+                   "eval.select_tta_flip": False, "stage2.train.loss.cb_normalizer": "batch",
+                   "stage2.maxnorm_cadence": "epoch", "stage2.train.momentum": 0.9,
+                   "stage2.train.schedule_unit": "epoch", "stage2.train.schedule_step_at_epoch_start": True},
+        # the multiplicative LA (posthoc la_mult) is fitted on the parent's reported model: its best epoch on val
+        "posthoc": {"eval.selection_split": "val", "eval.tta_flip": False, "eval.select_tta_flip": False},
+    },
+}
+
+# Input statistics a reference code hard-codes per dataset (data.mean / data.std, stage 1; children inherit
+# them). Both codes normalise CIFAR-100 with the commonly copied CIFAR-10 numbers, not CIFAR-100's own; the
+# HS code normalises CIFAR-10 with CIFAR-10's true statistics (= the card); the WB code has no CIFAR-10.
+CIFAR10_COPIED_STATS = ([0.4914, 0.4822, 0.4465], [0.2023, 0.1994, 0.2010])
+REFERENCE_STATS: dict[str, dict[str, tuple[list[float], list[float]]]] = {
+    "wb-reference": {"cifar100": CIFAR10_COPIED_STATS},
+    "hs-reference": {"cifar100": CIFAR10_COPIED_STATS,
+                     "cifar10": ([0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616])},
+}
+
+
+_MISSING = object()
+# Protocol settings about cutting the long-tailed set from a pool; moot where split files define it.
+PROFILE_KEYS = ("data.selection", "data.profile", "data.rounding", "data.n_max", "data.val_per_class")
+# Card `source`s whose split files fix the long-tailed set (ImageNet-LT, Places-LT, iNaturalist 2018).
+FILE_SPLIT_SOURCES = ("split_files", "inat_json")
+
+
+def _get(d: dict[str, Any], path: list[str]) -> Any:
+    for p in path:
+        if not isinstance(d, dict) or p not in d:
+            return _MISSING
+        d = d[p]
+    return d
+
+
+def apply_protocol(raw: dict[str, Any]) -> dict[str, Any]:
+    """Fill in the named protocol's settings; an explicit conflicting value is a ConfigError."""
+    name, stage = raw.get("protocol", "custom"), raw.get("stage", "stage1")
+    if name not in PROTOCOLS or stage not in PROTOCOLS[name]:
+        return raw  # "custom", or a bad protocol / stage name that _build reports
+    dataset = _get(raw, ["data", "dataset"])
+    file_split = False
+    if isinstance(dataset, str):
+        # local, like every bench.data import here: the schema imports without the data package (which
+        # imports it), and the CLI's start-up (help, show) loads no torch
+        from bench.data.cards import DatasetError, load_card
+        try:
+            file_split = load_card(dataset).get("source") in FILE_SPLIT_SOURCES
+        except DatasetError:
+            pass  # an unknown dataset name is reported by _build
+    fixed = dict(PROTOCOLS[name][stage])
+    if stage == "stage1" and isinstance(dataset, str) and dataset in REFERENCE_STATS.get(name, {}):
+        fixed["data.mean"], fixed["data.std"] = REFERENCE_STATS[name][dataset]
+    for key, value in fixed.items():
+        if file_split and key in PROFILE_KEYS:
+            continue  # the dataset's split files fix its profile and val split
+        path = key.split(".")
+        have = _get(raw, path)
+        if have is not _MISSING and have != value:
+            raise ConfigError(f"config key '{key}': {have!r} conflicts with protocol {name} (which sets {value!r})")
+        _set(raw, path, value)
+    return raw
