@@ -121,6 +121,8 @@ def _inherit_from_parent(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     out = dict(raw)
     out["seed"] = parent.seed
     out["parent_hash"] = parent.run_hash()
+    if not parent_path(str(raw["parent"]), base).is_dir():
+        out["parent_run"] = f"{parent.name}/{parent.run_name()}"   # resolved once: stage 2 finds it from here
     for key in INHERITED:
         out[key] = pd[key]
     if where:

@@ -222,6 +222,7 @@ class Config:
     stage: Literal["stage1", "stage2", "posthoc"] = _f("stage1", "stage1: train a model; stage2: retrain the classifier of `parent`; posthoc: adjust `parent` without training")
     parent: str | None = _f(None, "stage2/posthoc: the run they start from: its run directory, or its experiment YAML (found under the same runs root, same seed)")
     parent_hash: str | None = _f(None, "filled in by ltbench: the config hash of `parent` (part of this run's hash)")
+    parent_run: str | None = _f(None, "filled in by ltbench when `parent` is a YAML: the parent's run directory under the runs root, <name>/<run name> (where the lineage was resolved; not in the hash, parent_hash is)")
     data: DataConfig = field(default_factory=DataConfig)
     groups: GroupsConfig = field(default_factory=GroupsConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -238,7 +239,7 @@ class Config:
     def result_dict(self) -> dict[str, Any]:
         """The fields that can change a result: all but `runtime` / `wandb`, the sections of other stages, the parent's path."""
         d = self.to_dict()
-        for key in ["runtime", "wandb", "parent"] + [k for k in ("stage2", "posthoc") if k != self.stage]:
+        for key in ["runtime", "wandb", "parent", "parent_run"] + [k for k in ("stage2", "posthoc") if k != self.stage]:
             d.pop(key)
         # Where the files are; selection_hash / the shard manifest's digest in run.json record what was read.
         d["data"].pop("root")

@@ -36,7 +36,12 @@ def parent_run(cfg: Config, runs_root: str | Path, base: Path = Path(".")) -> Ru
     """The finished run a stage2/posthoc config starts from; a clear error if it is missing or incomplete."""
     assert cfg.parent is not None
     cand = parent_path(cfg.parent, base)
-    run = RunDir(cand) if cand.is_dir() else RunDir.for_config(load_parent(cfg.parent, cfg.seed, base), runs_root)
+    if cand.is_dir():
+        run = RunDir(cand)
+    elif cfg.parent_run:          # the lineage load_config resolved
+        run = RunDir(Path(runs_root) / cfg.parent_run)
+    else:                         # a config stored before parent_run was recorded
+        run = RunDir.for_config(load_parent(cfg.parent, cfg.seed, base), runs_root)
     if not run.path.is_dir():
         raise ConfigError(f"{cfg.stage} needs its parent run {run.path}, which does not exist: run "
                           f"`ltbench run {cfg.parent} seed={cfg.seed}` first")

@@ -257,3 +257,23 @@ def test_hs_reference_children_select_on_val_without_tta(tmp_path):
         load_config(tmp_path / "s2.yaml", ["stage2.maxnorm_cadence=step"])
     with pytest.raises(ConfigError, match="'eval.selection_split': 'test' conflicts with protocol hs-reference"):
         load_config(tmp_path / "la.yaml", ["eval.selection_split=test"])
+
+
+def test_the_parent_lineage_is_resolved_once_when_the_child_config_loads(repo, tmp_path, monkeypatch):
+    """A stage-2 config names its parent by YAML: loading it records the parent's run directory (not part of
+    the hash), and stage 2 finds the parent there without loading the parent's config again."""
+    import bench.train.stage2 as stage2
+
+    child = load_config(repo / "configs" / "smoke_stage2.yaml")
+    parent = load_config(repo / "configs" / "smoke.yaml")
+    assert child.parent_run == f"smoke/{parent.run_name()}" and child.parent_hash == parent.run_hash()
+    assert "parent_run" not in child.result_dict()
+    d = tmp_path / child.parent_run
+    d.mkdir(parents=True)
+
+    def no_second_load(*a, **k):
+        raise AssertionError("the parent config was loaded again")
+    monkeypatch.setattr(stage2, "load_parent", no_second_load)
+    # the directory is found (and reported incomplete: no result.json yet), without a second load
+    with pytest.raises(ConfigError, match=f"needs its parent run {d} to be complete"):
+        stage2.parent_run(child, tmp_path, repo / "configs")
