@@ -161,6 +161,8 @@ def train_stage2(cfg: Config, run: RunDir, parent: RunDir, figures: Figures | No
     for p in head.parameters():
         p.requires_grad_(True)
     radius = maxnorm_radius(head.weight.detach(), s2.maxnorm_thresh)
+    if s2.reinit_classifier:
+        head.reset_parameters()       # cRT: a fresh classifier (the global RNG is seeded from cfg.seed)
     t = s2.train
     cached = s2.cache_features and s2.augment == "none" and s2.bn_mode == "eval" and not trained
     seed = cfg.seed + 1_000_003  # a stream of its own, not a replay of stage 1's first epochs

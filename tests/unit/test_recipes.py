@@ -58,3 +58,26 @@ def test_posthoc_chooses_tau_on_val(stage1, kind):
     ph = result["posthoc"]
     assert ph["kind"] == kind and ph["chosen_on"] == "val" and str(ph["tau"]) in ph["grid"]
     assert ph["grid"][str(ph["tau"])] == max(ph["grid"].values())    # the best tau on val
+
+
+def test_crt_starts_from_a_fresh_classifier(stage1):
+    """cRT (stage2.reinit_classifier): the classifier is re-initialised (seeded) before training, not the
+    stage-1 rows; two runs of the same config are identical."""
+    root, _, parent, _ = stage1
+    # one epoch at a negligible lr and no weight decay: the final classifier is where training started
+    args = [*QUIET, f"parent={parent.path}", "stage2.train.epochs=1", "stage2.train.lr=1e-12",
+            "stage2.train.weight_decay=0", "stage2.maxnorm=false"]
+    fresh = load_config(CONFIGS / "smoke_stage2.yaml", [*args, "stage2.reinit_classifier=true"])
+    kept = load_config(CONFIGS / "smoke_stage2.yaml", args)
+    assert fresh.run_hash() != kept.run_hash()
+    for cfg in (fresh, kept):
+        run_experiment(cfg, RunDir.for_config(cfg, root), runs_root=root)
+    w = {name: torch.load(RunDir.for_config(c, root).final_ckpt, weights_only=False)["model"]["fc.weight"]
+         for name, c in (("fresh", fresh), ("kept", kept))}
+    stage1_w = torch.load(parent.final_ckpt, weights_only=False)["model"]["fc.weight"]
+    assert torch.allclose(w["kept"], stage1_w, atol=1e-6)
+    assert (w["fresh"] - stage1_w).abs().max() > 0.01
+    other = root / "again"                                     # the same config in another runs root
+    run_experiment(fresh, RunDir.for_config(fresh, other), runs_root=other)
+    again = torch.load(RunDir.for_config(fresh, other).final_ckpt, weights_only=False)["model"]["fc.weight"]
+    assert torch.equal(again, w["fresh"])
