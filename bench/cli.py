@@ -111,16 +111,20 @@ def cmd_table(args: argparse.Namespace) -> int:
             raise ConfigError(f"ltbench table --seeds {args.seeds!r}: expected comma-separated integers") from None
     table = build_table(records, seeds, args.select, args.reference, args.ci, args.baseline, args.cost, args.protocols)
     out = Path(args.out) if args.out else None
+    # PNG files where --plots says, else beside a text --out (an HTML page holds its figures)
+    plots = None if args.no_plots else Path(args.plots) if args.plots else (
+        out.with_suffix("") if out and args.format != "html" else None)
+    figures = None
     if args.format == "html" or args.html:
-        from bench.report_html import save_html
-    if args.format == "html":   # figures embedded; PNG files only where --plots asks for them
-        text = save_html(table, out, None if args.no_plots or not args.plots else Path(args.plots),
-                         figures=not args.no_plots)
+        from bench.report_html import draw_figures, save_html
+
+        figures = [] if args.no_plots else draw_figures(table, plots)   # drawn once, for the page and the files
+    if args.format == "html":
+        text = save_html(table, out, figures)
     else:
-        plots = Path(args.plots) if args.plots else (out.with_suffix("") if out else None)
-        text = save_table(table, args.format, out, None if args.no_plots else plots)
+        text = save_table(table, args.format, out, None if figures is not None else plots)
     if args.html:
-        save_html(table, Path(args.html), figures=not args.no_plots)
+        save_html(table, Path(args.html), figures)
     if out is None:
         sys.stdout.write(text)
     return 0

@@ -174,12 +174,12 @@ def draw_figures(table: Table, prefix: Path | None = None) -> list[tuple[str, by
         return read(Path(tmp) / "plot")
 
 
-def save_html(table: Table, out: Path | None, plots: Path | None = None, figures: bool = True) -> str:
-    """Render the page (figures embedded unless `figures` is False; also written as <plots>-<dataset>.png
-    when `plots` is given) and write it atomically to `out` if given. Returns the page."""
+def save_html(table: Table, out: Path | None, figures: list[tuple[str, bytes]] | None = None) -> str:
+    """Render the page with `figures` embedded (None: draw them) and write it atomically to `out` if given.
+    Returns the page."""
     from bench.progress import log
 
-    page = render_html(table, draw_figures(table, plots) if figures else [])
+    page = render_html(table, figures)
     if out is not None:
         write_text_atomic(out, page)
         log(f"html -> {out}")

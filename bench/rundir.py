@@ -137,9 +137,13 @@ class RunDir:
     def complete_for(self, config_hash: str) -> bool:
         """Is this directory a complete run of the config with `config_hash`? A complete run of another config
         is an error (its numbers would be reported as this config's), never a silent "nothing to do"."""
-        if not self.is_complete():
+        try:
+            result = self.read_result()
+        except ConfigError:        # damaged: not complete (as is_complete says)
             return False
-        check_owner(self.result_file, self.read_result().get("config_hash"), config_hash)
+        if result.get("status") != "complete":
+            return False
+        check_owner(self.result_file, result.get("config_hash"), config_hash)
         return True
 
     def prepare(self, cfg: Config) -> None:
