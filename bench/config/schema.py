@@ -146,6 +146,7 @@ class Stage2Config:
     maxnorm_thresh: float = _f(0.1, "radius = min + thresh * (max - min) of the stage-1 per-class weight norms", ge=0, le=1)
     maxnorm_cadence: Literal["step", "epoch"] = _f("step", "project after every step (WB paper) or once per epoch (WB code)")
     reinit_classifier: bool = _f(False, "cRT (Kang et al. 2020): re-initialise the classifier (timm's nn.Linear init, seeded) before stage 2 instead of starting from the stage-1 rows (WB); the MaxNorm radius still comes from the stage-1 rows")
+    lws: bool = _f(False, "LWS (Kang et al. 2020): keep the stage-1 classifier frozen and learn one scale per class, logits s_c (W_c h + b_c) with s initialised to 1; folded into the classifier at the end, so final.pt holds a plain linear layer")
     train_blocks: int = _f(0, "also retrain the last k backbone blocks (timm's group_matcher order); 0 = classifier only (WB)", ge=0)
     bn_mode: Literal["train", "eval"] = _f("eval", "BatchNorm of the frozen backbone: eval, or train as in the WB code (running stats keep moving)")
     augment: Literal["crop_flip", "flip", "none"] = _f("none", "stage-2 training augmentation (the WB code keeps crop+flip)")
@@ -206,7 +207,8 @@ class WandbConfig:
 
 # Fields added after run directories were first named (dotted key -> default): out of the run hash while at
 # their default, so an upgrade keeps every existing run directory and its hash.
-HASH_NEUTRAL_AT_DEFAULT: dict[str, Any] = {"data.to_rgb": False, "stage2.reinit_classifier": False}
+HASH_NEUTRAL_AT_DEFAULT: dict[str, Any] = {"data.to_rgb": False, "stage2.reinit_classifier": False,
+                                           "stage2.lws": False}
 
 
 @dataclass

@@ -4,6 +4,8 @@ a config with its head (make_model).
 - simplex ETF (Papyan et al. 2020; HS, Hasegawa & Sato 2024): W = sqrt(C/(C-1)) * (U[:, :C] (I - 11^T/C))^T.
 - MaxNorm (WB, Alshammari et al. 2022): projected gradient descent onto the ball ||W_k|| <= delta with one
   radius delta = min_k r_k + thresh * (max_k r_k - min_k r_k) from the stage-1 rows.
+- LWS (Kang et al. 2020, learnable weight scaling): logits z_c = s_c (W_c h + b_c) with W, b frozen from
+  stage 1 and only s (initialised to 1) trained; folded back into a plain linear layer when done.
 """
 
 from __future__ import annotations
@@ -66,6 +68,37 @@ class ETFClassifier(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, weight=fixed simplex ETF"
+
+
+class ScaledLinear(nn.Module):
+    """LWS head (Kang et al. 2020): z = s * (W h + b) per class, W and b frozen, s a trained (C,) vector
+    initialised to ones, as the Decoupling code's scaled dot-product classifier. `weight` is the effective
+    (C, in) matrix s_c W_c, so weight-norm analysis sees what the head computes."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.linear = linear
+        for p in linear.parameters():
+            p.requires_grad_(False)
+        self.scales = nn.Parameter(torch.ones(linear.out_features, dtype=linear.weight.dtype,
+                                              device=linear.weight.device))
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.scales[:, None] * self.linear.weight
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.linear(h) * self.scales.to(h.dtype)
+
+    @torch.no_grad()
+    def folded(self) -> nn.Linear:
+        """The same classifier as a plain nn.Linear: W_c <- s_c W_c, b_c <- s_c b_c (a copy; self unchanged)."""
+        out = nn.Linear(self.linear.in_features, self.linear.out_features, bias=self.linear.bias is not None,
+                        device=self.linear.weight.device, dtype=self.linear.weight.dtype)
+        out.weight.copy_(self.scales[:, None] * self.linear.weight)
+        if self.linear.bias is not None:
+            out.bias.copy_(self.scales * self.linear.bias)
+        return out
 
 
 def row_norms(weight: torch.Tensor) -> torch.Tensor:

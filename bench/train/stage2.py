@@ -1,7 +1,8 @@
 """Stage 2 (WB classifier learning) and the training-free post-hoc stage, both on a finished parent run.
 
 Stage 2 freezes the parent's backbone and retrains its linear classifier with a class-balanced loss,
-weight decay and MaxNorm (projected gradient descent, Alshammari et al. 2022). With no augmentation and
+weight decay and MaxNorm (projected gradient descent, Alshammari et al. 2022); cRT re-initialises that
+classifier first and LWS learns only a scale per class on it (Kang et al. 2020). With no augmentation and
 BatchNorm in eval mode the backbone is a fixed function, so its features are extracted once and the
 classifier trains on them (the same classifier, far faster).
 """
@@ -20,10 +21,10 @@ from bench import dist
 from bench.config import Config, ConfigError, load_parent, parent_path
 from bench.data.batches import InMemoryLoader, Split, eval_batches
 from bench.data.lt import LTData
-from bench.methods.classifiers import MaxNorm, make_model, maxnorm_radius
+from bench.methods.classifiers import MaxNorm, ScaledLinear, make_model, maxnorm_radius
 from bench.methods.losses import make_loss
 from bench.methods.posthoc import POSTHOC, choose_tau, class_prior
-from bench.models.parts import encode, head_of
+from bench.models.parts import encode, head_of, set_head
 from bench.progress import log
 from bench.rundir import RunDir, check_owner
 from bench.train import checkpoint as ckpt
@@ -145,7 +146,19 @@ def last_blocks(model: torch.nn.Module, k: int) -> list[str]:
     return [n for names in blocks[-k:] for n in names]
 
 
+def check_stage2(cfg: Config) -> None:
+    """Combinations of stage-2 fields that name no method."""
+    s2 = cfg.stage2
+    if s2.lws and s2.reinit_classifier:
+        raise ConfigError("config key 'stage2.lws': LWS scales the stage-1 classifier, so it cannot start from a "
+                          "re-initialised one (stage2.reinit_classifier=true is cRT); choose one")
+    if s2.lws and s2.maxnorm:
+        raise ConfigError("config key 'stage2.lws': LWS trains only the per-class scales, not the rows MaxNorm "
+                          "projects; set stage2.maxnorm=false")
+
+
 def train_stage2(cfg: Config, run: RunDir, parent: RunDir, figures: Figures | None = None) -> dict[str, Any]:
+    check_stage2(cfg)
     st = Stage.start(cfg, run, figures)
     s2, device, data, groups = cfg.stage2, st.device, st.data, st.groups
     model = load_parent_model(cfg, data, parent, device)
@@ -163,6 +176,9 @@ def train_stage2(cfg: Config, run: RunDir, parent: RunDir, figures: Figures | No
     radius = maxnorm_radius(head.weight.detach(), s2.maxnorm_thresh)
     if s2.reinit_classifier:
         head.reset_parameters()       # cRT: a fresh classifier (the global RNG is seeded from cfg.seed)
+    if s2.lws:                        # LWS: the rows stay frozen; the model owns the scales (checkpoints)
+        head = ScaledLinear(head)
+        set_head(model, head)
     t = s2.train
     cached = s2.cache_features and s2.augment == "none" and s2.bn_mode == "eval" and not trained
     seed = cfg.seed + 1_000_003  # a stream of its own, not a replay of stage 1's first epochs
@@ -209,6 +225,10 @@ def train_stage2(cfg: Config, run: RunDir, parent: RunDir, figures: Figures | No
                 cfg.runtime.progress, st.tracker)
 
     selected, last_metrics = select_reported(cfg, run, state.best_epoch, t.epochs, evaluator, model)
+    if isinstance(head, ScaledLinear):  # final.pt holds a plain linear layer, the scales folded in
+        head = head.folded()
+        set_head(model, head)
+        evaluator.head = head
     return st.finish(evaluator, head, model, selected_epoch=selected, last_metrics=last_metrics, state=state,
                      extra={"epochs": t.epochs, "parent": str(parent.path), "cached_features": cached,
                             "data_padded_per_epoch": loader.padded(), "trained_blocks": s2.train_blocks,

@@ -120,3 +120,27 @@ def test_every_posthoc_kind_of_the_config_has_one_registered_step():
     kinds = typing.get_args(typing.get_type_hints(PosthocConfig)["kind"])
     assert set(kinds) == set(POSTHOC)
     assert all((s.weight is None) != (s.logits is None) for s in POSTHOC.values())
+
+
+def test_lws_head_by_hand():
+    """LWS: z_c = s_c (W_c h + b_c); only s gets gradients; folding gives the same logits as a plain Linear."""
+    from bench.methods.classifiers import ScaledLinear
+
+    lin = torch.nn.Linear(2, 3)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[1.0, 2.0], [0.0, -1.0], [3.0, 1.0]]))
+        lin.bias.copy_(torch.tensor([0.5, 1.0, -2.0]))
+    head = ScaledLinear(lin)
+    with torch.no_grad():
+        head.scales.copy_(torch.tensor([2.0, 0.5, -1.0]))
+    h = torch.tensor([[1.0, 1.0]])
+    # by hand: W h + b = [3.5, 0.0, 2.0]; times s = [7.0, 0.0, -2.0]
+    z = head(h)
+    assert torch.allclose(z, torch.tensor([[7.0, 0.0, -2.0]]))
+    z.sum().backward()
+    assert lin.weight.grad is None and lin.bias.grad is None
+    assert torch.allclose(head.scales.grad, torch.tensor([3.5, 0.0, 2.0]))   # dz_c/ds_c = W_c h + b_c
+    assert [n for n, p in head.named_parameters() if p.requires_grad] == ["scales"]
+    plain = head.folded()
+    assert isinstance(plain, torch.nn.Linear) and torch.allclose(plain(h), z)
+    assert torch.allclose(head.weight, plain.weight)                       # the effective rows s_c W_c

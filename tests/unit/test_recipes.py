@@ -81,3 +81,34 @@ def test_crt_starts_from_a_fresh_classifier(stage1):
     run_experiment(fresh, RunDir.for_config(fresh, other), runs_root=other)
     again = torch.load(RunDir.for_config(fresh, other).final_ckpt, weights_only=False)["model"]["fc.weight"]
     assert torch.equal(again, w["fresh"])
+
+
+def test_lws_learns_only_a_scale_per_class(stage1):
+    """LWS (stage2.lws): each final row and bias is the stage-1 one times its class's learned scale, the
+    scales moved away from 1, and the reported accuracy is that of the saved (folded) plain classifier."""
+    root, _, parent, _ = stage1
+    cfg = load_config(CONFIGS / "smoke_stage2.yaml", [*QUIET, f"parent={parent.path}", "stage2.lws=true",
+                                                      "stage2.maxnorm=false", "stage2.train.lr=0.5",
+                                                      "stage2.train.weight_decay=0", "eval.select=best"])
+    run = RunDir.for_config(cfg, root)
+    result = run_experiment(cfg, run, runs_root=root)
+    before = torch.load(parent.final_ckpt, weights_only=False)["model"]
+    after = torch.load(run.final_ckpt, weights_only=False)["model"]
+    assert set(after) == set(before)                   # a plain linear layer again: no scales, no wrapper
+    w0, w1, b0, b1 = before["fc.weight"], after["fc.weight"], before["fc.bias"], after["fc.bias"]
+    s = (w1 * w0).sum(1) / (w0 * w0).sum(1)            # least-squares scale of each row
+    assert torch.allclose(w1, s[:, None] * w0, atol=1e-6) and torch.allclose(b1, s * b0, atol=1e-6)
+    assert (s - 1).abs().max() > 1e-3
+    assert all(torch.equal(before[k], after[k]) for k in before if not k.startswith("fc."))
+    assert result["metrics"]["all"] >= 0 and result["selected_epoch"] in (1, 2, 3)
+
+
+@pytest.mark.parametrize("extra, word", [(["stage2.reinit_classifier=true", "stage2.maxnorm=false"], "re-initialised"),
+                                         ([], "maxnorm=false")])
+def test_lws_refuses_what_names_no_method(stage1, extra, word):
+    from bench.config import ConfigError
+
+    root, _, parent, _ = stage1
+    cfg = load_config(CONFIGS / "smoke_stage2.yaml", [*QUIET, f"parent={parent.path}", "stage2.lws=true", *extra])
+    with pytest.raises(ConfigError, match=word):
+        run_experiment(cfg, RunDir.for_config(cfg, root), runs_root=root)
