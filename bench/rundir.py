@@ -39,7 +39,7 @@ class Result(TypedDict, total=False):
 
     status "failed" carries only `error`; a complete result carries the rest. Stage-specific keys: epochs,
     data_padded_per_epoch (trained stages), parent, cached_features, trained_blocks, maxnorm_radius (stage 2),
-    posthoc {kind, tau, chosen_on, grid} (post-hoc)."""
+    posthoc {kind, tau, chosen_on, grid} (post-hoc), trainable_params, zeroshot, peft (stage 1)."""
 
     status: str                         # "complete" | "failed"
     error: str
@@ -77,6 +77,10 @@ class Result(TypedDict, total=False):
     trained_blocks: int
     maxnorm_radius: float | None
     posthoc: dict[str, Any]
+    preprocessing: dict[str, Any]       # source (card | model), mean, std, to_rgb, pad_to, resize, image_size, eval_resize
+    trainable_params: dict[str, Any]    # stage 1: trainable, total, share (adapters and classifier under model.peft)
+    zeroshot: dict[str, Any]            # stage 1 with model.classifier=zeroshot: logit_scale, templates, text tower
+    peft: dict[str, Any]                # stage 1 with model.peft: method, merged_layers
 
 
 class RunDir:

@@ -17,11 +17,11 @@ from bench.config.load import (INHERITED, LOCATION_KEYS, find_config, load_confi
                                load_yaml, parent_path)
 from bench.config.protocols import FILE_SPLIT_SOURCES, PROTOCOLS, REFERENCE_STATS, apply_protocol
 from bench.config.schema import (HASH_NEUTRAL_AT_DEFAULT, Config, ConfigError, DataConfig, EvalConfig, GroupsConfig,
-                                 LossConfig, ModelConfig, PosthocConfig, RuntimeConfig, Stage2Config, SyntheticConfig,
-                                 TrainConfig, WandbConfig, describe_fields, dump_yaml)
+                                 LossConfig, ModelConfig, PeftConfig, PosthocConfig, RuntimeConfig, Stage2Config,
+                                 SyntheticConfig, TrainConfig, WandbConfig, ZeroShotConfig, describe_fields, dump_yaml)
 
 __all__ = ["Config", "ConfigError", "DataConfig", "EvalConfig", "FILE_SPLIT_SOURCES", "GroupsConfig",
            "HASH_NEUTRAL_AT_DEFAULT", "INHERITED", "LOCATION_KEYS", "LossConfig", "ModelConfig", "PROTOCOLS",
-           "PosthocConfig", "REFERENCE_STATS", "RuntimeConfig", "Stage2Config", "SyntheticConfig", "TrainConfig",
-           "WandbConfig", "apply_protocol", "describe_fields", "dump_yaml", "find_config", "from_dict",
+           "PeftConfig", "PosthocConfig", "REFERENCE_STATS", "RuntimeConfig", "Stage2Config", "SyntheticConfig", "TrainConfig",
+           "WandbConfig", "ZeroShotConfig", "apply_protocol", "describe_fields", "dump_yaml", "find_config", "from_dict",
            "load_config", "load_parent", "load_with_bases", "load_yaml", "parent_path", "parse_override", "resolve"]

@@ -29,7 +29,10 @@ def resolve(cfg: Config, check_files: bool = True) -> Config:
     card = load_card(cfg.data.dataset)
     d = cfg.data
     d.root, d.shards = _expand_path("data.root", d.root), _expand_path("data.shards", d.shards)
-    cfg.model.pretrained_file = _expand_path("model.pretrained_file", cfg.model.pretrained_file)
+    m = cfg.model
+    m.pretrained_file = _expand_path("model.pretrained_file", m.pretrained_file)
+    m.zeroshot.text_weights_file = _expand_path("model.zeroshot.text_weights_file", m.zeroshot.text_weights_file)
+    m.zeroshot.class_names_file = _expand_path("model.zeroshot.class_names_file", m.zeroshot.class_names_file)
     if card.get("source") in FILE_SPLIT_SOURCES:
         _resolve_file_split(d, card)
     else:
@@ -47,7 +50,9 @@ def resolve(cfg: Config, check_files: bool = True) -> Config:
             if d.n_max < 1:
                 raise ConfigError(f"config key 'data.val_per_class': {d.val_per_class} leaves no training "
                                   f"images of {d.dataset} (pool of {pool} per class)")
+    _resolve_model_preprocessing(cfg, card)
     _resolve_input_stats(d, card)
+    _check_foundation(cfg, card)
     if d.image_size is None and card.get("eval_resize"):
         d.image_size = int(card["image_size"])
     if d.eval_resize is None and card.get("eval_resize"):
@@ -106,6 +111,59 @@ def _expand_path(key: str, value: str | None) -> str | None:
     return out
 
 
+def model_preprocessing(name: str) -> dict[str, Any]:
+    """A timm model's own preprocessing from its pretrained_cfg: mean, std, input size, eval crop fraction."""
+    import timm  # local: only configs that ask for the model's statistics load timm (and torch)
+    from timm.models import get_pretrained_cfg
+
+    if not timm.is_model(name):
+        raise ConfigError(f"config key 'data.input_stats': model {name!r} is not a timm model, so it has no "
+                          "preprocessing of its own (use data.input_stats=card)")
+    pc = get_pretrained_cfg(name)
+    if pc is None:
+        raise ConfigError(f"config key 'data.input_stats': timm has no pretrained_cfg for {name!r} "
+                          "(name its weights tag, e.g. vit_base_patch16_clip_quickgelu_224.openai, or use card)")
+    return {"mean": [float(v) for v in pc.mean], "std": [float(v) for v in pc.std],
+            "image_size": int(pc.input_size[-1]), "crop_pct": float(pc.crop_pct)}
+
+
+def _resolve_model_preprocessing(cfg: Config, card: dict[str, Any]) -> None:
+    """data.input_stats=model: the unset mean / std / input size from the model's pretrained_cfg; the
+    shard pipeline resizes the shorter side to image_size / crop_pct before its centre crop (timm's eval
+    transform), in-memory images are resized to the input size (data.resize)."""
+    d = cfg.data
+    d.input_stats = d.input_stats or ("model" if cfg.model.embedding == "clip" else "card")
+    if d.input_stats != "model":
+        return
+    pp = model_preprocessing(cfg.model.name)
+    d.mean = pp["mean"] if d.mean is None else d.mean
+    d.std = pp["std"] if d.std is None else d.std
+    if card.get("eval_resize"):          # shards of large images: crop and eval resize
+        d.image_size = pp["image_size"] if d.image_size is None else d.image_size
+        d.eval_resize = int(d.image_size / pp["crop_pct"]) if d.eval_resize is None else d.eval_resize
+    elif d.resize is None:
+        d.resize = pp["image_size"]
+
+
+def _check_foundation(cfg: Config, card: dict[str, Any]) -> None:
+    """Combinations of the foundation-model fields that name no method."""
+    m = cfg.model
+    if m.classifier == "zeroshot":
+        if m.embedding != "clip":
+            raise ConfigError("config key 'model.classifier': zeroshot compares text embeddings with the CLIP image "
+                              "embedding; set model.embedding=clip (a CLIP image tower, e.g. "
+                              "vit_base_patch16_clip_quickgelu_224.openai)")
+        if m.zeroshot.class_names_file is None and not card.get("class_names"):
+            raise ConfigError(f"config key 'model.classifier': zeroshot needs class names, and the card of "
+                              f"{cfg.data.dataset} has none (add class_names to datasets/{cfg.data.dataset}.yaml or "
+                              "set model.zeroshot.class_names_file)")
+        if not m.zeroshot.templates or not all("{}" in t for t in m.zeroshot.templates):
+            raise ConfigError(f"config key 'model.zeroshot.templates': {m.zeroshot.templates!r}: give at least one "
+                              "template, each with '{}' where the class name goes")
+    if m.peft.method != "none" and not m.peft.target_modules:
+        raise ConfigError("config key 'model.peft.target_modules': empty; name the modules that get adapters (e.g. [qkv])")
+
+
 def _resolve_input_stats(d: DataConfig, card: dict[str, Any]) -> None:
     """data.mean / data.std: the card's statistics unless set; one value per channel (or one for all), std > 0;
     data.to_rgb only on one-channel data."""
@@ -118,8 +176,9 @@ def _resolve_input_stats(d: DataConfig, card: dict[str, Any]) -> None:
     d.std = list(card["std"]) if d.std is None else d.std
     for key, values in (("data.mean", d.mean), ("data.std", d.std)):
         if len(values) not in (1, channels):
+            hint = " or set data.to_rgb=true for a grey dataset" if channels == 1 and len(values) == 3 else ""
             raise ConfigError(f"config key '{key}': {len(values)} values for the {channels} channels of "
-                              f"{d.dataset} (give one per channel, or one for all)")
+                              f"{d.dataset} (give one per channel, or one for all{hint})")
     if len(d.mean) != len(d.std):
         raise ConfigError(f"config key 'data.std': {len(d.std)} values, but data.mean has {len(d.mean)}")
     if min(d.std) <= 0:

@@ -67,6 +67,8 @@ class DataConfig:
     streams: int = _f(4, "shards: interleaved shuffled streams per rank; fixes the data order whatever runtime.workers is (workers must divide it)", ge=1)
     shuffle_buffer: int = _f(2000, "shards: samples held by each stream's shuffle buffer (the shard order is shuffled too, every epoch)", ge=1)
     on_error: Literal["raise", "skip"] = _f("raise", "shards: a truncated tar, undecodable image or missing label stops the run (raise) or is skipped, counted and reported in result.json (skip)")
+    input_stats: Literal["card", "model"] | None = _f(None, "where data.mean / data.std (and the input size: data.resize for in-memory data, data.image_size / data.eval_resize for shards) come from when they are unset: the dataset card, or the model's own preprocessing (timm's pretrained_cfg of model.name: CLIP ViTs use OpenAI's mean/std at 224 px); None = model when model.embedding=clip, else card")
+    resize: int | None = _f(None, "in-memory images: resize (bilinear) to resize x resize on the device after augmentation, before the model (a foundation model's input size, e.g. 224 for 28-px Fashion-MNIST); None = native size (or the model's input size under input_stats=model)", ge=1)
     decode: Literal["cpu", "gpu"] = _f("cpu", "shards of JPEGs at image_size: decode + crop in the DataLoader workers with PIL (cpu), or read the bytes there and decode, crop and flip the batch on the GPU with nvJPEG (gpu; for when the cores cannot feed the GPU, BENCHMARKS.md); the same crops, pixels differ slightly between decoders")
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
@@ -80,14 +82,44 @@ class GroupsConfig:
     inclusive: bool = _f(False, "False: many n_c > many, few n_c < few (WB, Decoupling); True: >= and <= (OLTR)")
 
 
+def _clip_templates() -> list[str]:
+    # CLIP's plain prompt (Radford et al. 2021; LIFT's "default" prompt for zero-shot and its head init)
+    return ["a photo of a {}."]
+
+
+@dataclass
+class ZeroShotConfig:
+    """The zero-shot classifier of model.classifier=zeroshot: class-name prompts through an open_clip text tower."""
+
+    text_model: str = _f("ViT-B-16-quickgelu", "open_clip model name of the text tower (open_clip.list_models(); the OpenAI weights need the -quickgelu variants), or a path to an open_clip model config JSON")
+    text_weights_file: str | None = _f(None, "local open_clip checkpoint holding the text tower; None = model.pretrained_file (an open_clip checkpoint holds both towers)")
+    templates: list[str] = _f(_clip_templates(), "prompt templates, '{}' = the class name; a class's weight is the normalised mean of its normalised prompt embeddings")
+    class_names_file: str | None = _f(None, "text file with one class name per line in label order; None = the dataset card's class_names")
+    logit_scale: float | None = _f(None, "s in logits = s cos(f, t_c); None = the text checkpoint's exp(logit_scale) (CLIP: 100); LIFT trains its cosine classifier with 25", gt=0)
+
+
+@dataclass
+class PeftConfig:
+    """Parameter-efficient fine-tuning of the backbone through the `peft` library (extra `foundation`)."""
+
+    method: Literal["none", "lora"] = _f("none", "none = every parameter trains as usual; lora = low-rank adapters W + (alpha/r) B A on target_modules (Hu et al. 2022): only they and the classifier train, and they are merged into W at the end (final.pt holds a plain model)")
+    r: int = _f(8, "LoRA rank r", ge=1)
+    alpha: float = _f(16.0, "LoRA alpha; the update is scaled by alpha / r", gt=0)
+    dropout: float = _f(0.0, "dropout on the LoRA branch's input", ge=0, le=1)
+    target_modules: list[str] = _f(["qkv"], "module names (suffixes) that get adapters; timm ViTs: qkv (fused attention input), proj (attention output, also matches patch_embed.proj), fc1 / fc2 (MLP)")
+
+
 @dataclass
 class ModelConfig:
     """Backbone + linear classifier, any timm model name (CIFAR ResNets are registered by bench.models)."""
 
-    name: str = _f("resnet32_cifar", "timm model name, e.g. resnet32_cifar, resnet34_wb, resnet50, resnext50_32x4d")
-    classifier: Literal["linear", "etf"] = _f("linear", "linear (trained) or a fixed simplex-ETF whose bias alone trains (HS single-stage method)")
-    pretrained_file: str | None = _f(None, "local weights file to start from (classifier re-initialised when shapes differ)")
+    name: str = _f("resnet32_cifar", "timm model name, e.g. resnet32_cifar, resnet34_wb, resnet50, resnext50_32x4d, vit_base_patch16_clip_quickgelu_224.openai")
+    classifier: Literal["linear", "etf", "zeroshot"] = _f("linear", "linear (trained) or a fixed simplex-ETF whose bias alone trains (HS single-stage method), or zeroshot: a cosine classifier s cos(f, v_c) with v_c initialised from class-name prompts through a text tower (model.zeroshot; needs model.embedding=clip), folded into a plain linear layer in final.pt")
+    pretrained_file: str | None = _f(None, "local weights file to start from (classifier re-initialised when shapes differ); timm or open_clip format (an open_clip checkpoint's image tower is converted by timm)")
     drop_rate: float = _f(0.0, "dropout before the classifier", ge=0, le=1)
+    embedding: Literal["pooled", "clip"] = _f("pooled", "what the classifier sees: timm's pooled penultimate feature (pooled), or for a CLIP image tower (timm vit_*_clip_*) the CLIP image embedding, the projection of the pooled token, L2-normalised (clip)")
+    zeroshot: ZeroShotConfig = field(default_factory=ZeroShotConfig)
+    peft: PeftConfig = field(default_factory=PeftConfig)
 
 
 @dataclass
@@ -111,7 +143,7 @@ class LossConfig:
 class TrainConfig:
     """Stage-1 optimisation (WB: CE, SGD lr 0.01 momentum 0.9, cosine to 0, WD on all parameters)."""
 
-    epochs: int = _f(20, "training epochs", ge=1)
+    epochs: int = _f(20, "training epochs; 0 = evaluate the model as built (a zero-shot classifier)", ge=0)
     batch_size: int = _f(64, "GLOBAL batch size, summed over DDP processes (each takes batch_size / world size); WB: 64", ge=1)
     lr: float = _f(0.01, "base learning rate", gt=0)
     lr_scaling: Literal["none", "linear"] = _f("none", "none: lr as given; linear: lr * batch_size / lr_base_batch (Goyal et al. 2017)")
@@ -208,7 +240,10 @@ class WandbConfig:
 # Fields added after run directories were first named (dotted key -> default): out of the run hash while at
 # their default, so an upgrade keeps every existing run directory and its hash.
 HASH_NEUTRAL_AT_DEFAULT: dict[str, Any] = {"data.to_rgb": False, "stage2.reinit_classifier": False,
-                                           "stage2.lws": False}
+                                           "stage2.lws": False, "data.input_stats": "card", "data.resize": None,
+                                           "model.embedding": "pooled",
+                                           "model.zeroshot": dataclasses.asdict(ZeroShotConfig()),
+                                           "model.peft": dataclasses.asdict(PeftConfig())}
 
 
 @dataclass

@@ -78,7 +78,8 @@ class Normalize:
     """
 
     def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], channels: int,
-                 device: torch.device | None = None) -> None:
+                 device: torch.device | None = None, resize: int | None = None) -> None:
+        self.resize = resize    # data.resize: bilinear to resize x resize after normalising (a foundation model's input)
         if len(mean) == 1:
             mean, std = mean * channels, std * channels
         self.device = device or torch.device("cpu")
@@ -92,7 +93,11 @@ class Normalize:
             x = x.to(self.device, non_blocking=True)
         if x.shape[1] == 1 and self.mean.shape[1] == 3:
             x = x.expand(-1, 3, -1, -1)     # data.to_rgb: grey repeated to three channels, as the WB reference run
-        return (x.float() - self.mean) / self.std
+        x = (x.float() - self.mean) / self.std
+        if self.resize is not None and tuple(x.shape[-2:]) != (self.resize, self.resize):
+            # normalising first is the same as resizing first (bilinear is affine per channel), on fewer pixels
+            x = F.interpolate(x, size=(self.resize, self.resize), mode="bilinear", align_corners=False)
+        return x
 
 
 class InMemoryLoader:

@@ -61,7 +61,7 @@ class LTData:
         return s
 
     def normalizer(self) -> Normalize:
-        return Normalize(self.mean, self.std, self.in_chans, self.device)
+        return Normalize(self.mean, self.std, self.in_chans, self.device, self.cfg.resize)
 
     def _spec(self, split: ShardSplit, train: bool, batch_size: int, seed: int, augment: str,
               drop_last: bool) -> StreamSpec:

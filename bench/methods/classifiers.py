@@ -6,6 +6,9 @@ a config with its head (make_model).
   radius delta = min_k r_k + thresh * (max_k r_k - min_k r_k) from the stage-1 rows.
 - LWS (Kang et al. 2020, learnable weight scaling): logits z_c = s_c (W_c h + b_c) with W, b frozen from
   stage 1 and only s (initialised to 1) trained; folded back into a plain linear layer when done.
+- zero-shot / cosine classifier (CLIP, Radford et al. 2021; LIFT, Shi et al. 2024): z_c = s <f, v_c / ||v_c||> on
+  the unit CLIP image embedding f, v_c initialised from class-name prompts (bench.methods.zeroshot); folded into
+  a plain linear layer (W_c = s v_c / ||v_c||, b = 0) when done.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import torch.nn.functional as F
 from bench.config import Config
 from bench.data.lt import LTData
 from bench.models import build_model
+from bench.models.clip import build_clip_model
 from bench.models.parts import head_of, set_head
 
 
@@ -101,6 +105,47 @@ class ScaledLinear(nn.Module):
         return out
 
 
+class CosineClassifier(nn.Module):
+    """z = s * (h . v_c / ||v_c||) per class, v a trained (C, d) matrix, s a fixed scale (a persistent buffer,
+    saved in checkpoints), no bias. On the unit CLIP embedding h = f this is s cos(f, v_c): CLIP's zero-shot
+    classifier with v_c = t_c, and LIFT's cosine classifier when v trains. `weight` is the effective (C, d)
+    matrix s v_c / ||v_c||, so weight-norm analysis and post-hoc steps see what the head computes."""
+
+    def __init__(self, directions: torch.Tensor, scale: float) -> None:
+        super().__init__()
+        self.direction = nn.Parameter(directions.detach().clone().float())
+        self.register_buffer("scale", torch.tensor(float(scale)))
+        self.in_features, self.out_features = directions.shape[1], directions.shape[0]
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.scale * F.normalize(self.direction, dim=1)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return F.linear(h, self.weight.to(h.dtype))
+
+    @torch.no_grad()
+    def folded(self) -> nn.Linear:
+        """The same classifier as a plain nn.Linear (W = s v / ||v||, b = 0); exact on any input h."""
+        out = nn.Linear(self.in_features, self.out_features, device=self.direction.device)
+        out.weight.copy_(self.weight)
+        out.bias.zero_()
+        return out
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, scale={float(self.scale):g}"
+
+
+def fold_head(model: nn.Module) -> nn.Module:
+    """A head trained in another parametrisation (LWS scales, a cosine classifier) as the plain linear layer it
+    computes, put in its place; final.pt then holds a plain model that stage-2 / post-hoc children load."""
+    head = head_of(model)
+    if isinstance(head, (ScaledLinear, CosineClassifier)):
+        head = head.folded()
+        set_head(model, head)
+    return head
+
+
 def row_norms(weight: torch.Tensor) -> torch.Tensor:
     """L2 norm of each row (each output class); higher-dim weights are flattened per row."""
     return weight.detach().flatten(1).norm(dim=1)
@@ -143,18 +188,45 @@ class MaxNorm:
 
 # The classifier heads of config `model.classifier`: the backbone's own linear layer, or a fixed simplex ETF
 # (HS) in its place, seeded by the run's seed. A new head is a builder here: (linear layer, classes, seed) -> head.
+# `zeroshot` is a linear layer here (what a finished run's final.pt holds); a run that trains or evaluates it
+# starts from the text weights (HEAD_INIT).
 HEADS: dict[str, Callable[[nn.Linear, int, int], nn.Module]] = {
     "linear": lambda linear, num_classes, seed: linear,
     "etf": lambda linear, num_classes, seed: ETFClassifier(linear.in_features, num_classes,
                                                            generator=torch.Generator().manual_seed(seed)),
+    "zeroshot": lambda linear, num_classes, seed: linear,
 }
 
 
-def make_model(cfg: Config, data: LTData) -> nn.Module:
-    """The timm model of cfg.model with this dataset's classes and channels, and the head of model.classifier."""
-    model = build_model(cfg.model.name, num_classes=data.num_classes, in_chans=data.in_chans,
-                        pretrained_file=cfg.model.pretrained_file, drop_rate=cfg.model.drop_rate)
-    head = HEADS[cfg.model.classifier](head_of(model), data.num_classes, cfg.seed)
+def _zeroshot_head(cfg: Config, data: LTData, linear: nn.Linear) -> nn.Module:
+    from bench.methods.zeroshot import zeroshot_classifier   # open_clip: only when a zero-shot head is built
+
+    directions, scale = zeroshot_classifier(cfg.model.zeroshot, cfg.model.pretrained_file, data.class_names,
+                                            linear.in_features)
+    return CosineClassifier(directions, scale)
+
+
+# Heads whose starting weights come from elsewhere than the backbone's init: (config, data, built head) -> head.
+HEAD_INIT: dict[str, Callable[[Config, LTData, nn.Linear], nn.Module]] = {"zeroshot": _zeroshot_head}
+
+
+def make_model(cfg: Config, data: LTData, init: bool = True) -> nn.Module:
+    """The timm model of cfg.model with this dataset's classes and channels, and the head of model.classifier.
+
+    init=True builds the model a run starts from: the zero-shot head from its prompts, adapters injected
+    (model.peft). init=False builds the architecture of a finished run's final.pt (plain layers: adapters
+    merged, heads folded), whose weights the caller loads: a stage-2 / post-hoc child of any parent."""
+    m = cfg.model
+    build = build_clip_model if m.embedding == "clip" else build_model
+    model = build(m.name, num_classes=data.num_classes, in_chans=data.in_chans,
+                  pretrained_file=m.pretrained_file, drop_rate=m.drop_rate)
+    head = HEADS[m.classifier](head_of(model), data.num_classes, cfg.seed)
+    if init and m.classifier in HEAD_INIT:
+        head = HEAD_INIT[m.classifier](cfg, data, head)
     if head is not head_of(model):
         set_head(model, head)
+    if init and m.peft.method != "none":
+        from bench.methods.adapters import apply_peft
+
+        apply_peft(model, m.peft)
     return model

@@ -141,7 +141,13 @@ def build_model(
     if arch in cifar_resnet.CIFAR_MODEL_NAMES:
         sd = cifar_resnet.checkpoint_filter_fn(sd)  # the same filter build_model_with_cfg applies
     overlay: Dict[str, Any] = dict(file=str(path), source=None, label_offset=None)
-    if classifiers:
+    clip_prefix = _open_clip_prefix(sd)
+    if clip_prefix is not None and classifiers:
+        # an open_clip checkpoint (both towers): timm's ViT filter turns its image tower into timm keys, the
+        # CLIP projection `visual.proj` (width x embed) becoming the classifier `head` (embed x width)
+        proj = sd.get(clip_prefix + 'proj')
+        overlay['num_classes'] = int(proj.shape[1]) if proj is not None and proj.ndim == 2 else 0
+    elif classifiers:
         w = sd.get(classifiers[0] + '.weight')
         # a headless checkpoint (no classifier tensors) counts as 0 classes -> classifier freshly initialised
         overlay['num_classes'] = int(w.shape[0]) if w is not None and w.ndim >= 1 else 0
@@ -160,5 +166,20 @@ def build_model(
     except Exception as e:  # size mismatch, missing keys under strict load, ...
         raise ModelError(f"model.pretrained_file: {path} could not be loaded into {name!r}: "
                          f"{type(e).__name__}: {one_line(e)}") from e
+    if clip_prefix is not None:
+        from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
+
+        if not isinstance(model, VisionTransformer):
+            raise ModelError(f"model.pretrained_file: {path} is an open_clip checkpoint; its image tower loads into "
+                             f"a timm CLIP ViT (e.g. vit_base_patch16_clip_quickgelu_224), not {name!r}")
+        sd = checkpoint_filter_fn(sd, model)   # the keys timm loaded, to check that all of them were there
     _check_keys(model, sd, classifiers, path, name)
     return model
+
+
+def _open_clip_prefix(sd: Mapping[str, torch.Tensor]) -> Optional[str]:
+    """'visual.' (or 'module.visual.') when `sd` is an open_clip / OpenAI CLIP checkpoint with a ViT image tower."""
+    for prefix in ('visual.', 'module.visual.'):
+        if prefix + 'class_embedding' in sd:
+            return prefix
+    return None

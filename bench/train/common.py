@@ -98,7 +98,7 @@ def select_reported(cfg: Config, run: RunDir, best_epoch: int | None, epochs: in
                     model: torch.nn.Module) -> tuple[int | None, dict[str, Any] | None]:
     """Load the best epoch's weights when eval.select=best. Returns (selected epoch, last-epoch test metrics
     when they differ from the reported ones); `evaluator` is the reporting one (eval.tta_flip)."""
-    if cfg.eval.select == "best" and best_epoch != epochs:
+    if cfg.eval.select == "best" and best_epoch is not None and best_epoch != epochs:   # None: no epoch (epochs 0)
         last_metrics = evaluator("test")
         dist.barrier()  # best.pt is written by rank 0
         saved = ckpt.load(run.best_ckpt)
@@ -238,6 +238,7 @@ class Stage:
             "selection_hash": data.selection_hash,
             "data_manifest": data.manifest_digest,
             "data_errors": data_errors(data, state),
+            "preprocessing": preprocessing(cfg),
             "world_size": dist.world(),
             "config_hash": cfg.run_hash(),
             "parent_hash": cfg.parent_hash,
@@ -250,6 +251,13 @@ class Stage:
         if self.tracker is not None:
             self.tracker.finish(result, images)
         return result
+
+
+def preprocessing(cfg: Config) -> dict[str, Any]:
+    """The input pipeline the model saw (resolved config): normalisation statistics and their source, sizes."""
+    d = cfg.data
+    return {"source": d.input_stats, "mean": d.mean, "std": d.std, "to_rgb": d.to_rgb, "pad_to": d.pad_to,
+            "resize": d.resize, "image_size": d.image_size, "eval_resize": d.eval_resize}
 
 
 def run_cost(t_start: float, state: Any, device: torch.device) -> dict[str, Any]:

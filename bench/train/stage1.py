@@ -12,7 +12,8 @@ from typing import Any
 import torch
 
 from bench.config import Config
-from bench.methods.classifiers import make_model
+from bench.methods.adapters import merge_adapters, parameter_counts
+from bench.methods.classifiers import CosineClassifier, fold_head, make_model
 from bench.methods.losses import make_loss
 from bench.methods.regularizers import make_regularizers
 from bench.models.parts import encode, head_of
@@ -27,6 +28,7 @@ def train_stage1(cfg: Config, run: RunDir, figures: Figures | None = None) -> di
     st = Stage.start(cfg, run, figures)
     device, data, groups = st.device, st.data, st.groups
     model = make_model(cfg, data).to(device)
+    trainable = parameter_counts(model)
     if cfg.runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
     st.open()  # only once data and model are known to be good: bad input leaves no directory
@@ -53,5 +55,16 @@ def train_stage1(cfg: Config, run: RunDir, figures: Figures | None = None) -> di
 
     # Report the best epoch on the selection split, or the last one.
     selected, last_metrics = select_reported(cfg, run, state.best_epoch, t.epochs, evaluator, model)
-    return st.finish(evaluator, head_of(model), model, selected_epoch=selected, last_metrics=last_metrics,
-                     extra={"epochs": t.epochs, "data_padded_per_epoch": loader.padded()}, state=state)
+    extra = {"epochs": t.epochs, "data_padded_per_epoch": loader.padded(), "trainable_params": trainable}
+    head = head_of(model)
+    if isinstance(head, CosineClassifier):
+        zs = cfg.model.zeroshot
+        extra["zeroshot"] = {"logit_scale": float(head.scale), "templates": list(zs.templates),
+                             "text_model": zs.text_model, "text_weights_file": zs.text_weights_file or cfg.model.pretrained_file,
+                             "trained": t.epochs > 0}
+    # final.pt holds a plain model: adapters merged into their layers, a cosine head folded into a linear one
+    if cfg.model.peft.method != "none":
+        extra["peft"] = {"method": cfg.model.peft.method, "merged_layers": merge_adapters(model)}
+    evaluator.head = fold_head(model)
+    return st.finish(evaluator, evaluator.head, model, selected_epoch=selected, last_metrics=last_metrics,
+                     extra=extra, state=state)

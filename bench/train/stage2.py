@@ -60,7 +60,7 @@ def parent_run(cfg: Config, runs_root: str | Path, base: Path = Path(".")) -> Ru
 
 
 def load_parent_model(cfg: Config, data: LTData, parent: RunDir, device: torch.device) -> torch.nn.Module:
-    model = make_model(cfg, data)
+    model = make_model(cfg, data, init=False)   # final.pt's architecture: plain layers, its weights loaded below
     saved = ckpt.load(parent.final_ckpt)
     if cfg.parent_hash is not None:
         check_owner(parent.final_ckpt, saved.get("config_hash"), cfg.parent_hash, "parent config")
