@@ -39,7 +39,7 @@ def test_overrides_parse_yaml_values():
     ("bogus=1", "unknown config key 'bogus'"),
     ("train.epochs=abc", "config key 'train.epochs': expected an integer, got 'abc'"),
     ("train.epochs=2.5", "config key 'train.epochs': expected an integer, got 2.5"),
-    ("train.epochs=0", "config key 'train.epochs': value 0 out of range (must be >= 1)"),
+    ("train.epochs=-1", "config key 'train.epochs': value -1 out of range (must be >= 0)"),   # 0 = evaluate as built
     ("train.lr=0", "config key 'train.lr': value 0.0 out of range (must be > 0)"),
     ("train.wd_scope=some", "config key 'train.wd_scope': expected one of 'all', 'no_norm_bias', got 'some'"),
     ("eval.tta_flip=maybe", "config key 'eval.tta_flip': expected true/false, got 'maybe'"),
@@ -74,16 +74,21 @@ def test_run_hash_ignores_runtime_only():
 
 
 def test_hash_neutral_fields_keep_old_run_names_until_set():
-    """data.to_rgb came after run directories were named: at its default the hash is the one computed
-    without the field (the hash of the same config dict, field removed); set, it names another run."""
+    """data.to_rgb (and the foundation-model fields) came after run directories were named: at their defaults the
+    hash is the one computed without the fields (the hash of the same config dict, fields removed); set, they
+    name another run."""
     import hashlib
     import json
 
     a = load_config(None, ["data.dataset=fashion-mnist"])
     d = a.result_dict()
-    del d["data"]["to_rgb"]
+    for key in ("to_rgb", "input_stats", "resize"):
+        del d["data"][key]
+    for key in ("embedding", "zeroshot", "peft"):
+        del d["model"][key]
     assert a.run_hash() == hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
-    assert load_config(None, ["data.dataset=fashion-mnist", "data.to_rgb=true"]).run_hash() != a.run_hash()
+    for other in ("data.to_rgb=true", "data.resize=32", "model.peft.method=lora", "model.zeroshot.templates=['{}']"):
+        assert load_config(None, ["data.dataset=fashion-mnist", other]).run_hash() != a.run_hash()
 
 
 def test_to_rgb_only_on_one_channel_data():
