@@ -21,7 +21,7 @@ from bench import dist
 from bench.config import Config, ConfigError, load_parent, parent_path
 from bench.data.batches import InMemoryLoader, Split, eval_batches
 from bench.data.lt import LTData
-from bench.methods.classifiers import MaxNorm, ScaledLinear, make_model, maxnorm_radius
+from bench.methods.classifiers import MaxNorm, ScaledLinear, fold_head, make_model, maxnorm_radius
 from bench.methods.losses import make_loss
 from bench.methods.posthoc import POSTHOC, choose_tau, class_prior
 from bench.models.parts import encode, head_of, set_head
@@ -225,10 +225,7 @@ def train_stage2(cfg: Config, run: RunDir, parent: RunDir, figures: Figures | No
                 cfg.runtime.progress, st.tracker)
 
     selected, last_metrics = select_reported(cfg, run, state.best_epoch, t.epochs, evaluator, model)
-    if isinstance(head, ScaledLinear):  # final.pt holds a plain linear layer, the scales folded in
-        head = head.folded()
-        set_head(model, head)
-        evaluator.head = head
+    head = evaluator.head = fold_head(model)   # final.pt holds a plain linear layer (LWS: the scales folded in)
     return st.finish(evaluator, head, model, selected_epoch=selected, last_metrics=last_metrics, state=state,
                      extra={"epochs": t.epochs, "parent": str(parent.path), "cached_features": cached,
                             "data_padded_per_epoch": loader.padded(), "trained_blocks": s2.train_blocks,
