@@ -20,7 +20,10 @@ PUBLISHED = repo_or_package_dir("datasets") / "published"
 METRICS = ("all", "many", "medium", "few")
 ROW_KEYS = ("method", "dataset", "imbalance_factor", *METRICS)
 # provenance keys every row must resolve to (row value, else the file's `defaults`)
-PROVENANCE = ("label", "table", "backbone", "epochs", "protocol", "url", "checked")
+PROVENANCE = ("label", "table", "backbone", "epochs", "protocol", "selection", "url", "checked")
+# what picked the reported model (epoch, hyperparameters): the test set itself, a validation split, nothing
+# (the last epoch), or a rule the source does not state. `--reference` compares it with a run's selection.
+SELECTIONS = ("test", "val", "last", "unknown")
 OPTIONAL = ("note",)
 PAPER_KEYS = ("title", "authors", "venue", "year", "url")
 
@@ -98,6 +101,8 @@ def check_file(path: Path, labels: set[str] | None = None, datasets: set[str] | 
             v = r.get(m)
             if v is not None and not (_number(v) and 0 <= v <= 100):
                 errs.append(f"{where}: {m} = {v!r} is not a percentage in [0, 100]")
+        if r.get("selection") is not None and r["selection"] not in SELECTIONS:
+            errs.append(f"{where}: selection {r['selection']!r} is not one of {', '.join(SELECTIONS)}")
         for k in PROVENANCE:
             v = r.get(k)
             ok = (isinstance(v, int) and v > 0) or _nonempty_str(v) if k == "epochs" else _nonempty_str(v)

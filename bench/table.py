@@ -459,9 +459,12 @@ def comparisons(table: Table) -> list[dict[str, Any]]:
             if isinstance(ref.get("epochs"), int) and res.get("epochs") not in (None, ref["epochs"]):
                 differs.append(f"epochs {res['epochs']} vs {ref['epochs']}")
             sel = res.get("selection") or {}
-            on_test = "on test" in str(ref.get("protocol", "")).lower()
-            if sel.get("split") and (sel["split"] == "test") != on_test:
-                differs.append(f"selection on {sel['split']} vs {'test' if on_test else 'not test'} in the paper")
+            # Peeking at test = picking the best epoch on the test split; the paper's rule is its `selection`.
+            ours_peeks = sel.get("split") == "test" and sel.get("select") == "best"
+            theirs = ref.get("selection", "unknown")
+            if sel.get("split") and theirs != "unknown" and ours_peeks != (theirs == "test"):
+                ours = "best epoch on test" if ours_peeks else f"{sel.get('select', 'last')} epoch on {sel['split']}"
+                differs.append(f"selection: {ours} vs {'the test set' if theirs == 'test' else theirs} in the paper")
             out.append({"row": row, "column": ref["column"], "source": ref["source"], "published": ref["all"],
                         "mean": mean, "std": std, "n": n, "diff": diff, "verdict": f"{verdict} ({rule})",
                         "differs": differs})

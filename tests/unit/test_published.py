@@ -73,6 +73,8 @@ def test_the_checker_catches_broken_files(tmp_path):
     assert "no dataset card" in problems(lambda d: d["rows"][0].update(dataset="ImageNet_LT"))
     assert "`protocol` does not resolve" in problems(lambda d: d["defaults"].pop("protocol"))
     assert "`url` does not resolve" in problems(lambda d: d["defaults"].pop("url"))
+    assert "`selection` does not resolve" in problems(lambda d: d["defaults"].pop("selection"))
+    assert "is not one of test, val, last, unknown" in problems(lambda d: d["rows"][0].update(selection="on test"))
     assert "paper.year" in problems(lambda d: d["paper"].pop("year"))
     assert "duplicate" in problems(lambda d: d["rows"].append(dict(d["rows"][0])))
     assert "unknown keys" in problems(lambda d: d["rows"][0].update(acc=1.0))

@@ -242,7 +242,23 @@ def test_side_by_side_with_the_published_value(tmp_path):
     assert "ours 53.00 ± 1.00, n = 3; WB paper (CVPR 2022) 53.35: -0.35 points, within the seeds' spread (2 std)" in wb
     naive = next(x for x in md.splitlines() if x.startswith("- naive, "))
     assert "+2.62 points, above (2 std)" in naive and "backbone resnet34_wb vs ResNet-32" in naive
-    assert "selection on val vs test in the paper" in naive          # the WB paper picked its epoch on test
+    assert "selection: best epoch on val vs the test set in the paper" in naive   # WB picked its epoch on test
+
+
+def test_reference_selection_rule_is_the_registry_field_not_protocol_wording(tmp_path):
+    """The paper's selection rule is its registry `selection`, not words in its protocol text: the logit-
+    adjustment numbers are "last epoch on test (no model selection)" (`selection: last`), so a run selected
+    on val differs in nothing, and a run that picks its best epoch on test is marked."""
+    lines = {}
+    for split in ("val", "test"):
+        root = tmp_path / split
+        write_run(root, ["name=c", "method=la", "data.dataset=cifar10", "data.imbalance_factor=100", "seed=0"],
+                  all_=77.0, extra={"model": "resnet32_cifar", "selection": {"split": split, "select": "best",
+                                                                             "tta_flip": False}})
+        md = RENDER["md"](build_table(collect([str(root)]), reference=True))
+        lines[split] = next(x for x in md.splitlines() if x.startswith("- la, ") and "77.32" in x)
+    assert "selection" not in lines["val"]
+    assert "selection: best epoch on test vs last in the paper" in lines["test"]
 
 
 def test_cost_per_cell(tmp_path):
