@@ -35,7 +35,7 @@ from bench.stats import bootstrap_interval, paired_t, t_interval
 
 METRICS = ("all", *GROUPS)
 # Row order of the WB paper's tables (naive -> stage 1 -> post-hoc -> stage 2 -> HS); others follow by name.
-METHOD_ORDER = ("naive", "ce", "wd", "l2-norm", "tau-norm", "crt", "cb-wd", "cb-maxnorm", "wb", "hs-stage1", "hs")
+METHOD_ORDER = ("naive", "ce", "wd", "l2-norm", "tau-norm", "lws", "crt", "cb-wd", "cb-maxnorm", "wb", "hs-stage1", "hs")
 # Config keys that identify the row or the column, or differ between seeds of one setting.
 IDENTITY_KEYS = ("seed", "parent_hash", "name", "method")
 COLUMN_KEYS = ("data.dataset", "data.imbalance_factor")
