@@ -59,8 +59,9 @@ def test_deviations_name_what_differs_from_the_recipe():
     assert "data.n_max 2000 (paper full: the full training pool)" in line
 
 
-def test_full_demo_runs_the_papers_stage1_recipe():
-    """--full: only model size and schedule length (and the missing flip TTA) depart from the papers."""
+def test_full_demo_runs_the_papers_weight_decay():
+    """--full: the papers' weight decay; only model size, schedule length, lr (the short schedule's) and the
+    missing flip TTA depart from the papers, and the deviation line names each."""
     from bench.config import load_config
     from bench.demo import CONFIG_DIR, FULL, STAGE1
 
@@ -70,4 +71,5 @@ def test_full_demo_runs_the_papers_stage1_recipe():
         configs[cfg.method] = cfg.to_dict()
     (line,) = deviations(configs, full_n_max=5980)
     assert line.startswith("- stage 1 (naive, wd, hs-stage1): model.name resnet8_cifar")
-    assert "epochs 20 (paper 320" in line and "lr " not in line and "weight_decay" not in line
+    assert "epochs 20 (paper 320" in line and "lr 0.05 (paper 0.01" in line
+    assert "weight_decay" not in line and "wd_in_loss" not in line          # the papers' 5e-3, both
