@@ -47,8 +47,10 @@ cluster-down:
 	slurm/cluster.sh stop $(SLURM_STATE)
 
 # The one-shot GPU check (README "The GPU check"): on a bare GPU machine, with the python that has torch,
-# torchvision and timm. It needs no venv and no network: webdataset and braceexpand come from wheels in
-# .whl/ (made by `make gpu-wheels` on a machine with PyPI access, then copied along) when not installed.
+# torchvision and timm. It needs no venv and no network: webdataset and braceexpand, and for the foundation
+# part peft with what importing it needs beyond timm's own dependencies (transformers, accelerate,
+# tokenizers, regex, psutil), come from wheels in .whl/ (made by `make gpu-wheels` on a machine with PyPI
+# access, then copied along; ~19 MB). Installed into GPU_SITE, which comes before the machine's own packages.
 # Writes gpu-check/perf.md and perf.json, in at most GPU_BUDGET_S seconds plus the final end-to-end runs.
 GPU_PYTHON ?= python3
 GPU_BUDGET_S ?= 420
@@ -61,8 +63,20 @@ gpu-check:
 	PYTHONPATH=$(CURDIR):$(GPU_SITE) PYTHONUNBUFFERED=1 $(GPU_PYTHON) -m bench perf --only gpu --out gpu-check \
 		--budget-s $(GPU_BUDGET_S) $(GPU_ARGS)
 
+# The wheels for the GPU machine's Python (3.12 on the H200 machines of BENCHMARKS.md; regex's wheel is built
+# per Python version, the others are pure Python or abi3). peft imports transformers and accelerate at its top
+# level; transformers' import needs regex and tokenizers (without tokenizers it fails on a type annotation) and
+# checks the versions of huggingface_hub (>= 1.31) and safetensors (>= 0.8), which timm brings: carry them too
+# (GPU_WHEELS_MORE, with their own needs) on a machine whose are older. psutil: required by peft and
+# accelerate, not imported to inject LoRA; 0.2 MB.
+GPU_PY_VERSION ?= 3.12
+GPU_WHEELS_MORE ?=
+GPU_WHEELS := webdataset==1.0.2 braceexpand==0.1.7 peft==0.21.0 transformers==5.24.0 accelerate==1.15.0 \
+        tokenizers==0.23.3 regex==2026.11.19 psutil==7.2.2 $(GPU_WHEELS_MORE)
 gpu-wheels:
-	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: -d .whl webdataset==1.0.2 braceexpand==0.1.7
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version $(GPU_PY_VERSION) --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+		-d .whl $(GPU_WHEELS)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"

@@ -243,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--threads", type=int, default=None, help="torch threads per run (default: all cores)")
     sp.add_argument("--budget-s", type=float, default=420.0,
                     help="gpu section: seconds it may take; items that do not fit are reported as skipped")
-    sp.add_argument("--gpu-parts", default=None, help="gpu section: comma-separated parts: pipeline, models, end_to_end")
+    sp.add_argument("--gpu-parts", default=None, help="gpu section: comma-separated parts: pipeline, models, foundation, end_to_end")
     sp.add_argument("--gpu-models", default=None, help="gpu section: comma-separated timm models (default resnet50,resnext50_32x4d)")
     sp.set_defaults(fn=cmd_perf)
 

@@ -11,12 +11,17 @@ to carry the rest), in a few minutes, and written as perf.json / perf.md:
    model's images/s on batches already on the GPU; ltbench's trainer (`ltbench run`, in-memory synthetic
    images, the same model and batch) as a ratio of it (target >= 0.97); ltbench's trainer from the
    re-encoded JPEG shards as a ratio of its synthetic run (target >= 0.95); GPU memory high-water marks;
-3. end to end on a tiny shard set: stage 1 killed after its first checkpoint and resumed on the GPU
+3. a foundation model (`foundation`): ViT-B/16 at 224 px (CLIP's image tower, random weights, bf16; no
+   channels_last, which does not apply to ViTs): a bare full fine-tune, a bare LoRA loop and ltbench's
+   trainer with LoRA (`model.peft.method=lora`, r 8 on qkv; in-memory synthetic images) in images/s, the
+   trainable-parameter count and share, GPU memory high-water marks; needs peft (carried as wheels);
+4. end to end on a tiny shard set: stage 1 killed after its first checkpoint and resumed on the GPU
    (the numbers must equal an uninterrupted run's), stage 2 on cached features, `ltbench table`, and
    the same stage 1 under `torchrun --nproc_per_node <GPUs>` (NCCL when there are several).
 
 Without a GPU only part 1 runs; the rest says "no GPU". Every item has a time budget: what does not fit
-is reported as skipped, never silently left out. Items run in the order above, most informative first.
+is reported as skipped, never silently left out. Items run in the order above; the models part leaves
+time for the parts after it.
 """
 
 from __future__ import annotations
@@ -35,11 +40,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.config import load_config
+from bench.config import PeftConfig, load_config
 from bench.data.lt import build_lt_data
 from bench.data.prepare import prepare
 from bench.data.shards.loader import ShardLoader
+from bench.errors import one_line
+from bench.methods.adapters import apply_peft, parameter_counts
 from bench.models import build_model
+from bench.models.clip import build_clip_model
 from bench.paths import repo_or_package_dir
 from bench.progress import log
 from bench.rundir import RunDir
@@ -49,6 +57,11 @@ CONFIGS = repo_or_package_dir("configs")
 SYNTHETIC = CONFIGS / "perf" / "gpu_synthetic.yaml"
 JPEG = CONFIGS / "perf" / "gpu_jpeg.yaml"
 MODELS = ("resnet50", "resnext50_32x4d")
+FOUNDATION = CONFIGS / "perf" / "gpu_vit_lora.yaml"
+# ViT-B/16 at 224 px as configs/foundation runs it: OpenAI CLIP's image tower (QuickGELU, pre-norm, 512-d
+# projection), built without weights (none can be downloaded; the architecture decides the speed)
+VIT = "vit_base_patch16_clip_quickgelu_224"
+FOUNDATION_S = 90.0     # seconds the foundation part is given (two bare loops, one `ltbench run` subprocess)
 
 
 # --- realistic JPEGs --------------------------------------------------------------------------
@@ -179,17 +192,28 @@ def section_pipeline(shards: dict[str, Path], cores: int, max_images: int, extra
 # --- 2. models on the GPU -----------------------------------------------------------------------
 
 def bare_rate(model_name: str, batch: int, compile_: bool, device: str = "cuda", image: int = 224,
-              num_classes: int = 100, steps: int = 30, warmup: int = 10) -> dict[str, float]:
-    """A hand-written loop: timm model, bf16 autocast, channels_last, SGD, inputs already on the device."""
+              num_classes: int = 100, steps: int = 30, warmup: int = 10, channels_last: bool = True,
+              embedding: str = "pooled", peft: PeftConfig | None = None) -> dict[str, Any]:
+    """A hand-written loop: timm model, bf16 autocast, channels_last (where it applies: not for ViTs, whose
+    only convolution is the patch embedding), SGD over the parameters that train, inputs already on the
+    device. embedding="clip" builds the model as model.embedding=clip does (a CLIP tower and a classifier on
+    its embedding); `peft` injects adapters as model.peft does (only they and the classifier train)."""
 
     dev = torch.device(device)
     torch.backends.cudnn.benchmark = dev.type == "cuda"
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-    model = build_model(model_name, num_classes=num_classes, in_chans=3).to(dev).to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-5)
+    build = build_clip_model if embedding == "clip" else build_model
+    model = build(model_name, num_classes=num_classes, in_chans=3)
+    if peft is not None and peft.method != "none":
+        apply_peft(model, peft)
+    counts = parameter_counts(model)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(dev).to(memory_format=fmt)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1, momentum=0.9,
+                          weight_decay=5e-5)
     step_fn = torch.compile(model) if compile_ else model
-    x = torch.randn(batch, 3, image, image, device=dev).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(batch, 3, image, image, device=dev).contiguous(memory_format=fmt)
     y = torch.randint(0, num_classes, (batch,), device=dev)
     t_start = time.time()
     for i in range(warmup + steps):
@@ -204,10 +228,13 @@ def bare_rate(model_name: str, batch: int, compile_: bool, device: str = "cuda",
         opt.step()
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
-    out = {"images_per_s": steps * batch / (time.time() - t0), "warmup_s": round(warm_s, 1)}
+    out = {"images_per_s": steps * batch / (time.time() - t0), "warmup_s": round(warm_s, 1),
+           "trainable_params": counts}
     if dev.type == "cuda":
         out["gpu_mem_gib"] = round(torch.cuda.max_memory_allocated(dev) / 2**30, 2)
-    del model, opt, step_fn
+    del model, opt, step_fn, x, y
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()      # the next item (often an `ltbench run` subprocess) gets the memory back
     return out
 
 
@@ -304,7 +331,59 @@ def section_models(work: Path, jpeg: Path | None, deadline: float, models: tuple
             "target": "ltbench trainer >= 0.97 x bare model (synthetic); from JPEG shards >= 0.95 x synthetic"}
 
 
-# --- 3. end to end ------------------------------------------------------------------------------
+# --- 3. a foundation model: ViT-B/16 with LoRA ---------------------------------------------------
+
+def section_foundation(work: Path, deadline: float, device: str = "cuda", model: str = VIT, image: int = 224,
+                       batch: int = 256, bare_kw: dict[str, Any] | None = None, extra: list[str] = ()) -> dict[str, Any]:
+    """ViT-B/16 at 224 px, random weights, built as model.embedding=clip builds it (a CLIP tower, a classifier
+    on its embedding), bf16 autocast, no channels_last (it does not apply to ViTs): a bare full fine-tune and a
+    bare LoRA loop (batches already on the device), then ltbench's trainer with LoRA (`ltbench run`
+    gpu_vit_lora.yaml, in-memory synthetic images); images/s, trainable parameters (result.json's
+    trainable_params), GPU memory high-water marks. Skipped, with the reason, when peft cannot be imported or
+    fewer than FOUNDATION_S seconds are left before `deadline`."""
+
+    try:
+        import peft  # noqa: F401  (imports transformers, accelerate, tokenizers, regex: `make gpu-wheels` carries them)
+    except Exception as e:     # ImportError, or transformers' own version check of what the machine has
+        return {"skipped": f"peft cannot be imported ({type(e).__name__}: {one_line(e)}); `make gpu-wheels` carries it",
+                "met": None}
+    left = deadline - time.time()
+    if left < FOUNDATION_S:
+        return {"skipped": f"time budget: it needs about {FOUNDATION_S:.0f} s, {max(0.0, left):.0f} s were left",
+                "met": None}
+    t0 = time.time()
+    cfg = load_config(FOUNDATION, [f"model.name={model}", *extra])
+    pc, classes = cfg.model.peft, cfg.data.synthetic.num_classes
+    kw = {"image": image, "num_classes": classes, "channels_last": False, "embedding": cfg.model.embedding,
+          **(bare_kw or {})}
+    try:    # a failure here (out of memory, a peft the machine cannot run) is reported; the check goes on
+        full = bare_rate(model, batch, False, device, **kw)
+        lora = bare_rate(model, batch, False, device, peft=pc, **kw)
+        run = run_ltbench(FOUNDATION, [f"model.name={model}", f"runtime.device={device}", *extra],
+                          work / "run-vit-lora")
+    except Exception as e:
+        log(f"gpu-check: the foundation part failed: {type(e).__name__}: {one_line(e)}")
+        return {"skipped": f"failed after {time.time() - t0:.0f} s: {type(e).__name__}: {one_line(e)}", "met": False}
+    rate = steady_rate(run["rows"])
+    trainer = {"images_per_s": rate, "epochs": [r["images_per_s"] for r in run["rows"]],
+               "gpu_mem_gib": run["rows"][-1].get("gpu_mem_gib"),
+               "trainable_params": run["result"]["trainable_params"], "peft": run["result"].get("peft")}
+    out = {"model": model, "image": image, "batch": batch, "embedding": cfg.model.embedding,
+           "amp": {"bare": "bf16", "trainer": cfg.train.amp},
+           "channels_last": False,
+           "lora": {"r": pc.r, "alpha": pc.alpha, "target_modules": list(pc.target_modules)},
+           "bare_full": full, "bare_lora": lora, "trainer_lora": trainer,
+           "lora trainer / bare full": rate / full["images_per_s"],
+           "lora trainer / bare lora": rate / lora["images_per_s"],
+           "section_s": round(time.time() - t0, 1), "met": None,
+           "target": "none yet: measured (issue 19: the GPU row for ViT-B/16 with LoRA)"}
+    log(f"gpu-check: {model} at {image} px: bare full fine-tune {full['images_per_s']:.0f} img/s, bare LoRA "
+        f"{lora['images_per_s']:.0f}, ltbench LoRA {rate:.0f} ({out['lora trainer / bare full']:.3f} of full), "
+        f"trainable {trainer['trainable_params']['trainable']:,} = {trainer['trainable_params']['share']:.4f}")
+    return out
+
+
+# --- 4. end to end ------------------------------------------------------------------------------
 
 def section_end_to_end(work: Path, device: str = "cuda", gpus: int = 1) -> dict[str, Any]:
     """Tiny synthetic shards: stage 1 killed after its first checkpoint and resumed (numbers equal to an
@@ -344,14 +423,16 @@ def section_end_to_end(work: Path, device: str = "cuda", gpus: int = 1) -> dict[
 
 # --- the check ----------------------------------------------------------------------------------
 
-PARTS = ("pipeline", "models", "end_to_end")
+PARTS = ("pipeline", "models", "foundation", "end_to_end")
+E2E_S = 90.0            # seconds kept for the end-to-end part
 
 
 def gpu_check(work: Path, budget_s: float = 420, tiny: bool = False, device: str | None = None,
               parts: tuple[str, ...] = PARTS, models: tuple[str, ...] = MODELS) -> dict[str, Any]:
     """`parts` of the check within `budget_s` seconds (a part that is not asked for is reported as such).
     tiny = small images and models (checks the code path); device = where the model parts run (default:
-    cuda when present, else they are skipped; "cpu" rehearses the GPU run on the CPU)."""
+    cuda when present, else they are skipped; "cpu" rehearses the GPU run on the CPU). The models part
+    leaves FOUNDATION_S and E2E_S seconds of the budget to the parts after it that were asked for."""
     t_start = time.time()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     cuda = torch.cuda.is_available()
@@ -364,13 +445,16 @@ def gpu_check(work: Path, budget_s: float = 420, tiny: bool = False, device: str
         counts, size, images = {"train": 12800, "val": 500, "test": 500}, (500, 375), 1024
         extra = []
     not_asked = {"skipped": "not asked for (--gpu-parts)", "met": None}
-    shards = jpeg_shards(work, counts, max(1, cores - 1 if cuda else cores), size)
+    # the JPEG shards serve the pipeline and the models parts only
+    shards = (jpeg_shards(work, counts, max(1, cores - 1 if cuda else cores), size)
+              if {"pipeline", "models"} & set(parts) else {})
     out["pipeline"] = section_pipeline(shards, cores, images, extra) if "pipeline" in parts else not_asked
     device = device or ("cuda" if cuda else None)
     if device is None:
-        out["models"] = out["end_to_end"] = {"skipped": "no GPU", "met": None}
+        out["models"] = out["foundation"] = out["end_to_end"] = {"skipped": "no GPU", "met": None}
         return out
-    deadline = t_start + budget_s - (90 if "end_to_end" in parts else 0)
+    end = t_start + budget_s - (E2E_S if "end_to_end" in parts else 0)    # the foundation part's deadline
+    deadline = end - (FOUNDATION_S if "foundation" in parts else 0)           # the models part's
     if "models" not in parts:
         out["models"] = not_asked
     elif tiny:
@@ -384,6 +468,18 @@ def gpu_check(work: Path, budget_s: float = 420, tiny: bool = False, device: str
         # the JPEG run decodes on every core but the one that feeds the GPU (workers divide data.streams)
         out["models"] = section_models(work, shards["shorter-256"], deadline, models, device=device,
                                        jpeg_extra=[f"data.streams={max(1, cores - 1)}"])
+    if "foundation" not in parts:
+        out["foundation"] = not_asked
+    elif tiny:
+        # timm's test_vit (6 blocks, width 64, 160 px) wrapped as a CLIP tower: its 1000-wide head plays the
+        # projection; synthetic 32-px images are resized to 160 on the device (data.input_stats=model)
+        small = ["train.batch_size=16", "train.epochs=2", "runtime.threads=1", "train.amp=none",
+                 "runtime.cudnn_benchmark=false", "data.synthetic.image_size=32", "data.synthetic.num_classes=10",
+                 "data.synthetic.train_per_class=8", "data.synthetic.test_per_class=2"]
+        out["foundation"] = section_foundation(work, end, device, "test_vit", 160, 16, {"steps": 2, "warmup": 1},
+                                               small)
+    else:
+        out["foundation"] = section_foundation(work, end, device)
     out["end_to_end"] = section_end_to_end(work, device, max(1, out["gpus"])) if "end_to_end" in parts else not_asked
     out["check_s"] = round(time.time() - t_start, 1)
     return out
@@ -420,6 +516,7 @@ def render(sec: dict[str, Any]) -> list[str]:
             lines += ["", f"skipped (time budget): {', '.join(models['skipped_items'])}"]
         met = models.get("met")
         lines += ["", f"target: {models['target']}: " + ("met" if met else "not met" if met is False else "n/a"), ""]
+    lines += render_foundation(sec.get("foundation", {"skipped": "not run (a report from before this part)"}))
     e2e = sec["end_to_end"]
     lines += ["### End to end", ""]
     if "skipped" in e2e:
@@ -433,4 +530,32 @@ def render(sec: dict[str, Any]) -> list[str]:
                   f"- torchrun --nproc_per_node {e2e['torchrun']['nproc_per_node']}: world size "
                   f"{e2e['torchrun']['world_size']}, backend {e2e['torchrun']['backend']}, test all "
                   f"{e2e['torchrun']['metrics']['all']:.2f}", "", "```", e2e["table"], "```", ""]
+    return lines
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e6:.2f} M" if n >= 1e6 else f"{n / 1e3:.1f} k" if n >= 1e3 else str(n)
+
+
+def render_foundation(fm: dict[str, Any]) -> list[str]:
+    """The foundation part's Markdown lines: three rows (bare full fine-tune, bare LoRA, ltbench LoRA)."""
+    lines = ["### Foundation model (ViT, LoRA)", ""]
+    if "skipped" in fm:
+        return lines + [f"skipped: {fm['skipped']}", ""]
+    lo, amp = fm["lora"], fm["amp"]
+    lora = f"LoRA r {lo['r']} on {', '.join(lo['target_modules'])}"
+    amp = (f"{amp['bare']} autocast" if amp["bare"] == amp["trainer"] else
+           f"{amp['bare']} autocast in the bare loops, train.amp={amp['trainer']} in the trainer")
+    lines += [f"`{fm['model']}` (random weights, model.embedding={fm['embedding']}) at {fm['image']} px, batch "
+              f"{fm['batch']}, {amp}, SGD; channels_last off: it does not apply to ViTs (the one "
+              "convolution is the patch embedding, the blocks work on (batch, tokens, width) tensors).", "",
+              "| run | img/s | trainable params | share | GPU GiB |", "|---|---|---|---|---|"]
+    for label, r in (("bare loop, full fine-tune", fm["bare_full"]), (f"bare loop, {lora}", fm["bare_lora"]),
+                     (f"ltbench trainer, {lora} (gpu_vit_lora.yaml)", fm["trainer_lora"])):
+        tp = r["trainable_params"]
+        mem = r.get("gpu_mem_gib")
+        lines.append(f"| {label} | {r['images_per_s']:.0f} | {_count(tp['trainable'])} of {_count(tp['total'])} | "
+                     f"{tp['share']:.4f} | {'-' if mem is None else mem} |")
+    lines += ["", f"ltbench LoRA / bare full fine-tune: **{fm['lora trainer / bare full']:.3f}**; "
+              f"ltbench LoRA / bare LoRA: **{fm['lora trainer / bare lora']:.3f}** ({fm['section_s']} s)", ""]
     return lines

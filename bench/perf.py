@@ -28,7 +28,7 @@ import torch
 from bench.config import load_config
 from bench.data.lt import build_lt_data
 from bench.data.prepare import prepare
-from bench.gpucheck import gpu_check, render as render_gpu
+from bench.gpucheck import MODELS as GPU_MODELS, PARTS as GPU_PARTS, gpu_check, render as render_gpu
 from bench.methods.classifiers import make_model
 from bench.paths import repo_or_package_dir
 from bench.progress import log
@@ -57,8 +57,8 @@ class Setting:
             self.prepare_args = []
         self.runtime = ["runtime.progress=off", "runtime.plot=false", "wandb.mode=disabled"]
         self.gpu_budget_s = 420.0
-        self.gpu_parts: tuple[str, ...] = ("pipeline", "models", "end_to_end")
-        self.gpu_models: tuple[str, ...] = ("resnet50", "resnext50_32x4d")
+        self.gpu_parts: tuple[str, ...] = GPU_PARTS
+        self.gpu_models: tuple[str, ...] = GPU_MODELS
         self.overrides = self.train + self.runtime
 
 
@@ -281,7 +281,8 @@ def section_demo(s: Setting, root: Path, repeats: int) -> dict[str, Any]:
 
 def section_gpu(s: Setting, root: Path, repeats: int) -> dict[str, Any]:
     """The one-shot GPU check (bench/gpucheck.py, `make gpu-check`): the JPEG pipeline per core, ResNet-50 /
-    ResNeXt-50 bare vs ltbench's trainer (synthetic, then JPEG shards), an end-to-end run resumed on the GPU."""
+    ResNeXt-50 bare vs ltbench's trainer (synthetic, then JPEG shards), ViT-B/16 with LoRA in ltbench's trainer
+    vs a bare full fine-tune, an end-to-end run resumed on the GPU."""
 
     return gpu_check(root, budget_s=s.gpu_budget_s, tiny=s.quick, parts=s.gpu_parts, models=s.gpu_models)
 

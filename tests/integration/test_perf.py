@@ -32,10 +32,11 @@ def test_perf_quick_writes_its_report(tmp_path):
         ("original", "train"), ("original", "eval:"), ("shorter-256", "train"), ("shorter-256", "eval:")]
     assert all(r["images_per_s"] > 0 and r["dtype"] == "torch.uint8" for r in g["pipeline"]["rows"])
     if g["gpu"] is None:
-        assert g["models"] == g["end_to_end"] == {"skipped": "no GPU", "met": None}
+        assert g["models"] == g["foundation"] == g["end_to_end"] == {"skipped": "no GPU", "met": None}
     md = (out / "perf.md").read_text()
     assert md.startswith("# ltbench perf: quick") and "target: ltbench >= 0.97 x bare loop" in md
     assert "### JPEG pipeline (CPU)" in md and ("skipped: no GPU" in md or "torch.compile" in md)
+    assert "### Foundation model (ViT, LoRA)" in md
     assert not list(out.glob("work-*"))                  # the scratch runs are removed
     bad = run_cli("perf", "--only", "nope", "--out", str(out))
     assert bad.returncode == 2 and "unknown section(s) nope" in bad.stderr
