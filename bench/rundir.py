@@ -57,6 +57,7 @@ class Result(TypedDict, total=False):
     selected_epoch: int | None
     selection: dict[str, Any]           # split, select, tta_flip, select_tta_flip
     per_class_acc: list[float | None]
+    per_class_acc_last_epoch: list[float | None]   # the last epoch's (= per_class_acc unless another epoch is reported)
     class_counts: list[int]
     class_names: list[str]
     groups: dict[str, list[int]]

@@ -99,7 +99,8 @@ def select_reported(cfg: Config, run: RunDir, best_epoch: int | None, epochs: in
     """Load the best epoch's weights when eval.select=best. Returns (selected epoch, last-epoch test metrics
     when they differ from the reported ones); `evaluator` is the reporting one (eval.tta_flip)."""
     if cfg.eval.select == "best" and best_epoch is not None and best_epoch != epochs:   # None: no epoch (epochs 0)
-        last_metrics = evaluator("test")
+        last_metrics, last_per_class, _ = evaluator.run("test")
+        last_metrics = {**last_metrics, "per_class": last_per_class}   # finish() files it as its own key
         dist.barrier()  # best.pt is written by rank 0
         saved = ckpt.load(run.best_ckpt)
         check_owner(run.best_ckpt, saved.get("config_hash"), cfg.run_hash())
@@ -228,7 +229,10 @@ class Stage:
             "selected_epoch": selected_epoch,
             "selection": {"split": cfg.eval.selection_split, "select": cfg.eval.select, "tta_flip": cfg.eval.tta_flip,
                           "select_tta_flip": cfg.eval.select_tta_flip},
-            "metrics_last_epoch": last_metrics or test_metrics,
+            "metrics_last_epoch": {k: v for k, v in (last_metrics or test_metrics).items() if k != "per_class"},
+            # per-class accuracy of the last epoch when another epoch is reported (a class that collapses
+            # late, as shirt in WB's stage 2 on Fashion-MNIST-LT, shows only here)
+            "per_class_acc_last_epoch": (last_metrics or {}).get("per_class", test_per_class),
             "per_class_acc": test_per_class,
             "class_counts": data.class_counts,
             "class_names": data.class_names,

@@ -112,3 +112,28 @@ def test_lws_refuses_what_names_no_method(stage1, extra, word):
     cfg = load_config(CONFIGS / "smoke_stage2.yaml", [*QUIET, f"parent={parent.path}", "stage2.lws=true", *extra])
     with pytest.raises(ConfigError, match=word):
         run_experiment(cfg, RunDir.for_config(cfg, root), runs_root=root)
+
+
+def test_the_last_epoch_keeps_its_per_class_accuracy(stage1, tmp_path):
+    """When another epoch is reported (eval.select=best), result.json still holds the last epoch's per-class
+    accuracy (a class that collapses late shows only there); with select=last the two are the same."""
+    from bench.train import checkpoint as ckpt
+    from bench.train.common import select_reported
+
+    _, cfg, _, result = stage1
+    assert result["per_class_acc_last_epoch"] == result["per_class_acc"]
+    best = load_config(CONFIGS / "smoke.yaml", [*TINY, "eval.select=best"])
+    run = RunDir.for_config(best, tmp_path)
+    run.best_ckpt.parent.mkdir(parents=True)
+    model = torch.nn.Linear(2, 3)
+    ckpt.save_atomic({"model": {k: v + 1 for k, v in model.state_dict().items()}, "config_hash": best.run_hash()},
+                     run.best_ckpt)
+
+    class LastEpoch:        # what the reporting evaluator says of the model still in memory (the last epoch)
+        def run(self, split):
+            return {"all": 50.0}, [100.0, 0.0, 50.0], None
+
+    before = model.weight.detach().clone()
+    selected, last = select_reported(best, run, 1, 2, LastEpoch(), model)
+    assert selected == 1 and last == {"all": 50.0, "per_class": [100.0, 0.0, 50.0]}
+    assert torch.equal(model.weight, before + 1)                       # the best epoch's weights were loaded
