@@ -43,10 +43,10 @@ WB_GRID = {"stage2.train.weight_decay": [1e-3, 1e-2, 1e-1], "stage2.train.loss.c
 # The 10-minute demo runs configs/demo/*.yaml as they are. --full runs three seeds of the papers' own weight
 # decay (WB 5e-3 on all parameters; HS 5e-3 in the loss + FR 0.01) for 20 epochs instead of 12, at the demo's
 # lr 0.05 instead of the papers' 0.01: at 0.01 twenty epochs underfit and the HS single stage and every
-# re-balanced classifier trail (3 seeds: HS + LA 71.7 vs WB 83.0), at 0.05 they converge (seed 0: HS + LA
-# 84.6 vs WB 84.0). Also measured and not adopted (seed 0, test all, README "The demo"): the papers' 200
-# epochs on a tenth of the data (n_max 500; WD - naive -3.4) and WD / HS decay 1e-3 at lr 0.05 (WD - naive
-# -1.5, HS + LA - WB -3.3). Overrides per stage-1 config ("" = all of them).
+# re-balanced classifier trail (3 seeds: HS + LA 71.7 vs WB 83.0); at 0.05 they converge (3 seeds: HS + LA
+# 84.5 vs WB 84.2). Also measured and not adopted (seed 0, test all; BENCHMARKS.md, "`--full` settings
+# search"): the papers' 200 epochs on a tenth of the data (n_max 500; WD - naive -3.4) and WD / HS decay
+# 1e-3 at lr 0.05 (WD - naive -1.5, HS + LA - WB -3.3). Overrides per stage-1 config ("" = all of them).
 FULL: dict[str, list[str]] = {"": ["train.epochs=20", "train.lr=0.05"],
                               "fmnist_wd": ["train.weight_decay=5e-3"],
                               "fmnist_hs_stage1": ["train.wd_in_loss=5e-3"]}
