@@ -160,7 +160,9 @@ def _check_foundation(cfg: Config, card: dict[str, Any]) -> None:
         if not m.zeroshot.templates or not all("{}" in t for t in m.zeroshot.templates):
             raise ConfigError(f"config key 'model.zeroshot.templates': {m.zeroshot.templates!r}: give at least one "
                               "template, each with '{}' where the class name goes")
-    if m.peft.method != "none" and not m.peft.target_modules:
+    if m.peft.method == "adaptformer" and m.peft.dropout > 0:
+        raise ConfigError(f"config key 'model.peft.dropout': {m.peft.dropout} is LoRA's; adaptformer has no dropout (set 0)")
+    if m.peft.method == "lora" and not m.peft.target_modules:
         raise ConfigError("config key 'model.peft.target_modules': empty; name the modules that get adapters (e.g. [qkv])")
 
 

@@ -100,13 +100,14 @@ class ZeroShotConfig:
 
 @dataclass
 class PeftConfig:
-    """Parameter-efficient fine-tuning of the backbone through the `peft` library (extra `foundation`)."""
+    """Parameter-efficient fine-tuning of the backbone (extra `foundation`): LoRA through the `peft` library,
+    AdaptFormer as LIFT uses it."""
 
-    method: Literal["none", "lora"] = _f("none", "none = every parameter trains as usual; lora = low-rank adapters W + (alpha/r) B A on target_modules (Hu et al. 2022): only they and the classifier train, and they are merged into W at the end (final.pt holds a plain model)")
-    r: int = _f(8, "LoRA rank r", ge=1)
-    alpha: float = _f(16.0, "LoRA alpha; the update is scaled by alpha / r", gt=0)
-    dropout: float = _f(0.0, "dropout on the LoRA branch's input", ge=0, le=1)
-    target_modules: list[str] = _f(["qkv"], "module names (suffixes) that get adapters; timm ViTs: qkv (fused attention input), proj (attention output, also matches patch_embed.proj), fc1 / fc2 (MLP)")
+    method: Literal["none", "lora", "adaptformer"] = _f("none", "none = every parameter trains as usual; lora = low-rank adapters W + (alpha/r) B A on target_modules (Hu et al. 2022), merged into W at the end (final.pt holds a plain model); adaptformer = a bottleneck branch s * up(relu(down(LN(x)))) of width r beside every ViT block's MLP (Chen et al. 2022, as in LIFT), kept in final.pt; either way only the adapters and the classifier train")
+    r: int = _f(8, "LoRA rank r, or AdaptFormer's bottleneck width (LIFT: 2^int(log2(C / 2L)) for C classes, L blocks)", ge=1)
+    alpha: float = _f(16.0, "LoRA alpha; the update is scaled by alpha / r (lora only)", gt=0)
+    dropout: float = _f(0.0, "dropout on the LoRA branch's input (lora only)", ge=0, le=1)
+    target_modules: list[str] = _f(["qkv"], "module names (suffixes) that get LoRA adapters; timm ViTs: qkv (fused attention input), proj (attention output, also matches patch_embed.proj), fc1 / fc2 (MLP); adaptformer goes into every ViT block and ignores this")
 
 
 @dataclass

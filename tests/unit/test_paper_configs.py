@@ -106,15 +106,17 @@ def test_every_config_in_the_repo_loads(repo, large_env):
 
 
 def test_foundation_configs(repo, large_env, tmp_path):
-    """configs/foundation/: CLIP ViT-B/16 zero-shot (+ post-hoc LA) and LIFT-style LoRA, the model's preprocessing."""
+    """configs/foundation/: CLIP ViT-B/16 zero-shot (+ post-hoc LA), LIFT (AdaptFormer) and its LoRA variant, the model's preprocessing."""
     d = repo / "configs" / "foundation"
     for ds, classes_r, epochs in (("imagenet_lt", 32, 10), ("places_lt", 8, 10), ("inat2018", 256, 20)):
-        zs, la, lora = (load_config(d / ds / f"{n}.yaml") for n in ("zeroshot", "zeroshot_la", "lora_la"))
+        zs, la, lift, lora = (load_config(d / ds / f"{n}.yaml") for n in ("zeroshot", "zeroshot_la", "lift", "lora_la"))
         assert zs.train.epochs == 0 and zs.model.classifier == "zeroshot" and zs.model.embedding == "clip"
         assert zs.data.input_stats == "model" and zs.data.mean == [0.48145466, 0.4578275, 0.40821073]
         assert (zs.data.image_size, zs.data.eval_resize) == (224, 256)
         assert zs.model.pretrained_file == str(tmp_path / "clip_vit_b16_openai.bin")
         assert la.parent_hash == zs.run_hash() and la.posthoc.kind == "la_add"
-        assert lora.model.peft.method == "lora" and lora.model.peft.r == classes_r and lora.train.epochs == epochs
-        assert lora.model.zeroshot.logit_scale == 25 and lora.train.loss.name == "logit_adjusted"
+        assert lift.model.peft.method == "adaptformer" and lift.model.peft.r == classes_r and lift.train.epochs == epochs
+        assert lift.model.zeroshot.logit_scale == 25 and lift.train.loss.name == "logit_adjusted"
+        assert lora.model.peft.method == "lora" and lora.model.peft.r == classes_r and lora.model.peft.alpha == 1
+        assert (lora.train, lora.model.zeroshot, lora.method) == (lift.train, lift.model.zeroshot, "lift-lora")
         assert (ds == "inat2018") == (zs.eval.selection_split == "test")
