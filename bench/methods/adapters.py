@@ -15,7 +15,7 @@ x' = x + MLP(LN_2(x)) + s * W_up ReLU(W_down LN_a(x) + b_down) + s * b_up, where
 stream after attention, LN_a the adapter's own LayerNorm, s a learned scalar starting at 1, W_down of width
 model.peft.r (Kaiming-normal, a = sqrt 5), W_up and both biases zeros: the model starts exactly as
 pretrained. peft has no such parallel adapter, hence the module here. Its ReLU makes it impossible to fold
-into the block, so final.pt holds it (blocks.i.adaptformer.*) and `add_adaptformer` builds it for every
+into the block, so final.pt holds it (blocks.i.adaptformer.*) and `build_adapters` builds it for every
 child that loads final.pt.
 """
 
@@ -64,7 +64,7 @@ class AdaptFormer(nn.Module):
 class AdaptFormerBlock(Block):
     """timm's pre-norm ViT block (vision_transformer.Block) with an AdaptFormer branch beside its MLP.
 
-    The first line is Block.forward's; a test checks that a block with a zero branch equals timm's."""
+    forward is timm 1.0's Block.forward plus the branch; a test checks that a zero branch gives timm's block."""
 
     adaptformer: AdaptFormer
 
@@ -105,7 +105,7 @@ def apply_peft(model: nn.Module, pc: PeftConfig) -> None:
         return
     head = head_of(model)
     if pc.method == "adaptformer":
-        add_adaptformer(_backbone(model), pc.r)
+        build_adapters(model, pc)
         for name, p in _backbone(model).named_parameters():
             p.requires_grad_(".adaptformer." in f".{name}")
         for p in head.parameters():
