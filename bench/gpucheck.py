@@ -542,7 +542,7 @@ def _count(n: int) -> str:
 
 def render_foundation(fm: dict[str, Any]) -> list[str]:
     """The foundation part's Markdown lines: three rows (bare full fine-tune, bare LoRA, ltbench LoRA)."""
-    lines = ["### Foundation model (ViT, LoRA)", ""]
+    lines = ["### Foundation model (ViT: LoRA, AdaptFormer)", ""]
     if "skipped" in fm:
         return lines + [f"skipped: {fm['skipped']}", ""]
     lo, amp = fm["lora"], fm["amp"]

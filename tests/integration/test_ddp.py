@@ -177,7 +177,7 @@ def test_peft_vit_one_process_equals_two(method, tmp_path):
             f"model.peft.method={method}", "model.peft.r=4"]
     one = run_cli(*args, "--runs-root", str(tmp_path / "one"))
     assert one.returncode == 0, one.stderr
-    two = torchrun(*args, "--runs-root", str(tmp_path / "two"), port=_port(5 + (method == "lora")))
+    two = torchrun(*args, "--runs-root", str(tmp_path / "two"), port=_port(6 + (method == "lora")))
     assert two.returncode == 0, two.stdout + two.stderr
     assert result(tmp_path / "two")["world_size"] == 2
     w1, w2 = (torch.load(next((tmp_path / n).glob("smoke/ce-*/checkpoints/final.pt")), weights_only=True)["model"]

@@ -264,6 +264,21 @@ def test_adaptformer_branch_by_hand():
     assert torch.allclose(a(x), 3.0 * torch.tensor([[h + 0.25, -2.0 * h]]), atol=1e-6)
 
 
+def test_adaptformer_initialisation_is_lifts():
+    """scale 1, up-projection and both biases 0, down-projection Kaiming-normal with a = sqrt(5): std
+    sqrt(2 / (1 + 5)) / sqrt(fan_in), fan_in = the width (LIFT's ViT-B/16: 768, bottleneck 32)."""
+    from bench.methods.adapters import AdaptFormer
+
+    torch.manual_seed(0)
+    a = AdaptFormer(width=768, bottleneck=32)
+    assert a.scale.item() == 1.0 and a.scale.requires_grad
+    assert not a.up.weight.any() and not a.up.bias.any() and not a.down.bias.any()
+    assert a.down.weight.shape == (32, 768)
+    assert a.down.weight.std().item() == pytest.approx((1 / 3) ** 0.5 / 768 ** 0.5, rel=0.03)
+    assert abs(a.down.weight.mean().item()) < 1e-3
+    assert torch.equal(a.ln.weight, torch.ones(768)) and a.ln.eps == 1e-5
+
+
 def test_adaptformer_block_is_timms_block_plus_the_branch_on_the_mlp_input(towers):
     """With its branch at zero the model is the pretrained one (so AdaptFormerBlock's copy of timm's Block.forward
     is timm's); with a trained branch each block adds branch(x) to timm's output, x the MLP residual's input."""
@@ -315,6 +330,27 @@ def test_adaptformer_trains_only_its_branches_and_final_keeps_them(adaptformer_r
         assert torch.allclose(trained.eval()(x), child.eval()(x), atol=1e-5)
 
 
+def test_lws_with_the_class_aware_sampler_on_an_adaptformer_parent(adaptformer_run):
+    """configs/foundation/_lws.yaml's recipe in small: LWS on the (AdaptFormer) model's classifier, trained on cached
+    features with Decoupling's class-aware sampler, whose epoch is max_c n_c x C samples; the rows of the
+    child are the parent's, each scaled."""
+    root, _, parent, _ = adaptformer_run
+    cfg = load_config(CONFIGS / "smoke_stage2.yaml", [*QUIET, f"parent={parent.path}", "stage2.lws=true",
+                                                     "stage2.maxnorm=false", "stage2.train.sampler=class_aware",
+                                                     "stage2.train.epochs=1", "stage2.train.loss.name=ce"])
+    run = RunDir.for_config(cfg, root)
+    result = run_experiment(cfg, run, runs_root=root)
+    assert result["cached_features"] and result["status"] == "complete"
+    counts = build_lt_data(cfg.data).class_counts
+    sched = torch.load(run.last_ckpt, weights_only=False)["scheduler"]      # stepped once per optimiser step
+    assert sched["last_epoch"] == -(-max(counts) * len(counts) // cfg.stage2.train.batch_size) > 0
+    assert max(counts) * len(counts) > 2 * sum(counts)                       # not an epoch of N samples
+    before = torch.load(parent.final_ckpt, weights_only=False)["model"]["head.weight"]
+    after = torch.load(run.final_ckpt, weights_only=False)["model"]["head.weight"]
+    scales = (after * before).sum(1) / (before * before).sum(1)
+    assert torch.allclose(after, scales[:, None] * before, atol=1e-5) and not torch.allclose(scales, torch.ones(10))
+
+
 def test_group_matcher_reaches_the_tower_blocks(towers):
     from bench.train.stage2 import last_blocks
 
@@ -329,7 +365,8 @@ def test_group_matcher_reaches_the_tower_blocks(towers):
     (["model.embedding=pooled"], "set model.embedding=clip"),
     (["model.zeroshot.class_names_file=null"], "card of synthetic has none"),
     (["model.zeroshot.templates=['no slot']"], "with '{}'"),
-    (["model.peft.method=adaptformer", "model.peft.dropout=0.1"], "adaptformer has no dropout"),
+    (["model.peft.method=adaptformer", "model.peft.dropout=0.1"], "'model.peft.dropout': 0.1 is a LoRA setting"),
+    (["model.peft.method=adaptformer", "model.peft.target_modules=[fc1]"], "adaptformer has none"),
 ])
 def test_config_errors(towers, extra, match):
     with pytest.raises(ConfigError, match=match):

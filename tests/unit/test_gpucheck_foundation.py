@@ -39,7 +39,7 @@ def test_tiny_foundation_part_on_the_cpu(tmp_path):
     af = fm["bare_adaptformer"]["trainable_params"]
     assert af["trainable"] == 6 * (128 + 64 * 32 + 32 + 32 * 64 + 64 + 1) + 1000 * 10 + 10
     md = "\n".join(render(out))
-    assert "### Foundation model (ViT, LoRA)" in md and "channels_last off" in md and "train.amp=none" in md
+    assert "### Foundation model (ViT: LoRA, AdaptFormer)" in md and "channels_last off" in md and "train.amp=none" in md
     assert "| bare loop, AdaptFormer r 32 (LIFT) |" in md
     assert "| ltbench trainer, LoRA r 8 on qkv (gpu_vit_lora.yaml) |" in md and f"| {tp['share']:.4f} |" in md
 

@@ -128,8 +128,9 @@ def test_foundation_configs(repo, large_env, tmp_path):
             assert c.stage2.cache_features and c.stage2.augment == "none"
         assert [c.method for c in (probe, crt, lws, wb, tn)] == ["probe", "crt", "lws", "wb", "tau-norm"]
         assert probe.stage2.reinit_classifier and probe.stage2.train.sampler == "instance"
-        assert crt.stage2.reinit_classifier and crt.stage2.train.sampler == "class_balanced"
-        assert lws.stage2.lws and not lws.stage2.reinit_classifier and lws.stage2.train.sampler == "class_balanced"
+        assert crt.stage2.reinit_classifier and crt.stage2.train.sampler == "class_aware"
+        assert lws.stage2.lws and not lws.stage2.reinit_classifier and lws.stage2.train.sampler == "class_aware"
+        assert (crt.stage2.train.epochs, lws.stage2.train.epochs) == (10, 5)
         assert (probe.stage2.train.lr, probe.stage2.train.batch_size, probe.stage2.train.epochs) == (0.2, 512, 10)
         assert wb.stage2.maxnorm and wb.stage2.train.loss.name == "cb_ce" and wb.stage2.train.weight_decay == 0.1
         assert tn.stage == "posthoc" and tn.parent_hash == probe.run_hash()
