@@ -142,23 +142,24 @@ LORA = ["train.epochs=2", "model.peft.method=lora", "model.peft.r=4", "model.pef
         "train.loss.name=logit_adjusted", "train.lr=0.5", "train.weight_decay=0", "model.zeroshot.logit_scale=10", "eval.select=last"]
 
 
-@pytest.fixture(scope="module")
-def lora_run(towers, tmp_path_factory):
-    root = tmp_path_factory.mktemp("lora")
-    cfg = load_config(CONFIGS / "smoke.yaml", clip_args(towers, *LORA))
+ADAPTFORMER = [*LORA[:1], "model.peft.method=adaptformer", "model.peft.r=4", *LORA[4:]]
+
+
+def finished_run(root: Path, args: list[str]):
+    """(runs root, config, run directory, result) of a stage-1 run of the tiny tower, trained in process."""
+    cfg = load_config(CONFIGS / "smoke.yaml", args)
     run = RunDir.for_config(cfg, root)
     return root, cfg, run, run_experiment(cfg, run, runs_root=root)
 
 
-ADAPTFORMER = [*LORA[:1], "model.peft.method=adaptformer", "model.peft.r=4", *LORA[4:]]
+@pytest.fixture(scope="module")
+def lora_run(towers, tmp_path_factory):
+    return finished_run(tmp_path_factory.mktemp("lora"), clip_args(towers, *LORA))
 
 
 @pytest.fixture(scope="module")
 def adaptformer_run(towers, tmp_path_factory):
-    root = tmp_path_factory.mktemp("adaptformer")
-    cfg = load_config(CONFIGS / "smoke.yaml", clip_args(towers, *ADAPTFORMER))
-    run = RunDir.for_config(cfg, root)
-    return root, cfg, run, run_experiment(cfg, run, runs_root=root)
+    return finished_run(tmp_path_factory.mktemp("adaptformer"), clip_args(towers, *ADAPTFORMER))
 
 
 def test_lora_trains_only_adapters_and_classifier(lora_run):
