@@ -12,8 +12,8 @@ to carry the rest), in a few minutes, and written as perf.json / perf.md:
    images, the same model and batch) as a ratio of it (target >= 0.97); ltbench's trainer from the
    re-encoded JPEG shards as a ratio of its synthetic run (target >= 0.95); GPU memory high-water marks;
 3. a foundation model (`foundation`): ViT-B/16 at 224 px (CLIP's image tower, random weights, bf16; no
-   channels_last, which does not apply to ViTs): a bare full fine-tune, a bare LoRA loop and ltbench's
-   trainer with LoRA (`model.peft.method=lora`, r 8 on qkv; in-memory synthetic images) in images/s, the
+   channels_last, which does not apply to ViTs): a bare full fine-tune, bare LoRA and AdaptFormer loops and
+   ltbench's trainer with LoRA (`model.peft.method=lora`, r 8 on qkv; in-memory synthetic images) in images/s, the
    trainable-parameter count and share, GPU memory high-water marks; needs peft (carried as wheels);
 4. end to end on a tiny shard set: stage 1 killed after its first checkpoint and resumed on the GPU
    (the numbers must equal an uninterrupted run's), stage 2 on cached features, `ltbench table`, and
@@ -61,7 +61,8 @@ FOUNDATION = CONFIGS / "perf" / "gpu_vit_lora.yaml"
 # ViT-B/16 at 224 px as configs/foundation runs it: OpenAI CLIP's image tower (QuickGELU, pre-norm, 512-d
 # projection), built without weights (none can be downloaded; the architecture decides the speed)
 VIT = "vit_base_patch16_clip_quickgelu_224"
-FOUNDATION_S = 90.0     # seconds the foundation part is given (two bare loops, one `ltbench run` subprocess)
+FOUNDATION_S = 110.0    # seconds the foundation part is given (three bare loops, one `ltbench run` subprocess)
+ADAPTFORMER = PeftConfig(method="adaptformer", r=32)   # LIFT's width on ImageNet-LT (configs/foundation/imagenet_lt/lift.yaml)
 
 
 # --- realistic JPEGs --------------------------------------------------------------------------
@@ -336,8 +337,8 @@ def section_models(work: Path, jpeg: Path | None, deadline: float, models: tuple
 def section_foundation(work: Path, deadline: float, device: str = "cuda", model: str = VIT, image: int = 224,
                        batch: int = 256, bare_kw: dict[str, Any] | None = None, extra: list[str] = ()) -> dict[str, Any]:
     """ViT-B/16 at 224 px, random weights, built as model.embedding=clip builds it (a CLIP tower, a classifier
-    on its embedding), bf16 autocast, no channels_last (it does not apply to ViTs): a bare full fine-tune and a
-    bare LoRA loop (batches already on the device), then ltbench's trainer with LoRA (`ltbench run`
+    on its embedding), bf16 autocast, no channels_last (it does not apply to ViTs): a bare full fine-tune, a
+    bare LoRA loop and a bare AdaptFormer loop (LIFT's module, r 32; batches already on the device), then ltbench's trainer with LoRA (`ltbench run`
     gpu_vit_lora.yaml, in-memory synthetic images); images/s, trainable parameters (result.json's
     trainable_params), GPU memory high-water marks. Skipped, with the reason, when peft cannot be imported or
     fewer than FOUNDATION_S seconds are left before `deadline`."""
@@ -359,6 +360,7 @@ def section_foundation(work: Path, deadline: float, device: str = "cuda", model:
     try:    # a failure here (out of memory, a peft the machine cannot run) is reported; the check goes on
         full = bare_rate(model, batch, False, device, **kw)
         lora = bare_rate(model, batch, False, device, peft=pc, **kw)
+        adaptformer = bare_rate(model, batch, False, device, peft=ADAPTFORMER, **kw)
         run = run_ltbench(FOUNDATION, [f"model.name={model}", f"runtime.device={device}", *extra],
                           work / "run-vit-lora")
     except Exception as e:
@@ -372,7 +374,8 @@ def section_foundation(work: Path, deadline: float, device: str = "cuda", model:
            "amp": {"bare": "bf16", "trainer": cfg.train.amp},
            "channels_last": False,
            "lora": {"r": pc.r, "alpha": pc.alpha, "target_modules": list(pc.target_modules)},
-           "bare_full": full, "bare_lora": lora, "trainer_lora": trainer,
+           "adaptformer": {"r": ADAPTFORMER.r},
+           "bare_full": full, "bare_lora": lora, "bare_adaptformer": adaptformer, "trainer_lora": trainer,
            "lora trainer / bare full": rate / full["images_per_s"],
            "lora trainer / bare lora": rate / lora["images_per_s"],
            "section_s": round(time.time() - t0, 1), "met": None,
@@ -539,7 +542,7 @@ def _count(n: int) -> str:
 
 def render_foundation(fm: dict[str, Any]) -> list[str]:
     """The foundation part's Markdown lines: three rows (bare full fine-tune, bare LoRA, ltbench LoRA)."""
-    lines = ["### Foundation model (ViT, LoRA)", ""]
+    lines = ["### Foundation model (ViT: LoRA, AdaptFormer)", ""]
     if "skipped" in fm:
         return lines + [f"skipped: {fm['skipped']}", ""]
     lo, amp = fm["lora"], fm["amp"]
@@ -551,6 +554,7 @@ def render_foundation(fm: dict[str, Any]) -> list[str]:
               "convolution is the patch embedding, the blocks work on (batch, tokens, width) tensors).", "",
               "| run | img/s | trainable params | share | GPU GiB |", "|---|---|---|---|---|"]
     for label, r in (("bare loop, full fine-tune", fm["bare_full"]), (f"bare loop, {lora}", fm["bare_lora"]),
+                     (f"bare loop, AdaptFormer r {fm['adaptformer']['r']} (LIFT)", fm["bare_adaptformer"]),
                      (f"ltbench trainer, {lora} (gpu_vit_lora.yaml)", fm["trainer_lora"])):
         tp = r["trainable_params"]
         mem = r.get("gpu_mem_gib")

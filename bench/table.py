@@ -34,8 +34,11 @@ from bench.rundir import RunDir, write_text_atomic
 from bench.stats import bootstrap_interval, paired_t, t_interval
 
 METRICS = ("all", *GROUPS)
-# Row order of the WB paper's tables (naive -> stage 1 -> post-hoc -> stage 2 -> HS); others follow by name.
-METHOD_ORDER = ("naive", "ce", "wd", "l2-norm", "tau-norm", "lws", "crt", "cb-wd", "cb-maxnorm", "wb", "hs-stage1", "hs")
+# Row order of the WB paper's tables (naive -> stage 1 -> post-hoc -> stage 2 -> HS); a foundation-model table
+# reads as LIFT's: zero-shot and the linear probe first, the classifier re-balancing rows of the WB order on the
+# frozen model, lightweight fine-tuning last. Others follow by name.
+METHOD_ORDER = ("zs-clip", "zs-clip-la", "probe", "naive", "ce", "wd", "l2-norm", "tau-norm", "lws", "crt", "cb-wd",
+                "cb-maxnorm", "wb", "hs-stage1", "hs", "lift-lora", "lift")
 # Config keys that identify the row or the column, or differ between seeds of one setting.
 IDENTITY_KEYS = ("seed", "parent_hash", "name", "method")
 COLUMN_KEYS = ("data.dataset", "data.imbalance_factor")

@@ -9,7 +9,7 @@ from typing import Any
 
 from bench.config.build import _build
 from bench.config.protocols import FILE_SPLIT_SOURCES
-from bench.config.schema import Config, ConfigError, DataConfig
+from bench.config.schema import Config, ConfigError, DataConfig, PeftConfig
 
 
 def from_dict(raw: dict[str, Any], check_files: bool = False) -> Config:
@@ -160,7 +160,13 @@ def _check_foundation(cfg: Config, card: dict[str, Any]) -> None:
         if not m.zeroshot.templates or not all("{}" in t for t in m.zeroshot.templates):
             raise ConfigError(f"config key 'model.zeroshot.templates': {m.zeroshot.templates!r}: give at least one "
                               "template, each with '{}' where the class name goes")
-    if m.peft.method != "none" and not m.peft.target_modules:
+    if m.peft.method == "adaptformer":     # LoRA's settings would change the run hash and nothing else
+        lora_only = PeftConfig()
+        for key in ("alpha", "dropout", "target_modules"):
+            if getattr(m.peft, key) != getattr(lora_only, key):
+                raise ConfigError(f"config key 'model.peft.{key}': {getattr(m.peft, key)!r} is a LoRA setting; "
+                                  f"adaptformer has none (leave it at {getattr(lora_only, key)!r})")
+    if m.peft.method == "lora" and not m.peft.target_modules:
         raise ConfigError("config key 'model.peft.target_modules': empty; name the modules that get adapters (e.g. [qkv])")
 
 

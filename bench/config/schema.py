@@ -100,13 +100,14 @@ class ZeroShotConfig:
 
 @dataclass
 class PeftConfig:
-    """Parameter-efficient fine-tuning of the backbone through the `peft` library (extra `foundation`)."""
+    """Parameter-efficient fine-tuning of the backbone: LoRA through the `peft` library (extra `foundation`),
+    AdaptFormer as LIFT uses it (no extra library)."""
 
-    method: Literal["none", "lora"] = _f("none", "none = every parameter trains as usual; lora = low-rank adapters W + (alpha/r) B A on target_modules (Hu et al. 2022): only they and the classifier train, and they are merged into W at the end (final.pt holds a plain model)")
-    r: int = _f(8, "LoRA rank r", ge=1)
-    alpha: float = _f(16.0, "LoRA alpha; the update is scaled by alpha / r", gt=0)
-    dropout: float = _f(0.0, "dropout on the LoRA branch's input", ge=0, le=1)
-    target_modules: list[str] = _f(["qkv"], "module names (suffixes) that get adapters; timm ViTs: qkv (fused attention input), proj (attention output, also matches patch_embed.proj), fc1 / fc2 (MLP)")
+    method: Literal["none", "lora", "adaptformer"] = _f("none", "none = every parameter trains as usual; lora = low-rank adapters W + (alpha/r) B A on target_modules (Hu et al. 2022), merged into W at the end (final.pt holds a plain model); adaptformer = a bottleneck branch s * up(relu(down(LN(x)))) of width r beside every ViT block's MLP (Chen et al. 2022, as in LIFT), kept in final.pt; either way only the adapters and the classifier train")
+    r: int = _f(8, "LoRA rank r, or AdaptFormer's bottleneck width (LIFT: 2^int(log2(C / 2L)) for C classes, L blocks)", ge=1)
+    alpha: float = _f(16.0, "LoRA alpha; the update is scaled by alpha / r (lora only)", gt=0)
+    dropout: float = _f(0.0, "dropout on the LoRA branch's input (lora only)", ge=0, le=1)
+    target_modules: list[str] = _f(["qkv"], "module names (suffixes) that get LoRA adapters; timm ViTs: qkv (fused attention input), proj (attention output, also matches patch_embed.proj), fc1 / fc2 (MLP); adaptformer goes into every ViT block and ignores this")
 
 
 @dataclass
@@ -161,7 +162,7 @@ class TrainConfig:
     drop_last: bool = _f(False, "drop the last incomplete batch of an epoch")
     wd_in_loss: float = _f(0.0, "HS: add lambda/2 * sum ||theta||^2 over the trained parameters to the loss (use with weight_decay 0)", ge=0)
     feature_reg: float = _f(0.0, "HS feature regularisation lambda_FR/2 * mean_i ||h_i||^2 on the pooled penultimate feature (HS: 0.01)", ge=0)
-    sampler: Literal["instance", "class_balanced"] = _f("instance", "instance-balanced (shuffle) or class-balanced sampling (a uniform class, then a uniform image of it: cRT)")
+    sampler: Literal["instance", "class_balanced", "class_aware"] = _f("instance", "instance-balanced (shuffle); class_balanced: each draw a uniform class, then a uniform image of it, N draws an epoch; class_aware: the Decoupling code's ClassAwareSampler (cRT, LWS): classes in random cycles, 4 images of a class per turn, max_c n_c x C samples an epoch")
 
 
 def _stage2_train() -> "TrainConfig":

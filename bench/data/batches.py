@@ -113,27 +113,35 @@ class InMemoryLoader:
         self.rank, self.world = rank, world
         self.normalize, self.augment, self.crop_padding, self.drop_last = normalize, augment, crop_padding, drop_last
         self.sampler = sampler
-        if sampler == "class_balanced":
+        self.samples = len(split)          # per epoch
+        if sampler in ("class_balanced", "class_aware"):
             nc = num_classes or int(split.y.max()) + 1
             self.by_class = [torch.nonzero(split.y == c).flatten() for c in range(nc)]
             if any(len(ix) == 0 for ix in self.by_class):
-                raise ValueError("class-balanced sampling needs at least one training image per class")
+                raise ValueError(f"{sampler} sampling needs at least one training image per class")
+            if sampler == "class_aware":    # Decoupling's ClassAwareSampler: an epoch of max_c n_c x C samples
+                self.samples = max(len(ix) for ix in self.by_class) * nc
 
     def __len__(self) -> int:
-        n = len(self.split)
+        n = self.samples
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def order(self, epoch: int) -> torch.Tensor:
-        """The sample indices of epoch `epoch` (N of them).
+        """The sample indices of epoch `epoch` (N of them; class_aware: max_c n_c x C).
 
         instance: a fresh permutation of the training set every epoch (instance-balanced sampling).
         class_balanced: each draw picks a class uniformly, then one of its images uniformly, with
-        replacement (cRT, Kang et al. 2020), so every class is seen equally often in expectation.
+        replacement, so every class is seen equally often in expectation.
+        class_aware: the Decoupling code's ClassAwareSampler (data/ClassAwareSampler.py, num_samples_cls 4):
+        classes come in random cycles (every class once per cycle), and each turn of a class yields the next
+        4 images of that class's own random cycle.
         """
         gen = derived_generator(self.seed, epoch)
         n = len(self.split)
         if self.sampler == "instance":
             return torch.randperm(n, generator=gen)
+        if self.sampler == "class_aware":
+            return self._class_aware(gen)
         classes = torch.randint(0, len(self.by_class), (n,), generator=gen)
         u = torch.rand(n, generator=gen, dtype=torch.float64)
         sizes = torch.tensor([len(ix) for ix in self.by_class])
@@ -141,6 +149,26 @@ class InMemoryLoader:
         flat = torch.cat(self.by_class)
         offsets = torch.cumsum(sizes, 0) - sizes
         return flat[offsets[classes] + within]
+
+    def _class_aware(self, gen: torch.Generator, per_turn: int = 4) -> torch.Tensor:
+        """Decoupling's class-aware order, its cycles restarted every epoch (the reference keeps them running
+        across epochs; restarting makes an epoch's order a function of (seed, epoch), for exact resume)."""
+        nc = len(self.by_class)
+        turns = -(-self.samples // per_turn)
+        cycles = torch.cat([torch.randperm(nc, generator=gen) for _ in range(-(-turns // nc))])[:turns]
+        per_class = torch.bincount(cycles, minlength=nc).tolist()
+        picks: list[torch.Tensor] = []          # class c's images for its turns, per_turn at a time
+        for c, ix in enumerate(self.by_class):
+            need = per_turn * per_class[c]
+            reps = -(-need // len(ix))
+            picks.append(torch.cat([ix[torch.randperm(len(ix), generator=gen)] for _ in range(reps)])[:need]
+                         .view(-1, per_turn) if need else torch.zeros(0, per_turn, dtype=torch.long))
+        # the k-th turn of class c takes row k of picks[c]; in the stacked picks that is the turn's position
+        # when the turns are sorted by class, stably (c's earlier classes' turns, then its k earlier ones)
+        by_class_turns = torch.sort(cycles, stable=True).indices
+        row = torch.empty(turns, dtype=torch.long)
+        row[by_class_turns] = torch.arange(turns)
+        return torch.cat(picks)[row].flatten()[:self.samples]
 
     def layout(self) -> dict[str, int]:
         return {"world_size": self.world, "batch_size": self.batch_size}

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from bench.config import Config
 from bench.data.lt import LTData
+from bench.methods.adapters import apply_peft, build_adapters
 from bench.models import build_model
 from bench.models.clip import build_clip_model
 from bench.models.parts import head_of, set_head
@@ -214,8 +215,9 @@ def make_model(cfg: Config, data: LTData, init: bool = True) -> nn.Module:
     """The timm model of cfg.model with this dataset's classes and channels, and the head of model.classifier.
 
     init=True builds the model a run starts from: the zero-shot head from its prompts, adapters injected
-    (model.peft). init=False builds the architecture of a finished run's final.pt (plain layers: adapters
-    merged, heads folded), whose weights the caller loads: a stage-2 / post-hoc child of any parent."""
+    (model.peft). init=False builds the architecture of a finished run's final.pt (LoRA merged into plain
+    layers, heads folded, AdaptFormer branches kept), whose weights the caller loads: a stage-2 / post-hoc
+    child of any parent."""
     m = cfg.model
     build = build_clip_model if m.embedding == "clip" else build_model
     model = build(m.name, num_classes=data.num_classes, in_chans=data.in_chans,
@@ -225,8 +227,8 @@ def make_model(cfg: Config, data: LTData, init: bool = True) -> nn.Module:
         head = HEAD_INIT[m.classifier](cfg, data, head)
     if head is not head_of(model):
         set_head(model, head)
-    if init and m.peft.method != "none":
-        from bench.methods.adapters import apply_peft
-
+    if init:
         apply_peft(model, m.peft)
+    else:
+        build_adapters(model, m.peft)      # the adapters final.pt keeps (AdaptFormer)
     return model

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from bench.config import Config
-from bench.methods.adapters import merge_adapters, parameter_counts
+from bench.methods.adapters import finish_adapters, parameter_counts
 from bench.methods.classifiers import CosineClassifier, fold_head, make_model
 from bench.methods.losses import make_loss
 from bench.methods.regularizers import make_regularizers
@@ -62,9 +62,10 @@ def train_stage1(cfg: Config, run: RunDir, figures: Figures | None = None) -> di
         extra["zeroshot"] = {"logit_scale": float(head.scale), "templates": list(zs.templates),
                              "text_model": zs.text_model, "text_weights_file": zs.text_weights_file or cfg.model.pretrained_file,
                              "trained": t.epochs > 0}
-    # final.pt holds a plain model: adapters merged into their layers, a cosine head folded into a linear one
+    # final.pt holds a plain model: LoRA merged into its layers (AdaptFormer's branches stay), a cosine head
+    # folded into a linear one
     if cfg.model.peft.method != "none":
-        extra["peft"] = {"method": cfg.model.peft.method, "merged_layers": merge_adapters(model)}
+        extra["peft"] = finish_adapters(model, cfg.model.peft)
     evaluator.head = fold_head(model)
     return st.finish(evaluator, evaluator.head, model, selected_epoch=selected, last_metrics=last_metrics,
                      extra=extra, state=state)

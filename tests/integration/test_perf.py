@@ -36,7 +36,7 @@ def test_perf_quick_writes_its_report(tmp_path):
     md = (out / "perf.md").read_text()
     assert md.startswith("# ltbench perf: quick") and "target: ltbench >= 0.97 x bare loop" in md
     assert "### JPEG pipeline (CPU)" in md and ("skipped: no GPU" in md or "torch.compile" in md)
-    assert "### Foundation model (ViT, LoRA)" in md
+    assert "### Foundation model (ViT: LoRA, AdaptFormer)" in md
     assert not list(out.glob("work-*"))                  # the scratch runs are removed
     bad = run_cli("perf", "--only", "nope", "--out", str(out))
     assert bad.returncode == 2 and "unknown section(s) nope" in bad.stderr

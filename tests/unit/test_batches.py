@@ -129,3 +129,26 @@ def test_to_rgb_feeds_three_channels_to_the_model():
     xe, _ = next(iter(data.eval_batches("test", 16)))
     for batch in (x, xe):
         assert batch.shape[1:] == (3, 8, 8) and torch.equal(batch[:, 0], batch[:, 1]) and torch.equal(batch[:, 0], batch[:, 2])
+
+
+def test_class_aware_sampler_is_decouplings():
+    """Decoupling's ClassAwareSampler: an epoch of max_c n_c x C samples, classes in random cycles, 4 images of
+    one class per turn taken from that class's own random cycle. Sizes [5, 2, 1]: 15 samples in 4 turns (the
+    last cut to 3)."""
+    y = torch.tensor([0] * 5 + [1] * 2 + [2])
+    split = Split(torch.zeros(8, 1, 2, 2, dtype=torch.uint8), y)
+    loader = InMemoryLoader(split, 4, seed=0, normalize=None, sampler="class_aware", num_classes=3)
+    assert loader.samples == 15 and len(loader) == 4
+    for epoch in range(50):
+        order = loader.order(epoch)
+        assert len(order) == 15
+        turns = [order[i:i + 4] for i in range(0, 15, 4)]
+        classes = [int(y[t[0]]) for t in turns]
+        assert all(bool((y[t] == c).all()) for t, c in zip(turns, classes))   # one class per turn
+        assert sorted(classes[:3]) == [0, 1, 2]                                 # a cycle holds every class once
+        for c in range(3):                    # a class's images come in cycles: each full cycle a permutation
+            members = torch.nonzero(y == c).flatten().tolist()
+            seq = torch.cat([t for t, k in zip(turns, classes) if k == c]).tolist()
+            for i in range(0, len(seq) - len(members) + 1, len(members)):
+                assert sorted(seq[i:i + len(members)]) == members
+    assert torch.equal(loader.order(3), loader.order(3)) and not torch.equal(loader.order(3), loader.order(4))

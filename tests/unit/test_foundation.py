@@ -1,6 +1,6 @@
 """Foundation models (extra `foundation`: open_clip, peft) on tiny random-weight towers, in process: zero-shot
-weights from prompts, the CLIP image embedding, LoRA training only its adapters and the classifier, merged
-final.pt, exact resume after a kill, cached-feature probes. The numbers of these random models mean nothing:
+weights from prompts, the CLIP image embedding, LoRA and AdaptFormer training only their adapters and the
+classifier, final.pt (LoRA merged, AdaptFormer kept), exact resume after a kill, cached-feature probes. The numbers of these random models mean nothing:
 only their equalities are tested."""
 
 from __future__ import annotations
@@ -142,12 +142,24 @@ LORA = ["train.epochs=2", "model.peft.method=lora", "model.peft.r=4", "model.pef
         "train.loss.name=logit_adjusted", "train.lr=0.5", "train.weight_decay=0", "model.zeroshot.logit_scale=10", "eval.select=last"]
 
 
-@pytest.fixture(scope="module")
-def lora_run(towers, tmp_path_factory):
-    root = tmp_path_factory.mktemp("lora")
-    cfg = load_config(CONFIGS / "smoke.yaml", clip_args(towers, *LORA))
+ADAPTFORMER = [*LORA[:1], "model.peft.method=adaptformer", "model.peft.r=4", *LORA[4:]]
+
+
+def finished_run(root: Path, args: list[str]):
+    """(runs root, config, run directory, result) of a stage-1 run of the tiny tower, trained in process."""
+    cfg = load_config(CONFIGS / "smoke.yaml", args)
     run = RunDir.for_config(cfg, root)
     return root, cfg, run, run_experiment(cfg, run, runs_root=root)
+
+
+@pytest.fixture(scope="module")
+def lora_run(towers, tmp_path_factory):
+    return finished_run(tmp_path_factory.mktemp("lora"), clip_args(towers, *LORA))
+
+
+@pytest.fixture(scope="module")
+def adaptformer_run(towers, tmp_path_factory):
+    return finished_run(tmp_path_factory.mktemp("adaptformer"), clip_args(towers, *ADAPTFORMER))
 
 
 def test_lora_trains_only_adapters_and_classifier(lora_run):
@@ -184,15 +196,16 @@ def test_merged_final_equals_the_lora_model(lora_run):
     assert moved == {f"tower.blocks.{i}.attn.qkv.weight" for i in range(2)}   # W + (alpha/r) B A; biases untouched
 
 
-def test_lora_killed_mid_epoch_resumes_exactly(lora_run, towers, tmp_path, monkeypatch):
+@pytest.mark.parametrize("method, args", [("lora", LORA), ("adaptformer", ADAPTFORMER)])
+def test_killed_mid_epoch_resumes_exactly(method, args, request, towers, tmp_path, monkeypatch):
     """A run that dies right after a mid-epoch checkpoint and is started again ends with the uninterrupted
     run's final.pt, bit for bit (one thread)."""
     from bench.train import loop
 
-    _, _, ref, _ = lora_run
+    _, _, ref, _ = request.getfixturevalue(f"{method}_run")
     every = ["runtime.checkpoint_every_steps=3"]
-    cfg = load_config(CONFIGS / "smoke.yaml", clip_args(towers, *LORA, *every))
-    assert cfg.run_hash() == load_config(CONFIGS / "smoke.yaml", clip_args(towers, *LORA)).run_hash()
+    cfg = load_config(CONFIGS / "smoke.yaml", clip_args(towers, *args, *every))
+    assert cfg.run_hash() == load_config(CONFIGS / "smoke.yaml", clip_args(towers, *args)).run_hash()
     save = loop.LastCheckpoint.save
 
     def save_then_die(self, state):
@@ -212,10 +225,11 @@ def test_lora_killed_mid_epoch_resumes_exactly(lora_run, towers, tmp_path, monke
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_cached_feature_probe_equals_recomputed(lora_run):
-    """cRT-style linear probe on the (merged) CLIP embedding: cached features train the classifier the
-    backbone recomputed every epoch does."""
-    root, _, parent, _ = lora_run
+@pytest.mark.parametrize("method", ["lora", "adaptformer"])
+def test_cached_feature_probe_equals_recomputed(method, request):
+    """cRT-style linear probe on the CLIP embedding of a LoRA (merged) or AdaptFormer (kept) parent: cached
+    features train the classifier the backbone recomputed every epoch does."""
+    root, _, parent, _ = request.getfixturevalue(f"{method}_run")
     args = [*QUIET, f"parent={parent.path}", "stage2.reinit_classifier=true", "stage2.maxnorm=false",
             "stage2.train.epochs=2", "stage2.train.loss.name=ce"]
     heads = []
@@ -225,6 +239,117 @@ def test_cached_feature_probe_equals_recomputed(lora_run):
         assert result["cached_features"] == (cache == "true")
         heads.append(torch.load(RunDir.for_config(cfg, root).final_ckpt, weights_only=False)["model"]["head.weight"])
     assert torch.allclose(heads[0], heads[1], atol=1e-5)
+
+
+def test_adaptformer_branch_by_hand():
+    """s * W_up relu(W_down LN(x) + b_down) + s * b_up on a 2-wide input, the LayerNorm by hand; zero at init."""
+    from bench.methods.adapters import AdaptFormer
+
+    torch.manual_seed(0)
+    a = AdaptFormer(width=2, bottleneck=1)
+    x = torch.tensor([[1.0, 3.0]])
+    assert torch.equal(a(x), torch.zeros(1, 2)) and a.down.weight.abs().sum() > 0      # up = 0: starts as identity
+    with torch.no_grad():
+        a.down.weight.copy_(torch.tensor([[2.0, -1.0]]))
+        a.down.bias.fill_(0.5)
+        a.up.weight.copy_(torch.tensor([[1.0], [-2.0]]))
+        a.up.bias.copy_(torch.tensor([0.25, 0.0]))
+        a.scale.fill_(3.0)
+    ln = torch.tensor([-1.0, 1.0]) * (1.0 / (1.0 + 1e-5) ** 0.5)    # (x - 2) / sqrt(var 1 + eps), weight 1, bias 0
+    h = max(2.0 * ln[0] - ln[1] + 0.5, 0.0)                           # relu(-3 / sqrt(1 + eps) + 0.5) = 0
+    assert h == 0
+    assert torch.allclose(a(x), 3.0 * torch.tensor([[0.25, 0.0]]))  # only s * b_up is left
+    with torch.no_grad():
+        a.down.bias.fill_(4.0)                                          # relu(4 - 3 / sqrt(1 + eps)) > 0
+    h = 4.0 + 2.0 * ln[0] - ln[1]
+    assert torch.allclose(a(x), 3.0 * torch.tensor([[h + 0.25, -2.0 * h]]), atol=1e-6)
+
+
+def test_adaptformer_initialisation_is_lifts():
+    """scale 1, up-projection and both biases 0, down-projection Kaiming-normal with a = sqrt(5): std
+    sqrt(2 / (1 + 5)) / sqrt(fan_in), fan_in = the width (LIFT's ViT-B/16: 768, bottleneck 32)."""
+    from bench.methods.adapters import AdaptFormer
+
+    torch.manual_seed(0)
+    a = AdaptFormer(width=768, bottleneck=32)
+    assert a.scale.item() == 1.0 and a.scale.requires_grad
+    assert not a.up.weight.any() and not a.up.bias.any() and not a.down.bias.any()
+    assert a.down.weight.shape == (32, 768)
+    assert a.down.weight.std().item() == pytest.approx((1 / 3) ** 0.5 / 768 ** 0.5, rel=0.03)
+    assert abs(a.down.weight.mean().item()) < 1e-3
+    assert torch.equal(a.ln.weight, torch.ones(768)) and a.ln.eps == 1e-5
+
+
+def test_adaptformer_block_is_timms_block_plus_the_branch_on_the_mlp_input(towers):
+    """With its branch at zero the model is the pretrained one (so AdaptFormerBlock's copy of timm's Block.forward
+    is timm's); with a trained branch each block adds branch(x) to timm's output, x the MLP residual's input."""
+    import copy
+
+    from bench.methods.adapters import AdaptFormerBlock, add_adaptformer
+
+    cfg = load_config(CONFIGS / "smoke.yaml", clip_args(towers, "model.classifier=linear"))
+    plain = make_model(cfg, build_lt_data(cfg.data)).eval()
+    adapted = copy.deepcopy(plain)
+    assert add_adaptformer(adapted.tower, 4) == 2
+    x = torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(plain(x), adapted(x))
+        for b in adapted.tower.blocks:
+            b.adaptformer.up.weight.normal_()
+        block, ref = adapted.tower.blocks[0], plain.tower.blocks[0]
+        assert type(block) is AdaptFormerBlock and type(ref) is not AdaptFormerBlock
+        tokens = torch.randn(3, 5, 32)
+        seen = []
+        hook = ref.norm2.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+        expected = ref(tokens)
+        hook.remove()
+        assert torch.allclose(block(tokens), expected + block.adaptformer(seen[0]), atol=1e-6)
+        assert not torch.allclose(block(tokens), expected)
+
+
+def test_adaptformer_trains_only_its_branches_and_final_keeps_them(adaptformer_run):
+    root, cfg, run, result = adaptformer_run
+    data = build_lt_data(cfg.data)
+    start = make_model(cfg, data).state_dict()
+    last = torch.load(run.last_ckpt, weights_only=False)["model"]
+    assert set(last) == set(start)
+    changed = {k for k in start if not torch.equal(start[k], last[k])}
+    branches = {k for k in start if ".adaptformer." in k}
+    assert changed <= branches | {"head.direction"} and "head.direction" in changed
+    assert {f"tower.blocks.{i}.adaptformer.up.weight" for i in range(2)} <= changed
+    per_block = 2 * 32 + (32 * 4 + 4) + (4 * 32 + 32) + 1                 # LN, down, up, scale
+    assert sum(start[k].numel() for k in branches) == 2 * per_block
+    assert result["trainable_params"]["trainable"] == 2 * per_block + 10 * 16
+    assert result["peft"] == {"method": "adaptformer", "adapter_blocks": 2}
+    final = torch.load(run.final_ckpt, weights_only=False)["model"]
+    child = make_model(cfg, data, init=False)         # what a stage-2 / post-hoc child builds for final.pt
+    child.load_state_dict(final)
+    trained = make_model(cfg, data)
+    trained.load_state_dict(last)                     # eval.select=last: final.pt is the last epoch
+    x = torch.randn(5, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(trained.eval()(x), child.eval()(x), atol=1e-5)
+
+
+def test_lws_with_the_class_aware_sampler_on_an_adaptformer_parent(adaptformer_run):
+    """configs/foundation/_lws.yaml's recipe in small: LWS on the (AdaptFormer) model's classifier, trained on cached
+    features with Decoupling's class-aware sampler, whose epoch is max_c n_c x C samples; the rows of the
+    child are the parent's, each scaled."""
+    root, _, parent, _ = adaptformer_run
+    cfg = load_config(CONFIGS / "smoke_stage2.yaml", [*QUIET, f"parent={parent.path}", "stage2.lws=true",
+                                                     "stage2.maxnorm=false", "stage2.train.sampler=class_aware",
+                                                     "stage2.train.epochs=1", "stage2.train.loss.name=ce"])
+    run = RunDir.for_config(cfg, root)
+    result = run_experiment(cfg, run, runs_root=root)
+    assert result["cached_features"] and result["status"] == "complete"
+    counts = build_lt_data(cfg.data).class_counts
+    sched = torch.load(run.last_ckpt, weights_only=False)["scheduler"]      # stepped once per optimiser step
+    assert sched["last_epoch"] == -(-max(counts) * len(counts) // cfg.stage2.train.batch_size) > 0
+    assert max(counts) * len(counts) > 2 * sum(counts)                       # not an epoch of N samples
+    before = torch.load(parent.final_ckpt, weights_only=False)["model"]["head.weight"]
+    after = torch.load(run.final_ckpt, weights_only=False)["model"]["head.weight"]
+    scales = (after * before).sum(1) / (before * before).sum(1)
+    assert torch.allclose(after, scales[:, None] * before, atol=1e-5) and not torch.allclose(scales, torch.ones(10))
 
 
 def test_group_matcher_reaches_the_tower_blocks(towers):
@@ -241,10 +366,18 @@ def test_group_matcher_reaches_the_tower_blocks(towers):
     (["model.embedding=pooled"], "set model.embedding=clip"),
     (["model.zeroshot.class_names_file=null"], "card of synthetic has none"),
     (["model.zeroshot.templates=['no slot']"], "with '{}'"),
+    (["model.peft.method=adaptformer", "model.peft.dropout=0.1"], "'model.peft.dropout': 0.1 is a LoRA setting"),
+    (["model.peft.method=adaptformer", "model.peft.target_modules=[fc1]"], "adaptformer has none"),
 ])
 def test_config_errors(towers, extra, match):
     with pytest.raises(ConfigError, match=match):
         load_config(CONFIGS / "smoke.yaml", clip_args(towers, *extra))
+
+
+def test_adaptformer_needs_vit_blocks():
+    cfg = load_config(CONFIGS / "smoke.yaml", ["model.peft.method=adaptformer", *QUIET])
+    with pytest.raises(ConfigError, match=r"adaptformer goes into timm ViT blocks.*ResNet has none"):
+        make_model(cfg, build_lt_data(cfg.data))
 
 
 def test_grey_data_needs_to_rgb_for_a_clip_model(towers):

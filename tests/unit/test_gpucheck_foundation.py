@@ -1,5 +1,5 @@
-"""The GPU check's `foundation` part (ViT with LoRA: bare full fine-tune, bare LoRA, ltbench's trainer with
-LoRA) rehearsed on the CPU in tiny mode (timm's test_vit at 160 px, as model.embedding=clip builds it), and
+"""The GPU check's `foundation` part (ViT: bare full fine-tune, bare LoRA, bare AdaptFormer, ltbench's trainer
+with LoRA) rehearsed on the CPU in tiny mode (timm's test_vit at 160 px, as model.embedding=clip builds it), and
 its two skip reasons. Speed is never asserted: only that every rate is measured and the counts are right."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def test_tiny_foundation_part_on_the_cpu(tmp_path):
     assert fm["lora"] == {"r": 8, "alpha": 16.0, "target_modules": ["qkv"]}
     assert fm["amp"] == {"bare": "bf16", "trainer": "none"}     # tiny: no autocast in the trainer on the CPU
     full, lora, trainer = fm["bare_full"], fm["bare_lora"], fm["trainer_lora"]
-    assert all(r["images_per_s"] > 0 for r in (full, lora, trainer))
+    assert all(r["images_per_s"] > 0 for r in (full, lora, trainer, fm["bare_adaptformer"]))
     assert fm["lora trainer / bare full"] > 0 and fm["lora trainer / bare lora"] > 0
     assert full["trainable_params"]["share"] == 1.0
     # result.json's count: LoRA on the 6 qkv layers (64 -> 192): r (64 + 192) each, and the classifier on the
@@ -35,14 +35,18 @@ def test_tiny_foundation_part_on_the_cpu(tmp_path):
     assert tp == lora["trainable_params"] and tp["total"] == full["trainable_params"]["total"] + 6 * 8 * (64 + 192)
     assert 0 < tp["share"] < 0.1                        # well below 1: the backbone is frozen
     assert trainer["peft"] == {"method": "lora", "merged_layers": 6}
+    # AdaptFormer r 32 in each of the 6 blocks (width 64): LN 2 * 64, down 64 * 32 + 32, up 32 * 64 + 64, scale 1
+    af = fm["bare_adaptformer"]["trainable_params"]
+    assert af["trainable"] == 6 * (128 + 64 * 32 + 32 + 32 * 64 + 64 + 1) + 1000 * 10 + 10
     md = "\n".join(render(out))
-    assert "### Foundation model (ViT, LoRA)" in md and "channels_last off" in md and "train.amp=none" in md
+    assert "### Foundation model (ViT: LoRA, AdaptFormer)" in md and "channels_last off" in md and "train.amp=none" in md
+    assert "| bare loop, AdaptFormer r 32 (LIFT) |" in md
     assert "| ltbench trainer, LoRA r 8 on qkv (gpu_vit_lora.yaml) |" in md and f"| {tp['share']:.4f} |" in md
 
 
 def test_foundation_part_says_why_it_is_skipped(tmp_path, monkeypatch):
     skipped = section_foundation(tmp_path, deadline=time.time() + 5, device="cpu")
-    assert skipped["met"] is None and skipped["skipped"].startswith("time budget: it needs about 90 s")
+    assert skipped["met"] is None and skipped["skipped"].startswith("time budget: it needs about 110 s")
     monkeypatch.setitem(sys.modules, "peft", None)     # `import peft` raises ImportError
     skipped = section_foundation(tmp_path, deadline=time.time() + 3600, device="cpu")
     assert skipped["skipped"].startswith("peft cannot be imported (ModuleNotFoundError") and "make gpu-wheels" in skipped["skipped"]

@@ -106,15 +106,33 @@ def test_every_config_in_the_repo_loads(repo, large_env):
 
 
 def test_foundation_configs(repo, large_env, tmp_path):
-    """configs/foundation/: CLIP ViT-B/16 zero-shot (+ post-hoc LA) and LIFT-style LoRA, the model's preprocessing."""
+    """configs/foundation/: CLIP ViT-B/16 zero-shot (+ post-hoc LA), LIFT (AdaptFormer) and its LoRA variant, the linear probe,
+    cRT, LWS, WB stage 2 and tau-norm on the frozen model, the model's preprocessing."""
     d = repo / "configs" / "foundation"
     for ds, classes_r, epochs in (("imagenet_lt", 32, 10), ("places_lt", 8, 10), ("inat2018", 256, 20)):
-        zs, la, lora = (load_config(d / ds / f"{n}.yaml") for n in ("zeroshot", "zeroshot_la", "lora_la"))
+        zs, la, lift, lora = (load_config(d / ds / f"{n}.yaml") for n in ("zeroshot", "zeroshot_la", "lift", "lora_la"))
         assert zs.train.epochs == 0 and zs.model.classifier == "zeroshot" and zs.model.embedding == "clip"
         assert zs.data.input_stats == "model" and zs.data.mean == [0.48145466, 0.4578275, 0.40821073]
         assert (zs.data.image_size, zs.data.eval_resize) == (224, 256)
         assert zs.model.pretrained_file == str(tmp_path / "clip_vit_b16_openai.bin")
         assert la.parent_hash == zs.run_hash() and la.posthoc.kind == "la_add"
-        assert lora.model.peft.method == "lora" and lora.model.peft.r == classes_r and lora.train.epochs == epochs
-        assert lora.model.zeroshot.logit_scale == 25 and lora.train.loss.name == "logit_adjusted"
+        assert lift.model.peft.method == "adaptformer" and lift.model.peft.r == classes_r and lift.train.epochs == epochs
+        assert lift.model.zeroshot.logit_scale == 25 and lift.train.loss.name == "logit_adjusted"
+        assert lora.model.peft.method == "lora" and lora.model.peft.r == classes_r and lora.model.peft.alpha == 1
+        assert (lora.train, lora.model.zeroshot, lora.method) == (lift.train, lift.model.zeroshot, "lift-lora")
         assert (ds == "inat2018") == (zs.eval.selection_split == "test")
+        # the decoupled-classifier family on the frozen zero-shot model (item 3), each its own named method
+        probe, crt, lws, wb, tn = (load_config(d / ds / f"{n}.yaml") for n in ("probe", "crt", "lws", "wb", "taunorm"))
+        for c in (probe, crt, lws, wb):
+            assert c.stage == "stage2" and c.parent_hash == zs.run_hash() and c.model == zs.model
+            assert c.stage2.cache_features and c.stage2.augment == "none"
+        assert [c.method for c in (probe, crt, lws, wb, tn)] == ["probe", "crt", "lws", "wb", "tau-norm"]
+        assert probe.stage2.reinit_classifier and probe.stage2.train.sampler == "instance"
+        assert crt.stage2.reinit_classifier and crt.stage2.train.sampler == "class_aware"
+        assert lws.stage2.lws and not lws.stage2.reinit_classifier and lws.stage2.train.sampler == "class_aware"
+        assert (crt.stage2.train.epochs, lws.stage2.train.epochs) == (10, 5)
+        assert (probe.stage2.train.lr, probe.stage2.train.batch_size, probe.stage2.train.epochs) == (0.2, 512, 10)
+        assert wb.stage2.maxnorm and wb.stage2.train.loss.name == "cb_ce" and wb.stage2.train.weight_decay == 0.1
+        assert tn.stage == "posthoc" and tn.parent_hash == probe.run_hash()
+        assert tn.posthoc.tau == (1.0 if ds == "inat2018" else None)
+        assert all(c.name == zs.name and c.protocol == zs.protocol for c in (probe, crt, lws, wb, tn))
