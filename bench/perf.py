@@ -374,7 +374,9 @@ def section_wbref(s: Setting, root: Path, repeats: int) -> dict[str, Any]:
         "WB reference code": reference, "ltbench": ours,
         "ltbench, channels_last": lambda: ours("runtime.channels_last=true"),
         "ltbench, torch.compile": lambda: ours("runtime.compile=true", epochs=2),
-        "ltbench, eval batch 64": lambda: ours("eval.batch_size=64")}
+        "ltbench, eval batch 64": lambda: ours("eval.batch_size=64"),
+        "ltbench, all three": lambda: ours("runtime.channels_last=true", "runtime.compile=true", "eval.batch_size=64",
+                                           epochs=2)}
     full: dict[str, list[dict[str, float]]] = {k: [] for k in runs}
     for i in range(repeats):
         for k, fn in runs.items():
