@@ -134,7 +134,8 @@ def cmd_perf(args: argparse.Namespace) -> int:
     from bench.perf import SECTIONS, run_perf
     from bench.progress import log
 
-    only = args.only.split(",") if args.only else [x for x in SECTIONS if x != "demo" or not args.quick]
+    only = args.only.split(",") if args.only else [x for x in SECTIONS if (x != "demo" or not args.quick)
+                                                   and (x != "wbref" or args.wb_reference)]
     unknown = [x for x in only if x not in SECTIONS]
     if unknown:
         raise ConfigError(f"ltbench perf --only: unknown section(s) {', '.join(unknown)} (known: {', '.join(SECTIONS)})")
@@ -148,7 +149,11 @@ def cmd_perf(args: argparse.Namespace) -> int:
     gpu = {"budget_s": args.budget_s, "parts": parts}
     if args.gpu_models:
         gpu["models"] = tuple(args.gpu_models.split(","))
-    run_perf(out, only, args.repeats, args.quick, args.threads, gpu)
+    ref = Path(args.wb_reference) if args.wb_reference else None
+    if ref is not None and not (ref / "utils" / "trainval.py").is_file():
+        raise ConfigError(f"ltbench perf --wb-reference: {ref} holds no utils/trainval.py (give a clone of "
+                          "github.com/ShadeAlsha/LTR-weight-balancing)")
+    run_perf(out, only, args.repeats, args.quick, args.threads, gpu, ref)
     log(f"perf report -> {out / 'perf.md'} and {out / 'perf.json'}")
     sys.stdout.write((out / "perf.md").read_text())
     return 0
@@ -237,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("perf", help="measure trainer overhead, data pipeline, stage 2, DDP, demo (and GPU) speed")
     sp.add_argument("--out", default="perf", help="report directory: perf.md, perf.json (default perf/)")
-    sp.add_argument("--only", default=None, help="comma-separated sections: trainer, data, stage2, ddp, demo, gpu")
+    sp.add_argument("--only", default=None, help="comma-separated sections: trainer, data, stage2, ddp, demo, gpu, wbref")
     sp.add_argument("--repeats", type=int, default=3, help="interleaved repeats per measurement (median reported)")
     sp.add_argument("--quick", action="store_true", help="tiny synthetic setting (checks the command, not the speed)")
     sp.add_argument("--threads", type=int, default=None, help="torch threads per run (default: all cores)")
@@ -245,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="gpu section: seconds it may take; items that do not fit are reported as skipped")
     sp.add_argument("--gpu-parts", default=None, help="gpu section: comma-separated parts: pipeline, models, foundation, end_to_end")
     sp.add_argument("--gpu-models", default=None, help="gpu section: comma-separated timm models (default resnet50,resnext50_32x4d)")
+    sp.add_argument("--wb-reference", default=None, metavar="DIR",
+                    help="wbref section: a clone of the WB reference code (github.com/ShadeAlsha/LTR-weight-balancing)")
     sp.set_defaults(fn=cmd_perf)
 
     sp = sub.add_parser("prepare", help="write a dataset as webdataset tar shards + manifest.json (data.shards=OUT)")

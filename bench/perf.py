@@ -36,7 +36,8 @@ from bench.rundir import RunDir
 
 REPO = Path(__file__).resolve().parents[1]   # the folder holding the package: the cwd of the timed subprocesses
 CONFIGS = repo_or_package_dir("configs")
-SECTIONS = ("trainer", "data", "stage2", "ddp", "demo", "gpu")
+SECTIONS = ("trainer", "data", "stage2", "ddp", "demo", "gpu", "wbref")
+WB_REFERENCE = CONFIGS / "fmnist_wb_reference" / "naive.yaml"
 
 
 class Setting:
@@ -59,6 +60,7 @@ class Setting:
         self.gpu_budget_s = 420.0
         self.gpu_parts: tuple[str, ...] = GPU_PARTS
         self.gpu_models: tuple[str, ...] = GPU_MODELS
+        self.wb_reference: Path | None = None     # a clone of the WB reference code (section wbref)
         self.overrides = self.train + self.runtime
 
 
@@ -287,8 +289,113 @@ def section_gpu(s: Setting, root: Path, repeats: int) -> dict[str, Any]:
     return gpu_check(root, budget_s=s.gpu_budget_s, tiny=s.quick, parts=s.gpu_parts, models=s.gpu_models)
 
 
+def wb_reference_epoch(ref_dir: str, threads: int, workers: int) -> dict[str, float]:
+    """One stage-1 epoch of the WB reference code, its own loop and dataset class imported unchanged from a
+    clone of github.com/ShadeAlsha/LTR-weight-balancing (utils/trainval.py `train_model`, utils/
+    dataset_CIFAR100LT.py `CIFAR100LT`: per-image PIL crop + flip, a DataLoader of `workers` processes, the
+    reference uses 4), on the data of configs/fmnist_wb_reference/naive.yaml (Fashion-MNIST-LT IF 100,
+    first n per class, padded to 32 and repeated to 3 channels) with ltbench's resnet32_cifar: batch 64,
+    SGD lr 0.01, momentum 0.9, cosine over 20 epochs. The epoch is the training pass and the pass over the
+    test split that train_model uses for selection; the training pass is timed by wrapping its loader."""
+    import numpy as np
+    from torch.utils.data import DataLoader
+
+    sys.path.insert(0, ref_dir)
+    from utils.dataset_CIFAR100LT import CIFAR100LT   # noqa: the reference's own modules
+    from utils.trainval import train_model
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    cfg = load_config(WB_REFERENCE)
+    data = build_lt_data(cfg.data)
+    sets = {name: CIFAR100LT(set_name=name, imageList=np.repeat(split.x.numpy(), 3, axis=1),
+                             labelList=split.y.tolist(), isAugment=name == "train")
+            for name, split in (("train", data.train), ("test", data.test))}
+    loaders = {name: DataLoader(ds, batch_size=cfg.train.batch_size, shuffle=name == "train", num_workers=workers)
+               for name, ds in sets.items()}
+
+    class Timed:       # the training pass's wall time, measured around the reference's own iteration
+        def __init__(self, loader: DataLoader) -> None:
+            self.loader, self.seconds = loader, 0.0
+
+        def __len__(self) -> int:
+            return len(self.loader)
+
+        def __iter__(self):
+            t0 = time.time()
+            yield from self.loader
+            self.seconds = time.time() - t0
+
+    class Model(torch.nn.Module):     # train_model reads model.encoder.fc
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder = make_model(cfg, data)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.encoder(x)
+
+    model = Model()
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.train.lr, momentum=cfg.train.momentum, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.train.epochs, eta_min=0)
+    loaders["train"] = Timed(loaders["train"])
+    with tempfile.TemporaryDirectory() as work:
+        t0 = time.time()
+        train_model(loaders, model, torch.nn.CrossEntropyLoss(), opt, sched, num_epochs=1, work_dir=work,
+                    model_name="naive", print_each=1000)
+        epoch = time.time() - t0
+    n = len(sets["train"])
+    return {"epoch_s": epoch, "train_s": loaders["train"].seconds, "images_per_s": n / loaders["train"].seconds,
+            "eval_s": epoch - loaders["train"].seconds, "images": n}
+
+
+def section_wbref(s: Setting, root: Path, repeats: int) -> dict[str, Any]:
+    """A whole stage-1 epoch of ltbench's `wb-reference` run (configs/fmnist_wb_reference/naive.yaml: ResNet-32,
+    Fashion-MNIST-LT IF 100 at 32 px, batch 64; training, then selection on test without TTA) against the WB
+    reference code's own loop on the same data, model and threads (`--wb-reference DIR`), and the CPU speed
+    switches (channels_last, torch.compile, the evaluation batch) on ltbench's run."""
+    if s.wb_reference is None:
+        return {"skipped": "needs --wb-reference DIR: a clone of github.com/ShadeAlsha/LTR-weight-balancing, with "
+                           "scikit-image, scikit-learn and scipy (< 1.14, for scipy.misc) importable", "met": None}
+    ref_cmd = [sys.executable, "-m", "bench.perf", "wbref", str(s.wb_reference), str(s.threads), "4"]
+
+    def reference() -> dict[str, float]:
+        r = subprocess.run(ref_cmd, cwd=REPO, capture_output=True, text=True, env=_env(s.threads))
+        if r.returncode != 0:
+            raise RuntimeError(f"perf: the WB reference epoch failed: {r.stderr.strip().splitlines()[-1:]}")
+        return json.loads(r.stdout.strip().splitlines()[-1])
+
+    def ours(*extra: str, epochs: int = 1) -> dict[str, float]:
+        """The last epoch's row: with torch.compile the second, as the first pays the compilation."""
+        row = ltbench_run(s, root, [f"train.epochs={epochs}", *extra], config=WB_REFERENCE)["rows"][-1]
+        return {"epoch_s": row["epoch_time_s"], "train_s": row["train_time_s"], "images_per_s": row["images_per_s"],
+                "eval_s": row["epoch_time_s"] - row["train_time_s"]}
+
+    runs: dict[str, Callable[[], dict[str, float]]] = {
+        "WB reference code": reference, "ltbench": ours,
+        "ltbench, channels_last": lambda: ours("runtime.channels_last=true"),
+        "ltbench, torch.compile": lambda: ours("runtime.compile=true", epochs=2),
+        "ltbench, eval batch 64": lambda: ours("eval.batch_size=64"),
+        "ltbench, all three": lambda: ours("runtime.channels_last=true", "runtime.compile=true", "eval.batch_size=64",
+                                           epochs=2)}
+    full: dict[str, list[dict[str, float]]] = {k: [] for k in runs}
+    for i in range(repeats):
+        for k, fn in runs.items():
+            full[k].append(fn())
+            log(f"perf: repeat {i + 1}/{repeats} {k}: epoch {full[k][-1]['epoch_s']:.1f} s, "
+                f"train {full[k][-1]['images_per_s']:.1f} img/s")
+    table = {f"{k}: {m}": [r[m] for r in v] for k, v in full.items() for m in ("epoch_s", "images_per_s", "eval_s")}
+    med = {k: _median(v) for k, v in table.items()}
+    ref = "WB reference code"
+    ratios = {f"{k} / reference, whole epoch": med[f"{ref}: epoch_s"] / med[f"{k}: epoch_s"] for k in runs if k != ref}
+    ratios.update({f"{k} / reference, training images/s": med[f"{k}: images_per_s"] / med[f"{ref}: images_per_s"]
+                   for k in runs if k != ref})
+    best = max(v for k, v in ratios.items() if k.endswith("whole epoch"))
+    return {"rows": rows(table), "ratios": ratios, "target": "a whole stage-1 epoch >= 1.5 x the reference's",
+            "met": best >= 1.5}
+
+
 RUNNERS = {"trainer": section_trainer, "data": section_data, "stage2": section_stage2, "ddp": section_ddp,
-           "demo": section_demo, "gpu": section_gpu}
+           "demo": section_demo, "gpu": section_gpu, "wbref": section_wbref}
 
 
 def machine() -> dict[str, Any]:
@@ -303,9 +410,11 @@ def machine() -> dict[str, Any]:
 
 
 def run_perf(out: Path, sections: list[str], repeats: int, quick: bool, threads: int | None,
-             gpu: dict[str, Any] | None = None) -> dict[str, Any]:
-    """`gpu`: the GPU check's budget_s / parts / models, when not the defaults."""
+             gpu: dict[str, Any] | None = None, wb_reference: Path | None = None) -> dict[str, Any]:
+    """`gpu`: the GPU check's budget_s / parts / models, when not the defaults; `wb_reference`: a clone of the
+    WB reference code, for section wbref."""
     s = Setting(quick, threads or os.cpu_count() or 1)
+    s.wb_reference = wb_reference
     for key, value in (gpu or {}).items():
         setattr(s, f"gpu_{key}", value)
     out.mkdir(parents=True, exist_ok=True)
@@ -352,3 +461,5 @@ def render(report: dict[str, Any]) -> str:
 
 if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "bare":
     print(json.dumps(bare_loop(sys.argv[2], sys.argv[4:], int(sys.argv[3]))))
+if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "wbref":
+    print(json.dumps(wb_reference_epoch(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))))

@@ -42,3 +42,15 @@ def test_perf_quick_writes_its_report(tmp_path):
     assert bad.returncode == 2 and "unknown section(s) nope" in bad.stderr
     bad = run_cli("perf", "--only", "gpu", "--gpu-parts", "models,nope", "--out", str(out))
     assert bad.returncode == 2 and "unknown part(s) nope" in bad.stderr
+
+
+def test_wbref_needs_a_clone_of_the_reference_code(tmp_path):
+    """The side-by-side with the WB reference code runs only against a clone of it (never a stand-in): without
+    one the section says why it is skipped; a folder that is not one is a one-line error."""
+    out = tmp_path / "perf"
+    r = run_cli("perf", "--only", "wbref", "--repeats", "1", "--out", str(out))
+    assert r.returncode == 0, r.stdout + r.stderr
+    sec = json.loads((out / "perf.json").read_text())["sections"]["wbref"]
+    assert sec["met"] is None and sec["skipped"].startswith("needs --wb-reference DIR")
+    bad = run_cli("perf", "--only", "wbref", "--wb-reference", str(tmp_path), "--out", str(out))
+    assert bad.returncode == 2 and "holds no utils/trainval.py" in bad.stderr and "Traceback" not in bad.stderr
