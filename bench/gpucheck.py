@@ -332,14 +332,14 @@ def section_models(work: Path, jpeg: Path | None, deadline: float, models: tuple
             "target": "ltbench trainer >= 0.97 x bare model (synthetic); from JPEG shards >= 0.95 x synthetic"}
 
 
-# --- 3. a foundation model: ViT-B/16 with LoRA ---------------------------------------------------
+# --- 3. a foundation model: ViT-B/16 with LoRA and AdaptFormer ------------------------------------
 
 def section_foundation(work: Path, deadline: float, device: str = "cuda", model: str = VIT, image: int = 224,
                        batch: int = 256, bare_kw: dict[str, Any] | None = None, extra: list[str] = ()) -> dict[str, Any]:
     """ViT-B/16 at 224 px, random weights, built as model.embedding=clip builds it (a CLIP tower, a classifier
     on its embedding), bf16 autocast, no channels_last (it does not apply to ViTs): a bare full fine-tune, a
-    bare LoRA loop and a bare AdaptFormer loop (LIFT's module, r 32; batches already on the device), then ltbench's trainer with LoRA (`ltbench run`
-    gpu_vit_lora.yaml, in-memory synthetic images); images/s, trainable parameters (result.json's
+    bare LoRA loop and a bare AdaptFormer loop (LIFT's module, r 32; batches already on the device), then
+    ltbench's trainer with LoRA (`ltbench run` gpu_vit_lora.yaml, in-memory synthetic images); images/s, trainable parameters (result.json's
     trainable_params), GPU memory high-water marks. Skipped, with the reason, when peft cannot be imported or
     fewer than FOUNDATION_S seconds are left before `deadline`."""
 
@@ -541,7 +541,8 @@ def _count(n: int) -> str:
 
 
 def render_foundation(fm: dict[str, Any]) -> list[str]:
-    """The foundation part's Markdown lines: three rows (bare full fine-tune, bare LoRA, ltbench LoRA)."""
+    """The foundation part's Markdown lines: four rows (bare full fine-tune, bare LoRA, bare AdaptFormer,
+    ltbench LoRA)."""
     lines = ["### Foundation model (ViT: LoRA, AdaptFormer)", ""]
     if "skipped" in fm:
         return lines + [f"skipped: {fm['skipped']}", ""]

@@ -284,7 +284,7 @@ def section_demo(s: Setting, root: Path, repeats: int) -> dict[str, Any]:
 def section_gpu(s: Setting, root: Path, repeats: int) -> dict[str, Any]:
     """The one-shot GPU check (bench/gpucheck.py, `make gpu-check`): the JPEG pipeline per core, ResNet-50 /
     ResNeXt-50 bare vs ltbench's trainer (synthetic, then JPEG shards), ViT-B/16 with LoRA in ltbench's trainer
-    vs a bare full fine-tune, an end-to-end run resumed on the GPU."""
+    vs bare full, LoRA and AdaptFormer loops, an end-to-end run resumed on the GPU."""
 
     return gpu_check(root, budget_s=s.gpu_budget_s, tiny=s.quick, parts=s.gpu_parts, models=s.gpu_models)
 
