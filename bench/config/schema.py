@@ -214,7 +214,8 @@ class RuntimeConfig:
 
     device: Literal["auto", "cpu", "cuda"] = _f("auto", "auto = cuda when available")
     threads: int | None = _f(None, "torch intra-op threads; None = the cores of this process (cores / processes on the node) minus its shard-decoding workers", ge=1)
-    deterministic: bool = _f(True, "torch.use_deterministic_algorithms: bit-exact resume on CPU")
+    deterministic: bool = _f(True, "torch.use_deterministic_algorithms (without its NaN fill of new tensors): bit-exact resume on CPU")
+    keep_freed_memory: bool = _f(True, "glibc malloc keeps freed blocks up to 256 MiB for reuse instead of unmapping them (CPU training otherwise re-faults its activations' pages every step: ~10 % of a step, BENCHMARKS.md); false = glibc's defaults, memory returned to the OS sooner")
     checkpoint_every_steps: int = _f(0, "also checkpoint every N optimiser steps inside an epoch (0 = epoch ends only)", ge=0)
     progress: Literal["auto", "on", "off"] = _f("auto", "per-epoch progress bar: auto = only on a terminal")
     plot: bool = _f(True, "write per_class.png (per-class accuracy against class size)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import platform
 import random
@@ -48,9 +49,14 @@ def setup_runtime(cfg: Config) -> torch.device:
             log(f"note: data.streams={cfg.data.streams} allows {rt.workers} decoding workers on {cores} cores; "
                 f"set data.streams to a multiple of {cores - 1} to decode on all of them")
     torch.set_num_threads(rt.threads or max(1, cores - (rt.workers if cfg.data.shards else 0)))
+    if rt.keep_freed_memory:
+        keep_freed_memory()
     if rt.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
+        # With the flag on, torch also fills every torch.empty with NaN (since 2.1): a bug detector, not a
+        # determinism need, and it cost 6-8 % of a CPU training step here (BENCHMARKS.md). Weights are bit-identical without it.
+        torch.utils.deterministic.fill_uninitialized_memory = False
         torch.backends.cudnn.benchmark = False
     else:
         torch.backends.cudnn.benchmark = rt.cudnn_benchmark
@@ -58,6 +64,21 @@ def setup_runtime(cfg: Config) -> torch.device:
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     return torch.device("cuda", info.local_rank) if use_cuda else torch.device("cpu")
+
+
+def keep_freed_memory(mmap_threshold: int = 256 << 20, trim_threshold: int = 1 << 30) -> bool:
+    """Make glibc's malloc serve blocks up to `mmap_threshold` bytes from its heap and keep up to `trim_threshold`
+    bytes of freed heap, instead of an mmap + munmap per large block. A CPU training step frees and allocates
+    its activations (3-33 MB each for the CIFAR ResNets) every step; with glibc's defaults each new block's pages
+    fault in again (500-1,600 minor faults a step on the demo, ~10 % of its time; ~2 with this, BENCHMARKS.md).
+    Returns False where the C library is not glibc (nothing changed)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3        # <malloc.h>
+    return bool(mallopt(m_mmap_threshold, mmap_threshold)) and bool(mallopt(m_trim_threshold, trim_threshold))
 
 
 def usable_cores() -> int:
