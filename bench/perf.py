@@ -33,6 +33,7 @@ from bench.methods.classifiers import make_model
 from bench.paths import repo_or_package_dir
 from bench.progress import log
 from bench.rundir import RunDir
+from bench.train.common import keep_freed_memory
 
 REPO = Path(__file__).resolve().parents[1]   # the folder holding the package: the cwd of the timed subprocesses
 CONFIGS = repo_or_package_dir("configs")
@@ -100,8 +101,6 @@ def bare_loop(config: str, overrides: list[str], threads: int) -> dict[str, floa
     and schedule as `ltbench run`, one epoch; images/s of the training steps. The process is set up as
     ltbench's: its threads, and glibc's malloc settings unless runtime.keep_freed_memory=false."""
     import torch.nn.functional as F
-
-    from bench.train.common import keep_freed_memory
 
     torch.set_num_threads(threads)
     cfg = load_config(config, overrides)
@@ -308,8 +307,6 @@ def wb_reference_epoch(ref_dir: str, threads: int, workers: int, keep_memory: bo
     they give code that is not ltbench's."""
     import numpy as np
     from torch.utils.data import DataLoader
-
-    from bench.train.common import keep_freed_memory
 
     if keep_memory:
         keep_freed_memory()

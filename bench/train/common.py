@@ -55,7 +55,8 @@ def setup_runtime(cfg: Config) -> torch.device:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
         # With the flag on, torch also fills every torch.empty with NaN (since 2.1): a bug detector, not a
-        # determinism need, and it cost 6-8 % of a CPU training step here (BENCHMARKS.md). Weights are bit-identical without it.
+        # determinism need, and it cost 6-8 % of a CPU training step here (BENCHMARKS.md). Weights are
+        # bit-identical without it.
         torch.utils.deterministic.fill_uninitialized_memory = False
         torch.backends.cudnn.benchmark = False
     else:
