@@ -1,7 +1,9 @@
 """Config loading: defaults <- YAML <- overrides, one-line errors, resolution from dataset cards."""
 
 import re
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -183,22 +185,37 @@ def test_auto_workers_by_cores_per_process():
 
 
 
+_FAULTS_PER_ROUND = """
+import resource, sys, torch
+from bench.train.common import keep_freed_memory
+
+def faults(rounds):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(rounds):
+        torch.empty(10 << 20).fill_(1.0)         # 40 MB, allocated, touched and freed
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / rounds
+
+default = faults(10)
+assert keep_freed_memory() is True
+faults(10)                                       # the heap's free blocks settle (see the test's docstring)
+print(default, faults(20))
+"""
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc settings")
 def test_keep_freed_memory_reuses_the_pages_of_freed_activations():
     """After keep_freed_memory, allocating and filling a 40 MB tensor (an activation of the eval batch 500) again
-    and again reuses the same pages. glibc's default serves blocks over 32 MB by mmap + munmap, whatever it saw
-    before: 10,240 page faults per round, 204,800 here."""
-    import resource
+    and again reuses the same pages: under 1,000 page faults a round in the steady state, against glibc's default
+    of an mmap + munmap per block over 32 MB, 10,240 faults (every 4 KiB page) a round, measured first in the
+    same process as the baseline. A fresh process, as `ltbench run` calls this at start-up: in a process whose
+    heap is already fragmented (a pytest worker after other tests), the first few rounds still take fresh
+    pages, since torch's 64-byte-aligned request is a little larger than the block it freed, until freed
+    neighbours merge (seen in CI: 7 such rounds, then none)."""
+    out = subprocess.run([sys.executable, "-c", _FAULTS_PER_ROUND], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[2])
+    default, kept = (float(x) for x in out.stdout.split())
+    assert default > 9000 and kept < 1000, out.stdout
 
-    import torch
-
-    from bench.train.common import keep_freed_memory
-
-    assert keep_freed_memory() is True
-    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(20):
-        torch.empty(10 << 20).fill_(1.0)         # 40 MB, allocated, touched and freed
-    assert resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults < 3 * 10240
 
 @pytest.mark.parametrize("deterministic", [True, False])
 def test_deterministic_runs_do_not_fill_new_tensors_with_nan(deterministic, monkeypatch):
