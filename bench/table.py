@@ -1,10 +1,11 @@
 """`ltbench table`: many runs -> one benchmark table (mean +- std over seeds), as in the WB paper's tables.
 
 Runs are found by their run directories (config.yaml, result.json). A row is a method (and, when one
-method ran with several settings on a dataset, each setting: labelled by the config keys that differ);
-a column is a dataset x imbalance factor. A cell averages the COMPLETE runs of the seeds that ran. Runs
-that failed or are unfinished, and seeds that are missing (against --seeds, or else every seed seen in
-the table), are never averaged in silently: the cell is marked and a footnote names them.
+method ran with several settings on a dataset, each setting: labelled by the config keys that differ; a
+stage-2 / post-hoc run's setting includes its parent run's); a column is a dataset x imbalance factor.
+A cell averages the COMPLETE runs of the seeds that ran. Runs that failed or are unfinished, and seeds
+that are missing (against --seeds, or else every seed seen in the table), are never averaged in
+silently: the cell is marked and a footnote names them.
 
 Standard deviations are sample standard deviations (n - 1 in the denominator), the usual reading of
 "mean +- std over seeds"; one seed has no std. Output is a pure function of the runs: sorted, fixed
@@ -14,6 +15,7 @@ formatting, paths as given.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
@@ -23,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from bench.config import ConfigError, from_dict, load_yaml
+from bench.config import INHERITED, ConfigError, from_dict, load_yaml
 from bench.data.cards import dataset_title
 from bench.jobs import run_status
 from bench.metrics import GROUPS
@@ -43,7 +45,10 @@ METHOD_ORDER = ("zs-clip", "zs-clip-la", "probe", "naive", "ce", "wd", "l2-norm"
 IDENTITY_KEYS = ("seed", "parent_hash", "name", "method")
 COLUMN_KEYS = ("data.dataset", "data.imbalance_factor")
 PUBLISHED = repo_or_package_dir("datasets") / "published"
-SKIP_DIRS = {"wandb", "checkpoints", "features", "logs", "_submitit", ".prepare"}
+# What a run directory holds besides its own config.yaml (W&B writes a config.yaml of its own under wandb/):
+# skipped only inside a run directory, so that an experiment may be called `logs` or `features`.
+RUN_SUBDIRS = {"wandb", "checkpoints", "features", "logs"}
+TOOL_DIRS = {"_submitit", ".prepare"}            # ltbench's own folders beside the runs: never runs
 
 
 @dataclass
@@ -60,9 +65,10 @@ class RunRecord:
     note: str = ""                               # why it is not complete (error, epoch k/N, scheduler state)
     metrics: dict[str, float | None] = field(default_factory=dict)        # test
     val_metrics: dict[str, float | None] | None = None
-    setting: tuple[tuple[str, str], ...] = ()   # flattened config without identity / column keys
+    setting: tuple[tuple[str, str], ...] = ()   # flattened config without identity / column keys (+ parent.*)
     protocol: str = "custom"                     # the config's named protocol (clean, wb-reference, ...)
     result: dict[str, Any] | None = None        # the whole result.json of a complete run (plots)
+    parent: RunRecord | None = None             # stage 2 / post-hoc: the run it started from, when on disk
 
     @property
     def column(self) -> tuple[str, float | None]:
@@ -81,12 +87,17 @@ def find_run_dirs(paths: list[str]) -> list[Path]:
             found.setdefault(p.resolve(), p)
             continue
         for cfg in sorted(p.rglob("config.yaml")):
-            rel = cfg.parent.relative_to(p).parts
-            if not SKIP_DIRS.intersection(rel):
+            if not _skipped(p, cfg.parent.relative_to(p).parts):
                 found.setdefault(cfg.parent.resolve(), cfg.parent)
     if not found:
         raise ConfigError(f"ltbench table: no run directories (with config.yaml) under {', '.join(paths)}")
     return sorted(found.values(), key=lambda q: str(q))
+
+
+def _skipped(root: Path, rel: tuple[str, ...]) -> bool:
+    """Is root/rel inside an ltbench tool folder, or inside a run directory's own sub-folders (wandb/, ...)?"""
+    return any(part in TOOL_DIRS or (part in RUN_SUBDIRS and (root.joinpath(*rel[:i]) / "config.yaml").is_file())
+               for i, part in enumerate(rel))
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -119,6 +130,14 @@ def load_record(run_dir: Path) -> RunRecord:
                     imbalance_factor=data.get("imbalance_factor"), seed=int(raw.get("seed", 0)),
                     state="incomplete", setting=setting, protocol=str(raw.get("protocol", "custom")))
     result = RunDir(run_dir).read_result()
+    parent_dir = find_parent_dir(run_dir, raw, result)
+    if parent_dir is not None:
+        # A child inherits only its parent's data / model / train, so the parent's other choices (its epoch
+        # selection, its stage-2 settings, ...) become part of the child's setting: children of differently
+        # chosen parents land in different rows instead of being averaged together.
+        rec.parent = load_record(parent_dir)
+        rec.setting = tuple(sorted(rec.setting + tuple(
+            (f"parent.{k}", v) for k, v in rec.parent.setting if k.split(".")[0] not in INHERITED)))
     if result.get("status") == "complete":
         rec.state, rec.metrics, rec.val_metrics, rec.result = "complete", result["metrics"], result.get("val_metrics"), result
         # the dataset card fills imbalance_factor for file-split sets: take the resolved value
@@ -132,6 +151,27 @@ def load_record(run_dir: Path) -> RunRecord:
         if st["state"].split(":")[0].split(" ")[0] in ("failed", "cancelled", "timeout", "out_of_memory", "node_fail"):
             rec.state = "failed"
     return rec
+
+
+def find_parent_dir(run_dir: Path, raw: dict[str, Any], result: dict[str, Any]) -> Path | None:
+    """A stage-2 / post-hoc run's parent run directory, from what the child recorded (its `parent` path,
+    `parent_run` under the runs root, result.json's `parent`, else a run named *-<parent_hash> beside it),
+    checked against its `parent_hash`; None for a stage-1 run or a parent that is not on disk."""
+    want = raw.get("parent_hash")
+    if not want:
+        return None
+    root = run_dir.parent.parent                 # <runs root>/<name>/<run name>
+    cands = [raw.get("parent"), root / str(raw["parent_run"]) if raw.get("parent_run") else None, result.get("parent")]
+    if run_dir.parent.name == str(raw.get("name")):   # the runs-root layout: look for the parent beside it
+        cands += sorted(root.glob(f"*/*-{want}"))
+    for cand in cands:
+        if cand and (Path(cand) / "config.yaml").is_file():
+            try:
+                if from_dict(load_yaml(Path(cand) / "config.yaml")).run_hash() == want:
+                    return Path(cand)
+            except ConfigError:
+                continue                          # not a run of this version: not the parent
+    return None
 
 
 def collect(paths: list[str]) -> list[RunRecord]:
@@ -248,19 +288,30 @@ def _method_key(m: str) -> tuple[int, str]:
 
 
 def setting_labels(settings: list[tuple[tuple[str, str], ...]], max_keys: int = 4) -> dict[tuple, str]:
-    """Short labels for several settings of one method in one experiment on one dataset: the config keys
-    whose values differ (at most max_keys, then '+N more')."""
+    """Short, unique labels for several settings of one method in one experiment on one dataset: the config
+    keys whose values differ (max_keys of them, then '+N more'; more keys while two labels would be equal)."""
     if len(settings) < 2:
         return {s: "" for s in settings}
     dicts = {s: dict(s) for s in settings}
     keys = sorted({k for d in dicts.values() for k in d})
     differing = [k for k in keys if len({d.get(k) for d in dicts.values()}) > 1]
-    out = {}
-    for s, d in dicts.items():
-        parts = [f"{k}={json.loads(d[k]) if k in d else '-'}" for k in differing[:max_keys]]
-        if len(differing) > max_keys:
-            parts.append(f"+{len(differing) - max_keys} more")
-        out[s] = ", ".join(parts)
+
+    def labels(n: int) -> dict[tuple, str]:
+        out = {}
+        for s, d in dicts.items():
+            parts = [f"{k}={json.loads(d[k]) if k in d else '-'}" for k in differing[:n]]
+            if len(differing) > n:
+                parts.append(f"+{len(differing) - n} more")
+            out[s] = ", ".join(parts)
+        return out
+
+    n = max_keys
+    out = labels(n)
+    while len(set(out.values())) < len(out) and n < len(differing):
+        n += 1
+        out = labels(n)
+    if len(set(out.values())) < len(out):   # values that print alike (the string "1" and the number 1)
+        out = {s: f"{label}, #{hashlib.sha256(json.dumps(s).encode()).hexdigest()[:6]}" for s, label in out.items()}
     return out
 
 
@@ -295,10 +346,10 @@ def build_table(records: list[RunRecord], seeds: list[int] | None = None, select
                     raise ConfigError(f"ltbench table --select {select}: no {method} run of {name} on {col[0]} has "
                                       f"{select} metrics (runs without a {select} split cannot be selected on it)")
                 made[best].chosen = f"{label[best]} (best mean {select} all of {len(keys)} settings)"
-                cells[((method, prefix), col)] = made[best]
+                _put(cells, ((method, prefix), col), made[best])
             else:
                 for s in keys:
-                    cells[((method, ", ".join(x for x in (prefix, label[s]) if x)), col)] = made[s]
+                    _put(cells, ((method, ", ".join(x for x in (prefix, label[s]) if x)), col), made[s])
 
     columns = sorted({c for _, c in cells}, key=lambda c: (c[0], -(c[1] or 0)))
     rows = sorted({r for r, _ in cells}, key=lambda r: (_method_key(r[0]), r[1]))
@@ -309,6 +360,16 @@ def build_table(records: list[RunRecord], seeds: list[int] | None = None, select
     if reference:
         table.reference, table.reference_asked = published_rows(columns), True
     return table
+
+
+def _put(cells: dict[tuple[tuple[str, str], tuple[str, float | None]], Cell],
+         key: tuple[tuple[str, str], tuple[str, float | None]], cell: Cell) -> None:
+    """cells[key] = cell; a key taken already would hide a setting's runs: an internal error, never an overwrite."""
+    if key in cells:
+        paths = [r.path for c in (cells[key], cell) for r in c.runs[:1]]
+        raise RuntimeError(f"ltbench table: internal error: two settings share the row {row_label(key[0])} on "
+                           f"{key[1][0]} ({', '.join(paths)})")
+    cells[key] = cell
 
 
 def make_cell(runs: list[RunRecord], expected: list[int]) -> Cell:
@@ -461,17 +522,33 @@ def comparisons(table: Table) -> list[dict[str, Any]]:
                 differs.append(f"backbone {ours_model} vs {theirs}")
             if isinstance(ref.get("epochs"), int) and res.get("epochs") not in (None, ref["epochs"]):
                 differs.append(f"epochs {res['epochs']} vs {ref['epochs']}")
-            sel = res.get("selection") or {}
-            # Peeking at test = picking the best epoch on the test split; the paper's rule is its `selection`.
-            ours_peeks = sel.get("split") == "test" and sel.get("select") == "best"
+            # Peeking at test = choosing on the test split (the best epoch, a post-hoc tau), here or in a parent
+            # run; every averaged run is checked. The paper's rule is its registry `selection`.
+            known = [r for r in cell.runs if ((r.result or {}).get("selection") or {}).get("split")]
+            peeks = [p for r in known if (p := peeks_at_test(r))]
             theirs = ref.get("selection", "unknown")
-            if sel.get("split") and theirs != "unknown" and ours_peeks != (theirs == "test"):
-                ours = "best epoch on test" if ours_peeks else f"{sel.get('select', 'last')} epoch on {sel['split']}"
+            if known and theirs != "unknown" and bool(peeks) != (theirs == "test"):
+                if peeks:
+                    ours = "; ".join(dict.fromkeys(x for p in peeks for x in p))
+                    ours += f" ({len(peeks)} of {len(known)} runs)" if len(peeks) < len(known) else ""
+                else:
+                    sel = (known[0].result or {})["selection"]
+                    ours = f"{sel.get('select', 'last')} epoch on {sel['split']}"
                 differs.append(f"selection: {ours} vs {'the test set' if theirs == 'test' else theirs} in the paper")
             out.append({"row": row, "column": ref["column"], "source": ref["source"], "published": ref["all"],
                         "mean": mean, "std": std, "n": n, "diff": diff, "verdict": f"{verdict} ({rule})",
                         "differs": differs})
     return out
+
+
+def peeks_at_test(rec: RunRecord) -> list[str]:
+    """What this run, or a run it starts from, chose on the test split ([] when nothing)."""
+    res = rec.result or {}
+    sel = res.get("selection") or {}
+    out = ["best epoch on test"] if sel.get("split") == "test" and sel.get("select") == "best" else []
+    if (res.get("posthoc") or {}).get("chosen_on") == "test":
+        out.append("tau chosen on test")
+    return out + ([f"parent's {x}" for x in peeks_at_test(rec.parent)] if rec.parent is not None else [])
 
 
 def comparison_lines(table: Table) -> list[str]:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from bench.config import ConfigError, dump_yaml, load_config
-from bench.table import (RENDER, build_table, collect, record_from_summary, setting_labels)
+from bench.table import RENDER, build_table, collect, record_from_summary, setting_labels
 from bench.tracking import summary_of
 from tests.conftest import REPO, run_cli
 
@@ -26,8 +26,8 @@ UPDATE = os.environ.get("LTBENCH_UPDATE_GOLDEN") == "1"   # regenerate the golde
 
 def write_run(root: Path, overrides: list[str], state: str = "complete", all_: float = 0.0,
               groups: tuple[float | None, float | None, float | None] = (0.0, 0.0, 0.0), val: float | None = None,
-              extra: dict | None = None, sub: str = "") -> Path:
-    cfg = load_config(SMOKE, overrides)
+              extra: dict | None = None, sub: str = "", config: Path = SMOKE) -> Path:
+    cfg = load_config(config, overrides)
     # named without the config hash, so the golden files do not change with the config schema
     run = root / cfg.name / f"{cfg.method}-seed{cfg.seed}" / f"{cfg.data.dataset}{sub}"
     run.mkdir(parents=True)
@@ -327,3 +327,84 @@ def test_html_page_holds_the_markdown_cells_escaped_and_self_contained(runs):
     assert len(imgs) == 3 and all(s.startswith("data:image/png;base64,") for s in imgs)
     assert not re.search(r'<(script|link|iframe)\b|src="(?!data:)', page)
     assert page.count("<tr") == 2 + len(t.rows) + len({(r["source"], r["method"]) for r in t.reference})
+
+
+def test_settings_alike_in_their_first_keys_keep_a_row_each(tmp_path, monkeypatch):
+    """Two settings that differ only past the label's fourth key get labels that differ (more keys), never
+    one row that hides the other; a row taken twice is an internal error, not an overwrite."""
+    import bench.table
+
+    root = tmp_path / "runs"
+    base = ["name=grid", "method=wd", "seed=0"]
+    write_run(root, base, all_=50.0, sub="-s1")
+    write_run(root, base + ["train.batch_size=64", "train.lr=0.1", "train.momentum=0.5", "train.nesterov=true"],
+              all_=55.0, sub="-s2")
+    write_run(root, base + ["train.weight_decay=0.0"], all_=99.0, sub="-s3")      # s1 but for the fifth key
+    t = build_table(collect([str(root)]))
+    assert len(t.rows) == 3 and sorted(c.stats("all")[0] for c in t.cells.values()) == [50.0, 55.0, 99.0]
+    assert all(r[1].endswith(("train.weight_decay=0.0", "train.weight_decay=0.0005")) for r in t.rows)
+    # values that print alike (the string "1", the number 1) still get two labels
+    a, b = (("k", '"1"'),), (("k", "1"),)
+    assert len(set(setting_labels([a, b]).values())) == 2
+    monkeypatch.setattr(bench.table, "setting_labels", lambda keys: {s: "same" for s in keys})
+    with pytest.raises(RuntimeError, match=r"internal error: two settings share the row wd \(same\)"):
+        build_table(collect([str(root)]))
+
+
+def test_children_of_differently_selected_parents_get_their_own_rows(tmp_path):
+    """A post-hoc run inherits only its parent's data / model / train: the parent's own choices (here its epoch
+    selection) come from the parent's run directory, so children of a test-selected and of a val-selected
+    parent are two rows, while the seeds of one lineage are still averaged together."""
+    root = tmp_path / "runs"
+    for seed in (0, 1):
+        for name, ev in (("s1", []), ("s1-peek", ["eval.selection_split=test"])):
+            parent = write_run(root, [f"name={name}", "method=wd", f"seed={seed}", *ev], all_=50.0)
+            write_run(root, [f"parent={parent}", "name=ph", "method=tau-norm"], all_=60.0 + seed + (10 if ev else 0),
+                      sub="-peek" if ev else "", config=REPO / "configs" / "smoke_taunorm.yaml")
+    t = build_table(collect([str(root / "ph")]))
+    assert t.rows == [("tau-norm", "parent.eval.selection_split=test"), ("tau-norm", "parent.eval.selection_split=val")]
+    assert [t.cells[(r, t.columns[0])].stats("all")[::2] for r in t.rows] == [(70.5, 2), (60.5, 2)]
+
+
+def test_reference_counts_tau_chosen_on_test_and_a_peeking_parent_as_peeking(tmp_path):
+    """--reference: a post-hoc tau chosen on test peeks (as the WB paper does: no selection note for tau-norm),
+    so does a parent that picked its best epoch on test, and every averaged run is checked."""
+    lines = {}
+    tau_on_test = {"model": "resnet32_cifar", "selection": {"split": "test", "select": "last", "tta_flip": True},
+                   "posthoc": {"kind": "taunorm", "tau": 1.9, "chosen_on": "test", "grid": {}}}
+    for ds, method in (("cifar10", "la"), ("cifar100", "tau-norm")):
+        root = tmp_path / ds
+        write_run(root, ["name=c", f"method={method}", f"data.dataset={ds}", "data.imbalance_factor=100"],
+                  all_=77.0, extra=tau_on_test)
+        md = RENDER["md"](build_table(collect([str(root)]), reference=True))
+        lines[method] = next(x for x in md.splitlines() if x.startswith(f"- {method}, ") and "ours" in x)
+    assert "selection" not in lines["tau-norm"]                          # both chose on test
+    assert "selection: tau chosen on test vs last in the paper" in lines["la"]
+    # a child whose own choices are on val, of a parent that picked its epoch on test; seed 1's only
+    root = tmp_path / "lineage"
+    on_val = {"model": "resnet32_cifar", "selection": {"split": "val", "select": "last", "tta_flip": False},
+              "posthoc": {"kind": "taunorm", "tau": 1.0, "chosen_on": None, "grid": None}}
+    for seed, sel in ((0, {"split": "val", "select": "best"}), (1, {"split": "test", "select": "best"})):
+        parent = write_run(root, ["name=s1", "method=wd", "data.dataset=cifar10", "data.imbalance_factor=100",
+                                  f"seed={seed}"], all_=70.0, extra={"selection": sel})
+        write_run(root, [f"parent={parent}", "name=c", "method=la"], all_=77.0, extra=on_val,
+                  config=REPO / "configs" / "smoke_taunorm.yaml")
+    md = RENDER["md"](build_table(collect([str(root / "c")]), reference=True))
+    line = next(x for x in md.splitlines() if x.startswith("- la, ") and "ours" in x)
+    assert "selection: parent's best epoch on test (1 of 2 runs) vs last in the paper" in line
+
+
+def test_experiments_named_like_run_folders_are_collected(tmp_path):
+    """wandb/, checkpoints/, features/, logs/ are skipped inside a run directory only (W&B writes a config.yaml
+    of its own there): an experiment of that name is a table's row like any other."""
+    root = tmp_path / "runs"
+    write_run(root, ["name=main", "method=wd"], all_=50.0)
+    for name in ("logs", "features", "checkpoints", "wandb"):
+        write_run(root, [f"name={name}", "method=wb"], all_=60.0)
+    w = next((root / "main").rglob("result.json")).parent / "wandb" / "run-1" / "files"
+    w.mkdir(parents=True)
+    (w / "config.yaml").write_text("_wandb: {desc: null, value: {}}\n")     # no ltbench config: would not load
+    sub = root / "_submitit" / "x"
+    sub.mkdir(parents=True)
+    (sub / "config.yaml").write_text("not: a run\n")
+    assert sorted(r.name for r in collect([str(root)])) == ["checkpoints", "features", "logs", "main", "wandb"]
