@@ -84,6 +84,20 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Every rank takes rank 0's buffers (BatchNorm running statistics). DDP sends rank 0's buffers to the
+    others only at the start of each training forward, so after an epoch's last step every rank holds its own
+    update; evaluated like that, each rank's share of val / test would be scored by a different model, and
+    none of them the one rank 0 saves."""
+    if not active():
+        return
+    for b in module.buffers():
+        buf = b.data.to(_comm_device(b))
+        dist.broadcast(buf, 0)
+        if buf is not b.data:
+            b.data.copy_(buf)
+
+
 def gather_cat(t: torch.Tensor) -> torch.Tensor:
     """Concatenate each rank's tensor (sizes may differ along dim 0) in rank order, on every rank."""
     if not active():

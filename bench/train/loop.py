@@ -278,6 +278,7 @@ def fit(parts: Parts, run: RunDir, epochs: int, selection_split: str, device: to
         for c in p.constraints:
             c.after_epoch()
         add_sums(sums)                      # reads the device sums: the epoch's steps are done here
+        dist.broadcast_buffers(p.state_module)   # the model evaluated on every rank is the one rank 0 saves
         train_s = max(1e-9, time.time() - t_epoch)
 
         # End of epoch: evaluate the selection split, remember the best epoch, checkpoint.

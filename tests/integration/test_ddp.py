@@ -20,6 +20,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.ddp]
 
 SMOKE = str(REPO / "configs" / "smoke.yaml")
 STAGE2 = str(REPO / "configs" / "smoke_stage2.yaml")
+TAUNORM = str(REPO / "configs" / "smoke_taunorm.yaml")
 FIXED = ["runtime.threads=1"]
 
 
@@ -121,6 +122,25 @@ def test_one_process_batch_b_equals_two_processes_b_half(tmp_path):
         for k in head:
             torch.testing.assert_close(w2[k], w1[k], rtol=0, atol=1e-5)   # documented tolerance
         assert r1["metrics"] == r2["metrics"] and r1["per_class_acc"] == r2["per_class_acc"]
+
+
+def test_two_processes_report_the_model_they_save(tmp_path):
+    """After an epoch's last step each rank holds its own BatchNorm running statistics (DDP sends rank 0's
+    only at the start of a training forward); they are made rank 0's before evaluating, so the numbers a
+    2-process run reports are those of the final.pt it saves. Checked by a 1-process tau-norm child at
+    tau 0 (the identity) on that final.pt: it must score the parent's test and last-epoch val numbers.
+    Before the fix: 61.25 reported against 63.00 for final.pt."""
+    root = tmp_path / "runs"
+    r = torchrun("run", SMOKE, *FIXED, "eval.select=last", "--runs-root", str(root), port=_port(3))
+    assert r.returncode == 0, r.stdout + r.stderr
+    parent = next(root.glob("smoke/ce-*"))
+    child = run_cli("run", TAUNORM, *FIXED, f"parent={parent}", "posthoc.tau=0", "--runs-root", str(root))
+    assert child.returncode == 0, child.stderr
+    reported, rerun = result(root), result(root, "smoke/tau-norm-*")
+    assert reported["world_size"] == 2 and rerun["world_size"] == 1
+    assert rerun["metrics"] == reported["metrics"] and rerun["per_class_acc"] == reported["per_class_acc"]
+    last_val = json.loads((parent / "metrics.jsonl").read_text().splitlines()[-1])
+    assert rerun["val_metrics"]["all"] == last_val["val"]["all"] == reported["val_metrics"]["all"]
 
 
 def test_sigkill_both_ranks_mid_epoch_then_resume_is_exact(ddp_run, tmp_path):
