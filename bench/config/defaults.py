@@ -83,6 +83,12 @@ def resolve(cfg: Config, check_files: bool = True) -> Config:
     if cfg.train.wd_in_loss > 0 and cfg.train.weight_decay > 0:
         raise ConfigError(f"config key 'train.wd_in_loss': {cfg.train.wd_in_loss} with train.weight_decay = "
                           f"{cfg.train.weight_decay} decays twice (HS: set train.weight_decay=0)")
+    # Stage 2 trains the classifier under stage2.train.weight_decay (and MaxNorm); it has no loss-term
+    # regularisers, so a value here would be written to the run's config and hash but never used.
+    for key, value in (("wd_in_loss", cfg.stage2.train.wd_in_loss), ("feature_reg", cfg.stage2.train.feature_reg)):
+        if value > 0:
+            raise ConfigError(f"config key 'stage2.train.{key}': {value} is not used by stage 2 (its weight decay is "
+                              "stage2.train.weight_decay; the HS regularisers belong to stage 1's train.*); set it to 0")
     for key, loss in (("train.loss", cfg.train.loss), ("stage2.train.loss", cfg.stage2.train.loss)):
         if loss.name == "cb_bce_softmax" and loss.cb_normalizer != "batch":
             raise ConfigError(f"config key '{key}.cb_normalizer': {loss.cb_normalizer} does not apply to cb_bce_softmax, "

@@ -49,6 +49,8 @@ def test_overrides_parse_yaml_values():
     ("data.dataset=imagenet", "config key 'data.dataset': expected one of"),
     ("train=3", "config key 'train': expected a mapping, got 3"),
     ("groups.few=2000", "config key 'groups.few': 2000 is above groups.many = 1000"),
+    ("stage2.train.wd_in_loss=5", "config key 'stage2.train.wd_in_loss': 5.0 is not used by stage 2"),
+    ("stage2.train.feature_reg=0.01", "config key 'stage2.train.feature_reg': 0.01 is not used by stage 2"),
     ("data.val_per_class=0", "config key 'data.val_per_class': 0 leaves no validation split"),
     ("train.lr", "override 'train.lr': expected key=value"),
 ])
