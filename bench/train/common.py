@@ -126,6 +126,12 @@ def select_reported(cfg: Config, run: RunDir, best_epoch: int | None, epochs: in
         dist.barrier()  # best.pt is written by rank 0
         saved = ckpt.load(run.best_ckpt)
         check_owner(run.best_ckpt, saved.get("config_hash"), cfg.run_hash())
+        if saved.get("epoch") != best_epoch:
+            # best.pt is written before last.pt: an attempt killed between the two leaves a best.pt the resumed
+            # run re-trains past; a resume that is not bit-exact (GPU) may then never overwrite it
+            raise ConfigError(f"{run.best_ckpt} holds epoch {saved.get('epoch')}, but this run's best epoch is "
+                              f"{best_epoch} (left by an interrupted attempt); rerun with eval.select=last, or from "
+                              "scratch in a new run directory")
         with ckpt.fitting(run.best_ckpt):
             model.load_state_dict(saved["model"])
         return best_epoch, last_metrics

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.config import load_config
+from bench.config import ConfigError, load_config
 from bench.run import run_experiment
 from bench.rundir import RunDir
 
@@ -126,8 +126,8 @@ def test_the_last_epoch_keeps_its_per_class_accuracy(stage1, tmp_path):
     run = RunDir.for_config(best, tmp_path)
     run.best_ckpt.parent.mkdir(parents=True)
     model = torch.nn.Linear(2, 3)
-    ckpt.save_atomic({"model": {k: v + 1 for k, v in model.state_dict().items()}, "config_hash": best.run_hash()},
-                     run.best_ckpt)
+    ckpt.save_atomic({"model": {k: v + 1 for k, v in model.state_dict().items()}, "config_hash": best.run_hash(),
+                      "epoch": 1}, run.best_ckpt)
 
     class LastEpoch:        # what the reporting evaluator says of the model still in memory (the last epoch)
         def run(self, split):
@@ -137,3 +137,8 @@ def test_the_last_epoch_keeps_its_per_class_accuracy(stage1, tmp_path):
     selected, last = select_reported(best, run, 1, 2, LastEpoch(), model)
     assert selected == 1 and last == {"all": 50.0, "per_class": [100.0, 0.0, 50.0]}
     assert torch.equal(model.weight, before + 1)                       # the best epoch's weights were loaded
+
+    # a best.pt of another epoch (left by an attempt killed between best.pt and last.pt) is refused
+    ckpt.save_atomic({"model": model.state_dict(), "config_hash": best.run_hash(), "epoch": 2}, run.best_ckpt)
+    with pytest.raises(ConfigError, match=r"best\.pt holds epoch 2, but this run's best epoch is 1"):
+        select_reported(best, run, 1, 3, LastEpoch(), model)
