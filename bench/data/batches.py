@@ -7,6 +7,7 @@ only stores that position, and a resumed epoch neither repeats nor skips a sampl
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -43,6 +44,35 @@ def center_pad(x: torch.Tensor, size: int | None) -> torch.Tensor:
     return F.pad(x, (p // 2, p - p // 2, p // 2, p - p // 2))
 
 
+def crop_flip_draws(gen: torch.Generator, n: int, padding: int, flip: bool
+                    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """random_crop_flip's random draws for n images, in its order: row offsets and column offsets in
+    0..2*padding (None for padding 0), then the flips (None without flip)."""
+    oy = ox = flips = None
+    if padding > 0:
+        oy = torch.randint(0, 2 * padding + 1, (n,), generator=gen)
+        ox = torch.randint(0, 2 * padding + 1, (n,), generator=gen)
+    if flip:
+        flips = torch.rand(n, generator=gen) < 0.5
+    return oy, ox, flips
+
+
+def apply_crop_flip(x: torch.Tensor, padding: int, oy: torch.Tensor | None, ox: torch.Tensor | None,
+                    flips: torch.Tensor | None) -> torch.Tensor:
+    """uint8 NCHW zero-padded by `padding`, cropped back to H x W at (oy, ox), then flipped where `flips`,
+    on x's device (data.decode=gpu draws in the worker and applies here on the GPU)."""
+    b, _, h, w = x.shape
+    if padding > 0:
+        xp = F.pad(x, (padding, padding, padding, padding))
+        ar = functools.partial(torch.arange, device=x.device)
+        rows = (oy.to(x.device)[:, None] + ar(h))[:, :, None]          # B,H,1
+        cols = (ox.to(x.device)[:, None] + ar(w))[:, None, :]          # B,1,W
+        x = xp.permute(0, 2, 3, 1)[ar(b)[:, None, None], rows, cols].permute(0, 3, 1, 2)
+    if flips is not None:
+        x = torch.where(flips.to(x.device)[:, None, None, None], x.flip(3), x)
+    return x.contiguous()
+
+
 def random_crop_flip(x: torch.Tensor, gen: torch.Generator, padding: int, flip: bool, batch: int | None = None,
                      offset: int = 0) -> torch.Tensor:
     """Batched RandomCrop(size, padding) with zero fill + RandomHorizontalFlip(0.5) on uint8 NCHW.
@@ -50,22 +80,12 @@ def random_crop_flip(x: torch.Tensor, gen: torch.Generator, padding: int, flip: 
     Matches torchvision's per-image transforms of the WB/CIFAR pipeline (padding before ToTensor, so
     the fill is a black pixel), done for the whole batch at once.
     """
-    b, _, h, w = x.shape
     # The random draws are made for the whole (global) batch of `batch` images and this x is the part
     # starting at `offset`: a DDP rank augments its slice exactly as one process would.
-    n = b if batch is None else batch
-    part = slice(offset, offset + b)
-    if padding > 0:
-        xp = F.pad(x, (padding, padding, padding, padding))
-        oy = torch.randint(0, 2 * padding + 1, (n,), generator=gen)[part]
-        ox = torch.randint(0, 2 * padding + 1, (n,), generator=gen)[part]
-        rows = (oy[:, None] + torch.arange(h))[:, :, None]          # B,H,1
-        cols = (ox[:, None] + torch.arange(w))[:, None, :]          # B,1,W
-        x = xp.permute(0, 2, 3, 1)[torch.arange(b)[:, None, None], rows, cols].permute(0, 3, 1, 2)
-    if flip:
-        flip_mask = torch.rand(n, generator=gen)[part] < 0.5
-        x = torch.where(flip_mask[:, None, None, None], x.flip(3), x)
-    return x.contiguous()
+    n = len(x) if batch is None else batch
+    part = slice(offset, offset + len(x))
+    draws = crop_flip_draws(gen, n, padding, flip)
+    return apply_crop_flip(x, padding, *(d if d is None else d[part] for d in draws))
 
 
 class Normalize:

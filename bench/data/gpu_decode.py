@@ -1,10 +1,11 @@
 """data.decode=gpu: a batch's JPEGs decoded, cropped, resized and flipped on the device.
 
 The DataLoader workers only read the tar and parse each JPEG header (bench.data.shards.decode._jpeg_for_gpu):
-they draw the RandomResizedCrop box and the flip from the same generators as the CPU path, so both paths
-train on the same crops. Here the main process decodes the whole batch with nvJPEG
-(torchvision.io.decode_jpeg on a list, on the device), resizes each crop with antialiased bilinear
-interpolation (torchvision's tensor resize, built to match PIL's filter) and flips. The pixels differ
+they draw the RandomResizedCrop box (rrc_flip), crop_flip's padded-crop offsets and the flip from the same
+generators in the same order as the CPU path, so both paths train on the same crops. Here the main process
+decodes the whole batch with nvJPEG (torchvision.io.decode_jpeg on a list, on the device), resizes each crop
+with antialiased bilinear interpolation (torchvision's tensor resize, built to match PIL's filter), then,
+as the CPU path, centre-pads to data.pad_to, crops (crop_flip) and flips. The pixels differ
 slightly from PIL's (another IDCT and resampler), which is why it is a config field, not a speed switch.
 """
 
@@ -14,6 +15,7 @@ from typing import Any
 
 import torch
 
+from bench.data.batches import apply_crop_flip, center_pad
 from bench.data.cards import DatasetError
 
 
@@ -65,7 +67,8 @@ def decode_batch(b: dict[str, Any], spec: Any, device: torch.device) -> dict[str
         out[slot] = _fit(img, box, s, spec.eval_resize)
     for slot, x in g["done"].items():
         out[slot] = x.to(device, non_blocking=True)
-    out = torch.where(g["flip"].to(device)[:, None, None, None], out.flip(3), out)
+    # the CPU path's centre pad and padded random crop / flip, with the worker's draws (_gpu_batch)
+    out = apply_crop_flip(center_pad(out, spec.pad_to), g["pad"], g["oy"], g["ox"], g["flip"])
     if bad and spec.on_error != "skip":
         raise DatasetError(next(iter(bad.values())))
     holes = list(b["holes"]) + list(bad.values())

@@ -22,11 +22,12 @@ def shards(tmp_path_factory):
     return jpeg_shards(tmp_path_factory.mktemp("photos"), {"train": 48, "val": 4, "test": 12}, 2, (120, 90))
 
 
-def batches(path, train: bool, decode: str, on_error: str = "raise", batch: int = 16):
+def batches(path, train: bool, decode: str, on_error: str = "raise", batch: int = 16, augment: str = "rrc_flip",
+            extra: tuple[str, ...] = ()):
     cfg = load_config(JPEG, [f"data.shards={path}", "data.streams=1", f"data.decode={decode}",
-                             f"data.on_error={on_error}"])
+                             f"data.on_error={on_error}", *extra])
     data = build_lt_data(cfg.data)
-    spec = data._spec(data.train if train else data.test, train, batch, 0, "rrc_flip" if train else "none", False)
+    spec = data._spec(data.train if train else data.test, train, batch, 0, augment if train else "none", False)
     loader = ShardLoader(spec, None, 0)
     out = [(x, y, list(loader.batch_keys)) for x, y in loader.epoch(0)]
     return out, loader
@@ -47,6 +48,23 @@ def test_gpu_path_matches_the_pil_path(shards, train):
         assert diff.mean() < (0.2 if train else 0.05), diff.mean()
         if not train:
             assert diff.max() <= 2
+
+
+@pytest.mark.parametrize("pad", [(), ("data.pad_to=228", "data.crop_padding=8")])
+def test_gpu_path_crops_as_the_pil_path(shards, pad):
+    """crop_flip: the CPU path's resize, centre crop, centre pad to pad_to, padded random crop and flip."""
+    path, size = shards["shorter-256"], 228 if pad else 224
+    cpu, _ = batches(path, True, "cpu", augment="crop_flip", extra=pad)
+    gpu, _ = batches(path, True, "gpu", augment="crop_flip", extra=pad)
+    flip, _ = batches(path, True, "gpu", augment="flip", extra=pad)
+    a, b, c = (torch.cat([x for x, _, _ in out]).float() for out in (cpu, gpu, flip))
+    assert a.shape == b.shape == c.shape == (48, 3, size, size)
+    # the same offsets and flips as the CPU path (one shifted or unflipped image would add ~1 level on
+    # average), and not the flip alone (tens of levels)
+    assert (a - b).abs().mean() < 0.05, (a - b).abs().mean()
+    assert (b - c).abs().mean() > 5, (b - c).abs().mean()
+    ev, _ = batches(path, False, "gpu", extra=pad)
+    assert ev[0][0].shape[-2:] == (size, size)
 
 
 def test_gpu_path_reports_an_undecodable_jpeg(shards, tmp_path):

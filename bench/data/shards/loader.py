@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.data.batches import center_pad, derived_generator, random_crop_flip
+from bench.data.batches import center_pad, crop_flip_draws, derived_generator, random_crop_flip
 from bench.data.cards import DatasetError
 from bench.data.gpu_decode import decode_batch
 from bench.data.shards.decode import _jpeg_for_gpu, _to_fixed_size, decode_sample
@@ -25,13 +25,16 @@ def _gpu_batch(xs: list[Any], ys: list[int], keys: list[str], holes: list[str], 
                spec: StreamSpec, index: int) -> dict[str, Any]:
     """A batch whose JPEGs the main process decodes on the GPU; images decoded here ride along finished."""
     done = {i: torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1) for i, a in enumerate(xs) if a is not None}
-    flip = torch.zeros(len(ys), dtype=torch.bool)
+    pad, draws = 0, (None, None, None)
     if spec.train and spec.augment != "none":
-        # the flip draw of random_crop_flip (pad 0 after RandomResizedCrop), from the same generator
-        flip = torch.rand(len(ys), generator=derived_generator(spec.seed, spec.epoch, spec.rank, index, 1)) < 0.5
+        # _make_batch's crop / flip draws, from the same generator in the same order; decode_batch applies them
+        # after centre-padding to pad_to, as the CPU path does (pad 0 after RandomResizedCrop: the flip only)
+        pad = spec.crop_padding if spec.augment == "crop_flip" else 0
+        draws = crop_flip_draws(derived_generator(spec.seed, spec.epoch, spec.rank, index, 1), len(ys), pad, True)
     return {"index": index, "y": torch.tensor(ys, dtype=torch.int64), "keys": keys, "holes": holes,
             "gpu": {"jpegs": [j[1] for j in jpegs], "slots": [j[0] for j in jpegs],
-                    "boxes": [j[2] for j in jpegs], "done": done, "flip": flip}}
+                    "boxes": [j[2] for j in jpegs], "done": done, "pad": pad, "oy": draws[0], "ox": draws[1],
+                    "flip": draws[2]}}
 
 
 def _make_batch(items: list[Any], spec: StreamSpec, index: int) -> dict[str, Any]:
