@@ -57,11 +57,15 @@ def resolve(cfg: Config, check_files: bool = True) -> Config:
         d.image_size = int(card["image_size"])
     if d.eval_resize is None and card.get("eval_resize"):
         d.eval_resize = int(card["eval_resize"])
-    if d.augment == "rrc_flip" and d.image_size is None:
-        raise ConfigError(f"config key 'data.augment': rrc_flip needs data.image_size (the crop size) for {d.dataset}")
     if d.shards is None and card.get("source") in FILE_SPLIT_SOURCES:
         raise ConfigError(f"config key 'data.shards': {d.dataset} is read from shards; run `ltbench prepare "
                           f"{d.dataset} --src DIR --out SHARDS` and set data.shards=SHARDS")
+    if d.augment == "rrc_flip" and d.shards is None:
+        # the in-memory loader has no RandomResizedCrop: it would train on flips alone
+        raise ConfigError(f"config key 'data.augment': rrc_flip needs shard data (data.shards); in-memory "
+                          f"{d.dataset} supports crop_flip, flip or none")
+    if d.augment == "rrc_flip" and d.image_size is None:
+        raise ConfigError(f"config key 'data.augment': rrc_flip needs data.image_size (the crop size) for {d.dataset}")
     if d.shards is not None and check_files:
         from bench.data.shards.manifest import load_manifest  # local: see bench.config.protocols.apply_protocol (pulls in torch)
         digest = load_manifest(d.shards).digest

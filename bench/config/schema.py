@@ -56,7 +56,7 @@ class DataConfig:
     selection: Literal["first", "shuffle"] = _f("first", "which n_c images of a class: first in file order (WB code) or after a seeded shuffle (LDAM-DRW)")
     selection_seed: int = _f(0, "numpy seed of the per-class shuffle when selection=shuffle (LDAM-DRW uses 0)")
     val_per_class: int | None = _f(None, "held-out validation images per class, taken from the training pool after the selected ones (HS: 20); 0 = no val split; None = card (20; fixed by the split files where they define val)", ge=0)
-    augment: Literal["crop_flip", "flip", "rrc_flip", "none"] = _f("crop_flip", "training augmentation: random crop with zero padding + horizontal flip (WB/CIFAR standard), flip only, RandomResizedCrop(image_size, scale 0.08-1, ratio 3/4-4/3) + flip (ImageNet standard), or none")
+    augment: Literal["crop_flip", "flip", "rrc_flip", "none"] = _f("crop_flip", "training augmentation: random crop with zero padding + horizontal flip (WB/CIFAR standard), flip only, RandomResizedCrop(image_size, scale 0.08-1, ratio 3/4-4/3) + flip (ImageNet standard; shard data only), or none")
     crop_padding: int = _f(4, "zero padding of the random crop, pixels", ge=0)
     to_rgb: bool = _f(False, "repeat a one-channel (grey) image to three channels before the model, as the WB reference run on Fashion-MNIST-LT did; the first convolution then has three input channels (its initial scale is the same, its updates are not)")
     pad_to: int | None = _f(None, "zero-pad images to this size first (e.g. 32 for 28x28 Fashion-MNIST, as the measured reference run did); None = native size", ge=1)

@@ -52,6 +52,7 @@ def test_overrides_parse_yaml_values():
     ("stage2.train.wd_in_loss=5", "config key 'stage2.train.wd_in_loss': 5.0 is not used by stage 2"),
     ("stage2.train.feature_reg=0.01", "config key 'stage2.train.feature_reg': 0.01 is not used by stage 2"),
     ("data.val_per_class=0", "config key 'data.val_per_class': 0 leaves no validation split"),
+    ("data.augment=rrc_flip", "config key 'data.augment': rrc_flip needs shard data (data.shards)"),   # no RRC in memory
     ("train.lr", "override 'train.lr': expected key=value"),
 ])
 def test_bad_values_give_one_line_errors(override, message):
@@ -102,6 +103,12 @@ def test_to_rgb_only_on_one_channel_data():
     assert cfg.data.to_rgb and len(cfg.data.mean) == 3     # one value per repeated channel is allowed
     with pytest.raises(ConfigError, match="config key 'data.to_rgb': cifar10 has 3 channels already"):
         load_config(None, ["data.dataset=cifar10", "data.to_rgb=true"])
+
+
+def test_rrc_flip_is_refused_in_memory_even_with_a_crop_size():
+    # the in-memory loader has no RandomResizedCrop: this config used to train on flips alone
+    with pytest.raises(ConfigError, match=r"config key 'data.augment': rrc_flip needs shard data \(data.shards\)"):
+        load_config(None, ["data.dataset=fashion-mnist", "data.augment=rrc_flip", "data.image_size=28"])
 
 
 def test_resolved_config_round_trips(tmp_path):
