@@ -7,7 +7,7 @@ Claims (WB: Alshammari et al., CVPR 2022; HS: Hasegawa & Sato, ICLR 2024):
   2. WB stage 2 (class-balanced loss + WD + MaxNorm) beats its WD stage 1 (WB: 46.1 -> 53.4);
   3. tau-norm beats the WD model (WB: 46.1 -> 51.3);
   4. the HS single stage with its logit adjustment is at least on par with WB (HS's claim);
-  5. no final method (tau-norm, WB, HS) leaves a class at 0 % test accuracy.
+  5. no final method (tau-norm, WB, HS) leaves a class at 0 % test accuracy, in any seed.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ class Claim:
 
 
 def check_claims(rows: dict[str, dict[str, Any]]) -> list[Claim]:
-    """rows: method -> {"all": mean test top-1 (%), "per_class": mean per-class test accuracies (%)}."""
+    """rows: method -> {"all": mean test top-1 (%), "per_class_min": each class's lowest test accuracy (%) over
+    the seeds}: a class emptied in one seed is emptied, whatever the other seeds' mean."""
     def all_of(m: str) -> float | None:
         return rows[m]["all"] if m in rows and rows[m].get("all") is not None else None
 
@@ -42,26 +43,28 @@ def check_claims(rows: dict[str, dict[str, Any]]) -> list[Claim]:
               beats("wb", "wd", "WB stage 2 beats WD (WB)"),
               beats("tau-norm", "wd", "tau-norm beats WD (WB)"),
               beats("hs", "wb", f"HS + LA at least on par with WB (HS; within {ON_PAR_PTS} points)", ON_PAR_PTS)]
-    present = [m for m in FINAL_METHODS if rows.get(m, {}).get("per_class")]
+    present = [m for m in FINAL_METHODS if any(v is not None for v in rows.get(m, {}).get("per_class_min") or [])]
     if not present:
         claims.append(Claim("no final method leaves a class at 0 %", None, "no per-class accuracies"))
     else:
-        worst = {m: min(rows[m]["per_class"]) for m in present}
+        worst = {m: min(v for v in rows[m]["per_class_min"] if v is not None) for m in present}
         zero = [m for m, v in worst.items() if v <= 0]
         claims.append(Claim("no final method leaves a class at 0 %", not zero and len(present) == len(FINAL_METHODS),
-                            "lowest class: " + ", ".join(f"{m} {v:.1f}" for m, v in worst.items())
+                            "lowest class in any seed: " + ", ".join(f"{m} {v:.1f}" for m, v in worst.items())
                             + ("" if len(present) == len(FINAL_METHODS) else " (rows missing)")))
     return claims
 
 
 def rows_from_table(table: Any) -> dict[str, dict[str, Any]]:
-    """method -> mean test all and mean per-class accuracy over the complete runs of its (chosen) cell."""
+    """method -> mean test all over the complete runs of its (chosen) cell, and each class's lowest accuracy
+    over those runs (None for a class no run measured)."""
     rows: dict[str, dict[str, Any]] = {}
     for (method, label), _col in table.cells:
         cell = table.cells[((method, label), _col)]
         per = [r.result["per_class_acc"] for r in cell.runs if r.result and r.result.get("per_class_acc")]
         rows[method] = {"all": cell.stats("all")[0], "seeds": len(cell.runs),
-                        "per_class": [sum(v) / len(per) for v in zip(*per)] if per else None}
+                        "per_class_min": [min((x for x in v if x is not None), default=None) for v in zip(*per)]
+                        if per else None}
     return rows
 
 

@@ -1,13 +1,13 @@
 """The demo's claim checker and deviation list, on hand-made result rows."""
 
-from bench.claims import ON_PAR_PTS, check_claims, deviations, format_claims
+from bench.claims import ON_PAR_PTS, check_claims, deviations, format_claims, rows_from_table
 
 
 def rows(naive=80.0, wd=81.0, tau=82.0, wb=83.0, hs=83.0, worst=10.0):
     per = [90.0] * 9 + [worst]
-    return {"naive": {"all": naive, "per_class": per}, "wd": {"all": wd, "per_class": per},
-            "tau-norm": {"all": tau, "per_class": per}, "wb": {"all": wb, "per_class": per},
-            "hs": {"all": hs, "per_class": per}}
+    return {"naive": {"all": naive, "per_class_min": per}, "wd": {"all": wd, "per_class_min": per},
+            "tau-norm": {"all": tau, "per_class_min": per}, "wb": {"all": wb, "per_class_min": per},
+            "hs": {"all": hs, "per_class_min": per}}
 
 
 def test_every_claim_holds():
@@ -23,7 +23,7 @@ def test_claims_not_held_are_reported_with_the_reason():
     assert [c.holds for c in claims] == [False, False, False, False, False]
     text = format_claims(claims, 1, {"WD beats naive": "too few steps for weight decay"})
     assert "- [NOT shown] WD beats naive (WB): wd 81.00 vs naive 82.00 (-1.00) -- too few steps" in text
-    assert "over 1 seed (" in text and "lowest class: tau-norm 0.0" in text
+    assert "over 1 seed (" in text and "lowest class in any seed: tau-norm 0.0" in text
 
 
 def test_on_par_tolerance_and_ties():
@@ -73,3 +73,22 @@ def test_full_demo_runs_the_papers_weight_decay():
     assert line.startswith("- stage 1 (naive, wd, hs-stage1): model.name resnet8_cifar")
     assert "epochs 20 (paper 320" in line and "lr 0.05 (paper 0.01" in line
     assert "weight_decay" not in line and "wd_in_loss" not in line          # the papers' 5e-3, both
+
+
+def test_a_class_emptied_in_one_seed_fails_the_zero_class_claim(tmp_path):
+    """rows_from_table keeps each class's lowest accuracy over the seeds: hs empties class 9 in seed 1 only,
+    so its seeds' mean (10 %) would pass the claim; the per-seed minimum (0 %) does not."""
+    from bench.table import build_table, collect
+    from tests.unit.test_table import write_run
+
+    per = {0: [90.0] * 9 + [20.0], 1: [80.0] * 9 + [0.0]}
+    for method in ("tau-norm", "wb", "hs"):
+        for seed, acc in per.items():
+            worst = acc if method == "hs" else [90.0] * 10
+            write_run(tmp_path, [f"method={method}", f"seed={seed}"], all_=80.0 + seed,
+                      extra={"per_class_acc": worst})
+    rows = rows_from_table(build_table(collect([str(tmp_path)])))
+    assert rows["hs"]["all"] == 80.5 and rows["hs"]["seeds"] == 2
+    assert rows["hs"]["per_class_min"] == [80.0] * 9 + [0.0]
+    claim = check_claims(rows)[4]
+    assert claim.holds is False and "hs 0.0" in claim.detail
