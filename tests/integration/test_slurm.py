@@ -3,9 +3,11 @@ DDP run of `ltbench run` through SLURM's variables, and real preemption by the h
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -264,16 +266,62 @@ def test_local_cluster_runs_the_same_plan(tmp_path):
         time.sleep(0.5)
 
 
+def task_pid(job: str) -> int | None:
+    """The pid of a job's submitit task (python -m submitit.core._submit), found through /proc: the local
+    cluster's nodes run on this host."""
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cmd, env = (proc / "cmdline").read_bytes(), (proc / "environ").read_bytes()
+        except OSError:
+            continue
+        argv = cmd.split(b"\0")
+        if (Path(argv[0].decode()).name.startswith("python") and b"submitit.core._submit" in argv
+                and f"SLURM_JOB_ID={job}\0".encode() in env):         # the task, not srun, which names it too
+            return int(proc.name)
+    return None
+
+
+def stopped(pid: int) -> bool:
+    """Is the process stopped (state T in /proc/PID/status; False once it is gone)?"""
+    try:
+        return "\tT" in next(l for l in Path(f"/proc/{pid}/status").read_text().splitlines() if l.startswith("State:"))
+    except FileNotFoundError:
+        return False
+
+
 def test_real_preemption_of_a_submitted_run_requeues_and_ends_with_the_same_numbers(slurm, smoke_reference,
                                                                                     tmp_path):
-    """A job of the high partition preempts a submitted stage-1 run: USR2, checkpoint, requeue, resume."""
+    """A job of the high partition preempts a submitted stage-1 run: USR2, checkpoint, requeue, resume.
+    The smoke run ends ~1 s after its first checkpoint, sooner than the scheduler may preempt it, so the task
+    is frozen (SIGSTOP) from its first checkpoint until the preemption: slurmstepd continues a stopped task
+    (SIGCONT) as it sends the signal, so USR2 reaches a run still mid-way, every time."""
     runs = tmp_path / "runs"
     site = tmp_path / "site.yaml"
     site.write_text("partition: debug\nsignal_delay_s: 60\n")
-    run_dir, job = submit_smoke_until_checkpoint(runs, slurm, "--site", str(site))
-    hp = tmp_path / "hp"
-    hp.mkdir()
-    h = sbatch(f"#!/bin/bash\n#SBATCH -p high -N 2 -n 2 -c {os.cpu_count()}\nsleep 1\n", hp, slurm)
+    r = ltbench("submit", SMOKE, "--override", "runtime.threads=1", "--override", "runtime.checkpoint_every_steps=5",
+                "--site", str(site), "--runs-root", str(runs), env=slurm)
+    assert r.returncode == 0, r.stderr
+    run_dir = next(runs.glob("smoke/ce-*"))
+    job, t0 = job_of(run_dir), time.time()
+    while (pid := task_pid(job)) is None:
+        assert time.time() - t0 < 300, sacct(job, slurm)
+        time.sleep(0.1)
+    while not (run_dir / "checkpoints" / "last.pt").is_file():
+        assert time.time() - t0 < 300, sacct(job, slurm)
+        time.sleep(0.01)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        assert not (run_dir / "result.json").is_file()
+        hp = tmp_path / "hp"
+        hp.mkdir()
+        h = sbatch(f"#!/bin/bash\n#SBATCH -p high -N 2 -n 2 -c {os.cpu_count()}\nsleep 1\n", hp, slurm)
+        t0 = time.time()
+        while stopped(pid):
+            assert time.time() - t0 < 60, sacct(job, slurm)
+            time.sleep(0.05)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
     assert wait_done(h, slurm)["state"] == "COMPLETED"
     assert wait_done(job, slurm, timeout=600)["state"] == "COMPLETED"
     states = [r["state"].split()[0] for r in sacct(job, slurm) if r["id"] == job]
@@ -363,3 +411,16 @@ def test_usr2_at_moments_across_a_jobs_life_requeues_and_ends_with_the_same_numb
     a = json.loads((run_dir / "result.json").read_text())
     for key in ("metrics", "val_metrics", "per_class_acc", "selected_epoch"):
         assert a[key] == reference[key], key
+
+
+def test_a_preemption_signal_after_the_run_is_complete_does_not_fail_the_job(tmp_path):
+    """The submitted task's last moments: once the run is complete, USR2 (a preemption racing the job's end)
+    is ignored. Python restores USR2's default action (terminate) as it shuts down, and SLURM then recorded
+    a finished job as FAILED."""
+    code = ("import os, signal, sys\nfrom bench.submit import RunJob\n"
+            f"assert RunJob({SMOKE!r}, ['runtime.threads=1'], sys.argv[1], 3)() == 0\n"
+            "os.kill(os.getpid(), signal.SIGUSR2)\nprint('still here')\n")
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "runs")], capture_output=True, text=True,
+                       cwd=REPO, timeout=300)
+    assert r.returncode == 0 and "still here" in r.stdout, (r.returncode, r.stderr[-2000:])
+    assert json.loads(next((tmp_path / "runs").glob("smoke/ce-*/result.json")).read_text())["status"] == "complete"
