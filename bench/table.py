@@ -357,6 +357,12 @@ def build_table(records: list[RunRecord], seeds: list[int] | None = None, select
     if baseline is not None and not any(r[0] == baseline for r in rows):
         raise ConfigError(f"ltbench table --baseline {baseline}: no such method among the runs "
                           f"({', '.join(sorted({r[0] for r in rows}))})")
+    for col in columns if baseline is not None else []:
+        # every row is compared with THE baseline cell of its column: with several, which one would be a guess
+        several = [row_label(r) for r in rows if r[0] == baseline and (r, col) in cells]
+        if len(several) > 1:
+            raise ConfigError(f"ltbench table --baseline {baseline}: {len(several)} rows of {baseline} on {col[0]} "
+                              f"({'; '.join(several)}); reduce them to one (--select val, or fewer run folders)")
     if reference:
         table.reference, table.reference_asked = published_rows(columns), True
     return table

@@ -224,6 +224,10 @@ def test_seed_intervals_and_paired_comparison_by_hand(tmp_path):
     assert wb_line.endswith(",5.0000,0.01307,3")
     with pytest.raises(ConfigError, match="--baseline nope: no such method"):
         build_table(collect([str(root)]), baseline="nope")
+    # a second naive setting: which naive row the others are compared with would be a guess
+    write_run(root, ["name=bench", "method=naive", "train.lr=0.2", "seed=0"], all_=30.0, sub="-lr0.2")
+    with pytest.raises(ConfigError, match=r"--baseline naive: 2 rows of naive on synthetic \(.*\); reduce them"):
+        build_table(collect([str(root)]), baseline="naive")
 
 
 def test_side_by_side_with_the_published_value(tmp_path):
