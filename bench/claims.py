@@ -61,6 +61,8 @@ def rows_from_table(table: Any) -> dict[str, dict[str, Any]]:
     rows: dict[str, dict[str, Any]] = {}
     for (method, label), _col in table.cells:
         cell = table.cells[((method, label), _col)]
+        if method in rows:   # the demo's table has one row per method; a second would silently replace the first
+            raise RuntimeError(f"claims: two rows of {method} in the demo's table")
         per = [r.result["per_class_acc"] for r in cell.runs if r.result and r.result.get("per_class_acc")]
         rows[method] = {"all": cell.stats("all")[0], "seeds": len(cell.runs),
                         "per_class_min": [min((x for x in v if x is not None), default=None) for v in zip(*per)]

@@ -1,5 +1,7 @@
 """The demo's claim checker and deviation list, on hand-made result rows."""
 
+import pytest
+
 from bench.claims import ON_PAR_PTS, check_claims, deviations, format_claims, rows_from_table
 
 
@@ -92,3 +94,13 @@ def test_a_class_emptied_in_one_seed_fails_the_zero_class_claim(tmp_path):
     assert rows["hs"]["per_class_min"] == [80.0] * 9 + [0.0]
     claim = check_claims(rows)[4]
     assert claim.holds is False and "hs 0.0" in claim.detail
+
+
+def test_two_rows_of_a_method_are_not_silently_merged(tmp_path):
+    from bench.table import build_table, collect
+    from tests.unit.test_table import write_run
+
+    write_run(tmp_path, ["method=wb", "seed=0"], all_=80.0)
+    write_run(tmp_path, ["method=wb", "seed=0", "train.lr=0.2"], all_=70.0, sub="-lr0.2")
+    with pytest.raises(RuntimeError, match="two rows of wb"):
+        rows_from_table(build_table(collect([str(tmp_path)])))
