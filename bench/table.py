@@ -460,13 +460,20 @@ def protocol_notes(table: Table) -> list[str]:
     `all` (what selecting on test, TTA and the reference's other choices add to the number)."""
     out = []
     for col in table.columns:
-        by_method: dict[str, dict[str, float]] = defaultdict(dict)
+        by_method: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
         for row in table.rows:
             cell = table.cells.get((row, col))
             mean = cell.stats("all")[0] if cell is not None else None
             if mean is not None and row[1].split(",")[0] in _PROTOCOL_NAMES:
-                by_method[row[0]].setdefault(row[1].split(",")[0], mean)
-        for method, means in sorted(by_method.items(), key=lambda kv: _method_key(kv[0])):
+                by_method[row[0]][row[1].split(",")[0]].append(mean)
+        for method, found in sorted(by_method.items(), key=lambda kv: _method_key(kv[0])):
+            several = sorted(p for p, m in found.items() if len(m) > 1)
+            if several and "clean" in found and len(found) > 1:
+                # which of a protocol's settings to hold against clean would be a guess: say so instead
+                out.append(f"{method}, {dataset_title(*col)}: several settings under {', '.join(several)}; no single "
+                           "difference (compare its rows, or --select val)")
+                continue
+            means = {p: m[0] for p, m in found.items()}
             if "clean" in means:
                 for proto, mean in sorted(means.items()):
                     if proto != "clean":

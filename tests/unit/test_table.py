@@ -291,6 +291,12 @@ def test_protocols_side_by_side(tmp_path):
     md = RENDER["md"](t)
     assert "| wd (clean) | 51.00 ± 1.41 |" in md and "| wd (custom) | 54.00 ± 1.41 |" in md
     assert "wd, Synthetic-LT IF 10: custom 54.00 vs clean 51.00: +3.00 points under custom" in md
+    # a second custom setting: which one the difference is about would be a guess
+    write_run(root, ["name=c", "method=wd", "protocol=custom", "eval.selection_split=test", "eval.select=last",
+                     "seed=0"], all_=60.0, sub="-ref2")
+    md = RENDER["md"](build_table(collect([str(root)]), protocols=True))
+    assert "wd, Synthetic-LT IF 10: several settings under custom; no single difference" in md
+    assert "points under custom" not in md
 
 
 def test_columns_are_defined_once_and_latex_rows_stay_rectangular(tmp_path):
