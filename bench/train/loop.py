@@ -103,15 +103,17 @@ class TrainState:
     spent_s: float = 0.0               # wall seconds of checkpointed work, over every attempt (the run's cost)
 
 
-def rank_shares(normalizer: torch.Tensor, n: int, world: int) -> torch.Tensor:
-    """(loss share, count share) of this rank, times the world size, in one all-reduce.
+def rank_shares(normalizer: torch.Tensor, n: int, world: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss share, count share) of this rank, times the world size, in one all-reduce; and the global
+    batch's sample count (on the device: reading it is a host synchronisation).
 
     The loss divides by its normalizer (a count, or sum_i w_{y_i}); the regularisers are batch means
     (feature regularisation) or parameter terms (WD in the loss), whose exact share is the sample count.
     Weighting each by its share makes DDP's gradient average that of the global batch's objective.
     """
     local = torch.stack([normalizer, torch.full((), float(n), dtype=torch.float64, device=normalizer.device)])
-    return local * world / dist.all_reduce_sum(local.clone()).clamp_min(1e-12)
+    total = dist.all_reduce_sum(local.clone())
+    return local * world / total.clamp_min(1e-12), total[1]
 
 
 class LastCheckpoint:
@@ -187,7 +189,14 @@ def train_step(p: Parts, x: torch.Tensor, y: torch.Tensor, scaler: torch.amp.Gra
             reg = sum(r(h) for r in p.regularizers)
     loss = data_loss + reg
     if world > 1:
-        share = rank_shares(p.loss.normalizer(y), len(y), world).to(loss.dtype)
+        share, total = rank_shares(p.loss.normalizer(y), len(y), world)
+        if len(y) == 0 and float(total) == 0:
+            # no rank has a sample (shards with data.on_error=skip): skip the step, as one process does, or
+            # weight decay and momentum would still move the weights. Every rank decides alike: only ranks
+            # without a sample read the count (ranks with one keep their steps free of a host sync)
+            p.scheduler.step()
+            return loss, None
+        share = share.to(loss.dtype)
         objective = data_loss * share[0] + reg * share[1]
     else:
         objective = loss

@@ -465,3 +465,30 @@ def test_config_errors_for_shard_datasets(tmp_path):
     assert r.returncode == 2 and "manifest.json not found" in r.stderr
     r = run_cli("config", SMOKE, "data.dataset=inat2018", f"data.shards={tmp_path}", "data.imbalance_factor=10")
     assert r.returncode == 2 and "inat2018 split files fix it at 500.0" in r.stderr
+
+
+@pytest.mark.ddp
+def test_ddp_takes_no_step_on_a_global_batch_of_only_bad_samples(smoke_shards, tmp_path):
+    """Every training sample unreadable (data.on_error=skip): one process skips every step, and so must two.
+    Before, their optimiser still stepped on zero gradients, and weight decay and momentum moved the weights."""
+    from tests.integration.test_ddp import torchrun
+
+    s = _copy_shards(smoke_shards, tmp_path / "s")
+
+    def garble_all(samples):
+        for sample in samples:
+            sample["png"] = b"garbage"
+        return samples
+
+    for shard in sorted(s.glob("train-*.tar")):
+        rewrite_shard(shard, s / "manifest.json", garble_all)
+    args = ["run", SMOKE, *FIXED, f"data.shards={s}", "data.on_error=skip", "train.epochs=1"]
+    one = run_cli(*args, "--runs-root", str(tmp_path / "one"))
+    assert one.returncode == 0, one.stderr
+    two = torchrun(*args, "--runs-root", str(tmp_path / "two"), port=29700 + os.getpid() % 97)
+    assert two.returncode == 0, two.stdout + two.stderr
+    w1, w2 = (torch.load(next((tmp_path / n).glob("smoke/ce-*/checkpoints/final.pt")), weights_only=True)["model"]
+              for n in ("one", "two"))
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
+    r2 = json.loads(next((tmp_path / "two").glob("smoke/ce-*/result.json")).read_text())
+    assert r2["world_size"] == 2 and r2["data_errors"]["train_skipped"] == 772
