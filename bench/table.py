@@ -118,8 +118,28 @@ def setting_of(raw: dict[str, Any]) -> tuple[tuple[str, str], ...]:
     return tuple(sorted((k, json.dumps(v, sort_keys=True)) for k, v in flat.items() if k not in drop))
 
 
-def load_record(run_dir: Path) -> RunRecord:
+@dataclass
+class _Memo:
+    """What one collect() has read: a parent shared by many children (the WB grid's 12 settings x seeds)
+    is loaded, and its config hashed, once."""
+
+    records: dict[Path, RunRecord] = field(default_factory=dict)
+    hashes: dict[Path, str | None] = field(default_factory=dict)
+
+    def run_hash(self, cfg_path: Path) -> str | None:
+        if cfg_path not in self.hashes:
+            try:
+                self.hashes[cfg_path] = from_dict(load_yaml(cfg_path)).run_hash()
+            except ConfigError:
+                self.hashes[cfg_path] = None          # not a run of this version: never a parent
+        return self.hashes[cfg_path]
+
+
+def load_record(run_dir: Path, memo: _Memo | None = None) -> RunRecord:
     """What a run directory says about itself; a clear error for a broken one."""
+    memo = memo or _Memo()
+    if (key := run_dir.resolve()) in memo.records:
+        return memo.records[key]
     raw = load_yaml(run_dir / "config.yaml")
     try:
         setting = setting_of(raw)
@@ -130,12 +150,12 @@ def load_record(run_dir: Path) -> RunRecord:
                     imbalance_factor=data.get("imbalance_factor"), seed=int(raw.get("seed", 0)),
                     state="incomplete", setting=setting, protocol=str(raw.get("protocol", "custom")))
     result = RunDir(run_dir).read_result()
-    parent_dir = find_parent_dir(run_dir, raw, result)
+    parent_dir = find_parent_dir(run_dir, raw, result, memo)
     if parent_dir is not None:
         # A child inherits only its parent's data / model / train, so the parent's other choices (its epoch
         # selection, its stage-2 settings, ...) become part of the child's setting: children of differently
         # chosen parents land in different rows instead of being averaged together.
-        rec.parent = load_record(parent_dir)
+        rec.parent = load_record(parent_dir, memo)
         rec.setting = tuple(sorted(rec.setting + tuple(
             (f"parent.{k}", v) for k, v in rec.parent.setting if k.split(".")[0] not in INHERITED)))
     if result.get("status") == "complete":
@@ -150,10 +170,11 @@ def load_record(run_dir: Path) -> RunRecord:
         rec.note = epochs if st["state"] == "not started" else ", ".join(x for x in (st["state"], epochs) if x)
         if st["state"].split(":")[0].split(" ")[0] in ("failed", "cancelled", "timeout", "out_of_memory", "node_fail"):
             rec.state = "failed"
+    memo.records[key] = rec
     return rec
 
 
-def find_parent_dir(run_dir: Path, raw: dict[str, Any], result: dict[str, Any]) -> Path | None:
+def find_parent_dir(run_dir: Path, raw: dict[str, Any], result: dict[str, Any], memo: _Memo) -> Path | None:
     """A stage-2 / post-hoc run's parent run directory, from what the child recorded (its `parent` path,
     `parent_run` under the runs root, result.json's `parent`, else a run named *-<parent_hash> beside it),
     checked against its `parent_hash`; None for a stage-1 run or a parent that is not on disk."""
@@ -165,17 +186,14 @@ def find_parent_dir(run_dir: Path, raw: dict[str, Any], result: dict[str, Any]) 
     if run_dir.parent.name == str(raw.get("name")):   # the runs-root layout: look for the parent beside it
         cands += sorted(root.glob(f"*/*-{want}"))
     for cand in cands:
-        if cand and (Path(cand) / "config.yaml").is_file():
-            try:
-                if from_dict(load_yaml(Path(cand) / "config.yaml")).run_hash() == want:
-                    return Path(cand)
-            except ConfigError:
-                continue                          # not a run of this version: not the parent
+        if cand and (Path(cand) / "config.yaml").is_file() and memo.run_hash(Path(cand) / "config.yaml") == want:
+            return Path(cand)
     return None
 
 
 def collect(paths: list[str]) -> list[RunRecord]:
-    return [load_record(p) for p in find_run_dirs(paths)]
+    memo = _Memo()
+    return [load_record(p, memo) for p in find_run_dirs(paths)]
 
 
 def records_from_wandb(path: str) -> list[RunRecord]:
