@@ -14,7 +14,7 @@ from bench.errors import error_line, user_errors
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from bench.run import run_config_file
+    from bench.launch.run import run_config_file
 
     # a file, or the name of a shipped config
     run_config_file(find_config(args.config), args.overrides, args.runs_root, run_dir=args.run_dir, wait=args.wait)
@@ -35,14 +35,14 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from bench.demo import run_demo
+    from bench.launch.demo import run_demo
 
     return run_demo(args.runs_root, args.overrides, full=args.full)
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
-    from bench.demo import ensure_fashion_mnist
-    from bench.progress import log
+    from bench.launch.demo import ensure_fashion_mnist
+    from bench.runtime.progress import log
 
     log(f"fashion-mnist: {ensure_fashion_mnist()}")
     return 0
@@ -51,7 +51,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 def cmd_prepare(args: argparse.Namespace) -> int:
     from bench.data.cards import DatasetError
     from bench.data.shards.manifest import verify_shards
-    from bench.progress import log
+    from bench.runtime.progress import log
 
     out = Path(args.out)
     for flag, value in (("--samples-per-shard", args.samples_per_shard), ("--workers", args.workers)):
@@ -67,7 +67,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         log(f"all shards in {out} match manifest.json")
         return 0
     from bench.data.prepare import prepare
-    from bench.lock import DirLock
+    from bench.runtime.lock import DirLock
 
     with DirLock(out, "prepare output folder", wait=args.wait):    # one writer per output folder
         m = prepare(args.dataset, out, Path(args.src).expanduser() if args.src else None,
@@ -80,7 +80,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from bench.submit import submit
+    from bench.launch.submit import submit
 
     submit([find_config(c) for c in args.configs], list(args.overrides), args.runs_root, args.cluster, args.dry_run, args.site,
            args.max_requeues, args.sweep, args.array_parallelism)
@@ -88,7 +88,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from bench.jobs import status_table
+    from bench.launch.jobs import status_table
 
     exp = Path(args.experiment)
     print(status_table(exp if exp.is_dir() else Path(args.runs_root) / args.experiment))
@@ -96,7 +96,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_table(args: argparse.Namespace) -> int:
-    from bench.table import build_table, collect, records_from_wandb, save_table
+    from bench.report.aggregate import build_table
+    from bench.report.collect import collect, records_from_wandb
+    from bench.report.render import save_table
 
     if not args.paths and not args.wandb:
         raise ConfigError("ltbench table: give run directories / experiments, or --wandb ENTITY/PROJECT")
@@ -116,7 +118,7 @@ def cmd_table(args: argparse.Namespace) -> int:
         out.with_suffix("") if out and args.format != "html" else None)
     figures = None
     if args.format == "html" or args.html:
-        from bench.report_html import draw_figures, save_html
+        from bench.report.html import draw_figures, save_html
 
         figures = [] if args.no_plots else draw_figures(table, plots)   # drawn once, for the page and the files
     if args.format == "html":
@@ -131,8 +133,8 @@ def cmd_table(args: argparse.Namespace) -> int:
 
 
 def cmd_perf(args: argparse.Namespace) -> int:
-    from bench.perf import SECTIONS, run_perf
-    from bench.progress import log
+    from bench.devtools.perf import SECTIONS, run_perf
+    from bench.runtime.progress import log
 
     only = args.only.split(",") if args.only else [x for x in SECTIONS if (x != "demo" or not args.quick)
                                                    and (x != "wbref" or args.wb_reference)]
@@ -140,7 +142,7 @@ def cmd_perf(args: argparse.Namespace) -> int:
     if unknown:
         raise ConfigError(f"ltbench perf --only: unknown section(s) {', '.join(unknown)} (known: {', '.join(SECTIONS)})")
     out = Path(args.out)
-    from bench.gpucheck import PARTS
+    from bench.devtools.gpucheck import PARTS
 
     parts = tuple(args.gpu_parts.split(",")) if args.gpu_parts else PARTS
     if set(parts) - set(PARTS):

@@ -67,7 +67,9 @@ def resolve(cfg: Config, check_files: bool = True) -> Config:
     if d.augment == "rrc_flip" and d.image_size is None:
         raise ConfigError(f"config key 'data.augment': rrc_flip needs data.image_size (the crop size) for {d.dataset}")
     if d.shards is not None and check_files:
-        from bench.data.shards.manifest import load_manifest  # local: see bench.config.protocols.apply_protocol (pulls in torch)
+        from bench.data.shards.manifest import (
+            load_manifest,  # local: see bench.config.protocols.apply_protocol (pulls in torch)
+        )
         digest = load_manifest(d.shards).digest
         if d.shards_manifest not in (None, digest):
             raise ConfigError(f"config key 'data.shards_manifest': the shards in {d.shards} changed since this run "

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.dist import rank_slice
+from bench.runtime.dist import rank_slice
 
 
 @dataclass

@@ -8,16 +8,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from bench import dist
 from bench.config import DataConfig
 from bench.data.batches import InMemoryLoader, Normalize, Split, center_pad, eval_batches
 from bench.data.cards import DatasetError, load_card
+from bench.data.loaders import TrainLoader
 from bench.data.profiles import class_counts, indices_hash, select_indices
-from bench.data.protocols import TrainLoader
 from bench.data.shards.loader import ShardLoader
 from bench.data.shards.manifest import ShardSplit, check_shard_files, load_manifest
 from bench.data.shards.plan import StreamSpec
 from bench.data.sources import RawData, load_raw
+from bench.runtime import dist
 
 
 @dataclass

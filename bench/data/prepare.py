@@ -31,7 +31,7 @@ from bench.data.lt import lt_selection
 from bench.data.profiles import indices_hash
 from bench.data.shards.manifest import FORMAT, MANIFEST, file_sha256
 from bench.data.sources import RAW_SOURCES, load_raw
-from bench.progress import Progress, log
+from bench.runtime.progress import Progress, log
 
 PREP_DIR = ".prepare"   # per-shard records of finished shards (idempotence, crash resume)
 TRAIN_ORDER_SEED = 0    # the one-off shuffle of the training samples before sharding

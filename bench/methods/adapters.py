@@ -78,7 +78,7 @@ def add_adaptformer(backbone: nn.Module, bottleneck: int) -> int:
     """Give every timm ViT block of `backbone` an AdaptFormer branch in place (parameter names
     blocks.i.adaptformer.*, the block's own names unchanged); returns how many blocks."""
     if list(inspect.signature(Block.forward).parameters) != ["self", "x", "attn_mask", "is_causal"]:
-        import timm      # AdaptFormerBlock.forward is a copy of timm 1.0's Block.forward: refuse to guess
+        import timm  # AdaptFormerBlock.forward is a copy of timm 1.0's Block.forward: refuse to guess
         raise ConfigError(f"config key 'model.peft.method': adaptformer follows timm 1.0's ViT Block.forward, and "
                           f"timm {timm.__version__} changed it; install timm 1.0.x")
     blocks = [m for m in backbone.modules() if type(m) is Block]

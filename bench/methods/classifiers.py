@@ -200,7 +200,7 @@ HEADS: dict[str, Callable[[nn.Linear, int, int], nn.Module]] = {
 
 
 def _zeroshot_head(cfg: Config, data: LTData, linear: nn.Linear) -> nn.Module:
-    from bench.methods.zeroshot import zeroshot_classifier   # open_clip: only when a zero-shot head is built
+    from bench.methods.zeroshot import zeroshot_classifier  # open_clip: only when a zero-shot head is built
 
     directions, scale = zeroshot_classifier(cfg.model.zeroshot, cfg.model.pretrained_file, data.class_names,
                                             linear.in_features)

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.atomic import write_atomic
+from bench.runtime.atomic import write_atomic
 
 
 class CheckpointError(RuntimeError):
@@ -19,7 +19,7 @@ class CheckpointError(RuntimeError):
 
 
 def save_atomic(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file in the same directory, fsync, then os.replace (bench.atomic): a crash
+    """torch.save to a temporary file in the same directory, fsync, then os.replace (bench.runtime.atomic): a crash
     at any moment leaves either the old complete file or the new complete file, never a torn one."""
     write_atomic(path, lambda f: torch.save(obj, f), durable=True)
 

@@ -16,13 +16,13 @@ from typing import Any, Protocol
 
 import torch
 
-from bench import dist
 from bench.data.cards import DatasetError
-from bench.data.protocols import TrainLoader
+from bench.data.loaders import TrainLoader
 from bench.methods.losses import LossFn
-from bench.progress import Progress, log
-from bench.rundir import RunDir, check_owner
-from bench.tracking import Tracker
+from bench.runtime import dist
+from bench.runtime.progress import Progress, log
+from bench.runtime.rundir import RunDir, check_owner
+from bench.runtime.tracking import Tracker
 from bench.train import checkpoint as ckpt
 
 

@@ -17,10 +17,11 @@ from bench.methods.classifiers import CosineClassifier, fold_head, make_model
 from bench.methods.losses import make_loss
 from bench.methods.regularizers import make_regularizers
 from bench.models.parts import encode, head_of
-from bench.rundir import RunDir
-from bench.train.common import Evaluator, Figures, Stage, select_and_report, select_reported
+from bench.runtime.rundir import RunDir
 from bench.train.loop import Parts, fit, make_forward
 from bench.train.optim import make_optimizer, make_scheduler
+from bench.train.select import Evaluator, select_and_report, select_reported
+from bench.train.stage import Figures, Stage
 
 
 def train_stage1(cfg: Config, run: RunDir, figures: Figures | None = None) -> dict[str, Any]:

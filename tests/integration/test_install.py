@@ -55,7 +55,7 @@ def _run(site: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_installed_package_finds_its_data(installed: Path, tmp_path: Path) -> None:
-    r = _run(installed, tmp_path, "-c", "import bench, bench.paths as p, bench.published as pub; "
+    r = _run(installed, tmp_path, "-c", "import bench, bench.paths as p, bench.report.published as pub; "
              "print(bench.__file__); print(p.repo_or_package_dir('configs')); print(p.repo_or_package_dir('datasets')); "
              "print(len(pub.load_published()))")
     assert r.returncode == 0, r.stderr
@@ -64,7 +64,7 @@ def test_installed_package_finds_its_data(installed: Path, tmp_path: Path) -> No
     assert Path(configs) == installed / "bench" / "_data" / "configs"
     assert Path(datasets) == installed / "bench" / "_data" / "datasets"
     assert sorted(p.name for p in Path(datasets).glob("*.yaml")) == sorted(p.name for p in (REPO / "datasets").glob("*.yaml"))
-    from bench.published import load_published
+    from bench.report.published import load_published
     assert int(n_published) == len(load_published(REPO / "datasets" / "published"))
 
 

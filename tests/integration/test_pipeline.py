@@ -132,11 +132,11 @@ def _evaluate_final(run_dir: Path, tta: bool, features: bool = False) -> dict:
 
     from bench.config import from_dict
     from bench.data.lt import build_lt_data
-    from bench.metrics import shot_groups
-    from bench.models.parts import encode, head_of
-    from bench.train.common import Evaluator
+    from bench.evaluation.metrics import shot_groups
     from bench.methods.classifiers import make_model
-    from bench.train.stage2 import feature_batches
+    from bench.models.parts import encode, head_of
+    from bench.train.features import feature_batches
+    from bench.train.select import Evaluator
 
     cfg = from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
     data = build_lt_data(cfg.data)

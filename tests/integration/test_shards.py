@@ -7,8 +7,8 @@ import json
 import os
 import signal
 import subprocess
-import tarfile
 import sys
+import tarfile
 import time
 from collections import Counter
 from pathlib import Path

@@ -237,7 +237,7 @@ def test_site_file_errors_name_the_key(tmp_path):
 
 
 def test_site_example_is_valid():
-    from bench.submit import load_site
+    from bench.launch.submit import load_site
 
     site = load_site(str(REPO / "slurm" / "site.example.yaml"))
     assert site["tasks_per_node"] == site["gpus_per_node"] == 4
@@ -417,7 +417,7 @@ def test_a_preemption_signal_after_the_run_is_complete_does_not_fail_the_job(tmp
     """The submitted task's last moments: once the run is complete, USR2 (a preemption racing the job's end)
     is ignored. Python restores USR2's default action (terminate) as it shuts down, and SLURM then recorded
     a finished job as FAILED."""
-    code = ("import os, signal, sys\nfrom bench.submit import RunJob\n"
+    code = ("import os, signal, sys\nfrom bench.launch.submit import RunJob\n"
             f"assert RunJob({SMOKE!r}, ['runtime.threads=1'], sys.argv[1], 3)() == 0\n"
             "os.kill(os.getpid(), signal.SIGUSR2)\nprint('still here')\n")
     r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "runs")], capture_output=True, text=True,

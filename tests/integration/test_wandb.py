@@ -1,7 +1,7 @@
 """Real wandb (offline): one W&B run per run directory, summary with many / medium / few, the same run id
 after a SIGKILL and resume, steps that never decrease and no epoch lost, no API key in any file, and
 training that goes on when W&B cannot be reached. The offline run files
-(<run>/wandb/offline-run-*/run-<id>.wandb) are read back record by record (bench.tracking.offline_records).
+(<run>/wandb/offline-run-*/run-<id>.wandb) are read back record by record (bench.runtime.tracking.offline_records).
 """
 
 from __future__ import annotations
@@ -12,12 +12,11 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from bench.config import load_config
-from bench.tracking import epoch_log, offline_last_step, offline_records, summary_of, wandb_mode
+from bench.runtime.tracking import epoch_log, offline_last_step, offline_records, summary_of, wandb_mode
 from tests.conftest import REPO, run_cli
 
 pytestmark = pytest.mark.slow

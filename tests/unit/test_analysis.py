@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from bench.analysis import class_weight_norms, cosine_similarity_stats, fisher_discriminant_ratio
+from bench.evaluation.analysis import class_weight_norms, cosine_similarity_stats, fisher_discriminant_ratio
 
 
 def test_class_weight_norms():

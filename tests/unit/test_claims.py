@@ -2,7 +2,7 @@
 
 import pytest
 
-from bench.claims import ON_PAR_PTS, check_claims, deviations, format_claims, rows_from_table
+from bench.report.claims import ON_PAR_PTS, check_claims, deviations, format_claims, rows_from_table
 
 
 def rows(naive=80.0, wd=81.0, tau=82.0, wb=83.0, hs=83.0, worst=10.0):
@@ -65,7 +65,7 @@ def test_full_demo_runs_the_papers_weight_decay():
     """--full: the papers' weight decay; only model size, schedule length, lr (the short schedule's) and the
     missing flip TTA depart from the papers, and the deviation line names each."""
     from bench.config import load_config
-    from bench.demo import CONFIG_DIR, FULL, STAGE1
+    from bench.launch.demo import CONFIG_DIR, FULL, STAGE1
 
     configs = {}
     for n in STAGE1:
@@ -80,7 +80,8 @@ def test_full_demo_runs_the_papers_weight_decay():
 def test_a_class_emptied_in_one_seed_fails_the_zero_class_claim(tmp_path):
     """rows_from_table keeps each class's lowest accuracy over the seeds: hs empties class 9 in seed 1 only,
     so its seeds' mean (10 %) would pass the claim; the per-seed minimum (0 %) does not."""
-    from bench.table import build_table, collect
+    from bench.report.aggregate import build_table
+    from bench.report.collect import collect
     from tests.unit.test_table import write_run
 
     per = {0: [90.0] * 9 + [20.0], 1: [80.0] * 9 + [0.0]}
@@ -97,7 +98,8 @@ def test_a_class_emptied_in_one_seed_fails_the_zero_class_claim(tmp_path):
 
 
 def test_two_rows_of_a_method_are_not_silently_merged(tmp_path):
-    from bench.table import build_table, collect
+    from bench.report.aggregate import build_table
+    from bench.report.collect import collect
     from tests.unit.test_table import write_run
 
     write_run(tmp_path, ["method=wb", "seed=0"], all_=80.0)

@@ -184,7 +184,7 @@ def test_data_root_does_not_change_the_run():
 
 
 def test_auto_workers_by_cores_per_process():
-    from bench.train.common import auto_workers
+    from bench.runtime.process import auto_workers
 
     # none up to 2 cores; else half the cores, a divisor of data.streams
     assert [auto_workers(c, 4) for c in (1, 2, 3, 4, 6, 8, 64)] == [0, 0, 1, 2, 2, 4, 4]
@@ -196,7 +196,7 @@ def test_auto_workers_by_cores_per_process():
 
 _FAULTS_PER_ROUND = """
 import resource, sys, torch
-from bench.train.common import keep_freed_memory
+from bench.runtime.process import keep_freed_memory
 
 def faults(rounds):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -232,7 +232,7 @@ def test_deterministic_runs_do_not_fill_new_tensors_with_nan(deterministic, monk
     torch.empty that comes with them (6-8 % of a CPU step, BENCHMARKS.md; no effect on the numbers)."""
     import torch
 
-    from bench.train.common import setup_runtime
+    from bench.runtime.process import setup_runtime
 
     monkeypatch.setenv("WANDB_MODE", "disabled")
     before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
@@ -335,7 +335,7 @@ def test_hs_reference_children_select_on_val_without_tta(tmp_path):
 def test_the_parent_lineage_is_resolved_once_when_the_child_config_loads(repo, tmp_path, monkeypatch):
     """A stage-2 config names its parent by YAML: loading it records the parent's run directory (not part of
     the hash), and stage 2 finds the parent there without loading the parent's config again."""
-    import bench.train.stage2 as stage2
+    import bench.train.features as stage2
 
     child = load_config(repo / "configs" / "smoke_stage2.yaml")
     parent = load_config(repo / "configs" / "smoke.yaml")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from bench.submit import estimate_cost, plan
+from bench.launch.submit import estimate_cost, plan
 from tests.conftest import REPO
 
 SMOKE = str(REPO / "configs" / "smoke.yaml")        # stage 1, synthetic, resnet8_cifar, 3 epochs

@@ -13,7 +13,7 @@ import torch
 from bench.config import FILE_SPLIT_SOURCES
 from bench.data.batches import InMemoryLoader, Split
 from bench.data.cards import cards_dir, load_card
-from bench.data.protocols import TrainLoader
+from bench.data.loaders import TrainLoader
 from bench.data.shards import ShardLoader, ShardSplit, StreamSpec
 from bench.data.sources import RAW_SOURCES
 from tests.conftest import REPO

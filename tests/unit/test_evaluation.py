@@ -4,7 +4,7 @@ import torch
 
 from bench.data.batches import Normalize, eval_batches
 from bench.data.lt import Split
-from bench.evaluation import evaluate_batches
+from bench.evaluation.counts import evaluate_batches
 
 
 def left_right(x):

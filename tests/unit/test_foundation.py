@@ -24,11 +24,11 @@ from timm.models.vision_transformer import _create_vision_transformer  # noqa: E
 
 from bench.config import ConfigError, load_config  # noqa: E402
 from bench.data.lt import build_lt_data  # noqa: E402
+from bench.launch.run import run_experiment  # noqa: E402
 from bench.methods.classifiers import make_model  # noqa: E402
 from bench.methods.zeroshot import prompt_weights  # noqa: E402
 from bench.models.parts import encode, head_of  # noqa: E402
-from bench.run import run_experiment  # noqa: E402
-from bench.rundir import RunDir  # noqa: E402
+from bench.runtime.rundir import RunDir  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 QUIET = ["runtime.threads=1", "runtime.progress=off", "runtime.plot=false", "wandb.mode=disabled"]

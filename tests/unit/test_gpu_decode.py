@@ -4,7 +4,6 @@ samples, crops and flips as the PIL path, pixels within interpolation difference
 
 from __future__ import annotations
 
-import io
 
 import pytest
 import torch
@@ -13,7 +12,7 @@ from bench.config import ConfigError, load_config
 from bench.data.cards import DatasetError
 from bench.data.lt import build_lt_data
 from bench.data.shards import ShardLoader
-from bench.gpucheck import JPEG, jpeg_shards
+from bench.devtools.gpucheck import JPEG, jpeg_shards
 from tests.shardtools import rewrite_shard
 
 
@@ -90,7 +89,7 @@ def test_gpu_path_reports_an_undecodable_jpeg(shards, tmp_path):
 
 
 def test_gpu_decode_needs_shards_and_a_gpu(tmp_path):
-    from bench.train.common import setup
+    from bench.train.stage import setup
 
     cfg = load_config(None, ["data.dataset=synthetic", "data.decode=gpu", "runtime.device=cpu"])
     with pytest.raises(ConfigError, match="data.decode"):

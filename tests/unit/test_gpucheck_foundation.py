@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from bench.gpucheck import FOUNDATION, PARTS, gpu_check, render, section_foundation
+from bench.devtools.gpucheck import FOUNDATION, PARTS, gpu_check, render, section_foundation
 
 
 def test_tiny_foundation_part_on_the_cpu(tmp_path):

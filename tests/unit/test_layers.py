@@ -12,10 +12,10 @@ from pathlib import Path
 PKG = Path(__file__).resolve().parents[2] / "bench"
 
 # Reporting and entry points: training, methods, models and data never import these.
-REPORTING = {"bench.table", "bench.plots", "bench.claims", "bench.published", "bench.stats"}
-ENTRY = {"bench.cli", "bench.__main__", "bench.run", "bench.submit", "bench.demo", "bench.perf", "bench.gpucheck"}
-LOWER = ("bench.train", "bench.methods", "bench.models", "bench.data", "bench.config", "bench.rundir",
-         "bench.tracking", "bench.evaluation", "bench.analysis", "bench.metrics")
+REPORTING = {"bench.report.table", "bench.report.plots", "bench.report.claims", "bench.report.published", "bench.report.stats"}
+ENTRY = {"bench.cli", "bench.__main__", "bench.launch.run", "bench.launch.submit", "bench.launch.demo", "bench.devtools.perf", "bench.devtools.gpucheck"}
+LOWER = ("bench.train", "bench.methods", "bench.models", "bench.data", "bench.config", "bench.runtime.rundir",
+         "bench.runtime.tracking", "bench.evaluation.counts", "bench.evaluation.analysis", "bench.evaluation.metrics")
 
 
 def modules() -> dict[str, Path]:
@@ -86,11 +86,11 @@ def test_training_and_data_never_import_reporting_or_entry_points():
 
 
 def test_a_slurm_job_unpickles_its_runjob_without_loading_torch():
-    """submitit unpickles RunJob (importing bench.submit) before it installs its preemption handler: a
+    """submitit unpickles RunJob (importing bench.launch.submit) before it installs its preemption handler: a
     signal in that window kills the job, so that import must stay fast and must not load torch (~3 s)."""
     import subprocess
     import sys
 
-    code = "import sys, bench.submit; print(sorted(m for m in ('torch', 'timm', 'matplotlib') if m in sys.modules))"
+    code = "import sys, bench.launch.submit; print(sorted(m for m in ('torch', 'timm', 'matplotlib') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PKG.parent, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr

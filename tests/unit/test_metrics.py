@@ -2,7 +2,7 @@
 
 import torch
 
-from bench.metrics import group_metrics, per_class_accuracy
+from bench.evaluation.metrics import group_metrics, per_class_accuracy
 
 
 def test_group_metrics_by_hand():

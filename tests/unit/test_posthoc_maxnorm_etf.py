@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from bench.methods.classifiers import ETFClassifier, maxnorm_project_, maxnorm_radius, simplex_etf
-from bench.methods.posthoc import (POSTHOC, choose_tau, class_prior, logit_adjust_additive,
-                                   logit_adjust_multiplicative, tau_normalize)
+from bench.methods.posthoc import (POSTHOC, choose_tau, class_prior, logit_adjust_additive, logit_adjust_multiplicative,
+                                   tau_normalize)
 from bench.methods.regularizers import feature_regularization, weight_decay_term
 
 # rows with norms 1, 2, 5 (3-4-5 triangle in the last one)

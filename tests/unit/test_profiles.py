@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from bench.data.profiles import class_counts, indices_hash, select_indices
-from bench.metrics import shot_groups
+from bench.evaluation.metrics import shot_groups
 
 
 @pytest.mark.parametrize("imb, total", [(100, 10847), (50, 12608), (10, 19573)])

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bench.published import PROVENANCE, check_file, load_published
+from bench.report.published import PROVENANCE, check_file, load_published
 
 REPO = Path(__file__).resolve().parents[2]
 PUBLISHED = REPO / "datasets" / "published"
@@ -82,7 +82,7 @@ def test_the_checker_catches_broken_files(tmp_path):
 
 
 def test_reference_rows_carry_their_provenance(tmp_path):
-    from bench.table import published_rows
+    from bench.report.aggregate import published_rows
 
     rows = published_rows([("imagenet-lt", 256), ("cifar100", 100)])
     crt = [r for r in rows if r["method"] == "crt"]

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from bench.config import ConfigError, load_config
-from bench.run import run_experiment
-from bench.rundir import RunDir
+from bench.launch.run import run_experiment
+from bench.runtime.rundir import RunDir
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 QUIET = ["runtime.threads=1", "runtime.progress=off", "runtime.plot=false", "wandb.mode=disabled"]
@@ -118,7 +118,7 @@ def test_the_last_epoch_keeps_its_per_class_accuracy(stage1, tmp_path):
     """When another epoch is reported (eval.select=best), result.json still holds the last epoch's per-class
     accuracy (a class that collapses late shows only there); with select=last the two are the same."""
     from bench.train import checkpoint as ckpt
-    from bench.train.common import select_reported
+    from bench.train.select import select_reported
 
     _, cfg, _, result = stage1
     assert result["per_class_acc_last_epoch"] == result["per_class_acc"]

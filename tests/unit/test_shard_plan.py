@@ -7,8 +7,8 @@ import itertools
 import numpy as np
 import pytest
 
-from bench.data.shards import (_buffer_shuffle, _rrc_box, batch_sizes, batches_per_rank, epoch_shard_order,
-                               rank_ranges, segments, stream_pieces)
+from bench.data.shards import (_buffer_shuffle, _rrc_box, batch_sizes, batches_per_rank, epoch_shard_order, rank_ranges,
+                               segments, stream_pieces)
 
 
 @pytest.mark.parametrize("n,world,batch", [(95, 2, 8), (100, 4, 5), (7, 3, 2), (95, 2, 47), (9, 2, 4), (5, 4, 1)])

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from bench.stats import betainc, bootstrap_interval, paired_t, t_interval, t_quantile, t_sf_two_sided
+from bench.report.stats import betainc, bootstrap_interval, paired_t, t_interval, t_quantile, t_sf_two_sided
 
 
 @pytest.mark.parametrize("df, q", [(1, 12.7062), (2, 4.3027), (3, 3.1824), (4, 2.7764), (9, 2.2622), (30, 2.0423)])

@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 
 from bench.config import ConfigError, dump_yaml, load_config
-from bench.table import RENDER, build_table, collect, record_from_summary, setting_labels
-from bench.tracking import summary_of
+from bench.report.aggregate import build_table, setting_labels
+from bench.report.collect import collect, record_from_summary
+from bench.report.render import RENDER
+from bench.runtime.tracking import summary_of
 from tests.conftest import REPO, run_cli
 
 GOLDEN = REPO / "tests" / "golden"
@@ -162,7 +164,7 @@ def test_reference_without_published_numbers_says_so(tmp_path):
 
 
 def test_wandb_summary_gives_the_same_record(runs):
-    """`--wandb` reads what bench.tracking writes: summary_of(result) + the resolved config."""
+    """`--wandb` reads what bench.runtime.tracking writes: summary_of(result) + the resolved config."""
     import yaml
 
     (rec,) = [r for r in collect([str(runs)]) if r.method == "wb" and r.seed == 0 and r.dataset == "synthetic"]
@@ -302,7 +304,7 @@ def test_protocols_side_by_side(tmp_path):
 def test_columns_are_defined_once_and_latex_rows_stay_rectangular(tmp_path):
     """COLUMNS drives the grid renderers: LaTeX (which has no cost column) gives published rows as many cells
     as reproduced rows, also under --cost."""
-    from bench.table import COLUMNS, columns_of
+    from bench.report.render import COLUMNS, columns_of
 
     root = tmp_path / "runs"
     write_run(root, ["name=c", "method=wb", "data.dataset=cifar100", "data.imbalance_factor=100"], all_=52.0,
@@ -317,11 +319,11 @@ def test_columns_are_defined_once_and_latex_rows_stay_rectangular(tmp_path):
 
 
 def test_html_page_holds_the_markdown_cells_escaped_and_self_contained(runs):
-    """bench/report_html.py: the Markdown table's cells, notes and published rows in one page; every text
+    """bench/report/html.py: the Markdown table's cells, notes and published rows in one page; every text
     escaped (a run path with <&> in its notes), figures as data URIs, nothing fetched from elsewhere."""
     import re
 
-    from bench.report_html import draw_figures, render_html
+    from bench.report.html import draw_figures, render_html
 
     write_run(runs, ["name=bench", "method=wd", "seed=1", "data.dataset=cifar100", "data.imbalance_factor=100"],
               state="failed", sub="<b>&x")
@@ -342,7 +344,7 @@ def test_html_page_holds_the_markdown_cells_escaped_and_self_contained(runs):
 def test_settings_alike_in_their_first_keys_keep_a_row_each(tmp_path, monkeypatch):
     """Two settings that differ only past the label's fourth key get labels that differ (more keys), never
     one row that hides the other; a row taken twice is an internal error, not an overwrite."""
-    import bench.table
+    import bench.report.aggregate
 
     root = tmp_path / "runs"
     base = ["name=grid", "method=wd", "seed=0"]
@@ -356,7 +358,7 @@ def test_settings_alike_in_their_first_keys_keep_a_row_each(tmp_path, monkeypatc
     # values that print alike (the string "1", the number 1) still get two labels
     a, b = (("k", '"1"'),), (("k", "1"),)
     assert len(set(setting_labels([a, b]).values())) == 2
-    monkeypatch.setattr(bench.table, "setting_labels", lambda keys: {s: "same" for s in keys})
+    monkeypatch.setattr(bench.report.aggregate, "setting_labels", lambda keys: {s: "same" for s in keys})
     with pytest.raises(RuntimeError, match=r"internal error: two settings share the row wd \(same\)"):
         build_table(collect([str(root)]))
 

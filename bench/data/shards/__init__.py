@@ -31,12 +31,13 @@ Modules, each leaning only on the ones above it:
     loader    ShardLoader: workers, batches, the DataLoader glue
 """
 
-from bench.data.shards.decode import IMAGE_EXTS, _load_npy, _rrc_box, decode_sample
+from bench.data.shards.decode import IMAGE_EXTS, _load_npy, _rrc_box, decode_sample  # noqa: F401
 from bench.data.shards.loader import ShardLoader, stream_batches
 from bench.data.shards.manifest import (FORMAT, MANIFEST, Manifest, ShardSplit, check_shard_files, file_sha256,
                                         load_manifest, verify_shards)
-from bench.data.shards.plan import (StreamSpec, _buffer_shuffle, batch_sizes, batches_per_rank, epoch_shard_order,
-                                    plan, rank_ranges, segments, stream_pieces)
+from bench.data.shards.plan import (StreamSpec, _buffer_shuffle,  # noqa: F401
+                                    batch_sizes, batches_per_rank, epoch_shard_order, plan,
+                                    rank_ranges, segments, stream_pieces)
 from bench.data.shards.tar import Hole, read_shard
 
 __all__ = ["FORMAT", "IMAGE_EXTS", "MANIFEST", "Hole", "Manifest", "ShardLoader", "ShardSplit", "StreamSpec",

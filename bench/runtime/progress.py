@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 def log(msg: str) -> None:
     """One line on stdout, from global rank 0 only (one write per line: parallel threads never interleave)."""
-    from bench import dist   # local: commands that only log (config, status) start without torch
+    from bench.runtime import dist  # local: commands that only log (config, status) start without torch
 
     if not dist.is_main():
         return

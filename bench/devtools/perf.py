@@ -28,14 +28,17 @@ import torch
 from bench.config import load_config
 from bench.data.lt import build_lt_data
 from bench.data.prepare import prepare
-from bench.gpucheck import MODELS as GPU_MODELS, PARTS as GPU_PARTS, gpu_check, render as render_gpu
+from bench.devtools.gpucheck import MODELS as GPU_MODELS
+from bench.devtools.gpucheck import PARTS as GPU_PARTS
+from bench.devtools.gpucheck import gpu_check
+from bench.devtools.gpucheck import render as render_gpu
 from bench.methods.classifiers import make_model
 from bench.paths import repo_or_package_dir
-from bench.progress import log
-from bench.rundir import RunDir
-from bench.train.common import keep_freed_memory
+from bench.runtime.process import keep_freed_memory
+from bench.runtime.progress import log
+from bench.runtime.rundir import RunDir
 
-REPO = Path(__file__).resolve().parents[1]   # the folder holding the package: the cwd of the timed subprocesses
+REPO = Path(__file__).resolve().parents[2]   # the folder holding the package: the cwd of the timed subprocesses
 CONFIGS = repo_or_package_dir("configs")
 SECTIONS = ("trainer", "data", "stage2", "ddp", "demo", "gpu", "wbref")
 WB_REFERENCE = CONFIGS / "fmnist_wb_reference" / "naive.yaml"
@@ -133,7 +136,7 @@ def bare_loop(config: str, overrides: list[str], threads: int) -> dict[str, floa
 
 
 def run_bare(setting: Setting, extra: list[str]) -> dict[str, float]:
-    cmd = [sys.executable, "-m", "bench.perf", "bare", str(setting.config), str(setting.threads),
+    cmd = [sys.executable, "-m", "bench.devtools.perf", "bare", str(setting.config), str(setting.threads),
            *setting.overrides, *extra]
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=_env(setting.threads))
     if r.returncode != 0:
@@ -288,7 +291,7 @@ def section_demo(s: Setting, root: Path, repeats: int) -> dict[str, Any]:
 
 
 def section_gpu(s: Setting, root: Path, repeats: int) -> dict[str, Any]:
-    """The one-shot GPU check (bench/gpucheck.py, `make gpu-check`): the JPEG pipeline per core, ResNet-50 /
+    """The one-shot GPU check (bench/devtools/gpucheck.py, `make gpu-check`): the JPEG pipeline per core, ResNet-50 /
     ResNeXt-50 bare vs ltbench's trainer (synthetic, then JPEG shards), ViT-B/16 with LoRA in ltbench's trainer
     vs bare full, LoRA and AdaptFormer loops, an end-to-end run resumed on the GPU."""
 
@@ -312,7 +315,7 @@ def wb_reference_epoch(ref_dir: str, threads: int, workers: int, keep_memory: bo
         keep_freed_memory()
 
     sys.path.insert(0, ref_dir)
-    from utils.dataset_CIFAR100LT import CIFAR100LT   # noqa: the reference's own modules
+    from utils.dataset_CIFAR100LT import CIFAR100LT  # noqa: the reference's own modules
     from utils.trainval import train_model
 
     torch.set_num_threads(threads)
@@ -369,7 +372,7 @@ def section_wbref(s: Setting, root: Path, repeats: int) -> dict[str, Any]:
         return {"skipped": "needs --wb-reference DIR: a clone of github.com/ShadeAlsha/LTR-weight-balancing, with "
                            "scikit-image, scikit-learn and scipy (< 1.14, for scipy.misc) importable", "met": None}
     def reference(keep_memory: bool = False) -> dict[str, float]:
-        ref_cmd = [sys.executable, "-m", "bench.perf", "wbref", str(s.wb_reference), str(s.threads), "4",
+        ref_cmd = [sys.executable, "-m", "bench.devtools.perf", "wbref", str(s.wb_reference), str(s.threads), "4",
                    str(int(keep_memory))]
         r = subprocess.run(ref_cmd, cwd=REPO, capture_output=True, text=True, env=_env(s.threads))
         if r.returncode != 0:

@@ -1,5 +1,5 @@
 """What the run directories and the scheduler say about runs: job records (job.json), SLURM states,
-and `ltbench status`. Read-only: submitting lives in bench/submit.py, and tables read states from here.
+and `ltbench status`. Read-only: submitting lives in bench/launch/submit.py, and tables read states from here.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.config import ConfigError, load_yaml
-from bench.rundir import RunDir
+from bench.runtime.rundir import RunDir
 
 ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "SUSPENDED", "COMPLETING", "REQUEUE_HOLD", "RESIZING"}
 
@@ -96,7 +96,9 @@ def _failure(run: RunDir) -> str | None:
 
 def status_table(experiment: Path) -> str:
     """Markdown-style table of every run under an experiment directory (<runs-root>/<name>)."""
-    from bench.metrics import format_pct   # local: bench.submit imports this module and must not load torch (rundir.py)
+    from bench.evaluation.metrics import (
+        format_pct,  # local: bench.launch.submit imports this module and must not load torch (rundir.py)
+    )
     runs = sorted(p for p in experiment.iterdir() if p.is_dir() and not p.name.startswith("_")) if experiment.is_dir() else []
     if not runs:
         raise ConfigError(f"ltbench status: no runs under {experiment} (give <runs-root>/<experiment name>)")

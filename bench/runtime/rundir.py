@@ -14,9 +14,9 @@
     per_class.png      per-class accuracy against training class size
     features/          pooled features of final.pt per split, cached for stage2 / posthoc children
 
-This module imports no torch at module level: bench.submit imports it, and a SLURM job unpickles its RunJob
-(importing bench.submit) before submitit installs the preemption handler, so a signal then would kill the
-job (tests/unit/test_layers.py checks that `import bench.submit` loads no torch).
+This module imports no torch at module level: bench.launch.submit imports it, and a SLURM job unpickles its RunJob
+(importing bench.launch.submit) before submitit installs the preemption handler, so a signal then would kill the
+job (tests/unit/test_layers.py checks that `import bench.launch.submit` loads no torch).
 """
 
 from __future__ import annotations
@@ -27,9 +27,8 @@ from typing import Any, TypedDict
 
 import yaml
 
-from bench.atomic import write_atomic
 from bench.config import Config, ConfigError, dump_yaml, from_dict
-
+from bench.runtime.atomic import write_atomic
 
 Metrics = dict[str, float | None]      # all / many / medium / few (%); None for an empty group
 
@@ -153,7 +152,7 @@ class RunDir:
 
     def prepare(self, cfg: Config) -> None:
         """Create the directory and write config.yaml; refuse a directory that holds another config."""
-        from bench import dist   # local: see the module docstring (bench.submit imports this module)
+        from bench.runtime import dist  # local: see the module docstring (bench.launch.submit imports this module)
         self.config_hash = cfg.run_hash()
         if not dist.is_main():
             return
@@ -174,7 +173,7 @@ class RunDir:
     def record_failure(self, error: BaseException) -> None:
         """result.json with status=failed and the one-line error, in a run directory that exists and is
         not complete (is_complete stays False, so running the same command again resumes the run)."""
-        from bench import dist   # local: see the module docstring (bench.submit imports this module)
+        from bench.runtime import dist  # local: see the module docstring (bench.launch.submit imports this module)
         if dist.is_main() and self.config_file.is_file() and not self.is_complete():
             text = " ".join(f"{type(error).__name__}: {error}".split())
             try:
@@ -183,7 +182,7 @@ class RunDir:
                 pass     # a full or read-only disk: the error itself still reaches the user
 
     def write_json(self, name: str, obj: Any) -> None:
-        from bench import dist   # local: see the module docstring (bench.submit imports this module)
+        from bench.runtime import dist  # local: see the module docstring (bench.launch.submit imports this module)
         if not dist.is_main():
             return
         write_text_atomic(self.path / name, json.dumps(obj, indent=2, sort_keys=False) + "\n")

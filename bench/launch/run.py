@@ -12,15 +12,17 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
-from bench import dist
 from bench.config import Config, load_config
-from bench.lock import DirLock
-from bench.metrics import format_pct
-from bench.progress import log
-from bench.rundir import RunDir
-from bench.tracking import abort_open
+from bench.evaluation.metrics import format_pct
+from bench.runtime import dist
+from bench.runtime.lock import DirLock
+from bench.runtime.progress import log
+from bench.runtime.rundir import RunDir
+from bench.runtime.tracking import abort_open
+from bench.train.features import parent_run
+from bench.train.posthoc import run_posthoc
 from bench.train.stage1 import train_stage1
-from bench.train.stage2 import parent_run, run_posthoc, train_stage2
+from bench.train.stage2 import train_stage2
 
 
 def run_config_file(config: str | Path, overrides: list[str], runs_root: str | Path,
@@ -54,7 +56,7 @@ def run_experiment(cfg: Config, run: RunDir, *, runs_root: str | Path, base: Pat
 
 
 def _train(cfg: Config, run: RunDir, runs_root: str | Path, base: Path, parent: RunDir | None) -> dict[str, Any]:
-    from bench.plots import per_class_figure    # matplotlib: imported once there is a result to draw
+    from bench.report.plots import per_class_figure  # matplotlib: imported once there is a result to draw
 
     figures = per_class_figure if cfg.runtime.plot else None
     try:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.config import ConfigError
-from bench.progress import log
+from bench.runtime.progress import log
 
 HEARTBEAT_S = 30.0
 STALE_S = 600.0

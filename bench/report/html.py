@@ -1,8 +1,8 @@
 """`ltbench table --html OUT` (and `--format html`): the benchmark table as ONE self-contained HTML page.
 
-The page holds what the Markdown table holds (caption, the grid of bench.table.COLUMNS, published rows,
+The page holds what the Markdown table holds (caption, the grid of bench.report.render.COLUMNS, published rows,
 notes, the protocol and published-number comparisons), the published rows' provenance with links, and the
-per-dataset figures of bench.plots.plot_table embedded as base64 PNG data URIs: no external file, script or
+per-dataset figures of bench.report.plots.plot_table embedded as base64 PNG data URIs: no external file, script or
 network. Every text is escaped (html.escape); only http(s) URLs become links.
 """
 
@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.data.cards import dataset_title
-from bench.rundir import write_text_atomic
-from bench.table import (COMPARISON_INTRO, PROTOCOL_NOTES_INTRO, Table, caption, columns_of, comparison_lines,
-                         footnotes, grid_cells, protocol_notes, reference_cells, reference_rows, row_label)
+from bench.report.aggregate import Table, row_label
+from bench.report.compare import COMPARISON_INTRO, PROTOCOL_NOTES_INTRO, comparison_lines, protocol_notes
+from bench.report.render import caption, columns_of, footnotes, grid_cells, reference_cells, reference_rows
+from bench.runtime.rundir import write_text_atomic
 
 STYLE = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; color: #1f2328;
@@ -119,7 +120,7 @@ def _provenance(table: Table) -> list[str]:
 
 
 def render_html(table: Table, figures: list[tuple[str, bytes]] | None = None) -> str:
-    """The page. `figures`: (caption, PNG bytes) to embed; None draws them (bench.plots.plot_table)."""
+    """The page. `figures`: (caption, PNG bytes) to embed; None draws them (bench.report.plots.plot_table)."""
     if figures is None:
         figures = draw_figures(table)
     single = len(table.columns) == 1
@@ -156,8 +157,8 @@ def render_html(table: Table, figures: list[tuple[str, bytes]] | None = None) ->
 def draw_figures(table: Table, prefix: Path | None = None) -> list[tuple[str, bytes]]:
     """(caption, PNG bytes) per dataset column with per-class results: plot_table's figures, written to
     <prefix>-<dataset>.png when a prefix is given, else drawn in a temporary folder."""
-    from bench.plots import plot_path, plot_table     # matplotlib: only when figures are asked for
-    from bench.progress import log
+    from bench.report.plots import plot_path, plot_table  # matplotlib: only when figures are asked for
+    from bench.runtime.progress import log
 
     def read(pre: Path) -> list[tuple[str, bytes]]:
         written = plot_table(table, pre)
@@ -177,7 +178,7 @@ def draw_figures(table: Table, prefix: Path | None = None) -> list[tuple[str, by
 def save_html(table: Table, out: Path | None, figures: list[tuple[str, bytes]] | None = None) -> str:
     """Render the page with `figures` embedded (None: draw them) and write it atomically to `out` if given.
     Returns the page."""
-    from bench.progress import log
+    from bench.runtime.progress import log
 
     page = render_html(table, figures)
     if out is not None:

@@ -22,12 +22,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from bench import dist
 from bench.config import Config, ConfigError
 from bench.errors import one_line
-from bench.metrics import GROUPS
-from bench.progress import log
-from bench.rundir import RunDir, write_text_atomic
+from bench.evaluation.metrics import GROUPS
+from bench.runtime import dist
+from bench.runtime.progress import log
+from bench.runtime.rundir import RunDir, write_text_atomic
 
 STATE_FILE = "wandb.json"
 _OPEN: set["Tracker"] = set()     # trackers of this process whose W&B run is not closed yet

@@ -19,11 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
 from bench.config import Config, ConfigError, load_config, load_yaml, parent_path
 from bench.errors import error_line, user_errors
-from bench.jobs import queued_job
-from bench.rundir import RunDir
+from bench.launch.jobs import queued_job
+from bench.runtime.rundir import RunDir
 
 
 @dataclass
@@ -83,7 +82,7 @@ class RunJob:
         try:
             import torch  # noqa: F401 - the import the signal must not interrupt
 
-            from bench.run import run_config_file
+            from bench.launch.run import run_config_file
             from bench.train import stage1, stage2  # noqa: F401
         finally:
             signal.signal(signal.SIGUSR2, handler)

@@ -9,7 +9,7 @@ from bench.data.cards import dataset_title
 
 
 def per_class_figure(result: dict[str, Any], run_dir: Path) -> dict[str, Path]:
-    """A finished run's per-class figure, <run>/per_class.png ({W&B key: path}, for bench/run.py)."""
+    """A finished run's per-class figure, <run>/per_class.png ({W&B key: path}, for bench/launch/run.py)."""
     path = run_dir / "per_class.png"
     plot_per_class(result, path)
     return {"per_class_plot": path}

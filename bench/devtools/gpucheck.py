@@ -49,10 +49,10 @@ from bench.methods.adapters import apply_peft, parameter_counts
 from bench.models import build_model
 from bench.models.clip import build_clip_model
 from bench.paths import repo_or_package_dir
-from bench.progress import log
-from bench.rundir import RunDir
+from bench.runtime.progress import log
+from bench.runtime.rundir import RunDir
 
-REPO = Path(__file__).resolve().parents[1]   # the folder holding the package: the cwd of its subprocesses
+REPO = Path(__file__).resolve().parents[2]   # the folder holding the package: the cwd of its subprocesses
 CONFIGS = repo_or_package_dir("configs")
 SYNTHETIC = CONFIGS / "perf" / "gpu_synthetic.yaml"
 JPEG = CONFIGS / "perf" / "gpu_jpeg.yaml"

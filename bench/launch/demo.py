@@ -8,7 +8,7 @@ held-out validation split; test is only read for the final table. Runs:
 Groups use the dataset card's thresholds (many > 1000, few < 200: 4 / 3 / 3 classes), because the usual
 > 100 / < 20 leaves no few-shot class on a 10-class profile.
 Under the table: every deviation from the papers' recipes and the papers' claims checked on the mean test
-accuracy over the seeds run (bench/claims.py), with the reason for each claim the 10-minute budget does not
+accuracy over the seeds run (bench/report/claims.py), with the reason for each claim the 10-minute budget does not
 show. --full: three seeds of the papers' weight decay for 20 epochs (FULL below).
 """
 
@@ -25,15 +25,17 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from bench.claims import check_claims, deviations, format_claims, rows_from_table
 from bench.config import load_config
 from bench.data.cards import DatasetError, load_card
 from bench.data.sources import load_fashion_mnist
+from bench.launch.run import run_experiment
 from bench.paths import repo_or_package_dir
-from bench.progress import log
-from bench.run import run_experiment
-from bench.rundir import RunDir, write_text_atomic
-from bench.table import Table, build_table, collect, save_table
+from bench.report.aggregate import Table, build_table
+from bench.report.claims import check_claims, deviations, format_claims, rows_from_table
+from bench.report.collect import collect
+from bench.report.render import save_table
+from bench.runtime.progress import log
+from bench.runtime.rundir import RunDir, write_text_atomic
 
 CONFIG_DIR = repo_or_package_dir("configs") / "demo"
 STAGE1 = ["fmnist_naive", "fmnist_wd", "fmnist_hs_stage1"]

@@ -1,0 +1,124 @@
+"""The parent run a stage-2 / post-hoc run starts from, and its frozen backbone's features.
+
+With no augmentation and BatchNorm in eval mode the backbone is a fixed function, so its pooled features are
+extracted once (cached in the parent's run directory, keyed by what they depend on) and the classifier trains
+or is adjusted on them: the same classifier, far faster."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import torch
+
+from bench.config import Config, ConfigError, load_parent, parent_path
+from bench.data.batches import Split, eval_batches
+from bench.data.lt import LTData
+from bench.methods.classifiers import make_model
+from bench.methods.posthoc import POSTHOC
+from bench.models.parts import encode
+from bench.runtime import dist
+from bench.runtime.progress import log
+from bench.runtime.rundir import RunDir, check_owner
+from bench.train import checkpoint as ckpt
+
+
+def parent_run(cfg: Config, runs_root: str | Path, base: Path = Path(".")) -> RunDir:
+    """The finished run a stage2/posthoc config starts from; a clear error if it is missing or incomplete."""
+    assert cfg.parent is not None
+    cand = parent_path(cfg.parent, base)
+    if cand.is_dir():
+        run = RunDir(cand)
+    elif cfg.parent_run:          # the lineage load_config resolved
+        run = RunDir(Path(runs_root) / cfg.parent_run)
+    else:                         # a config stored before parent_run was recorded
+        run = RunDir.for_config(load_parent(cfg.parent, cfg.seed, base), runs_root)
+    if not run.path.is_dir():
+        raise ConfigError(f"{cfg.stage} needs its parent run {run.path}, which does not exist: run "
+                          f"`ltbench run {cfg.parent} seed={cfg.seed}` first")
+    if not run.is_complete() or not run.final_ckpt.is_file():
+        raise ConfigError(f"{cfg.stage} needs its parent run {run.path} to be complete (no result.json / "
+                          f"final.pt yet): finish it with `ltbench run {cfg.parent} seed={cfg.seed}`")
+    result = run.read_result()
+    if cfg.parent_hash is not None:   # the parent's files must be the run this config was resolved against
+        check_owner(run.result_file, result.get("config_hash"), cfg.parent_hash, "parent config")
+    kind = (result.get("posthoc") or {}).get("kind")
+    if kind in POSTHOC and POSTHOC[kind].logits is not None:
+        raise ConfigError(f"config key 'parent': {run.path} is a logit-adjustment run ({kind}); its final.pt holds "
+                          "the unadjusted classifier, so start from its own parent instead")
+    return run
+
+
+def load_parent_model(cfg: Config, data: LTData, parent: RunDir, device: torch.device) -> torch.nn.Module:
+    model = make_model(cfg, data, init=False)   # final.pt's architecture: plain layers, its weights loaded below
+    saved = ckpt.load(parent.final_ckpt)
+    if cfg.parent_hash is not None:
+        check_owner(parent.final_ckpt, saved.get("config_hash"), cfg.parent_hash, "parent config")
+    with ckpt.fitting(parent.final_ckpt):
+        model.load_state_dict(saved["model"])
+    return model.to(device)
+
+
+@torch.no_grad()
+def extract_features(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                     device: torch.device, tta_flip: bool = False) -> Split:
+    """Pooled features of a split in eval mode (and, for TTA, the mean with the flipped image's features:
+    the head is affine, so head(mean) equals the mean of the two logits)."""
+    model.eval()
+    feats, labels = [], []
+    for x, y in batches:
+        x = x.to(device)
+        h = encode(model, x)
+        if tta_flip:
+            h = (h + encode(model, x.flip(3))) / 2
+        feats.append(h.float().cpu())
+        labels.append(y)
+    return Split(torch.cat(feats), torch.cat(labels))
+
+
+def parent_features(model: torch.nn.Module, parent: RunDir, data: LTData, split: str, batch_size: int,
+                    device: torch.device, tta_flip: bool = False, workers: int = 0) -> Split:
+    """Features of the parent's final model, extracted once and kept in its run directory.
+
+    A finished run's final.pt never changes, so every stage-2 / post-hoc child (a hyperparameter grid,
+    say) reuses them; a feature file that does not match the split is recomputed.
+    """
+    path = parent.path / "features" / f"{split}{'-tta' if tta_flip else ''}.pt"
+    # The cache is keyed by what was read: the labels in order, and for shards the manifest digest.
+    source = {"manifest": data.manifest_digest, "selection_hash": data.selection_hash}
+    labels = data.labels(split)
+    if path.is_file():
+        try:
+            saved = ckpt.load(path)
+            if saved.get("source") == source and torch.equal(saved["y"], labels):
+                log(f"features of {split}: reusing {path}")
+                return Split(saved["x"], saved["y"])
+        except ckpt.CheckpointError:
+            pass
+    feats = extract_features(model, data.eval_batches(split, batch_size, workers), device, tta_flip)
+    # Under DDP each rank extracted its contiguous part; gathered in rank order, they are the whole split.
+    feats = Split(dist.gather_cat(feats.x), dist.gather_cat(feats.y))
+    if not torch.equal(feats.y, labels):  # on_error=skip dropped samples: usable, but never cached
+        return feats
+    if dist.is_main():
+        ckpt.save_atomic({"x": feats.x, "y": feats.y, "source": source}, path)
+    return feats
+
+
+def eval_features(model: torch.nn.Module, parent: RunDir, data: LTData, cfg: Config, device: torch.device,
+                  selects: bool = True) -> dict[tuple[str, bool], Split]:
+    """Parent features of the evaluated splits by (split, flip TTA): every split as reported (eval.tta_flip)
+    and, when something is selected on it, the selection split as selected on (eval.select_tta_flip)."""
+    splits = ("val", "test") if data.val is not None else ("test",)
+    want = {(s, cfg.eval.tta_flip) for s in splits}
+    if selects and cfg.eval.selection_split in splits:
+        want.add((cfg.eval.selection_split, cfg.eval.select_tta_flip))
+    return {key: parent_features(model, parent, data, key[0], cfg.eval.batch_size, device, key[1], cfg.runtime.workers)
+            for key in sorted(want)}   # one order on every rank: extraction gathers across them
+
+
+def feature_batches(split: Split, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Cached features in order; under DDP this rank's part (the evaluator sums counts over ranks)."""
+    return eval_batches(split, batch_size, None, dist.rank(), dist.world())
+
+

@@ -1,0 +1,66 @@
+"""The training-free post-hoc stage on a finished parent run: L2 / tau-norm of the classifier rows, or
+additive / multiplicative logit adjustment, with tau fixed or chosen on the selection split."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+
+from bench.config import Config, ConfigError
+from bench.methods.posthoc import POSTHOC, choose_tau, class_prior
+from bench.models.parts import head_of
+from bench.runtime.progress import log
+from bench.runtime.rundir import RunDir
+from bench.train.features import eval_features, feature_batches, load_parent_model
+from bench.train.select import Evaluator
+from bench.train.stage import Figures, Stage
+
+
+def run_posthoc(cfg: Config, run: RunDir, parent: RunDir, figures: Figures | None = None) -> dict[str, Any]:
+    """L2-norm / tau-norm of the classifier rows, or additive / multiplicative logit adjustment.
+
+    tau is fixed, or the value of `tau_grid` with the best accuracy on the selection split (ties: the
+    first in grid order). Features are extracted once (eval mode), so each candidate costs one matmul.
+    """
+    st = Stage.start(cfg, run, figures)
+    ph, device, data, groups = cfg.posthoc, st.device, st.data, st.groups
+    model = load_parent_model(cfg, data, parent, device)
+    st.open(parent)
+    step = POSTHOC[ph.kind]
+    fixed_tau = step.fixed_tau if step.fixed_tau is not None else ph.tau
+    feats = eval_features(model, parent, data, cfg, device, selects=fixed_tau is None)
+    base_head = head_of(model)
+    prior = class_prior(data.class_counts).to(device)
+
+    def adjusted(tau: float) -> tuple[torch.nn.Module, Any]:
+        """(head, logit_fn) of this adjustment at this tau; the bias is left unchanged."""
+        head = copy.deepcopy(base_head)
+        if step.weight is not None:
+            with torch.no_grad():
+                head.weight.copy_(step.weight(base_head.weight, tau))
+        adjust = step.logits
+        return head, None if adjust is None else (lambda z: adjust(z, prior, tau))
+
+    def evaluator_for(tau: float, tta: bool) -> Evaluator:
+        head, logit_fn = adjusted(tau)
+        return Evaluator(lambda h: h, head, lambda s: feature_batches(feats[(s, tta)], cfg.eval.batch_size),
+                         data.num_classes, groups, device, logit_fn=logit_fn, modules=[head])
+
+    if fixed_tau is not None:
+        tau, scores = fixed_tau, None
+    else:
+        sel = cfg.eval.selection_split
+        if (sel, cfg.eval.select_tta_flip) not in feats:
+            raise ConfigError("config key 'posthoc.tau': null needs a selection split to choose tau on "
+                              f"(eval.selection_split={sel} is missing)")
+        tau, _, scores = choose_tau(lambda tt: evaluator_for(tt, cfg.eval.select_tta_flip)(sel)["all"], ph.tau_grid)
+        log(f"posthoc {ph.kind}: tau = {tau:g} chosen on {sel}")
+    evaluator = evaluator_for(tau, cfg.eval.tta_flip)
+    with torch.no_grad():
+        head_of(model).weight.copy_(evaluator.head.weight)
+    chosen_on = None if scores is None else cfg.eval.selection_split
+    grid = None if scores is None else dict(zip(map(str, ph.tau_grid), scores))
+    return st.finish(evaluator, evaluator.head, model, extra={
+        "parent": str(parent.path), "posthoc": {"kind": ph.kind, "tau": tau, "chosen_on": chosen_on, "grid": grid}})
