@@ -11,7 +11,7 @@ STAMP := $(VENV)/.ltbench-installed
 SLURM_STATE ?= /tmp/ltbench-slurm-$(shell echo $(CURDIR) | cksum | cut -d' ' -f1)
 NO_CHROMIUM := install it as root (apt-get install -y chromium), then make test again
 
-.PHONY: demo test test-fast venv clean cluster-up cluster-down gpu-check gpu-wheels
+.PHONY: demo test test-fast lint venv clean cluster-up cluster-down gpu-check gpu-wheels
 
 venv: $(STAMP)
 
@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_SPEC)
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,lint]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -77,6 +77,11 @@ gpu-wheels:
 	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version $(GPU_PY_VERSION) --implementation cp \
 		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 		-d .whl $(GPU_WHEELS)
+
+# ruff and mypy with the settings of pyproject.toml ([tool.ruff], [tool.mypy]); .ci/run runs it before the tests.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check bench tests
+	$(VENV)/bin/mypy
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"

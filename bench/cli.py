@@ -9,7 +9,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench.config import ConfigError, describe_fields, dump_yaml, find_config, load_config
+from bench import __version__
+from bench.config import ConfigError, describe_fields, dump_yaml, find_config
+from bench.experiment import load_config
 from bench.errors import error_line, user_errors
 
 
@@ -21,10 +23,59 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _md_cell(text: str, code: bool = False) -> str:
+    """One table cell: `|` escaped; outside `code spans`, `<` too (`<run>` would be read as an HTML tag)."""
+    parts = " ".join(text.split()).replace("|", "\\|").split("`")
+    parts = [p if code or i % 2 else p.replace("<", "&lt;") for i, p in enumerate(parts)]
+    return "`".join(parts)
+
+
+def config_markdown() -> str:
+    """docs/config.md, generated from the schema: `ltbench config --describe --format markdown`."""
+    import dataclasses
+    import textwrap
+
+    from bench.config import Config  # the sections' docstrings; describe_fields() gives the rows
+
+    sections = {f.name: type(getattr(Config(), f.name)) for f in dataclasses.fields(Config)}
+    rows: dict[str, list[tuple[str, str, str]]] = {}
+    for key, default, doc in describe_fields():
+        rows.setdefault(key.split(".")[0] if "." in key else "", []).append((key, default, doc))
+    how = textwrap.fill(
+        "An experiment's config is built in layers, each overriding the one before: the defaults below <- a YAML file"
+        " (which may name files it extends with `base:`, a path or a list of paths relative to it, merged underneath)"
+        " <- `key.sub=value` overrides on the command line (`ltbench run CONFIG train.lr=0.1`). Then the named "
+        "`protocol` fills in its settings (an explicit conflicting value is an error), a stage-2 / post-hoc run takes"
+        " `data`, `model` and `train` from its `parent`, and fields left at `'card'` come from the dataset card; "
+        "`ltbench config CONFIG [KEY=VALUE ...]` prints the result and its run directory. The run directory is "
+        "`<runs-root>/<name>/<method>-seed<seed>-<hash>`: the hash covers every field that can change a result, so "
+        "the same experiment always lands in the same directory and running it again resumes it. Outside the hash: "
+        "`runtime.*` and `wandb.*` (how a run executes and is tracked), `parent` and `parent_run` (the parent enters "
+        "as `parent_hash`), `data.root` and `data.shards` (where the files are), the `stage2` / `posthoc` section of "
+        "a stage the run is not, and a few fields added after run directories were first named, while they hold their"
+        " default.",
+        width=110, break_long_words=False, break_on_hyphens=False)
+    out = ["# Configuration reference", "", "<!-- Generated from bench/config/schema.py; do not edit. Regenerate with",
+           "     ltbench config --describe --format markdown > docs/config.md -->", "", how]
+    for name, section_rows in rows.items():
+        cls = sections.get(name)
+        title, intro = (f"`{name}`", (cls.__doc__ or "").split("\n\n")[0]) if cls else ("Top-level keys", "")
+        out += ["", f"## {title}", ""]
+        if intro:
+            out += [_md_cell(intro), ""]
+        out += ["| key | default | meaning |", "| --- | --- | --- |"]
+        out += [f"| `{_md_cell(k, code=True)}` | `{_md_cell(d, code=True)}` | {_md_cell(doc)} |"
+                for k, d, doc in section_rows]
+    return "\n".join(out) + "\n"
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     if args.describe:
+        if args.format == "markdown":
+            sys.stdout.write(config_markdown())
+            return 0
         for key, default, doc in describe_fields():
-            print(f"| `{key}` | `{default}` | {doc} |" if args.markdown else f"{key:36s} {default:>14s}  {doc}")
+            print(f"{key:36s} {default:>14s}  {doc}")
         return 0
     if not args.config:
         raise ConfigError("ltbench config: give a CONFIG file or --describe")
@@ -82,8 +133,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     from bench.launch.submit import submit
 
-    submit([find_config(c) for c in args.configs], list(args.overrides), args.runs_root, args.cluster, args.dry_run, args.site,
-           args.max_requeues, args.sweep, args.array_parallelism)
+    submit([find_config(c) for c in args.configs], list(args.overrides), args.runs_root, args.cluster, args.dry_run,
+           args.site, args.max_requeues, args.sweep, args.array_parallelism)
     return 0
 
 
@@ -140,7 +191,8 @@ def cmd_perf(args: argparse.Namespace) -> int:
                                                    and (x != "wbref" or args.wb_reference)]
     unknown = [x for x in only if x not in SECTIONS]
     if unknown:
-        raise ConfigError(f"ltbench perf --only: unknown section(s) {', '.join(unknown)} (known: {', '.join(SECTIONS)})")
+        raise ConfigError(f"ltbench perf --only: unknown section(s) {', '.join(unknown)} "
+                          f"(known: {', '.join(SECTIONS)})")
     out = Path(args.out)
     from bench.devtools.gpucheck import PARTS
 
@@ -164,11 +216,13 @@ def cmd_perf(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ltbench", description="Long-tailed recognition benchmark runner "
                                 "(weight balancing and its single-stage simplification).")
+    p.add_argument("--version", action="version", version=f"ltbench {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp: argparse.ArgumentParser, config: bool = True) -> None:
         if config:
-            sp.add_argument("config", nargs="?" if sp.prog.endswith("config") else None, help="experiment YAML file, or a shipped config by name (smoke, demo/fmnist_wd)")
+            sp.add_argument("config", nargs="?" if sp.prog.endswith("config") else None,
+                            help="experiment YAML file, or a shipped config by name (smoke, demo/fmnist_wd)")
         sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.lr=0.1")
         sp.add_argument("--runs-root", default="runs", help="where run directories are created (default: runs/)")
 
@@ -182,15 +236,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("config", help="print the resolved config, or --describe every field")
     common(sp)
     sp.add_argument("--describe", action="store_true", help="list every config key with its default and meaning")
-    sp.add_argument("--markdown", action="store_true", help="with --describe: as Markdown table rows (README)")
+    sp.add_argument("--format", choices=["text", "markdown"], default="text",
+                    help="with --describe: text columns, or Markdown (the page docs/config.md)")
+    sp.add_argument("--markdown", dest="format", action="store_const", const="markdown",
+                    help="same as --format markdown")
     sp.set_defaults(fn=cmd_config)
 
     sp = sub.add_parser("demo", help="the main job: naive, WD, tau-norm, WB and HS on Fashion-MNIST-LT (IF 100), "
                         "with the papers' claims checked under the table")
     common(sp, config=False)
     sp.add_argument("--full", action="store_true", help="the longer demo: 3 seeds of the papers' weight decay "
-                    "for 20 epochs at lr 0.05 (about an hour on 2 cores); without it, the 10-minute demo says which claims "
-                    "its budget shows")
+                    "for 20 epochs at lr 0.05 (about an hour on 2 cores); without it, the 10-minute demo says which "
+                    "claims its budget shows")
     sp.set_defaults(fn=cmd_demo)
 
     sp = sub.add_parser("submit", help="submit configs (and the runs they depend on) as SLURM jobs via submitit")
@@ -213,7 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--runs-root", default="runs", help="where run directories are (default: runs/)")
     sp.set_defaults(fn=cmd_status)
 
-    sp = sub.add_parser("table", help="benchmark table of many runs: mean +- std over seeds of all / many / medium / few")
+    sp = sub.add_parser("table",
+                        help="benchmark table of many runs: mean +- std over seeds of all / many / medium / few")
     sp.add_argument("paths", nargs="*", metavar="PATH", help="run directories, experiments or runs roots")
     sp.add_argument("--format", choices=["md", "latex", "csv", "html"], default="md",
                     help="output format (default md; html: the page of --html)")
@@ -223,7 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="one row per method: of its settings on a dataset, the best mean val accuracy")
     sp.add_argument("--reference", action="store_true", help="add the published numbers (datasets/published/)")
     sp.add_argument("--ci", choices=["t", "bootstrap"], default=None,
-                    help="add a 95%% interval of the mean over seeds to every cell (Student t, or percentile bootstrap)")
+                    help="add a 95%% interval of the mean over seeds to every cell (Student t, or percentile "
+                         "bootstrap)")
     sp.add_argument("--protocols", action="store_true",
                     help="rows per protocol (clean, wb-reference, hs-reference), and each method's reference-protocol "
                          "number beside its clean one")
@@ -244,14 +303,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("perf", help="measure trainer overhead, data pipeline, stage 2, DDP, demo (and GPU) speed")
     sp.add_argument("--out", default="perf", help="report directory: perf.md, perf.json (default perf/)")
-    sp.add_argument("--only", default=None, help="comma-separated sections: trainer, data, stage2, ddp, demo, gpu, wbref")
+    sp.add_argument("--only", default=None,
+                    help="comma-separated sections: trainer, data, stage2, ddp, demo, gpu, wbref")
     sp.add_argument("--repeats", type=int, default=3, help="interleaved repeats per measurement (median reported)")
     sp.add_argument("--quick", action="store_true", help="tiny synthetic setting (checks the command, not the speed)")
     sp.add_argument("--threads", type=int, default=None, help="torch threads per run (default: all cores)")
     sp.add_argument("--budget-s", type=float, default=420.0,
                     help="gpu section: seconds it may take; items that do not fit are reported as skipped")
-    sp.add_argument("--gpu-parts", default=None, help="gpu section: comma-separated parts: pipeline, models, foundation, end_to_end")
-    sp.add_argument("--gpu-models", default=None, help="gpu section: comma-separated timm models (default resnet50,resnext50_32x4d)")
+    sp.add_argument("--gpu-parts", default=None,
+                    help="gpu section: comma-separated parts: pipeline, models, foundation, end_to_end")
+    sp.add_argument("--gpu-models", default=None,
+                    help="gpu section: comma-separated timm models (default resnet50,resnext50_32x4d)")
     sp.add_argument("--wb-reference", default=None, metavar="DIR",
                     help="wbref section: a clone of the WB reference code (github.com/ShadeAlsha/LTR-weight-balancing)")
     sp.set_defaults(fn=cmd_perf)

@@ -1,17 +1,19 @@
 """Errors that are the user's input (a config, a data directory, a model name, a checkpoint, a path): shown as
-one line naming the problem, never a traceback. Shared by the CLI and the SLURM job."""
+one line naming the problem, never a traceback. Shared by the CLI and the SLURM job.
+
+Every bad-input error of ltbench subclasses UserError (ConfigError, DatasetError, ModelError, CheckpointError,
+...), so this module, at the bottom of the package, imports nothing of it."""
 
 from __future__ import annotations
 
 
-def user_errors() -> tuple[type[BaseException], ...]:
-    """The exception types of bad input (imported here, when an error is being handled: some pull in torch)."""
-    from bench.config import ConfigError
-    from bench.data.cards import DatasetError
-    from bench.models import ModelError
-    from bench.train.checkpoint import CheckpointError
+class UserError(Exception):
+    """Bad input: its message is the one line the user sees (what is wrong, with the file, key or value)."""
 
-    return (ConfigError, DatasetError, ModelError, CheckpointError, OSError)
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The exception types of bad input: ltbench's own, and an OSError on a path the user gave."""
+    return (UserError, OSError)
 
 
 def error_line(e: BaseException) -> str:

@@ -8,6 +8,7 @@ dataset cards, published numbers and shipped configs without the checkout.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent
@@ -22,3 +23,9 @@ def repo_or_package_dir(name: str) -> Path:
         raise ValueError(f"not a shipped folder: {name!r} (known: {', '.join(SHIPPED)})")
     packaged = PACKAGED / name
     return packaged if packaged.is_dir() else CHECKOUT / name
+
+
+def cards_dir() -> Path:
+    """Where the dataset cards are: $LTBENCH_DATASETS_DIR, else the shipped datasets/ folder."""
+    env = os.environ.get("LTBENCH_DATASETS_DIR")
+    return Path(env) if env else repo_or_package_dir("datasets")

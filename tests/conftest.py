@@ -16,7 +16,8 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ["WANDB_MODE"] = "disabled"
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600,
+            env: dict | None = None) -> subprocess.CompletedProcess:
     """`python -m bench ARGS` in a subprocess (the same code path as the console script)."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", "bench", *args], cwd=cwd or REPO, capture_output=True,

@@ -44,7 +44,7 @@ def make_split_file_tree(root: Path, kind: str) -> Path:
     k = 0
     for c, n_train in enumerate(TRAIN):
         for split, n in (("train", n_train), ("val", VAL), ("test", TEST)):
-            for i in range(n):
+            for _i in range(n):
                 if kind == "imagenet-lt":
                     rel = f"val/ILSVRC2012_val_{k:08d}.JPEG" if split == "test" else f"train/n{c:08d}/n{c:08d}_{k}.JPEG"
                 else:

@@ -93,6 +93,11 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
             continue
         value = _coerce(value, tp, key)
         meta = fields[name].metadata
+        choices = meta.get("choices")
+        if choices is not None and value is not None and value not in choices:
+            # a name of an extensible kind, checked against its registry (bench/registry.py)
+            raise ConfigError(f"config key '{key}': expected one of {', '.join(repr(c) for c in choices)}, "
+                              f"got {value!r}")
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             for bound, ok, word in (("ge", lambda v, b: v >= b, ">="), ("gt", lambda v, b: v > b, ">"),
                                     ("le", lambda v, b: v <= b, "<=")):

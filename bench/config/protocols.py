@@ -70,8 +70,6 @@ REFERENCE_STATS: dict[str, dict[str, tuple[list[float], list[float]]]] = {
 _MISSING = object()
 # Protocol settings about cutting the long-tailed set from a pool; moot where split files define it.
 PROFILE_KEYS = ("data.selection", "data.profile", "data.rounding", "data.n_max", "data.val_per_class")
-# Card `source`s whose split files fix the long-tailed set (ImageNet-LT, Places-LT, iNaturalist 2018).
-FILE_SPLIT_SOURCES = ("split_files", "inat_json")
 
 
 def _get(d: dict[str, Any], path: list[str]) -> Any:
@@ -82,21 +80,14 @@ def _get(d: dict[str, Any], path: list[str]) -> Any:
     return d
 
 
-def apply_protocol(raw: dict[str, Any]) -> dict[str, Any]:
-    """Fill in the named protocol's settings; an explicit conflicting value is a ConfigError."""
+def apply_protocol(raw: dict[str, Any], file_split: bool = False) -> dict[str, Any]:
+    """Fill in the named protocol's settings; an explicit conflicting value is a ConfigError. `file_split`: the
+    dataset's split files fix its long-tailed set (its card says so; the caller reads it), so the protocol's
+    profile settings do not apply."""
     name, stage = raw.get("protocol", "custom"), raw.get("stage", "stage1")
     if name not in PROTOCOLS or stage not in PROTOCOLS[name]:
         return raw  # "custom", or a bad protocol / stage name that _build reports
     dataset = _get(raw, ["data", "dataset"])
-    file_split = False
-    if isinstance(dataset, str):
-        # local, like every bench.data import here: the schema imports without the data package (which
-        # imports it), and the CLI's start-up (help, show) loads no torch
-        from bench.data.cards import DatasetError, load_card
-        try:
-            file_split = load_card(dataset).get("source") in FILE_SPLIT_SOURCES
-        except DatasetError:
-            pass  # an unknown dataset name is reported by _build
     fixed = dict(PROTOCOLS[name][stage])
     if stage == "stage1" and isinstance(dataset, str) and dataset in REFERENCE_STATS.get(name, {}):
         fixed["data.mean"], fixed["data.std"] = REFERENCE_STATS[name][dataset]

@@ -9,19 +9,24 @@ import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import yaml
 
+from bench.errors import UserError
+from bench.registry import DATASETS, HEADS, LOSSES, POSTHOC
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A bad configuration; the message is one line naming the key and the problem."""
 
 
 def _f(default: Any, doc: str, *, ge: float | None = None, gt: float | None = None,
-       le: float | None = None) -> Any:
-    """A dataclass field with a docstring and an optional numeric range."""
-    meta = {"doc": doc, "ge": ge, "gt": gt, "le": le}
+       le: float | None = None, choices: Mapping[str, Any] | None = None) -> Any:
+    """A dataclass field with a docstring, an optional numeric range, and for a name of an extensible kind the
+    registry it must be in (bench/registry.py)."""
+    meta = {"doc": doc, "ge": ge, "gt": gt, "le": le, "choices": choices}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -44,8 +49,9 @@ class SyntheticConfig:
 class DataConfig:
     """Which dataset, which long-tailed subset of it, and how batches are drawn."""
 
-    dataset: Literal["fashion-mnist", "cifar10", "cifar100", "imagenet-lt", "places-lt", "inat2018", "synthetic"] = _f(
-        "fashion-mnist", "dataset name; its card in datasets/<name>.yaml supplies the defaults marked 'card'")
+    dataset: str = _f(
+        "fashion-mnist", "dataset name; its card in datasets/<name>.yaml supplies the defaults marked 'card'",
+        choices=DATASETS)
     root: str | None = _f(None, "directory holding the raw files; None = auto-detect (see README)")
     shards: str | None = _f(None, "directory written by `ltbench prepare` (manifest.json + tar shards) to stream from; None = load the raw files into memory (Fashion-MNIST, CIFAR, synthetic only)")
     shards_manifest: str | None = _f(None, "filled in by ltbench: digest of data.shards/manifest.json, so the run hash names the exact shards (not their path)")
@@ -71,6 +77,11 @@ class DataConfig:
     resize: int | None = _f(None, "in-memory images: resize (bilinear) to resize x resize on the device after augmentation, before the model (a foundation model's input size, e.g. 224 for 28-px Fashion-MNIST); None = native size (or the model's input size under input_stats=model)", ge=1)
     decode: Literal["cpu", "gpu"] = _f("cpu", "shards of JPEGs at image_size: decode + crop in the DataLoader workers with PIL (cpu), or read the bytes there and decode, crop and flip the batch on the GPU with nvJPEG (gpu; for when the cores cannot feed the GPU, BENCHMARKS.md); the same crops, pixels differ slightly between decoders")
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+# The class groups of every result: many / medium / few shots by training images per class (GroupsConfig's
+# thresholds), the reporting convention of Liu et al. 2019 (OLTR) that WB and HS follow.
+GROUPS = ("many", "medium", "few")
 
 
 @dataclass
@@ -115,7 +126,7 @@ class ModelConfig:
     """Backbone + linear classifier, any timm model name (CIFAR ResNets are registered by bench.models)."""
 
     name: str = _f("resnet32_cifar", "timm model name, e.g. resnet32_cifar, resnet34_wb, resnet50, resnext50_32x4d, vit_base_patch16_clip_quickgelu_224.openai")
-    classifier: Literal["linear", "etf", "zeroshot"] = _f("linear", "linear (trained) or a fixed simplex-ETF whose bias alone trains (HS single-stage method), or zeroshot: a cosine classifier s cos(f, v_c) with v_c initialised from class-name prompts through a text tower (model.zeroshot; needs model.embedding=clip), folded into a plain linear layer in final.pt")
+    classifier: str = _f("linear", "linear (trained) or a fixed simplex-ETF whose bias alone trains (HS single-stage method), or zeroshot: a cosine classifier s cos(f, v_c) with v_c initialised from class-name prompts through a text tower (model.zeroshot; needs model.embedding=clip), folded into a plain linear layer in final.pt", choices=HEADS)
     pretrained_file: str | None = _f(None, "local weights file to start from (classifier re-initialised when shapes differ); timm or open_clip format (an open_clip checkpoint's image tower is converted by timm)")
     drop_rate: float = _f(0.0, "dropout before the classifier", ge=0, le=1)
     embedding: Literal["pooled", "clip"] = _f("pooled", "what the classifier sees: timm's pooled penultimate feature (pooled), or for a CLIP image tower (timm vit_*_clip_*) the CLIP image embedding, the projection of the pooled token, L2-normalised (clip)")
@@ -127,9 +138,10 @@ class ModelConfig:
 class LossConfig:
     """A training loss by name (bench.methods.losses) and its parameters."""
 
-    name: Literal["ce", "cb_ce", "cb_bce_softmax", "focal", "ldam", "logit_adjusted", "balanced_softmax"] = _f(
+    name: str = _f(
         "ce", "ce (WB stage 1); cb_ce = class-balanced weighted CE (HS); cb_bce_softmax = the WB code's CB form "
-        "(BCE on softmax, per-sample weight); focal; ldam; logit_adjusted (Menon et al.); balanced_softmax")
+        "(BCE on softmax, per-sample weight); focal; ldam; logit_adjusted (Menon et al.); balanced_softmax",
+        choices=LOSSES)
     label_smoothing: float = _f(0.0, "cross-entropy label smoothing (ce only)", ge=0, le=1)
     cb_beta: float = _f(0.9999, "effective-number beta of the class-balanced weights w_c = (1-beta)/(1-beta^n_c), normalised to sum C", ge=0, le=1)
     cb_normalizer: Literal["batch", "weights"] = _f("batch", "what a class-weighted loss (cb_ce, or any loss under drw_epoch) divides sum_i w_{y_i} l_i by: batch = the batch size B (the HS code's weighted CE: per-sample w_{y_i} CE_i, then the plain batch mean); weights = sum_i w_{y_i} (PyTorch's weight= semantics, as in the LDAM-DRW code; scales the gradient by 1/mean w_y, ~4.9x on CIFAR-100-LT IF 100); cb_bce_softmax divides by B*C (WB code) and takes batch only")
@@ -190,8 +202,9 @@ class Stage2Config:
 class PosthocConfig:
     """A training-free adjustment of a finished run's classifier or logits."""
 
-    kind: Literal["l2norm", "taunorm", "la_add", "la_mult"] = _f(
-        "taunorm", "l2norm: W_k/||W_k||; taunorm: W_k/||W_k||^tau; la_add: z - tau log pi; la_mult (HS): z * pi^-tau")
+    kind: str = _f(
+        "taunorm", "l2norm: W_k/||W_k||; taunorm: W_k/||W_k||^tau; la_add: z - tau log pi; la_mult (HS): z * pi^-tau",
+        choices=POSTHOC)
     tau: float | None = _f(None, "fixed tau; None = chosen on eval.selection_split from tau_grid (recorded in result.json)", ge=0)
     tau_grid: list[float] = _f([round(0.1 * i, 2) for i in range(21)], "candidate taus when tau is None")
 
@@ -308,7 +321,8 @@ def dump_yaml(cfg: Config) -> str:
 
 
 def describe_fields(obj: Any = None, prefix: str = "") -> list[tuple[str, str, str]]:
-    """(key, default, doc) for every field of a default Config: `ltbench config --describe`, the README."""
+    """(key, default, doc) for every field of a default Config: `ltbench config --describe`, docs/config.md. The
+    doc of a name of an extensible kind ends with the names its registry holds."""
     obj = Config() if obj is None else obj
     rows = []
     for f in dataclasses.fields(obj):
@@ -316,5 +330,8 @@ def describe_fields(obj: Any = None, prefix: str = "") -> list[tuple[str, str, s
         if dataclasses.is_dataclass(value):
             rows += describe_fields(value, prefix + f.name + ".")
         else:
-            rows.append((prefix + f.name, repr(value), f.metadata.get("doc", "")))
+            doc, choices = f.metadata.get("doc", ""), f.metadata.get("choices")
+            if choices is not None:
+                doc += f" (registered: {', '.join(choices)})"
+            rows.append((prefix + f.name, repr(value), doc))
     return rows

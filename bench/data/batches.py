@@ -99,7 +99,8 @@ class Normalize:
 
     def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], channels: int,
                  device: torch.device | None = None, resize: int | None = None) -> None:
-        self.resize = resize    # data.resize: bilinear to resize x resize after normalising (a foundation model's input)
+        # data.resize: bilinear to resize x resize after normalising (a foundation model's input)
+        self.resize = resize
         if len(mean) == 1:
             mean, std = mean * channels, std * channels
         self.device = device or torch.device("cpu")

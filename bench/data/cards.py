@@ -3,26 +3,25 @@
 from __future__ import annotations
 
 import functools
-import os
-from pathlib import Path
 from typing import Any
 
 import yaml
 
-from bench.paths import repo_or_package_dir
+from bench.errors import UserError
+from bench.paths import cards_dir
+
+__all__ = ["FILE_SPLIT_SOURCES", "DatasetError", "cards_dir", "dataset_title", "is_file_split", "load_card"]
 
 
-class DatasetError(RuntimeError):
+# Card `source`s whose split files fix the long-tailed set (ImageNet-LT, Places-LT, iNaturalist 2018).
+FILE_SPLIT_SOURCES = ("split_files", "inat_json")
+
+
+class DatasetError(UserError, RuntimeError):
     """Missing or malformed data; the message says where we looked and how to get it."""
 
 
-def cards_dir() -> Path:
-    """$LTBENCH_DATASETS_DIR, else datasets/ of the checkout or of the installed wheel (bench.paths)."""
-    env = os.environ.get("LTBENCH_DATASETS_DIR")
-    return Path(env) if env else repo_or_package_dir("datasets")
-
-
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_card(name: str) -> dict[str, Any]:
     path = cards_dir() / f"{name}.yaml"
     if not path.is_file():
@@ -32,6 +31,17 @@ def load_card(name: str) -> dict[str, Any]:
     if card.get("name") != name:
         raise DatasetError(f"dataset card {path}: 'name' is {card.get('name')!r}, expected {name!r}")
     return card
+
+
+def is_file_split(name: object) -> bool:
+    """Does the dataset `name` come with split files that fix its long-tailed set? False for an unknown name
+    (whoever builds the config reports that)."""
+    if not isinstance(name, str):
+        return False
+    try:
+        return load_card(name).get("source") in FILE_SPLIT_SOURCES
+    except DatasetError:
+        return False
 
 
 def dataset_title(name: str, imbalance_factor: float | None = None) -> str:

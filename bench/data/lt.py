@@ -37,7 +37,8 @@ class LTData:
     cfg: DataConfig = field(default_factory=DataConfig)
     channels: int | None = None            # shards: from the manifest
     manifest_digest: str | None = None     # shards: sha256 of manifest.json (names the exact shards)
-    eval_skipped: dict[str, tuple[int, list[str]]] = field(default_factory=dict)  # on_error=skip: split -> (n, examples)
+    # on_error=skip: split -> (n, examples)
+    eval_skipped: dict[str, tuple[int, list[str]]] = field(default_factory=dict)
     device: torch.device | None = None     # where batches are normalised (and so delivered); None = CPU
 
     @property
@@ -104,7 +105,8 @@ def _to_split(x: np.ndarray, y: np.ndarray, pad_to: int | None) -> Split:
     return Split(t.contiguous(), torch.from_numpy(np.ascontiguousarray(y)))
 
 
-def input_stats(cfg: DataConfig, mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def input_stats(cfg: DataConfig, mean: tuple[float, ...],
+                std: tuple[float, ...]) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The normalisation statistics: data.mean / data.std when set (a reference protocol may pin the
     reference code's values, resolved configs always hold them), else the dataset's own."""
     return (tuple(cfg.mean) if cfg.mean is not None else mean), (tuple(cfg.std) if cfg.std is not None else std)

@@ -1,11 +1,11 @@
 """`ltbench prepare`: write a dataset as webdataset tar shards (train / val / test) plus manifest.json.
 
-Each sample is `<key>.png|.jpg|.npy` (image bytes; .npy: a raw uint8 array, `--array-format npy`), `<key>.cls` (label, ASCII) and, for image files, `<key>.json`
-(where it came from). Training samples are shuffled once (seeded) before sharding so every shard mixes classes;
-val / test keep the source order. Shards are written by parallel processes, each to a temporary file
-renamed into place, and a finished shard leaves a record (sha256, size, a digest of its planned
-contents) under `.prepare/`: running the same command again verifies finished shards by hash and only
-writes the missing or damaged ones, so a crashed preparation resumes where it stopped.
+Each sample is `<key>.png|.jpg|.npy` (image bytes; .npy: a raw uint8 array, `--array-format npy`), `<key>.cls` (label,
+ASCII) and, for image files, `<key>.json` (where it came from). Training samples are shuffled once (seeded) before
+sharding so every shard mixes classes; val / test keep the source order. Shards are written by parallel processes,
+each to a temporary file renamed into place, and a finished shard leaves a record (sha256, size, a digest of its
+planned contents) under `.prepare/`: running the same command again verifies finished shards by hash and only writes
+the missing or damaged ones, so a crashed preparation resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -25,12 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from bench.config import FILE_SPLIT_SOURCES, load_config
-from bench.data.cards import DatasetError, load_card
+from bench.data.cards import FILE_SPLIT_SOURCES, DatasetError, load_card
 from bench.data.lt import lt_selection
-from bench.data.profiles import indices_hash
+from bench.data.profiles import indices_hash, profile_config
 from bench.data.shards.manifest import FORMAT, MANIFEST, file_sha256
-from bench.data.sources import RAW_SOURCES, load_raw
+from bench.data.sources import in_memory, load_raw
 from bench.runtime.progress import Progress, log
 
 PREP_DIR = ".prepare"   # per-shard records of finished shards (idempotence, crash resume)
@@ -372,7 +371,7 @@ def prepare(dataset: str, out: Path, src: Path | None = None, splits_dir: Path |
             allow_deviation: bool = False, progress: str = "auto", array_format: str = "png") -> dict[str, Any]:
     """Plan from the source, check it against the dataset card, write the shards and manifest."""
     card = load_card(dataset)
-    if array_format != "png" and dataset not in RAW_SOURCES:
+    if array_format != "png" and not in_memory(dataset):
         raise DatasetError(f"prepare {dataset}: --array-format applies to array datasets (CIFAR, Fashion-MNIST, "
                            "synthetic); image files keep their own encoding")
     if card.get("source") in FILE_SPLIT_SOURCES:
@@ -382,11 +381,11 @@ def prepare(dataset: str, out: Path, src: Path | None = None, splits_dir: Path |
             raise DatasetError(f"prepare {dataset}: its split files fix the long-tailed set; drop "
                                f"{' '.join(data_overrides)}")
         plan = plan_file_dataset(dataset, card, src, splits_dir or src)
-    elif dataset in RAW_SOURCES:
+    elif in_memory(dataset):
         overrides = [f"data.dataset={dataset}"] + [o if o.startswith("data.") else f"data.{o}" for o in data_overrides]
         if src is not None:
             overrides.append(f"data.root={src}")
-        plan = plan_profile_dataset(dataset, load_config(None, overrides).data)
+        plan = plan_profile_dataset(dataset, profile_config(overrides))
     else:
         raise DatasetError(f"prepare: {dataset} has no files to shard (source {card.get('source')!r})")
     deviations = card_deviations(plan, card)

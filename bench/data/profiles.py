@@ -6,9 +6,14 @@ Definitions follow the LDAM-DRW (Cao et al. 2019) / WB CIFAR-LT construction.
 from __future__ import annotations
 
 import hashlib
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
+
+from bench.config import Config, ConfigError, DataConfig
+from bench.config.build import _build, _set, parse_override
+from bench.config.load import expand_path
+from bench.data.cards import FILE_SPLIT_SOURCES, load_card
 
 
 def class_counts(num_classes: int, n_max: int, imbalance_factor: float,
@@ -64,3 +69,49 @@ def indices_hash(*arrays: np.ndarray) -> str:
         h.update(np.ascontiguousarray(a, dtype=np.int64).tobytes())
         h.update(b"|")
     return h.hexdigest()[:16]
+
+
+def resolve_profile(d: DataConfig, card: dict[str, Any]) -> None:
+    """The long-tailed cut of `d` from its card: fixed by the split files (ImageNet-LT, Places-LT, iNat), or the
+    exp / step profile's defaults (IF 100, 20 validation images a class, the head class keeping the rest)."""
+    if card.get("source") in FILE_SPLIT_SOURCES:
+        resolve_file_split(d, card)
+        return
+    if d.profile == "files":
+        raise ConfigError(f"config key 'data.profile': 'files' needs a dataset with its own split files, "
+                          f"not {d.dataset} (use exp or step)")
+    d.profile = d.profile or "exp"
+    d.imbalance_factor = d.imbalance_factor if d.imbalance_factor is not None else 100.0
+    d.val_per_class = d.val_per_class if d.val_per_class is not None else 20
+    if d.n_max is None:
+        # HS convention: the head class keeps the whole pool minus its validation images
+        # (CIFAR-100: 500 - 20 = 480); with no val split this is the WB/LDAM-DRW profile (500).
+        pool = d.synthetic.train_per_class if d.dataset == "synthetic" else int(card["pool_per_class"])
+        d.n_max = pool - d.val_per_class
+        if d.n_max < 1:
+            raise ConfigError(f"config key 'data.val_per_class': {d.val_per_class} leaves no training "
+                              f"images of {d.dataset} (pool of {pool} per class)")
+
+
+def resolve_file_split(d: DataConfig, card: dict[str, Any]) -> None:
+    """ImageNet-LT, Places-LT, iNat: the split files fix the long-tailed set; a different explicit value is an error."""
+    fixed = {"profile": "files", "imbalance_factor": float(card["lt"]["imbalance_factor"]),
+             "n_max": int(card["lt"]["n_max"]), "val_per_class": int(card["lt"]["val_per_class"])}
+    for key, value in fixed.items():
+        have = getattr(d, key)
+        if have is not None and have != value:
+            raise ConfigError(f"config key 'data.{key}': {have!r}, but the {d.dataset} split files fix it at {value!r}")
+        setattr(d, key, value)
+
+
+def profile_config(overrides: list[str]) -> DataConfig:
+    """The data section of `key.sub=value` overrides (data.dataset among them) with its long-tailed cut resolved:
+    what `ltbench prepare` needs to cut a pool dataset, without a model or a run."""
+    raw: dict[str, Any] = {}
+    for ov in overrides:
+        keys, value = parse_override(ov)
+        _set(raw, keys, value)
+    d = _build(Config, raw, "").data
+    d.root = expand_path("data.root", d.root)
+    resolve_profile(d, load_card(d.dataset))
+    return d

@@ -1,9 +1,10 @@
 """Raw datasets as uint8 arrays: Fashion-MNIST (IDX files), CIFAR-10/100 (python pickles), synthetic.
 
 Each loader returns the full, balanced training pool and the test set; the long-tailed subset is cut
-from the pool by bench.data.lt. RAW_SOURCES (at the end) maps a dataset card's name to its loader: a new
-in-memory dataset is its card (datasets/<name>.yaml), a loader here and one entry there. Datasets read
-from image files (ImageNet-LT, ...) have none: `ltbench prepare` shards them from their split files.
+from the pool by bench.data.lt. A card's `source` names its reader (bench/registry.py READERS; the readers are at
+the end): a new dataset in a format read here is its card alone (datasets/<name>.yaml); a new format is a reader
+here and its entry there. Datasets read from image files (ImageNet-LT, ...) have none: `ltbench prepare` shards
+them from their split files.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import gzip
 import os
 import pickle
 import tarfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +20,7 @@ import numpy as np
 
 from bench.config import DataConfig
 from bench.data.cards import DatasetError, load_card
+from bench.registry import DATASETS, READERS
 
 
 @dataclass
@@ -203,25 +204,34 @@ def make_synthetic(num_classes: int, train_per_class: int, test_per_class: int, 
                    mean, std, None)
 
 
-# --- the registry -----------------------------------------------------------------------------
+# --- the readers a card's `source` names (bench/registry.py READERS) ---------------------------------------
 
-def _synthetic(cfg: DataConfig) -> RawData:
+def read_idx_dataset(cfg: DataConfig) -> RawData:
+    """Gzipped IDX files (Fashion-MNIST)."""
+    return load_fashion_mnist(cfg.root)
+
+
+def read_cifar_dataset(cfg: DataConfig) -> RawData:
+    """CIFAR's python pickles; 10 or 100 classes as the card says."""
+    return load_cifar(int(load_card(cfg.dataset)["num_classes"]), cfg.root)
+
+
+def read_synthetic_dataset(cfg: DataConfig) -> RawData:
+    """Generated in memory from data.synthetic (tests and smoke runs)."""
     s = cfg.synthetic
     return make_synthetic(s.num_classes, s.train_per_class, s.test_per_class, s.image_size, s.channels,
                           s.noise, s.seed)
 
 
-RAW_SOURCES: dict[str, Callable[[DataConfig], RawData]] = {
-    "fashion-mnist": lambda cfg: load_fashion_mnist(cfg.root),
-    "cifar10": lambda cfg: load_cifar(10, cfg.root),
-    "cifar100": lambda cfg: load_cifar(100, cfg.root),
-    "synthetic": _synthetic,
-}
+def in_memory(dataset: str) -> bool:
+    """Is `dataset` read into memory by a reader (else its image files are sharded by `ltbench prepare`)?"""
+    return load_card(dataset).get("source") in READERS
 
 
 def load_raw(cfg: DataConfig) -> RawData:
-    """The raw pool and test set of data.dataset, by its entry in RAW_SOURCES."""
-    if cfg.dataset not in RAW_SOURCES:
-        raise DatasetError(f"{cfg.dataset} is not read into memory (datasets that are: {', '.join(RAW_SOURCES)}); "
+    """The raw pool and test set of data.dataset, by the reader its card's `source` names."""
+    if not in_memory(cfg.dataset):
+        known = ", ".join(n for n in DATASETS if in_memory(n))
+        raise DatasetError(f"{cfg.dataset} is not read into memory (datasets that are: {known}); "
                            f"prepare its shards with `ltbench prepare {cfg.dataset}` and set data.shards")
-    return RAW_SOURCES[cfg.dataset](cfg)
+    return READERS[load_card(cfg.dataset)["source"]](cfg)

@@ -22,12 +22,13 @@ to carry the rest), in a few minutes, and written as perf.json / perf.md:
 Without a GPU only part 1 runs; the rest says "no GPU". Every item has a time budget: what does not fit
 is reported as skipped, never silently left out. Items run in the order above; the models part leaves
 time for the parts after it.
+
+This module owns the GPU parts (2-4) and the check's schedule; the photo-like JPEGs, their shards and part 1
+are in bench/devtools/gpudata.py, the report's Markdown in bench/devtools/gpureport.py.
 """
 
 from __future__ import annotations
 
-import json
-import multiprocessing as mp
 import os
 import signal
 import statistics
@@ -37,25 +38,23 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from bench.config import PeftConfig, load_config
-from bench.data.lt import build_lt_data
+from bench.config import PeftConfig
+from bench.experiment import load_config
 from bench.data.prepare import prepare
-from bench.data.shards.loader import ShardLoader
+from bench.devtools.gpudata import JPEG, jpeg_shards, section_pipeline
 from bench.errors import one_line
+from bench.launch.local import read_run, run_command
 from bench.methods.adapters import apply_peft, parameter_counts
 from bench.models import build_model
 from bench.models.clip import build_clip_model
 from bench.paths import repo_or_package_dir
 from bench.runtime.progress import log
-from bench.runtime.rundir import RunDir
 
 REPO = Path(__file__).resolve().parents[2]   # the folder holding the package: the cwd of its subprocesses
 CONFIGS = repo_or_package_dir("configs")
 SYNTHETIC = CONFIGS / "perf" / "gpu_synthetic.yaml"
-JPEG = CONFIGS / "perf" / "gpu_jpeg.yaml"
 MODELS = ("resnet50", "resnext50_32x4d")
 FOUNDATION = CONFIGS / "perf" / "gpu_vit_lora.yaml"
 # ViT-B/16 at 224 px as configs/foundation runs it: OpenAI CLIP's image tower (QuickGELU, pre-norm, 512-d
@@ -63,131 +62,6 @@ FOUNDATION = CONFIGS / "perf" / "gpu_vit_lora.yaml"
 VIT = "vit_base_patch16_clip_quickgelu_224"
 FOUNDATION_S = 110.0    # seconds the foundation part is given (three bare loops, one `ltbench run` subprocess)
 ADAPTFORMER = PeftConfig(method="adaptformer", r=32)   # LIFT's width on ImageNet-LT (configs/foundation/imagenet_lt/lift.yaml)
-
-
-# --- realistic JPEGs --------------------------------------------------------------------------
-
-def photo_like(rng: np.random.Generator, width: int = 500, height: int = 375) -> np.ndarray:
-    """A uint8 RGB image whose JPEG costs what a photo's does: smooth colour fields at three scales,
-    a few hard-edged shapes and sensor-like noise (a flat or pure-noise image would decode much faster
-    or slower than ImageNet's). 500x375 q90 gives ~80-100 kB, ImageNet's JPEGs average ~110 kB."""
-    from PIL import Image, ImageDraw
-
-    img = rng.uniform(60, 200, 3).astype(np.float32)[None, None, :] * np.ones((height, width, 1), np.float32)
-    for cells, amp in ((4, 50.0), (24, 25.0), (120, 14.0)):
-        small = rng.normal(0, 1, (max(2, cells * height // width), cells, 3)).astype(np.float32)
-        img += amp * np.stack([np.asarray(Image.fromarray(small[..., c]).resize((width, height), Image.BICUBIC))
-                               for c in range(3)], -1)
-    pil = Image.fromarray(np.clip(img + rng.normal(0, 5, (height, width, 1)), 0, 255).astype(np.uint8))
-    draw = ImageDraw.Draw(pil)
-    for _ in range(6):
-        x0, y0 = int(rng.integers(0, width)), int(rng.integers(0, height))
-        box = (x0, y0, x0 + int(rng.integers(20, width // 2)), y0 + int(rng.integers(20, height // 2)))
-        fill = tuple(int(v) for v in rng.integers(0, 256, 3))
-        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=fill)
-    return np.asarray(pil)
-
-
-def _write_photo(job: tuple[str, int, int, int]) -> None:
-    from PIL import Image
-
-    path, seed, width, height = job
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(photo_like(np.random.default_rng(seed), width, height)).save(path, format="JPEG", quality=90)
-
-
-def photo_tree(root: Path, counts: dict[str, int], classes: int = 1000, size: tuple[int, int] = (500, 375),
-               workers: int = 1) -> Path:
-    """An ImageNet-LT-shaped source tree (ILSVRC layout + OLTR split files) of photo-like JPEGs; labels
-    cycle through `classes`. Returns the image root; the split files are in root/splits."""
-    images = root / "images"
-    jobs, lines = [], {}
-    k = 0
-    for split, n in counts.items():
-        lines[split] = []
-        for i in range(n):
-            c = i % classes
-            rel = f"val/ILSVRC2012_val_{k:08d}.JPEG" if split == "test" else f"train/n{c:08d}/n{c:08d}_{k}.JPEG"
-            jobs.append((str(images / rel), k, *size))
-            lines[split].append(f"{rel} {c}")
-            k += 1
-    if workers > 1:
-        with mp.get_context("fork").Pool(workers) as pool:
-            pool.map(_write_photo, jobs, chunksize=16)
-    else:
-        for job in jobs:
-            _write_photo(job)
-    (root / "splits").mkdir(parents=True, exist_ok=True)
-    for split, ls in lines.items():
-        (root / "splits" / f"ImageNet_LT_{split}.txt").write_text("\n".join(ls) + "\n")
-    return images
-
-
-def jpeg_shards(work: Path, counts: dict[str, int], workers: int, size: tuple[int, int] = (500, 375),
-                resize_shorter: int = 256) -> dict[str, Path]:
-    """The photo-like tree as `ltbench prepare imagenet-lt` shards: originals and re-encoded (shorter side
-    `resize_shorter`, quality 90). The tree is not ImageNet-LT, so the card check is passed with
-    --allow-deviation (recorded in the manifests)."""
-
-    src = work / "photos"
-    if not (src / "splits").is_dir():
-        t0 = time.time()
-        photo_tree(src, counts, size=size, workers=workers)
-        log(f"gpu-check: {sum(counts.values())} photo-like {size[0]}x{size[1]} JPEGs in {time.time() - t0:.0f} s")
-    out = {"original": work / "shards-original", f"shorter-{resize_shorter}": work / f"shards-{resize_shorter}"}
-    for name, path in out.items():
-        prepare("imagenet-lt", path, src=src / "images", splits_dir=src / "splits", samples_per_shard=500,
-                workers=workers, resize_shorter=None if name == "original" else resize_shorter,
-                jpeg_quality=None if name == "original" else 90, allow_deviation=True, progress="off")
-    return out
-
-
-# --- 1. the pipeline on the CPU -----------------------------------------------------------------
-
-def loader_rate(shards: Path, train: bool, batch: int, workers: int, max_images: int,
-                extra: list[str] = ()) -> dict[str, float]:
-    """Images/s of the shard loader alone: decode + crop (+ flip) + uint8 batch, no normalisation (that
-    runs on the GPU), with `workers` decoding processes (0 = this process, one thread: per core)."""
-
-    streams = max(1, workers)
-    cfg = load_config(JPEG, [f"data.shards={shards}", f"data.streams={streams}", *extra])
-    data = build_lt_data(cfg.data)
-    split = data.train if train else data.test
-    spec = data._spec(split, train, batch, cfg.seed, cfg.data.augment if train else "none", False)
-    loader = ShardLoader(spec, None, workers)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        n, t0 = 0, time.time()
-        for x, y in loader.epoch(0):
-            n += len(y)
-            if n >= max_images:
-                break
-        elapsed = time.time() - t0
-    finally:
-        torch.set_num_threads(threads)
-    return {"images_per_s": n / elapsed, "images": n, "shape": list(x.shape[1:]), "dtype": str(x.dtype)}
-
-
-def section_pipeline(shards: dict[str, Path], cores: int, max_images: int, extra: list[str] = ()) -> dict[str, Any]:
-    rows = []
-    for name, path in shards.items():
-        for train in (True, False):
-            r = loader_rate(path, train, 64, 0, max_images, extra)
-            rows.append({"shards": name, "path": "train: RRC + flip" if train else "eval: resize + centre crop",
-                         "workers": 0, **r, "images_per_s_per_core": r["images_per_s"]})
-            log(f"gpu-check: pipeline {name} {rows[-1]['path']}: {r['images_per_s']:.0f} img/s on one core")
-    workers = max(1, cores - 1)
-    if cores > 2:
-        name = [k for k in shards if k != "original"][0]
-        r = loader_rate(shards[name], True, 256, workers, max_images * workers, extra)
-        rows.append({"shards": name, "path": "train: RRC + flip", "workers": workers, **r,
-                     "images_per_s_per_core": r["images_per_s"] / workers})
-        log(f"gpu-check: pipeline {name} with {workers} workers: {r['images_per_s']:.0f} img/s")
-    best = max(r["images_per_s_per_core"] for r in rows if r["workers"] == 0 and r["shards"] != "original"
-               and r["path"].startswith("train"))
-    return {"rows": rows, "target": ">= 300 training images/s per core at 224 px from the re-encoded shards",
-            "met": best >= 300}
 
 
 # --- 2. models on the GPU -----------------------------------------------------------------------
@@ -243,9 +117,7 @@ def run_ltbench(config: Path, overrides: list[str], run_dir: Path, torchrun: int
                 env: dict[str, str] | None = None, kill_after_checkpoint: bool = False) -> dict[str, Any]:
     """`ltbench run CONFIG OVERRIDES --run-dir RUN_DIR` in a subprocess (or torchrun of it); its metrics rows and
     result. kill_after_checkpoint: SIGKILL it as soon as checkpoints/last.pt exists (a preempted job)."""
-    args = [str(config), *overrides, "--run-dir", str(run_dir)]
-    cmd = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={torchrun}"]
-           if torchrun else [sys.executable]) + ["-m", "bench", "run", *args]
+    cmd = run_command([str(config), *overrides, "--run-dir", str(run_dir)], torchrun)
     t0 = time.time()
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "disabled", **(env or {})}
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -263,8 +135,7 @@ def run_ltbench(config: Path, overrides: list[str], run_dir: Path, torchrun: int
         raise RuntimeError(f"gpu-check: {' '.join(cmd[-8:])} ran past {timeout:.0f} s") from None
     if proc.returncode != 0:
         raise RuntimeError(f"gpu-check: ltbench run failed: {output.strip().splitlines()[-3:]}")
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    result = RunDir(run_dir).read_result()
+    rows, result = read_run(run_dir)
     return {"rows": rows, "result": result, "wall_s": time.time() - t0, "log": output}
 
 
@@ -486,81 +357,3 @@ def gpu_check(work: Path, budget_s: float = 420, tiny: bool = False, device: str
     out["end_to_end"] = section_end_to_end(work, device, max(1, out["gpus"])) if "end_to_end" in parts else not_asked
     out["check_s"] = round(time.time() - t_start, 1)
     return out
-
-
-def render(sec: dict[str, Any]) -> list[str]:
-    """Markdown lines of the check's report (perf.md's gpu section)."""
-    lines = [f"Machine: {sec.get('gpu') or 'no GPU'} x {sec.get('gpus', 0)}, {sec['cores']} cores; "
-             f"check took {sec.get('check_s', '-')} s.", "", "### JPEG pipeline (CPU)", ""]
-    pipe = sec["pipeline"]
-    if pipe.get("rows"):
-        lines += ["| shards | path | workers | images/s | per core | batch |", "|---|---|---|---|---|---|"]
-    for r in pipe.get("rows", []):
-        lines.append(f"| {r['shards']} | {r['path']} | {r['workers']} | {r['images_per_s']:.0f} | "
-                     f"{r['images_per_s_per_core']:.0f} | {'x'.join(map(str, r['shape']))} {r['dtype']} |")
-    lines += ["", f"target: {pipe['target']}: {'met' if pipe['met'] else 'not met'}" if "target" in pipe else
-              f"skipped: {pipe.get('skipped')}", "", "### Models", ""]
-    models = sec["models"]
-    if "skipped" in models:
-        lines += [f"skipped: {models['skipped']}", ""]
-    else:
-        lines += ["| model | bare img/s | ltbench synthetic img/s | ratio | JPEG, decode=cpu img/s | ratio | "
-                  "JPEG, decode=gpu img/s | ratio | GPU GiB (bare / synthetic / JPEG) | s |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
-        for r in models["rows"]:
-            cells = [r["model"], f"{r['bare']['images_per_s']:.0f}", f"{r['synthetic']['images_per_s']:.0f}",
-                     f"**{r['trainer / bare']:.3f}**"]
-            for k in ("jpeg", "jpeg_gpu_decode"):
-                cells += ([f"{r[k]['images_per_s']:.0f}", f"**{r[f'{k} / synthetic']:.3f}**"] if k in r else ["-", "-"])
-            mem = [r["bare"].get("gpu_mem_gib"), r["synthetic"].get("gpu_mem_gib"), (r.get("jpeg") or {}).get("gpu_mem_gib")]
-            cells += [" / ".join(str(m) for m in mem if m is not None) or "-", str(r["section_s"])]
-            lines.append("| " + " | ".join(cells) + " |")
-        if models.get("skipped_items"):
-            lines += ["", f"skipped (time budget): {', '.join(models['skipped_items'])}"]
-        met = models.get("met")
-        lines += ["", f"target: {models['target']}: " + ("met" if met else "not met" if met is False else "n/a"), ""]
-    lines += render_foundation(sec.get("foundation", {"skipped": "not run (a report from before this part)"}))
-    e2e = sec["end_to_end"]
-    lines += ["### End to end", ""]
-    if "skipped" in e2e:
-        lines += [f"skipped: {e2e['skipped']}", ""]
-    else:
-        res = e2e["resume"]
-        lines += [f"- stage 1 killed after its first checkpoint and resumed: test {res['killed and resumed']['all']:.2f} "
-                  f"vs uninterrupted {res['uninterrupted']['all']:.2f}: {'equal' if res['equal'] else 'DIFFERENT'} "
-                  f"({res['resumed_at']})",
-                  f"- stage 2 on cached features: test all {e2e['stage2']['metrics']['all']:.2f}",
-                  f"- torchrun --nproc_per_node {e2e['torchrun']['nproc_per_node']}: world size "
-                  f"{e2e['torchrun']['world_size']}, backend {e2e['torchrun']['backend']}, test all "
-                  f"{e2e['torchrun']['metrics']['all']:.2f}", "", "```", e2e["table"], "```", ""]
-    return lines
-
-
-def _count(n: int) -> str:
-    return f"{n / 1e6:.2f} M" if n >= 1e6 else f"{n / 1e3:.1f} k" if n >= 1e3 else str(n)
-
-
-def render_foundation(fm: dict[str, Any]) -> list[str]:
-    """The foundation part's Markdown lines: four rows (bare full fine-tune, bare LoRA, bare AdaptFormer,
-    ltbench LoRA)."""
-    lines = ["### Foundation model (ViT: LoRA, AdaptFormer)", ""]
-    if "skipped" in fm:
-        return lines + [f"skipped: {fm['skipped']}", ""]
-    lo, amp = fm["lora"], fm["amp"]
-    lora = f"LoRA r {lo['r']} on {', '.join(lo['target_modules'])}"
-    amp = (f"{amp['bare']} autocast" if amp["bare"] == amp["trainer"] else
-           f"{amp['bare']} autocast in the bare loops, train.amp={amp['trainer']} in the trainer")
-    lines += [f"`{fm['model']}` (random weights, model.embedding={fm['embedding']}) at {fm['image']} px, batch "
-              f"{fm['batch']}, {amp}, SGD; channels_last off: it does not apply to ViTs (the one "
-              "convolution is the patch embedding, the blocks work on (batch, tokens, width) tensors).", "",
-              "| run | img/s | trainable params | share | GPU GiB |", "|---|---|---|---|---|"]
-    for label, r in (("bare loop, full fine-tune", fm["bare_full"]), (f"bare loop, {lora}", fm["bare_lora"]),
-                     (f"bare loop, AdaptFormer r {fm['adaptformer']['r']} (LIFT)", fm["bare_adaptformer"]),
-                     (f"ltbench trainer, {lora} (gpu_vit_lora.yaml)", fm["trainer_lora"])):
-        tp = r["trainable_params"]
-        mem = r.get("gpu_mem_gib")
-        lines.append(f"| {label} | {r['images_per_s']:.0f} | {_count(tp['trainable'])} of {_count(tp['total'])} | "
-                     f"{tp['share']:.4f} | {'-' if mem is None else mem} |")
-    lines += ["", f"ltbench LoRA / bare full fine-tune: **{fm['lora trainer / bare full']:.3f}**; "
-              f"ltbench LoRA / bare LoRA: **{fm['lora trainer / bare lora']:.3f}** ({fm['section_s']} s)", ""]
-    return lines

@@ -7,6 +7,10 @@ train_time_s, the training steps without evaluation), the real shard loader, tor
 
 Settings: the Fashion-MNIST-LT demo (resnet8_cifar, batch 64, 14,837 training images), or --quick:
 the synthetic smoke set (a tiny run, for the test that the command works).
+
+This module owns the sections, the run of `ltbench perf` and perf.md; the measuring harness (setting,
+timed `ltbench run`, interleaved repeats) is bench/devtools/harness.py, section wbref and the WB reference
+code's epoch are bench/devtools/wbref.py, section gpu is the GPU check (bench/devtools/gpucheck.py).
 """
 
 from __future__ import annotations
@@ -14,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,78 +28,18 @@ from typing import Any
 
 import torch
 
-from bench.config import load_config
+from bench.experiment import load_config
 from bench.data.lt import build_lt_data
 from bench.data.prepare import prepare
-from bench.devtools.gpucheck import MODELS as GPU_MODELS
-from bench.devtools.gpucheck import PARTS as GPU_PARTS
 from bench.devtools.gpucheck import gpu_check
-from bench.devtools.gpucheck import render as render_gpu
+from bench.devtools.gpureport import render as render_gpu
+from bench.devtools.harness import REPO, Setting, interleaved, ltbench_run, median, rows, run_env
+from bench.devtools.wbref import section_wbref
 from bench.methods.classifiers import make_model
-from bench.paths import repo_or_package_dir
 from bench.runtime.process import keep_freed_memory
 from bench.runtime.progress import log
-from bench.runtime.rundir import RunDir
 
-REPO = Path(__file__).resolve().parents[2]   # the folder holding the package: the cwd of the timed subprocesses
-CONFIGS = repo_or_package_dir("configs")
 SECTIONS = ("trainer", "data", "stage2", "ddp", "demo", "gpu", "wbref")
-WB_REFERENCE = CONFIGS / "fmnist_wb_reference" / "naive.yaml"
-
-
-class Setting:
-    """The config the measurements train: its file, overrides and threads."""
-
-    def __init__(self, quick: bool, threads: int) -> None:
-        self.quick, self.threads = quick, threads
-        if quick:
-            self.config = CONFIGS / "smoke.yaml"
-            self.stage2 = CONFIGS / "smoke_stage2.yaml"
-            self.dataset, self.train = "synthetic", ["train.epochs=1"]
-            self.prepare_args = ["imbalance_factor=10", "val_per_class=10", "synthetic.train_per_class=200",
-                                 "synthetic.test_per_class=40", "synthetic.image_size=16"]
-        else:
-            self.config = CONFIGS / "demo" / "fmnist_naive.yaml"
-            self.stage2 = CONFIGS / "demo" / "fmnist_wb.yaml"
-            self.dataset, self.train = "fashion-mnist", ["train.epochs=1"]
-            self.prepare_args = []
-        self.runtime = ["runtime.progress=off", "runtime.plot=false", "wandb.mode=disabled"]
-        self.gpu_budget_s = 420.0
-        self.gpu_parts: tuple[str, ...] = GPU_PARTS
-        self.gpu_models: tuple[str, ...] = GPU_MODELS
-        self.wb_reference: Path | None = None     # a clone of the WB reference code (section wbref)
-        self.overrides = self.train + self.runtime
-
-
-def _median(xs: list[float]) -> float:
-    return statistics.median(xs) if xs else float("nan")
-
-
-def _env(threads: int, **extra: str) -> dict[str, str]:
-    return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads), "WANDB_MODE": "disabled", **extra}
-
-
-def ltbench_run(setting: Setting, root: Path, extra: list[str], config: Path | None = None,
-                torchrun: int = 0) -> dict[str, Any]:
-    """One `ltbench run` (or torchrun of it) in a fresh run directory; its first epoch's row and wall time."""
-    run_dir = Path(tempfile.mkdtemp(dir=root, prefix="run-"))
-    base = setting.overrides if config is None else setting.runtime    # a stage-2 config inherits `train`
-    # torchrun: the processes share the threads of the 1-process baseline; `extra` may set its own
-    threads = f"runtime.threads={max(1, setting.threads // max(1, torchrun))}"
-    args = [str(config or setting.config), *base, threads, *extra, "--run-dir", str(run_dir)]
-    if torchrun:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={torchrun}",
-               "-m", "bench", "run", *args]
-    else:
-        cmd = [sys.executable, "-m", "bench", "run", *args]
-    t0 = time.time()
-    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
-                       env=_env(max(1, setting.threads // max(1, torchrun))))
-    if r.returncode != 0:
-        raise RuntimeError(f"perf: {' '.join(cmd[-6:])} failed: {(r.stderr or r.stdout).strip().splitlines()[-1:]}")
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    result = RunDir(run_dir).read_result()
-    return {"row": rows[0], "rows": rows, "result": result, "wall_s": time.time() - t0, "dir": run_dir}
 
 
 def bare_loop(config: str, overrides: list[str], threads: int) -> dict[str, float]:
@@ -138,24 +81,10 @@ def bare_loop(config: str, overrides: list[str], threads: int) -> dict[str, floa
 def run_bare(setting: Setting, extra: list[str]) -> dict[str, float]:
     cmd = [sys.executable, "-m", "bench.devtools.perf", "bare", str(setting.config), str(setting.threads),
            *setting.overrides, *extra]
-    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=_env(setting.threads))
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=run_env(setting.threads))
     if r.returncode != 0:
         raise RuntimeError(f"perf: bare loop failed: {r.stderr.strip().splitlines()[-1:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])
-
-
-def rows(res: dict[str, list[float]]) -> list[list[Any]]:
-    """[label, median, repeats] per measurement, for the report."""
-    return [[k, _median(v), v] for k, v in res.items()]
-
-
-def interleaved(repeats: int, fns: dict[str, Callable[[], float]]) -> dict[str, list[float]]:
-    out: dict[str, list[float]] = {k: [] for k in fns}
-    for i in range(repeats):
-        for k, fn in fns.items():
-            out[k].append(fn())
-            log(f"perf: repeat {i + 1}/{repeats} {k}: {out[k][-1]:.1f}")
-    return out
 
 
 def section_trainer(s: Setting, root: Path, repeats: int) -> dict[str, Any]:
@@ -168,7 +97,7 @@ def section_trainer(s: Setting, root: Path, repeats: int) -> dict[str, Any]:
         "ltbench": lambda: ltbench_run(s, root, none)["row"]["images_per_s"],
         "ltbench + crop/flip": lambda: ltbench_run(s, root, [])["row"]["images_per_s"],
     })
-    med = {k: _median(v) for k, v in res.items()}
+    med = {k: median(v) for k, v in res.items()}
     ratio = med["ltbench"] / med["bare loop"]
     return {"rows": rows(res), "ratios": {"ltbench / bare loop": ratio,
             "augmented / not augmented": med["ltbench + crop/flip"] / med["ltbench"],
@@ -216,7 +145,7 @@ def section_data(s: Setting, root: Path, repeats: int) -> dict[str, Any]:
         "train: memory": train(None, 0),
         **{f"train: {fmt} shards, {w} workers": train(fmt, w) for fmt in formats for w in (2, 0)},
     })
-    med = {k: _median(v) for k, v in {**loaders, **trains}.items()}
+    med = {k: median(v) for k, v in {**loaders, **trains}.items()}
     step_rate = med["train: memory"]
     ratios = {f"{k.split(': ')[1]} / memory, training": med[k] / step_rate for k in trains if k != "train: memory"}
     ratios.update({f"{k} / training step rate": med[k] / step_rate for k in loaders})
@@ -249,11 +178,11 @@ def section_stage2(s: Setting, root: Path, repeats: int) -> dict[str, Any]:
     per_epoch = {k: [r["row"]["train_time_s"] for r in v] for k, v in runs.items()}
     whole = {k: [r["result"]["wall_time_s"] for r in v] for k, v in runs.items()}
     acc = {k: v[0]["result"]["metrics"]["all"] for k, v in runs.items()}
-    ratio = _median(per_epoch["recomputed"]) / _median(per_epoch["cached"])
+    ratio = median(per_epoch["recomputed"]) / median(per_epoch["cached"])
     return {"rows": rows({f"{k}: training s per epoch": v for k, v in per_epoch.items()}) +
             rows({f"{k}: whole run s": v for k, v in whole.items()}), "accuracy": acc,
             "ratios": {"recomputed / cached, per epoch": ratio,
-                       "recomputed / cached, whole run": _median(whole["recomputed"]) / _median(whole["cached"])},
+                       "recomputed / cached, whole run": median(whole["recomputed"]) / median(whole["cached"])},
             "target": ">= 20 x faster per epoch, same accuracy",
             "met": ratio >= 20 and acc["cached"] == acc["recomputed"]}
 
@@ -264,7 +193,7 @@ def section_ddp(s: Setting, root: Path, repeats: int) -> dict[str, Any]:
         "1 process": lambda: ltbench_run(s, root, [])["row"]["images_per_s"],
         "2 processes (gloo)": lambda: ltbench_run(s, root, [], torchrun=2)["row"]["images_per_s"],
     })
-    med = {k: _median(v) for k, v in res.items()}
+    med = {k: median(v) for k, v in res.items()}
     speedup = med["2 processes (gloo)"] / med["1 process"]
     return {"rows": rows(res), "ratios": {"speedup": speedup, "scaling efficiency": speedup / 2},
             "target": "measured (no target): on one machine the processes share its cores", "met": None}
@@ -280,14 +209,14 @@ def section_demo(s: Setting, root: Path, repeats: int) -> dict[str, Any]:
                 "r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); "
                 "print(r.returncode, time.time() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
         cmd = [sys.executable, "-c", code, sys.executable, "-m", "bench", "demo", *extra, "--runs-root", str(runs)]
-        out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=_env(s.threads)).stdout.split()
+        out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=run_env(s.threads)).stdout.split()
         if not out or out[0] != "0":
             raise RuntimeError(f"perf: ltbench demo failed in {runs}")
         walls.append(float(out[1]))
         peaks.append(int(out[2]) / 1024)
         log(f"perf: demo {i + 1}/{repeats}: {walls[-1]:.0f} s, peak RSS {peaks[-1]:.0f} MiB")
     return {"rows": rows({"wall s": walls, "peak RSS of the largest process, MiB": peaks}),
-            "target": "demo under 10 min on 2 cores", "met": _median(walls) < 600 if not s.quick else None}
+            "target": "demo under 10 min on 2 cores", "met": median(walls) < 600 if not s.quick else None}
 
 
 def section_gpu(s: Setting, root: Path, repeats: int) -> dict[str, Any]:
@@ -296,118 +225,6 @@ def section_gpu(s: Setting, root: Path, repeats: int) -> dict[str, Any]:
     vs bare full, LoRA and AdaptFormer loops, an end-to-end run resumed on the GPU."""
 
     return gpu_check(root, budget_s=s.gpu_budget_s, tiny=s.quick, parts=s.gpu_parts, models=s.gpu_models)
-
-
-def wb_reference_epoch(ref_dir: str, threads: int, workers: int, keep_memory: bool = False) -> dict[str, float]:
-    """One stage-1 epoch of the WB reference code, its own loop and dataset class imported unchanged from a
-    clone of github.com/ShadeAlsha/LTR-weight-balancing (utils/trainval.py `train_model`, utils/
-    dataset_CIFAR100LT.py `CIFAR100LT`: per-image PIL crop + flip, a DataLoader of `workers` processes, the
-    reference uses 4), on the data of configs/fmnist_wb_reference/naive.yaml (Fashion-MNIST-LT IF 100,
-    first n per class, padded to 32 and repeated to 3 channels) with ltbench's resnet32_cifar: batch 64,
-    SGD lr 0.01, momentum 0.9, cosine over 20 epochs. The epoch is the training pass and the pass over the
-    test split that train_model uses for selection; the training pass is timed by wrapping its loader.
-    `keep_memory`: the process gets ltbench's malloc settings first (runtime.keep_freed_memory), to show what
-    they give code that is not ltbench's."""
-    import numpy as np
-    from torch.utils.data import DataLoader
-
-    if keep_memory:
-        keep_freed_memory()
-
-    sys.path.insert(0, ref_dir)
-    from utils.dataset_CIFAR100LT import CIFAR100LT  # noqa: the reference's own modules
-    from utils.trainval import train_model
-
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    cfg = load_config(WB_REFERENCE)
-    data = build_lt_data(cfg.data)
-    sets = {name: CIFAR100LT(set_name=name, imageList=np.repeat(split.x.numpy(), 3, axis=1),
-                             labelList=split.y.tolist(), isAugment=name == "train")
-            for name, split in (("train", data.train), ("test", data.test))}
-    loaders = {name: DataLoader(ds, batch_size=cfg.train.batch_size, shuffle=name == "train", num_workers=workers)
-               for name, ds in sets.items()}
-
-    class Timed:       # the training pass's wall time, measured around the reference's own iteration
-        def __init__(self, loader: DataLoader) -> None:
-            self.loader, self.seconds = loader, 0.0
-
-        def __len__(self) -> int:
-            return len(self.loader)
-
-        def __iter__(self):
-            t0 = time.time()
-            yield from self.loader
-            self.seconds = time.time() - t0
-
-    class Model(torch.nn.Module):     # train_model reads model.encoder.fc
-        def __init__(self) -> None:
-            super().__init__()
-            self.encoder = make_model(cfg, data)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.encoder(x)
-
-    model = Model()
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.train.lr, momentum=cfg.train.momentum, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.train.epochs, eta_min=0)
-    loaders["train"] = Timed(loaders["train"])
-    with tempfile.TemporaryDirectory() as work:
-        t0 = time.time()
-        train_model(loaders, model, torch.nn.CrossEntropyLoss(), opt, sched, num_epochs=1, work_dir=work,
-                    model_name="naive", print_each=1000)
-        epoch = time.time() - t0
-    n = len(sets["train"])
-    return {"epoch_s": epoch, "train_s": loaders["train"].seconds, "images_per_s": n / loaders["train"].seconds,
-            "eval_s": epoch - loaders["train"].seconds, "images": n}
-
-
-def section_wbref(s: Setting, root: Path, repeats: int) -> dict[str, Any]:
-    """A whole stage-1 epoch of ltbench's `wb-reference` run (configs/fmnist_wb_reference/naive.yaml: ResNet-32,
-    Fashion-MNIST-LT IF 100 at 32 px, batch 64; training, then selection on test without TTA) against the WB
-    reference code's own loop on the same data, model and threads (`--wb-reference DIR`), and the CPU speed
-    switches (channels_last, torch.compile, the evaluation batch) on ltbench's run. The reference also runs with
-    ltbench's malloc settings (runtime.keep_freed_memory) as a second baseline."""
-    if s.wb_reference is None:
-        return {"skipped": "needs --wb-reference DIR: a clone of github.com/ShadeAlsha/LTR-weight-balancing, with "
-                           "scikit-image, scikit-learn and scipy (< 1.14, for scipy.misc) importable", "met": None}
-    def reference(keep_memory: bool = False) -> dict[str, float]:
-        ref_cmd = [sys.executable, "-m", "bench.devtools.perf", "wbref", str(s.wb_reference), str(s.threads), "4",
-                   str(int(keep_memory))]
-        r = subprocess.run(ref_cmd, cwd=REPO, capture_output=True, text=True, env=_env(s.threads))
-        if r.returncode != 0:
-            raise RuntimeError(f"perf: the WB reference epoch failed: {r.stderr.strip().splitlines()[-1:]}")
-        return json.loads(r.stdout.strip().splitlines()[-1])
-
-    def ours(*extra: str, epochs: int = 1) -> dict[str, float]:
-        """The last epoch's row: with torch.compile the second, as the first pays the compilation."""
-        row = ltbench_run(s, root, [f"train.epochs={epochs}", *extra], config=WB_REFERENCE)["rows"][-1]
-        return {"epoch_s": row["epoch_time_s"], "train_s": row["train_time_s"], "images_per_s": row["images_per_s"],
-                "eval_s": row["epoch_time_s"] - row["train_time_s"]}
-
-    runs: dict[str, Callable[[], dict[str, float]]] = {
-        "WB reference code": reference, "WB reference code, freed memory kept": lambda: reference(keep_memory=True),
-        "ltbench": ours,
-        "ltbench, channels_last": lambda: ours("runtime.channels_last=true"),
-        "ltbench, torch.compile": lambda: ours("runtime.compile=true", epochs=2),
-        "ltbench, eval batch 64": lambda: ours("eval.batch_size=64"),
-        "ltbench, all three": lambda: ours("runtime.channels_last=true", "runtime.compile=true", "eval.batch_size=64",
-                                           epochs=2)}
-    full: dict[str, list[dict[str, float]]] = {k: [] for k in runs}
-    for i in range(repeats):
-        for k, fn in runs.items():
-            full[k].append(fn())
-            log(f"perf: repeat {i + 1}/{repeats} {k}: epoch {full[k][-1]['epoch_s']:.1f} s, "
-                f"train {full[k][-1]['images_per_s']:.1f} img/s")
-    table = {f"{k}: {m}": [r[m] for r in v] for k, v in full.items() for m in ("epoch_s", "images_per_s", "eval_s")}
-    med = {k: _median(v) for k, v in table.items()}
-    ref = "WB reference code"
-    ratios = {f"{k} / reference, whole epoch": med[f"{ref}: epoch_s"] / med[f"{k}: epoch_s"] for k in runs if k != ref}
-    ratios.update({f"{k} / reference, training images/s": med[f"{k}: images_per_s"] / med[f"{ref}: images_per_s"]
-                   for k in runs if k != ref})
-    best = max(v for k, v in ratios.items() if k.startswith("ltbench") and k.endswith("whole epoch"))
-    return {"rows": rows(table), "ratios": ratios, "target": "a whole stage-1 epoch >= 1.5 x the reference's",
-            "met": best >= 1.5}
 
 
 RUNNERS = {"trainer": section_trainer, "data": section_data, "stage2": section_stage2, "ddp": section_ddp,
@@ -477,5 +294,3 @@ def render(report: dict[str, Any]) -> str:
 
 if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "bare":
     print(json.dumps(bare_loop(sys.argv[2], sys.argv[4:], int(sys.argv[3]))))
-if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "wbref":
-    print(json.dumps(wb_reference_epoch(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5:] == ["1"])))

@@ -6,7 +6,9 @@ from typing import Any
 
 import torch
 
-GROUPS = ("many", "medium", "few")
+from bench.config import GROUPS
+
+__all__ = ["GROUPS", "format_pct", "group_metrics", "per_class_accuracy", "shot_groups"]
 
 
 def shot_groups(class_counts: list[int], many: int, few: int, inclusive: bool = False) -> dict[str, list[int]]:
@@ -37,7 +39,7 @@ def group_metrics(correct: torch.Tensor, total: torch.Tensor, groups: dict[str, 
     acc = per_class_accuracy(correct, total)
     out: dict[str, Any] = {"all": 100.0 * float(correct.sum()) / max(1, int(total.sum()))}
     for g in GROUPS:
-        vals = [acc[c] for c in groups[g] if acc[c] is not None]
+        vals = [a for a in (acc[c] for c in groups[g]) if a is not None]
         out[g] = sum(vals) / len(vals) if vals else None
     return out
 

@@ -15,19 +15,16 @@ show. --full: three seeds of the papers' weight decay for 20 epochs (FULL below)
 from __future__ import annotations
 
 import itertools
-import os
-import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from bench.config import load_config
-from bench.data.cards import DatasetError, load_card
-from bench.data.sources import load_fashion_mnist
+from bench.experiment import load_config
+from bench.launch.fetch import ensure_fashion_mnist
+from bench.launch.local import run_command
 from bench.launch.run import run_experiment
 from bench.paths import repo_or_package_dir
 from bench.report.aggregate import Table, build_table
@@ -75,39 +72,14 @@ NOT_SHOWN_FULL = {
     "no final method": "the HS single stage still predicts no test image as some rare class after 20 epochs, "
                        "and multiplicative LA cannot lift negative logits",
 }
-OFFICIAL_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
-
-
-def ensure_fashion_mnist() -> str:
-    """Find Fashion-MNIST; else install the Debian package (as root) or download the official files."""
-    try:
-        return str(load_fashion_mnist().root)
-    except DatasetError as missing:
-        card = load_card("fashion-mnist")
-        if hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("apt-get"):
-            log("Fashion-MNIST not found: installing the Debian package dataset-fashion-mnist")
-            cmd = ["apt-get", "install", "-y", "-q", "dataset-fashion-mnist"]
-            if subprocess.run(cmd).returncode != 0:
-                subprocess.run(["apt-get", "update", "-q"])
-                subprocess.run(cmd)
-        else:
-            dest = Path("~/.cache/ltbench/fashion-mnist").expanduser()
-            dest.mkdir(parents=True, exist_ok=True)
-            log(f"Fashion-MNIST not found: downloading the official files to {dest}")
-            try:
-                for f in card["files"].values():
-                    if not (dest / f).is_file():
-                        with urllib.request.urlopen(OFFICIAL_URL + f, timeout=20) as r:
-                            (dest / f).write_bytes(r.read())
-            except OSError as e:
-                raise DatasetError(f"{missing} (download failed: {e})") from None
-        return str(load_fashion_mnist().root)
 
 
 def run_stage1_parallel(names: list[str], overrides: list[str], runs_root: str,
                         per_name: dict[str, list[str]] | None = None) -> dict[str, RunDir]:
     """Stage-1 runs as parallel `ltbench run` processes with one thread each: on 2 cores, single-threaded
     runs side by side deliver more images/s in total than one run on 2 threads (BENCHMARKS.md)."""
+    # The command line is the one perf and the GPU check start (bench/launch/local.py); the pool is the demo's
+    # own: they time one run at a time, the demo wants its runs side by side (local.py's docstring says why).
     per_name = per_name or {}
     runs = {}
     for n in names:
@@ -123,9 +95,8 @@ def run_stage1_parallel(names: list[str], overrides: list[str], runs_root: str,
         t0 = time.time()
         log(f"{n}: training -> {runs[n].path} (log: {logs / (n + '.log')})")
         with open(logs / f"{n}.log", "w") as f:
-            rc = subprocess.run([sys.executable, "-m", "bench", "run", str(CONFIG_DIR / f"{n}.yaml"),
-                                 *per_name.get(n, []), *overrides,
-                                 "runtime.threads=1", "runtime.progress=off", "--runs-root", runs_root],
+            rc = subprocess.run(run_command([str(CONFIG_DIR / f"{n}.yaml"), *per_name.get(n, []), *overrides,
+                                             "runtime.threads=1", "runtime.progress=off", "--runs-root", runs_root]),
                                 stdout=f, stderr=subprocess.STDOUT).returncode
         if rc != 0:
             tail = (logs / f"{n}.log").read_text().strip().splitlines()[-1:]

@@ -12,7 +12,8 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
-from bench.config import Config, load_config
+from bench.config import Config
+from bench.experiment import load_config
 from bench.evaluation.metrics import format_pct
 from bench.runtime import dist
 from bench.runtime.lock import DirLock

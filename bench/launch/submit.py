@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.config import Config, ConfigError, load_config, load_yaml, parent_path
+from bench.config import Config, ConfigError, load_yaml, parent_path
+from bench.experiment import load_config
 from bench.errors import error_line, user_errors
 from bench.launch.jobs import queued_job
 from bench.runtime.rundir import RunDir

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -26,6 +27,7 @@ from bench.methods.adapters import apply_peft, build_adapters
 from bench.models import build_model
 from bench.models.clip import build_clip_model
 from bench.models.parts import head_of, set_head
+from bench.registry import HEADS
 
 
 def simplex_etf(num_classes: int, dim: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -187,16 +189,14 @@ class MaxNorm:
             maxnorm_project_(self.weight.data, self.radius)
 
 
-# The classifier heads of config `model.classifier`: the backbone's own linear layer, or a fixed simplex ETF
-# (HS) in its place, seeded by the run's seed. A new head is a builder here: (linear layer, classes, seed) -> head.
-# `zeroshot` is a linear layer here (what a finished run's final.pt holds); a run that trains or evaluates it
-# starts from the text weights (HEAD_INIT).
-HEADS: dict[str, Callable[[nn.Linear, int, int], nn.Module]] = {
-    "linear": lambda linear, num_classes, seed: linear,
-    "etf": lambda linear, num_classes, seed: ETFClassifier(linear.in_features, num_classes,
-                                                           generator=torch.Generator().manual_seed(seed)),
-    "zeroshot": lambda linear, num_classes, seed: linear,
-}
+@dataclass(frozen=True)
+class Head:
+    """A classifier head of config `model.classifier` (named in bench/registry.py HEADS): `build` (linear layer,
+    classes, seed) -> the head in the model's architecture (what a finished run's final.pt holds); `init`, where
+    its starting weights come from elsewhere than the backbone's init: (config, data, built head) -> head."""
+
+    build: Callable[[nn.Linear, int, int], nn.Module]
+    init: Callable[[Config, LTData, nn.Linear], nn.Module] | None = None
 
 
 def _zeroshot_head(cfg: Config, data: LTData, linear: nn.Linear) -> nn.Module:
@@ -207,8 +207,12 @@ def _zeroshot_head(cfg: Config, data: LTData, linear: nn.Linear) -> nn.Module:
     return CosineClassifier(directions, scale)
 
 
-# Heads whose starting weights come from elsewhere than the backbone's init: (config, data, built head) -> head.
-HEAD_INIT: dict[str, Callable[[Config, LTData, nn.Linear], nn.Module]] = {"zeroshot": _zeroshot_head}
+# The heads bench/registry.py HEADS names: the backbone's own linear layer; a fixed simplex ETF (HS) in its place,
+# seeded by the run's seed; the zero-shot head, a linear layer that a run trains or evaluates from its text weights.
+LINEAR_HEAD = Head(build=lambda linear, num_classes, seed: linear)
+ETF_HEAD = Head(build=lambda linear, num_classes, seed: ETFClassifier(
+    linear.in_features, num_classes, generator=torch.Generator().manual_seed(seed)))
+ZEROSHOT_HEAD = Head(build=lambda linear, num_classes, seed: linear, init=_zeroshot_head)
 
 
 def make_model(cfg: Config, data: LTData, init: bool = True) -> nn.Module:
@@ -222,9 +226,10 @@ def make_model(cfg: Config, data: LTData, init: bool = True) -> nn.Module:
     build = build_clip_model if m.embedding == "clip" else build_model
     model = build(m.name, num_classes=data.num_classes, in_chans=data.in_chans,
                   pretrained_file=m.pretrained_file, drop_rate=m.drop_rate)
-    head = HEADS[m.classifier](head_of(model), data.num_classes, cfg.seed)
-    if init and m.classifier in HEAD_INIT:
-        head = HEAD_INIT[m.classifier](cfg, data, head)
+    spec: Head = HEADS[m.classifier]
+    head = spec.build(head_of(model), data.num_classes, cfg.seed)
+    if init and spec.init is not None:
+        head = spec.init(cfg, data, head)
     if head is not head_of(model):
         set_head(model, head)
     if init:

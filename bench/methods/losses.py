@@ -1,6 +1,6 @@
 """Training losses, chosen by name from the config (`train.loss.name`).
 
-Every loss is a `LossFn`: an nn.Module with forward(logits, y) -> scalar and set_epoch(epoch).
+Every loss is a `LossFn` built by its entry in bench/registry.py LOSSES (the builders are at the end): an nn.Module with forward(logits, y) -> scalar and set_epoch(epoch).
 Class weights are handled once, in the base class: a loss owns an optional per-class weight buffer
 (`class_weight`) and the first epoch from which it applies (`weight_from_epoch`):
 
@@ -31,6 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bench.config import LossConfig
+from bench.registry import LOSSES
 
 
 def cb_weights(class_counts: Sequence[int], beta: float) -> torch.Tensor:
@@ -227,41 +228,63 @@ class AdjustedLogitsCE(LossFn):
         return self.weighted_ce(logits + self.offset.to(logits.dtype), y)
 
 
-LOSS_NAMES = ("ce", "cb_ce", "cb_bce_softmax", "focal", "ldam", "logit_adjusted", "balanced_softmax")
-
-
 def make_loss(cfg: LossConfig, class_counts: list[int]) -> LossFn:
-    """Build the loss named by cfg.name. `class_counts` (training n_c) is for class-aware losses.
+    """Build the loss named by cfg.name (bench/registry.py LOSSES). `class_counts` (training n_c) is for
+    class-aware losses.
 
     The CB weights (cfg.cb_beta) are applied from epoch 0 by cb_ce / cb_bce_softmax, and from
     cfg.drw_epoch on by every loss when DRW is set (then cb_* losses are unweighted before it); the
     weighted losses divide by cfg.cb_normalizer (cb_bce_softmax by its B*C entries).
     """
-    if cfg.name not in LOSS_NAMES:
-        raise ValueError(f"unknown loss {cfg.name!r} (known: {', '.join(LOSS_NAMES)})")
+    if cfg.name not in LOSSES:
+        raise ValueError(f"unknown loss {cfg.name!r} (known: {', '.join(LOSSES)})")
     if cfg.label_smoothing and cfg.name != "ce":
         raise ValueError(f"loss.label_smoothing is supported by loss 'ce' only, not {cfg.name!r}")
     counts = [int(c) for c in class_counts]
-
-    weight: torch.Tensor | None = None
-    start: int | None = None
     if cfg.drw_epoch is not None:
-        weight, start = cb_weights(counts, cfg.cb_beta), int(cfg.drw_epoch)
-    elif cfg.name in ("cb_ce", "cb_bce_softmax"):
-        weight, start = cb_weights(counts, cfg.cb_beta), 0
+        return LOSSES[cfg.name](cfg, counts, cb_weights(counts, cfg.cb_beta), int(cfg.drw_epoch))
+    return LOSSES[cfg.name](cfg, counts, None, None)
 
-    if cfg.name == "cb_bce_softmax":
-        if cfg.cb_normalizer != "batch":
-            raise ValueError("loss.cb_normalizer: cb_bce_softmax averages over its B*C entries (WB code); use batch")
-        return CBSoftmaxBCE(weight, start)
-    norm = cfg.cb_normalizer
-    if cfg.name in ("ce", "cb_ce"):
-        return CrossEntropy(cfg.label_smoothing, weight, start, norm)
-    if cfg.name == "focal":
-        return FocalLoss(cfg.focal_gamma, weight, start, norm)
-    if cfg.name == "ldam":
-        return LDAMLoss(counts, cfg.ldam_max_margin, cfg.ldam_scale, weight, start, norm)
+
+# The builders bench/registry.py LOSSES names: (config, n_c, DRW's class weights, DRW's first epoch) -> the loss.
+# Without DRW (weight None) a class-balanced loss applies its CB weights from epoch 0.
+
+def build_cross_entropy(cfg: LossConfig, counts: list[int], weight: torch.Tensor | None,
+                        start: int | None) -> LossFn:
+    return CrossEntropy(cfg.label_smoothing, weight, start, cfg.cb_normalizer)
+
+
+def build_class_balanced_ce(cfg: LossConfig, counts: list[int], weight: torch.Tensor | None,
+                            start: int | None) -> LossFn:
+    if weight is None:
+        weight, start = cb_weights(counts, cfg.cb_beta), 0
+    return CrossEntropy(cfg.label_smoothing, weight, start, cfg.cb_normalizer)
+
+
+def build_cb_softmax_bce(cfg: LossConfig, counts: list[int], weight: torch.Tensor | None,
+                         start: int | None) -> LossFn:
+    if cfg.cb_normalizer != "batch":
+        raise ValueError("loss.cb_normalizer: cb_bce_softmax averages over its B*C entries (WB code); use batch")
+    if weight is None:
+        weight, start = cb_weights(counts, cfg.cb_beta), 0
+    return CBSoftmaxBCE(weight, start)
+
+
+def build_focal(cfg: LossConfig, counts: list[int], weight: torch.Tensor | None, start: int | None) -> LossFn:
+    return FocalLoss(cfg.focal_gamma, weight, start, cfg.cb_normalizer)
+
+
+def build_ldam(cfg: LossConfig, counts: list[int], weight: torch.Tensor | None, start: int | None) -> LossFn:
+    return LDAMLoss(counts, cfg.ldam_max_margin, cfg.ldam_scale, weight, start, cfg.cb_normalizer)
+
+
+def build_logit_adjusted(cfg: LossConfig, counts: list[int], weight: torch.Tensor | None,
+                         start: int | None) -> LossFn:
     n = torch.tensor(counts, dtype=torch.float64)
-    if cfg.name == "logit_adjusted":
-        return AdjustedLogitsCE(cfg.la_tau * torch.log(n / n.sum()), weight, start, norm)
-    return AdjustedLogitsCE(torch.log(n), weight, start, norm)  # balanced_softmax
+    return AdjustedLogitsCE(cfg.la_tau * torch.log(n / n.sum()), weight, start, cfg.cb_normalizer)
+
+
+def build_balanced_softmax(cfg: LossConfig, counts: list[int], weight: torch.Tensor | None,
+                           start: int | None) -> LossFn:
+    n = torch.tensor(counts, dtype=torch.float64)
+    return AdjustedLogitsCE(torch.log(n), weight, start, cfg.cb_normalizer)

@@ -4,7 +4,8 @@
 - Logit adjustment with the training prior pi_c = n_c / N: additive z_c - tau log pi_c (Menon et al.
   2021) and multiplicative z_c * pi_c^(-tau) (HS).
 - choose_tau: pick tau on a validation score, deterministically.
-- POSTHOC: the post-hoc kinds (config `posthoc.kind`) by name; a new step is a function here and an entry.
+- The steps (config `posthoc.kind`) as PostHoc values at the end, each named once in bench/registry.py POSTHOC;
+  a new step is a function here, its PostHoc value, and its entry there.
 """
 
 from __future__ import annotations
@@ -78,9 +79,8 @@ class PostHoc:
     fixed_tau: float | None = None
 
 
-POSTHOC: dict[str, PostHoc] = {
-    "l2norm": PostHoc(weight=tau_normalize, fixed_tau=1.0),
-    "taunorm": PostHoc(weight=tau_normalize),
-    "la_add": PostHoc(logits=logit_adjust_additive),
-    "la_mult": PostHoc(logits=logit_adjust_multiplicative),
-}
+# The steps bench/registry.py POSTHOC names.
+L2_NORM = PostHoc(weight=tau_normalize, fixed_tau=1.0)
+TAU_NORM = PostHoc(weight=tau_normalize)
+LOGIT_ADJUST_ADDITIVE = PostHoc(logits=logit_adjust_additive)
+LOGIT_ADJUST_MULTIPLICATIVE = PostHoc(logits=logit_adjust_multiplicative)

@@ -24,7 +24,8 @@ the two reference codes (WB's ``encoder.`` prefix, LDAM-DRW's ``linear`` classif
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -73,18 +74,18 @@ class BasicBlock(nn.Module):
             out_chs: int,
             stride: int = 1,
             shortcut: str = 'A',
-            device: Optional[torch.device] = None,
-            dtype: Optional[torch.dtype] = None,
+            device: torch.device | None = None,
+            dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        dd = {'device': device, 'dtype': dtype}
+        dd: dict[str, Any] = {'device': device, 'dtype': dtype}
         self.conv1 = nn.Conv2d(in_chs, out_chs, kernel_size=3, stride=stride, padding=1, bias=False, **dd)
         self.bn1 = nn.BatchNorm2d(out_chs, **dd)
         self.act1 = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(out_chs, out_chs, kernel_size=3, stride=1, padding=1, bias=False, **dd)
         self.bn2 = nn.BatchNorm2d(out_chs, **dd)
         self.act2 = nn.ReLU(inplace=True)
-        self.downsample: Optional[nn.Module] = None
+        self.downsample: nn.Module | None = None
         if stride != 1 or in_chs != out_chs:
             if shortcut == 'A':
                 self.downsample = ShortcutA(in_chs, out_chs, stride)
@@ -134,15 +135,15 @@ class CifarResNet(nn.Module):
             in_chans: int = 3,
             drop_rate: float = 0.0,
             global_pool: str = 'avg',
-            device: Optional[torch.device] = None,
-            dtype: Optional[torch.dtype] = None,
+            device: torch.device | None = None,
+            dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         if len(layers) != len(channels):
             raise ValueError(f'layers {tuple(layers)} and channels {tuple(channels)} differ in length')
         if init not in ('he_cifar', 'torchvision'):
             raise ValueError(f"init must be 'he_cifar' or 'torchvision', got {init!r}")
-        dd = {'device': device, 'dtype': dtype}
+        dd: dict[str, Any] = {'device': device, 'dtype': dtype}
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.drop_rate = drop_rate
@@ -153,11 +154,11 @@ class CifarResNet(nn.Module):
         self.conv1 = nn.Conv2d(in_chans, stem_width, kernel_size=3, stride=1, padding=1, bias=False, **dd)
         self.bn1 = nn.BatchNorm2d(stem_width, **dd)
         self.act1 = nn.ReLU(inplace=True)
-        self.feature_info: List[Dict[str, Any]] = [dict(num_chs=stem_width, reduction=1, module='act1')]
+        self.feature_info: list[dict[str, Any]] = [dict(num_chs=stem_width, reduction=1, module='act1')]
 
         in_chs = stem_width
         reduction = 1
-        self.stage_names: Tuple[str, ...] = tuple(f'layer{i + 1}' for i in range(len(layers)))
+        self.stage_names: tuple[str, ...] = tuple(f'layer{i + 1}' for i in range(len(layers)))
         for i, (n, chs) in enumerate(zip(layers, channels)):
             stride = 1 if i == 0 else 2
             reduction *= stride
@@ -193,7 +194,7 @@ class CifarResNet(nn.Module):
             nn.init.kaiming_normal_(self.fc.weight)
 
     @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> Dict[str, str]:
+    def group_matcher(self, coarse: bool = False) -> dict[str, str]:
         """Regexes grouping parameters into stem / blocks (timm layer-decay API)."""
         return dict(stem=r'^conv1|bn1', blocks=r'^layer(\d+)' if coarse else r'^layer(\d+)\.(\d+)')
 
@@ -203,11 +204,11 @@ class CifarResNet(nn.Module):
         self.grad_checkpointing = enable
 
     @torch.jit.ignore
-    def get_classifier(self, name_only: bool = False) -> Union[str, nn.Module]:
+    def get_classifier(self, name_only: bool = False) -> str | nn.Module:
         """The classifier module (``nn.Linear``; ``nn.Identity`` when num_classes == 0)."""
         return 'fc' if name_only else self.fc
 
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """Replace the classifier by a freshly initialised one with ``num_classes`` outputs."""
         dd = get_device_dtype(self)
         self.num_classes = num_classes
@@ -241,7 +242,7 @@ class CifarResNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def checkpoint_filter_fn(state_dict: Dict[str, Any], model: Optional[nn.Module] = None) -> Dict[str, Any]:
+def checkpoint_filter_fn(state_dict: dict[str, Any], model: nn.Module | None = None) -> dict[str, Any]:
     """Map reference-code checkpoints onto this module's key names.
 
     * WB reference (``ResnetEncoder``) wraps torchvision's resnet as ``self.encoder``: strip ``encoder.``.
@@ -249,7 +250,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: Optional[nn.Module] 
       transposed, no bias) is not an ``nn.Linear`` and is dropped.
     Keys already in this module's format pass through unchanged.
     """
-    out: Dict[str, Any] = {}
+    out: dict[str, Any] = {}
     for k, v in state_dict.items():
         if k.startswith('encoder.'):
             k = k[len('encoder.'):]
@@ -275,7 +276,7 @@ def _create_cifar_resnet(variant: str, pretrained: bool = False, **kwargs: Any) 
     )
 
 
-def _cfg(**kwargs: Any) -> Dict[str, Any]:
+def _cfg(**kwargs: Any) -> dict[str, Any]:
     # No hosted weights: loading is from a local file via pretrained_cfg_overlay=dict(file=...).
     return {
         'url': '',
@@ -355,7 +356,7 @@ def resnet34_wb(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
     return _create_cifar_resnet('resnet34_wb', pretrained, **dict(model_args, **kwargs))
 
 
-CIFAR_MODEL_NAMES: Tuple[str, ...] = (
+CIFAR_MODEL_NAMES: tuple[str, ...] = (
     'resnet8_cifar', 'resnet20_cifar', 'resnet32_cifar', 'resnet44_cifar', 'resnet56_cifar',
     'resnet110_cifar', 'resnet34_wb',
 )

@@ -13,7 +13,7 @@ group_matcher (stage2.train_blocks) and `set_head` work as on any timm model. Th
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -68,11 +68,12 @@ def projection_dim(name: str) -> int:
     n = int(getattr(pc, "num_classes", 0) or 0)
     if n <= 0:
         raise ModelError(f"model.embedding=clip: timm's pretrained_cfg of {name!r} has no projection width "
-                         "(num_classes); use a CLIP tower with its weights tag, e.g. vit_base_patch16_clip_quickgelu_224.openai")
+                         "(num_classes); use a CLIP tower with its weights tag, "
+                         "e.g. vit_base_patch16_clip_quickgelu_224.openai")
     return n
 
 
-def build_clip_model(name: str, num_classes: int, in_chans: int = 3, pretrained_file: Optional[str] = None,
+def build_clip_model(name: str, num_classes: int, in_chans: int = 3, pretrained_file: str | None = None,
                      drop_rate: float = 0.0) -> ClipImageModel:
     """The timm tower `name` with its projection as head (num_classes = projection width), wrapped."""
     tower = build_model(name, num_classes=projection_dim(name), in_chans=in_chans, pretrained_file=pretrained_file)

@@ -10,21 +10,22 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Tuple
+from collections.abc import Mapping
+from typing import Any
 
 import timm
 import torch
 import torch.nn as nn
 from timm.models import get_pretrained_cfg, load_state_dict, parse_model_name, split_model_name_tag
 
-from bench.errors import one_line
+from bench.errors import UserError, one_line
 
 from . import cifar_resnet  # noqa: F401  (registers the CIFAR ResNets with timm)
 
 __all__ = ['ModelError', 'build_model']
 
 
-class ModelError(ValueError):
+class ModelError(UserError, ValueError):
     """A model cannot be built or its weights cannot be loaded (one-line, user-facing message)."""
 
 
@@ -38,13 +39,13 @@ def _unknown_model_message(name: str) -> str:
     return f"model.name: unknown model {name!r}{hint}"
 
 
-def _names(value: Any) -> Tuple[str, ...]:
+def _names(value: Any) -> tuple[str, ...]:
     if not value:
         return ()
     return (value,) if isinstance(value, str) else tuple(value)
 
 
-def _read_state_dict(path: Path) -> Dict[str, torch.Tensor]:
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Read a checkpoint the way timm's load_pretrained will (EMA > 'state_dict' > 'model' > top level,
     'module.' / '_orig_mod.' prefixes stripped, weights_only unpickling)."""
     try:
@@ -58,7 +59,7 @@ def _read_state_dict(path: Path) -> Dict[str, torch.Tensor]:
     return dict(sd)
 
 
-def _check_keys(model: nn.Module, sd: Mapping[str, torch.Tensor], classifiers: Tuple[str, ...],
+def _check_keys(model: nn.Module, sd: Mapping[str, torch.Tensor], classifiers: tuple[str, ...],
                 path: Path, name: str) -> None:
     """Every non-classifier tensor of the model must come from the file and vice versa.
 
@@ -85,7 +86,7 @@ def build_model(
         name: str,
         num_classes: int,
         in_chans: int = 3,
-        pretrained_file: Optional[str] = None,
+        pretrained_file: str | None = None,
         **kwargs: Any,
 ) -> nn.Module:
     """Build the timm model ``name`` with ``num_classes`` outputs and ``in_chans`` input channels.
@@ -140,7 +141,7 @@ def build_model(
     sd = _read_state_dict(path)
     if arch in cifar_resnet.CIFAR_MODEL_NAMES:
         sd = cifar_resnet.checkpoint_filter_fn(sd)  # the same filter build_model_with_cfg applies
-    overlay: Dict[str, Any] = dict(file=str(path), source=None, label_offset=None)
+    overlay: dict[str, Any] = dict(file=str(path), source=None, label_offset=None)
     clip_prefix = _open_clip_prefix(sd)
     if clip_prefix is not None and classifiers:
         # an open_clip checkpoint (both towers): timm's ViT filter turns its image tower into timm keys, the
@@ -177,7 +178,7 @@ def build_model(
     return model
 
 
-def _open_clip_prefix(sd: Mapping[str, torch.Tensor]) -> Optional[str]:
+def _open_clip_prefix(sd: Mapping[str, torch.Tensor]) -> str | None:
     """'visual.' (or 'module.visual.') when `sd` is an open_clip / OpenAI CLIP checkpoint with a ViT image tower."""
     for prefix in ('visual.', 'module.visual.'):
         if prefix + 'class_embedding' in sd:

@@ -51,7 +51,7 @@ class Cell:
     def device_hours(self) -> tuple[float | None, str]:
         """Device-hours of the averaged runs together, and their unit (GPU-h, CPU-h, or device-h when mixed);
         None when a run predates cost records."""
-        costs = [(r.result or {}).get("cost") for r in self.runs]
+        costs: list[Any] = [(r.result or {}).get("cost") for r in self.runs]
         if not costs or any(c is None for c in costs):
             return None, ""
         kinds = {c["gpu"] for c in costs}
@@ -148,7 +148,8 @@ def build_table(records: list[RunRecord], seeds: list[int] | None = None, select
     reduced to the one with the best mean `select` accuracy (seeds averaged first).
     """
     expected = sorted(seeds) if seeds is not None else sorted({r.seed for r in records})
-    groups: dict[tuple, dict[str, dict[tuple, list[RunRecord]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    groups: dict[tuple, dict[str, dict[tuple, list[RunRecord]]]] = defaultdict(
+        lambda: defaultdict(lambda: defaultdict(list)))
     for r in records:
         # --protocols: a method's runs are split (and labelled) by protocol rather than by experiment
         groups[(r.method, r.column)][r.protocol if protocols else r.name][r.setting].append(r)
@@ -161,7 +162,7 @@ def build_table(records: list[RunRecord], seeds: list[int] | None = None, select
             label = setting_labels(keys)
             made = {s: make_cell(settings[s], expected) for s in keys}
             if select and len(keys) > 1:
-                def score(s: tuple) -> float:
+                def score(s: tuple, made: dict[tuple, Cell] = made) -> float:
                     mean = made[s].stats("all", "val_metrics")[0]
                     return -math.inf if mean is None else mean
                 best = max(keys, key=score)      # first in sorted order on ties

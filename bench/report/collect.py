@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.config import INHERITED, ConfigError, from_dict, load_yaml
+from bench.config import ConfigError, INHERITED, load_yaml, stored_config
 from bench.evaluation.metrics import GROUPS
-from bench.launch.jobs import run_status
+from bench.runtime.jobstate import run_status
 from bench.runtime.rundir import RunDir
 
 METRICS = ("all", *GROUPS)
@@ -85,7 +85,7 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def setting_of(raw: dict[str, Any]) -> tuple[tuple[str, str], ...]:
     """The config fields that can change a number (Config.result_dict), minus seed, row and column keys."""
-    flat = flatten(from_dict(raw).result_dict())
+    flat = flatten(stored_config(raw).result_dict())
     drop = set(IDENTITY_KEYS) | set(COLUMN_KEYS)
     return tuple(sorted((k, json.dumps(v, sort_keys=True)) for k, v in flat.items() if k not in drop))
 
@@ -101,7 +101,7 @@ class _Memo:
     def run_hash(self, cfg_path: Path) -> str | None:
         if cfg_path not in self.hashes:
             try:
-                self.hashes[cfg_path] = from_dict(load_yaml(cfg_path)).run_hash()
+                self.hashes[cfg_path] = stored_config(load_yaml(cfg_path)).run_hash()
             except ConfigError:
                 self.hashes[cfg_path] = None          # not a run of this version: never a parent
         return self.hashes[cfg_path]

@@ -35,8 +35,8 @@ def protocol_notes(table: Table) -> list[str]:
             if "clean" in means:
                 for proto, mean in sorted(means.items()):
                     if proto != "clean":
-                        out.append(f"{method}, {dataset_title(*col)}: {proto} {mean:.2f} vs clean {means['clean']:.2f}: "
-                                   f"{mean - means['clean']:+.2f} points under {proto}")
+                        out.append(f"{method}, {dataset_title(*col)}: {proto} {mean:.2f} "
+                                   f"vs clean {means['clean']:.2f}: {mean - means['clean']:+.2f} points under {proto}")
     return out
 
 

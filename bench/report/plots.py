@@ -42,7 +42,8 @@ def plot_per_class(result: dict[str, Any], path: Path) -> None:
     ax2.plot(range(len(counts)), counts, color="black", lw=1.2)
     ax2.set_yscale("log")
     ax2.set_ylabel("training images")
-    ax.legend([plt.Rectangle((0, 0), 1, 1, color=c) for c in colors.values()], list(colors), loc="upper right", fontsize=8)
+    ax.legend([plt.Rectangle((0, 0), 1, 1, color=c) for c in colors.values()], list(colors),
+              loc="upper right", fontsize=8)
     m = result["metrics"]
     ax.set_title(f"{result['dataset']} IF {result['imbalance_factor']:g} {result['method']} seed {result['seed']}: "
                  f"all {m['all']:.1f}%", fontsize=9)
@@ -82,7 +83,7 @@ def plot_table(table: Any, prefix: Path) -> list[Path]:
             acc = [_mean([r["per_class_acc"][c] for r in results]) for c in order]
             ax.plot(range(len(order)), acc, marker="o" if len(order) <= 20 else None, ms=3, lw=1.2, label=label,
                     color=color)
-            norms = [(r.get("analysis") or {}).get("weight_norms") for r in results]
+            norms: list[Any] = [(r.get("analysis") or {}).get("weight_norms") for r in results]
             if all(norms):
                 ax_n.plot(range(len(order)), [_mean([n[c] for n in norms]) for c in order], lw=1.2, color=color)
         twin = ax.twinx()
@@ -112,5 +113,5 @@ def plot_path(prefix: Path, col: tuple[str, float | None]) -> Path:
 
 
 def _mean(vals: list[float | None]) -> float:
-    vals = [v for v in vals if v is not None]
-    return sum(vals) / len(vals) if vals else float("nan")
+    present = [v for v in vals if v is not None]
+    return sum(present) / len(present) if present else float("nan")

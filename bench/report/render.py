@@ -6,9 +6,10 @@ from __future__ import annotations
 import csv
 import io
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from bench.data.cards import dataset_title
 from bench.report.aggregate import Cell, Col, Row, Table, _method_key, row_label

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 
-def write_atomic(path: Path, write: Callable[[BinaryIO], None], durable: bool = False) -> None:
+def write_atomic(path: Path, write: Callable[[BinaryIO], object], durable: bool = False) -> None:
     """`write(f)` into a temporary file beside `path`, then rename it over `path`. durable: fsync the file
     and the folder too, so the new file survives a power loss (checkpoints)."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -147,7 +147,7 @@ class DirLock:
         except OSError:
             pass
 
-    def __enter__(self) -> "DirLock":
+    def __enter__(self) -> DirLock:
         self.acquire()
         return self
 

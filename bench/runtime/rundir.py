@@ -27,7 +27,7 @@ from typing import Any, TypedDict
 
 import yaml
 
-from bench.config import Config, ConfigError, dump_yaml, from_dict
+from bench.config import Config, ConfigError, dump_yaml, stored_config
 from bench.runtime.atomic import write_atomic
 
 Metrics = dict[str, float | None]      # all / many / medium / few (%); None for an empty group
@@ -77,7 +77,8 @@ class Result(TypedDict, total=False):
     trained_blocks: int
     maxnorm_radius: float | None
     posthoc: dict[str, Any]
-    preprocessing: dict[str, Any]       # source (card | model), mean, std, to_rgb, pad_to, resize, image_size, eval_resize
+    # source (card | model), mean, std, to_rgb, pad_to, resize, image_size, eval_resize
+    preprocessing: dict[str, Any]
     trainable_params: dict[str, Any]    # stage 1: trainable, total, share (adapters and classifier under model.peft)
     zeroshot: dict[str, Any]            # stage 1 with model.classifier=zeroshot: logit_scale, templates, text tower
     peft: dict[str, Any]                # stage 1 with model.peft: method, merged_layers
@@ -89,7 +90,7 @@ class RunDir:
         self.config_hash: str | None = None     # the run's config hash, set by prepare(): stamped into every file
 
     @classmethod
-    def for_config(cls, cfg: Config, runs_root: str | Path) -> "RunDir":
+    def for_config(cls, cfg: Config, runs_root: str | Path) -> RunDir:
         return cls(Path(runs_root) / cfg.name / cfg.run_name())
 
     # paths
@@ -159,7 +160,7 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         text = dump_yaml(cfg)
         if self.config_file.is_file():
-            old = from_dict(yaml.safe_load(self.config_file.read_text()) or {}).result_dict()
+            old = stored_config(yaml.safe_load(self.config_file.read_text()) or {}).result_dict()
             new = cfg.result_dict()
             if old != new:
                 diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))

@@ -22,15 +22,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.config import Config, ConfigError
+from bench.config import GROUPS, Config, ConfigError
 from bench.errors import one_line
-from bench.evaluation.metrics import GROUPS
 from bench.runtime import dist
 from bench.runtime.progress import log
 from bench.runtime.rundir import RunDir, write_text_atomic
 
 STATE_FILE = "wandb.json"
-_OPEN: set["Tracker"] = set()     # trackers of this process whose W&B run is not closed yet
+_OPEN: set[Tracker] = set()     # trackers of this process whose W&B run is not closed yet
 
 
 def abort_open(reason: BaseException) -> None:

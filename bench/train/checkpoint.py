@@ -6,15 +6,16 @@ import contextlib
 import random
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 
+from bench.errors import UserError
 from bench.runtime.atomic import write_atomic
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """An unreadable checkpoint; the message names the file."""
 
 
@@ -48,7 +49,8 @@ def fitting(path: Path) -> Iterator[None]:
 
 def rng_state() -> dict[str, Any]:
     """Every global RNG a training step can touch (dropout, init, any stray numpy/python use)."""
-    np_state = np.random.get_state()
+    # the legacy tuple (the default): ("MT19937", key, pos, has_gauss, cached_gaussian)
+    np_state = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import torch
 
-from bench.config import Config, ConfigError, load_parent, parent_path
+from bench.config import Config, ConfigError, parent_path
+from bench.experiment import load_parent
 from bench.data.batches import Split, eval_batches
 from bench.data.lt import LTData
 from bench.methods.classifiers import make_model
-from bench.methods.posthoc import POSTHOC
+from bench.registry import POSTHOC
 from bench.models.parts import encode
 from bench.runtime import dist
 from bench.runtime.progress import log

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -62,7 +62,7 @@ class Parts:
     forward: torch.nn.Module                           # x -> (h, logits); DDP-wrapped under several processes
     loss: LossFn
     state_module: torch.nn.Module                      # what checkpoints save and restore
-    set_train_mode: Callable[[], None]                 # e.g. frozen backbone in eval mode, head in train mode
+    set_train_mode: Callable[[], object]               # e.g. frozen backbone in eval mode, head in train mode
     loader: TrainLoader
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
@@ -158,7 +158,8 @@ class LastCheckpoint:
         are gathered), rank 0 writes."""
         p = self.p
         now = time.time()
-        state.spent_s += now - self.t_mark     # what a killed attempt did after its last checkpoint is lost: not counted
+        # what a killed attempt did after its last checkpoint is lost: not counted
+        state.spent_s += now - self.t_mark
         self.t_mark = now
         n, examples = p.loader.pop_skipped()      # (0, []) for in-memory data
         state.data_skipped += int(dist.all_reduce_sum(torch.tensor(n)))
@@ -172,15 +173,18 @@ class LastCheckpoint:
 
 
 def train_step(p: Parts, x: torch.Tensor, y: torch.Tensor, scaler: torch.amp.GradScaler,
-               autocast_dtype: torch.dtype | None, trained: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+               autocast_dtype: torch.dtype | None,
+               trained: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One optimiser step on a batch already on the device: loss + regularisers, backward (under DDP this
     rank's share of the global batch's objective), optimiser and scheduler step, per-step constraints.
     Returns (loss, logits); logits None when this rank had no sample."""
     world = dist.world()
     p.optimizer.zero_grad(set_to_none=True)
+    data_loss: torch.Tensor
+    reg: torch.Tensor | int                            # 0 without regularisers
     if len(y) == 0:
         # this rank has no sample in this step: a zero loss still joins DDP's gradient all-reduce
-        data_loss = reg = sum((q * 0).sum() for q in trained)
+        data_loss = reg = sum((q * 0).sum() for q in trained)  # type: ignore[assignment]
         logits = None
     else:
         with torch.autocast(x.device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext():

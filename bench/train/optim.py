@@ -55,6 +55,7 @@ def lr_factor(t: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig,
+                   steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
     """Stepped after every optimiser step; its state (the step count) is saved in each checkpoint."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: lr_factor(t, cfg, steps_per_epoch))

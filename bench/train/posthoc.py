@@ -9,7 +9,8 @@ from typing import Any
 import torch
 
 from bench.config import Config, ConfigError
-from bench.methods.posthoc import POSTHOC, choose_tau, class_prior
+from bench.methods.posthoc import choose_tau, class_prior
+from bench.registry import POSTHOC
 from bench.models.parts import head_of
 from bench.runtime.progress import log
 from bench.runtime.rundir import RunDir

@@ -17,7 +17,7 @@ from bench.runtime.rundir import RunDir, check_owner
 from bench.train import checkpoint as ckpt
 
 
-def select_reported(cfg: Config, run: RunDir, best_epoch: int | None, epochs: int, evaluator: "Evaluator",
+def select_reported(cfg: Config, run: RunDir, best_epoch: int | None, epochs: int, evaluator: Evaluator,
                     model: torch.nn.Module) -> tuple[int | None, dict[str, Any] | None]:
     """Load the best epoch's weights when eval.select=best. Returns (selected epoch, last-epoch test metrics
     when they differ from the reported ones); `evaluator` is the reporting one (eval.tta_flip)."""
@@ -40,7 +40,7 @@ def select_reported(cfg: Config, run: RunDir, best_epoch: int | None, epochs: in
 
 
 Batches = Callable[[str], Iterable[tuple[torch.Tensor, torch.Tensor]]]
-def select_and_report(cfg: Config, build: Callable[[bool], "Evaluator"]) -> tuple["Evaluator", "Evaluator"]:
+def select_and_report(cfg: Config, build: Callable[[bool], Evaluator]) -> tuple[Evaluator, Evaluator]:
     """(selection, reporting) evaluators, built for flip TTA on or off: eval.select_tta_flip picks the best
     epoch / tau, eval.tta_flip reports. The WB code picks its best epoch on plain logits and reports with
     flip TTA (wb-reference); when both agree one evaluator serves both."""

@@ -58,7 +58,7 @@ class Stage:
     tracker: Tracker | None = None
 
     @classmethod
-    def start(cls, cfg: Config, run: RunDir, figures: Figures | None = None) -> "Stage":
+    def start(cls, cfg: Config, run: RunDir, figures: Figures | None = None) -> Stage:
         t_start = time.time()
         device, data, groups = setup(cfg)
         return cls(cfg, run, device, data, groups, t_start, figures)

@@ -61,7 +61,8 @@ def train_stage1(cfg: Config, run: RunDir, figures: Figures | None = None) -> di
     if isinstance(head, CosineClassifier):
         zs = cfg.model.zeroshot
         extra["zeroshot"] = {"logit_scale": float(head.scale), "templates": list(zs.templates),
-                             "text_model": zs.text_model, "text_weights_file": zs.text_weights_file or cfg.model.pretrained_file,
+                             "text_model": zs.text_model,
+                             "text_weights_file": zs.text_weights_file or cfg.model.pretrained_file,
                              "trained": t.epochs > 0}
     # final.pt holds a plain model: LoRA merged into its layers (AdaptFormer's branches stay), a cosine head
     # folded into a linear one

@@ -37,7 +37,8 @@ def last_blocks(model: torch.nn.Module, k: int) -> list[str]:
     groups = group_parameters(model, model.group_matcher(coarse=False))
     blocks = [groups[g] for g in sorted(groups)][:-1]
     if k > len(blocks):
-        raise ConfigError(f"config key 'stage2.train_blocks': {k} is more than the {len(blocks)} blocks of {type(model).__name__}")
+        raise ConfigError(f"config key 'stage2.train_blocks': {k} is more than the {len(blocks)} blocks "
+                          f"of {type(model).__name__}")
     return [n for names in blocks[-k:] for n in names]
 
 
@@ -59,7 +60,8 @@ def train_stage2(cfg: Config, run: RunDir, parent: RunDir, figures: Figures | No
     model = load_parent_model(cfg, data, parent, device)
     head = head_of(model)
     if not isinstance(head, torch.nn.Linear):
-        raise ConfigError(f"stage2 retrains a linear classifier; the parent run {parent.path} has {type(head).__name__}")
+        raise ConfigError(f"stage2 retrains a linear classifier; the parent run {parent.path} "
+                          f"has {type(head).__name__}")
     st.open(parent)
 
     # Freeze the backbone; the classifier (weight and bias) and the last `train_blocks` blocks train.

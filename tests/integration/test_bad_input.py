@@ -35,7 +35,8 @@ def done(tmp_path_factory) -> Path:
 
 
 def digest(d: Path) -> dict[str, str]:
-    return {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.rglob("*")) if p.is_file()}
+    return {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(d.rglob("*")) if p.is_file()}
 
 
 def _w(t: Path, name: str, content: str | bytes) -> str:
@@ -81,9 +82,11 @@ MANIFEST = {"format": "ltbench-shards/1", "dataset": "synthetic"}
 
 CASES: dict[str, tuple] = {
     # config files and overrides
-    "unknown key": (lambda t: ["run", SMOKE, "train.lrr=0.1"], "unknown config key 'train.lrr' (did you mean 'train.lr'?)"),
+    "unknown key": (lambda t: ["run", SMOKE, "train.lrr=0.1"],
+                    "unknown config key 'train.lrr' (did you mean 'train.lr'?)"),
     "wrong type": (lambda t: ["run", SMOKE, "train.epochs=x"], "config key 'train.epochs': expected an integer"),
-    "out of range": (lambda t: ["run", SMOKE, "train.momentum=2"], "config key 'train.momentum': value 2.0 out of range"),
+    "out of range": (lambda t: ["run", SMOKE, "train.momentum=2"],
+                     "config key 'train.momentum': value 2.0 out of range"),
     "negative seed": (lambda t: ["run", SMOKE, "seed=-1"], "config key 'seed': value -1 out of range"),
     "YAML syntax": (lambda t: ["run", _w(t, "c.yaml", "a: [")], "c.yaml line 1: invalid YAML"),
     "missing config": (lambda t: ["run", str(t / "none.yaml")], "none.yaml: not found"),
@@ -101,15 +104,19 @@ CASES: dict[str, tuple] = {
     "missing shards": (lambda t: ["run", SMOKE, f"data.shards={t / 'none'}"], "manifest.json not found"),
     "manifest not JSON": (lambda t: ["run", SMOKE, f"data.shards={Path(_w(t, 's/manifest.json', '{')).parent}"],
                           "manifest.json: not valid JSON"),
-    "manifest lacks keys": (lambda t: ["run", SMOKE, f"data.shards={Path(_w(t, 's/manifest.json', json.dumps(MANIFEST))).parent}"],
+    "manifest lacks keys": (lambda t: ["run", SMOKE,
+                                       f"data.shards={Path(_w(t, 's/manifest.json', json.dumps(MANIFEST))).parent}"],
                             "manifest.json: missing num_classes"),
     "runs root is a file": (lambda t: ["run", SMOKE, "train.epochs=1", "--runs-root", _file(t)], "Not a directory"),
     # run directories, checkpoints, parents
-    "truncated checkpoint": (lambda t: ["run", SMOKE, *QUIET, "--run-dir", _run_dir(t, {"checkpoints/last.pt": b"PK\x03\x04"})],
+    "truncated checkpoint": (lambda t: ["run", SMOKE, *QUIET, "--run-dir",
+                                        _run_dir(t, {"checkpoints/last.pt": b"PK\x03\x04"})],
                              "last.pt is truncated or corrupt"),
-    "garbage checkpoint": (lambda t: ["run", SMOKE, *QUIET, "--run-dir", _run_dir(t, {"checkpoints/last.pt": b"\x00" * 64})],
+    "garbage checkpoint": (lambda t: ["run", SMOKE, *QUIET, "--run-dir",
+                                      _run_dir(t, {"checkpoints/last.pt": b"\x00" * 64})],
                            "last.pt is truncated or corrupt"),
-    "another config's complete run": (lambda t: ["run", SMOKE, *QUIET, "train.lr=0.2", "--run-dir", str(t.parent / "DONE")],
+    "another config's complete run": (lambda t: ["run", SMOKE, *QUIET, "train.lr=0.2", "--run-dir",
+                                                 str(t.parent / "DONE")],
                                       "result.json belongs to config"),
     "missing parent": (lambda t: ["run", STAGE2, f"parent={t / 'nothing'}", "--runs-root", str(t)],
                        "nothing is neither a run directory nor a config file"),
@@ -120,15 +127,20 @@ CASES: dict[str, tuple] = {
     "prepare into a file": (lambda t: ["prepare", "synthetic", "--out", _file(t)], "is a file, not a folder"),
     # table, status, submit
     "empty table folder": (lambda t: ["table", str(t)], "no run directories (with config.yaml)"),
-    "bad --seeds": (lambda t: [*_table_dir(t, None), "--seeds", "a,b"], "--seeds 'a,b': expected comma-separated integers"),
+    "bad --seeds": (lambda t: [*_table_dir(t, None), "--seeds", "a,b"],
+                    "--seeds 'a,b': expected comma-separated integers"),
     "result.json is a list": (lambda t: _table_dir(t, "[1, 2]"), "result.json: expected a JSON object, got a list"),
-    "result.json without metrics": (lambda t: _table_dir(t, '{"status": "complete"}'), "a complete result without 'metrics'"),
+    "result.json without metrics": (lambda t: _table_dir(t, '{"status": "complete"}'),
+                                    "a complete result without 'metrics'"),
     "broken config.yaml beside a result": (lambda t: _table_dir(t, None, ": : :"), "config.yaml line 1: invalid YAML"),
     "corrupt job.json": (_status_dir, "job.json: not valid JSON"),
     "bad --sweep": (lambda t: ["submit", SMOKE, "--dry-run", "--sweep", "seed"], "--sweep"),
-    "bad --override": (lambda t: ["submit", SMOKE, "--dry-run", "--override", "train.lrr=1"], "unknown config key 'train.lrr'"),
-    "missing site file": (lambda t: ["submit", SMOKE, "--dry-run", "--site", str(t / "none.yaml")], "none.yaml: not found"),
-    "site file not YAML": (lambda t: ["submit", SMOKE, "--dry-run", "--site", _w(t, "site.yaml", "a: [")], "invalid YAML"),
+    "bad --override": (lambda t: ["submit", SMOKE, "--dry-run", "--override", "train.lrr=1"],
+                       "unknown config key 'train.lrr'"),
+    "missing site file": (lambda t: ["submit", SMOKE, "--dry-run", "--site", str(t / "none.yaml")],
+                          "none.yaml: not found"),
+    "site file not YAML": (lambda t: ["submit", SMOKE, "--dry-run", "--site", _w(t, "site.yaml", "a: [")],
+                           "invalid YAML"),
 }
 
 

@@ -82,7 +82,7 @@ def test_two_processes_write_one_result(ddp_run):
     run_json = json.loads(next(ddp_run.glob("smoke/ce-*/run.json")).read_text())
     assert run_json["world_size"] == 2
     lines = next(ddp_run.glob("smoke/ce-*/metrics.jsonl")).read_text().splitlines()
-    assert [json.loads(l)["epoch"] for l in lines] == [1, 2, 3]       # one writer, no duplicated lines
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]       # one writer, no duplicated lines
 
 
 def test_two_processes_from_shards(tmp_path):

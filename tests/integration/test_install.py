@@ -56,14 +56,16 @@ def _run(site: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess:
 
 def test_installed_package_finds_its_data(installed: Path, tmp_path: Path) -> None:
     r = _run(installed, tmp_path, "-c", "import bench, bench.paths as p, bench.report.published as pub; "
-             "print(bench.__file__); print(p.repo_or_package_dir('configs')); print(p.repo_or_package_dir('datasets')); "
+             "print(bench.__file__); print(p.repo_or_package_dir('configs')); "
+             "print(p.repo_or_package_dir('datasets')); "
              "print(len(pub.load_published()))")
     assert r.returncode == 0, r.stderr
     module, configs, datasets, n_published = r.stdout.split("\n")[:4]
     assert Path(module).is_relative_to(installed)
     assert Path(configs) == installed / "bench" / "_data" / "configs"
     assert Path(datasets) == installed / "bench" / "_data" / "datasets"
-    assert sorted(p.name for p in Path(datasets).glob("*.yaml")) == sorted(p.name for p in (REPO / "datasets").glob("*.yaml"))
+    assert (sorted(p.name for p in Path(datasets).glob("*.yaml"))
+            == sorted(p.name for p in (REPO / "datasets").glob("*.yaml")))
     from bench.report.published import load_published
     assert int(n_published) == len(load_published(REPO / "datasets" / "published"))
 

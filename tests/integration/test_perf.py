@@ -21,7 +21,8 @@ def test_perf_quick_writes_its_report(tmp_path):
     report = json.loads((out / "perf.json").read_text())
     assert list(report["sections"]) == ["trainer", "data", "gpu"]
     t = report["sections"]["trainer"]
-    assert {row[0] for row in t["rows"]} == {"bare loop", "bare loop, glibc malloc defaults", "ltbench", "ltbench + crop/flip"}
+    assert {row[0] for row in t["rows"]} == {"bare loop", "bare loop, glibc malloc defaults", "ltbench",
+                                            "ltbench + crop/flip"}
     assert t["ratios"]["ltbench / bare loop"] > 0 and isinstance(t["met"], bool)
     d = report["sections"]["data"]
     assert {"npy shards, 2 workers / memory, training", "npy shards, 0 workers / memory, training"} <= set(d["ratios"])

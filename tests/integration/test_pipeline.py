@@ -18,7 +18,7 @@ FIXED = ["runtime.threads=1"]
 def run_ok(config: str, root: Path, *extra: str) -> dict:
     r = run_cli("run", str(CFG / config), *FIXED, *extra, "--runs-root", str(root))
     assert r.returncode == 0, r.stdout + r.stderr
-    done = [l for l in r.stdout.splitlines() if "-> " in l and "result.json" in l]
+    done = [line for line in r.stdout.splitlines() if "-> " in line and "result.json" in line]
     return json.loads(Path(done[-1].split("-> ")[-1]).read_text())
 
 
@@ -49,7 +49,8 @@ def test_stage2_retrains_only_the_classifier_under_maxnorm(pipeline):
     radius = float(norms.min() + 0.1 * (norms.max() - norms.min()))
     assert res["smoke_stage2"]["maxnorm_radius"] == pytest.approx(radius, rel=1e-6)
     assert float(s2["fc.weight"].norm(dim=1).max()) <= radius * (1 + 1e-6)
-    assert res["smoke_stage2"]["analysis"]["weight_norms"] == pytest.approx(s2["fc.weight"].norm(dim=1).tolist(), rel=1e-5)
+    assert res["smoke_stage2"]["analysis"]["weight_norms"] == pytest.approx(s2["fc.weight"].norm(dim=1).tolist(),
+                                                                            rel=1e-5)
 
 
 def test_posthoc_tau_norm_is_chosen_on_val_and_applied(pipeline):
@@ -130,7 +131,7 @@ def _evaluate_final(run_dir: Path, tta: bool, features: bool = False) -> dict:
     """Test metrics of a run's final model, with or without flip TTA (features: on the parent's cached ones)."""
     import yaml
 
-    from bench.config import from_dict
+    from bench.config import stored_config
     from bench.data.lt import build_lt_data
     from bench.evaluation.metrics import shot_groups
     from bench.methods.classifiers import make_model
@@ -138,7 +139,7 @@ def _evaluate_final(run_dir: Path, tta: bool, features: bool = False) -> dict:
     from bench.train.features import feature_batches
     from bench.train.select import Evaluator
 
-    cfg = from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    cfg = stored_config(yaml.safe_load((run_dir / "config.yaml").read_text()))
     data = build_lt_data(cfg.data)
     model = make_model(cfg, data)
     model.load_state_dict(torch.load(run_dir / "checkpoints" / "final.pt", weights_only=True)["model"])
@@ -166,7 +167,7 @@ def test_selection_on_plain_logits_reporting_with_flip_tta(pipeline, tmp_path):
         run_dir = tmp_path / "smoke" / f"{res['method']}-seed0-{res['config_hash']}"
         plain, tta = _evaluate_final(run_dir, False, features), _evaluate_final(run_dir, True, features)
         assert plain != tta                     # else this test could not tell them apart
-        rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         # the final model is the selected epoch's: its metrics.jsonl row was computed without TTA ...
         assert rows[res["selected_epoch"] - 1]["test"] == plain
         assert res["metrics"] == tta            # ... and the reported metrics with it

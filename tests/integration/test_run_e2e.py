@@ -52,10 +52,10 @@ def test_smoke_run_writes_the_run_directory(reference_run):
     # learned something: well above the 10 % of chance on a balanced test set
     assert res["metrics"]["all"] > 30
     lines = (reference_run / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(l)["epoch"] for l in lines] == [1, 2, 3]
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
     # the lr each epoch ran with: lr 0.05, cosine per epoch over E = 3, factor 0.5 (1 + cos(pi e / 3)) for
     # e = 0, 1, 2 = 1, 0.75, 0.25 (not the next epoch's 0.0375, 0.0125, 0.0)
-    rows = [json.loads(l) for l in lines]
+    rows = [json.loads(line) for line in lines]
     assert [r["lr"] for r in rows] == pytest.approx([0.05, 0.0375, 0.0125], abs=1e-12)
     assert [r["lr_last"] for r in rows] == [r["lr"] for r in rows]   # constant inside an epoch
     import yaml
@@ -72,7 +72,7 @@ def test_logged_lr_is_the_lr_of_the_epochs_steps(tmp_path):
     step t runs at 0.05 * 0.5 (1 + cos(pi t / 50))."""
     r = run_cli("run", SMOKE, *FIXED, "train.epochs=2", "train.schedule_unit=step", "--runs-root", str(tmp_path))
     assert r.returncode == 0, r.stderr
-    rows = [json.loads(l) for l in (only_run_dir(tmp_path) / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (only_run_dir(tmp_path) / "metrics.jsonl").read_text().splitlines()]
     # epoch 1: steps 0..24: first 0.05; last 0.025 (1 + cos(24 pi / 50)) = 0.025 * 1.0627905195293134
     # epoch 2: steps 25..49: first 0.025 (1 + cos(pi / 2)) = 0.025; last 0.025 (1 - 0.998026728428272)
     assert [r["lr"] for r in rows] == pytest.approx([0.05, 0.025], abs=1e-12)
@@ -117,8 +117,8 @@ def test_sigkill_after_first_epoch_then_resume_is_exact(reference_run, tmp_path)
     assert r.returncode == 0, r.stderr
     assert "resuming" in r.stdout
     _same_numbers(result_of(run_dir), result_of(reference_run))
-    ref_hist = [json.loads(l) for l in (reference_run / "metrics.jsonl").read_text().splitlines()]
-    new_hist = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    ref_hist = [json.loads(line) for line in (reference_run / "metrics.jsonl").read_text().splitlines()]
+    new_hist = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     # the cost counts the killed attempt's checkpointed epoch too: at least every epoch's time, both attempts
     cost = result_of(run_dir)["cost"]
     assert cost["seconds"] >= sum(h["epoch_time_s"] for h in new_hist) - 0.1 and cost["processes"] == 1
@@ -170,8 +170,8 @@ def test_demo_on_real_fashion_mnist_short(tmp_path):
     """The main job end to end on the real data, shortened (1 epoch, n_max 600) to keep CI fast."""
     r = run_cli("demo", "train.epochs=1", "data.n_max=600", "--runs-root", str(tmp_path))
     assert r.returncode == 0, r.stdout + r.stderr
-    table = [l for l in r.stdout.splitlines() if l.startswith("| ")]
-    assert [l.split(" | ")[0][2:] for l in table[1:]] == ["naive", "wd", "tau-norm", "wb", "hs-stage1", "hs"]
+    table = [line for line in r.stdout.splitlines() if line.startswith("| ")]
+    assert [line.split(" | ")[0][2:] for line in table[1:]] == ["naive", "wd", "tau-norm", "wb", "hs-stage1", "hs"]
     # printed through `ltbench table` (--select val over the grid), which also wrote it and its plot
     assert "- wb, Fashion-MNIST-LT IF 100: chosen stage2.maxnorm_thresh=" in r.stdout
     assert "(best mean val all of 12 settings)" in r.stdout
@@ -181,8 +181,8 @@ def test_demo_on_real_fashion_mnist_short(tmp_path):
     assert "Deviations from the papers' recipes" in r.stdout and "- stage 1 (naive, wd, hs-stage1): " in r.stdout
     assert "epochs 1 (paper 320" in r.stdout and "data.n_max 600 (paper full" in r.stdout
     assert "Claims, on the mean test accuracy over 1 seed (all choices made on val):" in r.stdout
-    claims = [l for l in r.stdout.splitlines() if l.startswith("- [")]
-    assert len(claims) == 5 and all(l.split("]")[0] in ("- [holds", "- [NOT shown") for l in claims)
+    claims = [line for line in r.stdout.splitlines() if line.startswith("- [")]
+    assert len(claims) == 5 and all(line.split("]")[0] in ("- [holds", "- [NOT shown") for line in claims)
     assert (tmp_path / "demo" / "table-seed0.md").read_text() in r.stdout
     assert (tmp_path / "demo" / "table-seed0-fashion-mnist-if100.png").is_file()
     res = [json.loads(p.read_text()) for p in sorted((tmp_path / "demo").glob("*/result.json"))]
@@ -201,7 +201,7 @@ def test_demo_on_real_fashion_mnist_short(tmp_path):
 def test_analysis_each_epoch_is_logged(tmp_path):
     r = run_cli("run", SMOKE, *FIXED, "train.epochs=1", "eval.analysis_each_epoch=true", "--runs-root", str(tmp_path))
     assert r.returncode == 0, r.stderr
-    (row,) = [json.loads(l) for l in (only_run_dir(tmp_path) / "metrics.jsonl").read_text().splitlines()]
+    (row,) = [json.loads(line) for line in (only_run_dir(tmp_path) / "metrics.jsonl").read_text().splitlines()]
     a = row["analysis"]
     assert a["split"] == "val" and len(a["weight_norms"]) == 10 and a["fdr"] > 0
     assert set(a["cosine"]) == {"within", "between", "all"}

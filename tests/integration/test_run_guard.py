@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.config import load_config
+from bench.experiment import load_config
 from tests.conftest import REPO, run_cli
 
 pytestmark = pytest.mark.slow
@@ -21,7 +21,8 @@ OTHER = [*SHORT, "train.lr=0.2"]          # same architecture, another config
 
 
 def digest(d: Path) -> dict[str, str]:
-    return {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.rglob("*")) if p.is_file()}
+    return {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(d.rglob("*")) if p.is_file()}
 
 
 def one_line_error(r) -> str:

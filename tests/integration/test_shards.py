@@ -135,7 +135,7 @@ def test_shards_of_other_data_are_not_overwritten(smoke_shards, tmp_path):
 def _ddp_worker(rank: int, world: int, port: int, shards: str, workers: int, out: str) -> None:
     import torch.distributed as dist
 
-    from bench.config import load_config
+    from bench.experiment import load_config
     from bench.data.lt import build_lt_data
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -147,7 +147,7 @@ def _ddp_worker(rank: int, world: int, port: int, shards: str, workers: int, out
     loader = data.train_loader(16, 0, "crop_flip", False, "instance", workers)   # global 16: 8 per rank
     for epoch in (0, 1):
         keys, shapes = [], set()
-        for x, y in loader.epoch(epoch):
+        for x, _y in loader.epoch(epoch):
             keys.append(list(loader.batch_keys))
             shapes.add(tuple(x.shape[1:]))
         res["train"][epoch] = {"batches": len(keys), "len": len(loader), "keys": keys, "shapes": sorted(shapes)}
@@ -175,7 +175,7 @@ def test_ddp_streaming_is_exact_with_0_and_2_workers(smoke_shards, tmp_path):
     n_train = m["splits"]["train"]["num_samples"]
     assert len(all_train) == n_train == 772   # 772 = 2 ranks x 48 full batches of 8 + 4: no repeats needed
     runs = {w: _run_ddp(smoke_shards, w, tmp_path / f"w{w}", 29500 + 7 * w + os.getpid() % 1000) for w in (0, 2)}
-    for workers, ranks in runs.items():
+    for _workers, ranks in runs.items():
         for epoch in ("0", "1"):
             per_rank = [r["train"][epoch] for r in ranks]
             assert per_rank[0]["batches"] == per_rank[1]["batches"] == per_rank[0]["len"] == 49   # same count: no hang
@@ -194,7 +194,7 @@ def test_workers_ignore_sigusr2(smoke_shards):
     """SLURM signals the whole process group before preemption; only the trainer may react to it."""
     code = f"""
 import os, signal
-from bench.config import load_config
+from bench.experiment import load_config
 from bench.data.lt import build_lt_data
 got = []
 signal.signal(signal.SIGUSR2, lambda *a: got.append(1))
@@ -222,7 +222,7 @@ def _copy_shards(src: Path, dst: Path) -> Path:
 
 
 def _loader_error(shards: Path, workers: int = 0) -> str:
-    from bench.config import load_config
+    from bench.experiment import load_config
     from bench.data.cards import DatasetError
     from bench.data.lt import build_lt_data
 
@@ -303,7 +303,7 @@ def test_a_tear_between_samples_keeps_the_intact_ones(smoke_shards, tmp_path):
 
 
 def test_eval_batches_come_in_manifest_order(smoke_shards):
-    from bench.config import load_config
+    from bench.experiment import load_config
     from bench.data.lt import build_lt_data
 
     data = build_lt_data(load_config(SMOKE, [f"data.shards={smoke_shards}"]).data)
@@ -314,7 +314,7 @@ def test_eval_batches_come_in_manifest_order(smoke_shards):
 
 def test_npy_shards_hold_the_same_pixels_as_png_and_memory(smoke_shards, tmp_path):
     """`prepare --array-format npy`: the same images as PNG shards and as in memory, bit for bit."""
-    from bench.config import load_config
+    from bench.experiment import load_config
     from bench.data.lt import build_lt_data
 
     out = tmp_path / "npy"
@@ -330,12 +330,13 @@ def test_npy_shards_hold_the_same_pixels_as_png_and_memory(smoke_shards, tmp_pat
         data = build_lt_data(load_config(SMOKE, extra).data)
         batches[name] = torch.cat([x for x, _ in data.eval_batches("test", 40, 0)])
     assert torch.equal(batches["npy"], batches["png"]) and torch.equal(batches["npy"], batches["memory"])
-    bad = run_cli("prepare", "imagenet-lt", "--src", str(tmp_path), "--out", str(tmp_path / "x"), "--array-format", "npy")
+    bad = run_cli("prepare", "imagenet-lt", "--src", str(tmp_path), "--out", str(tmp_path / "x"),
+                  "--array-format", "npy")
     assert bad.returncode == 2 and "--array-format applies to array datasets" in bad.stderr
 
 
 def test_on_error_skip_survives_a_batch_of_only_bad_samples(smoke_shards, tmp_path):
-    from bench.config import load_config
+    from bench.experiment import load_config
     from bench.data.lt import build_lt_data
 
     s = _copy_shards(smoke_shards, tmp_path / "s")

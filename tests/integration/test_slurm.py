@@ -166,7 +166,7 @@ def test_failed_stage1_cancels_its_stage2(slurm, tmp_path):
     assert wait_done(job_of(child_dir), slurm, timeout=120)["state"] == "CANCELLED"   # not pending forever
     st = ltbench("status", "smoke", "--runs-root", str(runs), env=slurm)
     assert st.returncode == 0, st.stderr
-    lines = {l.split()[0]: l for l in st.stdout.splitlines()[1:]}
+    lines = {line.split()[0]: line for line in st.stdout.splitlines()[1:]}
     failed = lines[parent_dir.name]
     assert "failed:" in failed and f"{job_of(parent_dir)}_0_log.err" in failed and "stage1" in failed
     log = Path(failed.split("failed: ")[1].split()[0])
@@ -284,7 +284,8 @@ def task_pid(job: str) -> int | None:
 def stopped(pid: int) -> bool:
     """Is the process stopped (state T in /proc/PID/status; False once it is gone)?"""
     try:
-        return "\tT" in next(l for l in Path(f"/proc/{pid}/status").read_text().splitlines() if l.startswith("State:"))
+        return "\tT" in next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                             if line.startswith("State:"))
     except FileNotFoundError:
         return False
 

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from bench.config import load_config
+from bench.experiment import load_config
 from bench.runtime.tracking import epoch_log, offline_last_step, offline_records, summary_of, wandb_mode
 from tests.conftest import REPO, run_cli
 

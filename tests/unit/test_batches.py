@@ -21,7 +21,8 @@ def test_epoch_is_a_permutation_and_differs_between_epochs():
 
 
 def test_resume_from_a_step_yields_the_same_tail():
-    loader = InMemoryLoader(_split(), 8, seed=3, normalize=Normalize((0.5,), (0.25,), 1), augment="crop_flip", crop_padding=2)
+    loader = InMemoryLoader(_split(), 8, seed=3, normalize=Normalize((0.5,), (0.25,), 1), augment="crop_flip",
+                            crop_padding=2)
     full = list(loader.epoch(2))
     tail = list(loader.epoch(2, start_step=4))
     assert len(tail) == 3
@@ -69,7 +70,7 @@ def test_normalize():
 def test_data_mean_and_std_reach_the_normalizer(tmp_path):
     """data.mean / data.std replace the card's statistics in memory and from shards (a white pixel of
     255 becomes (1 - mean) / std per channel)."""
-    from bench.config import load_config
+    from bench.experiment import load_config
     from bench.data.lt import build_lt_data
     from bench.data.prepare import prepare
 
@@ -118,7 +119,7 @@ def test_ddp_ranks_split_each_global_batch_exactly_as_one_process_sees_it():
 
 def test_to_rgb_feeds_three_channels_to_the_model():
     """A one-channel dataset under data.to_rgb: the model is built for 3 channels and every batch has them."""
-    from bench.config import load_config
+    from bench.experiment import load_config
     from bench.data.lt import build_lt_data
 
     cfg = load_config(None, ["data.dataset=synthetic", "data.synthetic.channels=1", "data.synthetic.image_size=8",
@@ -128,7 +129,8 @@ def test_to_rgb_feeds_three_channels_to_the_model():
     x, _ = next(iter(data.train_loader(16, 0, "crop_flip", False, "instance").epoch(0)))
     xe, _ = next(iter(data.eval_batches("test", 16)))
     for batch in (x, xe):
-        assert batch.shape[1:] == (3, 8, 8) and torch.equal(batch[:, 0], batch[:, 1]) and torch.equal(batch[:, 0], batch[:, 2])
+        assert (batch.shape[1:] == (3, 8, 8) and torch.equal(batch[:, 0], batch[:, 1])
+                and torch.equal(batch[:, 0], batch[:, 2]))
 
 
 def test_class_aware_sampler_is_decouplings():

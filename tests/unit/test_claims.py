@@ -55,7 +55,8 @@ def test_deviations_name_what_differs_from_the_recipe():
     assert shared.startswith("- stage 1 (naive, wd): ") and "epochs 8 (paper 320" in shared
     assert "lr 0.05 (paper 0.01" in shared and "eval.tta_flip False" in shared and "n_max" not in shared
     assert wd_line == "- wd: weight_decay 0.001 (paper 0.005: WB CIFAR-100-LT, tuned)"
-    assert wb_line == "- wb: stage2.train.loss.name cb_ce (paper cb_bce_softmax: WB code; HS weighted CE); chosen on val"
+    assert wb_line == ("- wb: stage2.train.loss.name cb_ce (paper cb_bce_softmax: WB code; HS weighted CE); "
+                       "chosen on val")
     assert tau_line == "- tau-norm: posthoc.tau chosen on val (paper 1.9: WB code on the WD model)"
     (line,) = deviations({"naive": {**stage1, "data": {"n_max": 2000}}}, full_n_max=5980)
     assert "data.n_max 2000 (paper full: the full training pool)" in line
@@ -64,7 +65,7 @@ def test_deviations_name_what_differs_from_the_recipe():
 def test_full_demo_runs_the_papers_weight_decay():
     """--full: the papers' weight decay; only model size, schedule length, lr (the short schedule's) and the
     missing flip TTA depart from the papers, and the deviation line names each."""
-    from bench.config import load_config
+    from bench.experiment import load_config
     from bench.launch.demo import CONFIG_DIR, FULL, STAGE1
 
     configs = {}

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.config import Config, ConfigError, load_config, parse_override
+from bench.config import Config, ConfigError, parse_override
+from bench.experiment import load_config
 
 
 def test_smoke_config_loads_and_resolves(repo):
@@ -52,7 +53,8 @@ def test_overrides_parse_yaml_values():
     ("stage2.train.wd_in_loss=5", "config key 'stage2.train.wd_in_loss': 5.0 is not used by stage 2"),
     ("stage2.train.feature_reg=0.01", "config key 'stage2.train.feature_reg': 0.01 is not used by stage 2"),
     ("data.val_per_class=0", "config key 'data.val_per_class': 0 leaves no validation split"),
-    ("data.augment=rrc_flip", "config key 'data.augment': rrc_flip needs shard data (data.shards)"),   # no RRC in memory
+    # no RRC in memory
+    ("data.augment=rrc_flip", "config key 'data.augment': rrc_flip needs shard data (data.shards)"),
     ("train.lr", "override 'train.lr': expected key=value"),
 ])
 def test_bad_values_give_one_line_errors(override, message):
@@ -114,16 +116,17 @@ def test_rrc_flip_is_refused_in_memory_even_with_a_crop_size():
 def test_resolved_config_round_trips(tmp_path):
     import yaml
 
-    from bench.config import dump_yaml, from_dict
+    from bench.config import dump_yaml, stored_config
 
     cfg = load_config(None, ["seed=3"])
-    again = from_dict(yaml.safe_load(dump_yaml(cfg)))
+    again = stored_config(yaml.safe_load(dump_yaml(cfg)))
     assert again == cfg and isinstance(again, Config)
 
 
 def test_protocol_wb_reference_sets_and_guards_its_settings():
     cfg = load_config(None, ["protocol=wb-reference", "data.dataset=cifar100"])
-    assert (cfg.data.val_per_class, cfg.eval.selection_split, cfg.eval.tta_flip, cfg.data.n_max) == (0, "test", True, 500)
+    assert ((cfg.data.val_per_class, cfg.eval.selection_split, cfg.eval.tta_flip, cfg.data.n_max)
+            == (0, "test", True, 500))
     assert cfg.train.schedule_step_at_epoch_start is True
     # the WB code picks the best epoch on plain logits and reports with flip TTA
     assert cfg.eval.select_tta_flip is False and cfg.eval.select == "best"
@@ -259,7 +262,8 @@ def test_protocol_hs_reference_sets_and_guards_its_settings():
     assert (d.n_max, d.rounding, d.val_per_class, d.selection) == (480, "round", 20, "first")
     # SGD momentum 0.9 without weight_decay: WD lives in the loss; cosine stepped before each epoch
     assert (t.weight_decay, t.momentum, t.nesterov, t.wd_in_loss) == (0.0, 0.9, False, 5e-3)
-    assert (t.schedule, t.schedule_unit, t.schedule_step_at_epoch_start, t.warmup_epochs) == ("cosine", "epoch", True, 0)
+    assert ((t.schedule, t.schedule_unit, t.schedule_step_at_epoch_start, t.warmup_epochs)
+            == ("cosine", "epoch", True, 0))
     # the best epoch on val, no TTA anywhere
     assert (e.selection_split, e.select, e.tta_flip, e.select_tta_flip) == ("val", "best", False, False)
     assert (d.mean, d.std) == CIFAR10_COPIED
@@ -321,7 +325,8 @@ def test_hs_reference_children_select_on_val_without_tta(tmp_path):
     (tmp_path / "la.yaml").write_text("protocol: hs-reference\nstage: posthoc\nparent: s1.yaml\n"
                                       "posthoc: {kind: la_mult, tau: null}\n")
     s2 = load_config(tmp_path / "s2.yaml")
-    assert (s2.eval.selection_split, s2.eval.select, s2.eval.tta_flip, s2.eval.select_tta_flip) == ("val", "best", False, False)
+    assert ((s2.eval.selection_split, s2.eval.select, s2.eval.tta_flip, s2.eval.select_tta_flip)
+            == ("val", "best", False, False))
     t = s2.stage2.train
     assert (t.loss.cb_normalizer, t.schedule_step_at_epoch_start, s2.stage2.maxnorm_cadence) == ("batch", True, "epoch")
     la = load_config(tmp_path / "la.yaml")

@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.config import FILE_SPLIT_SOURCES
+from bench.data.cards import FILE_SPLIT_SOURCES
 from bench.data.batches import InMemoryLoader, Split
 from bench.data.cards import cards_dir, load_card
 from bench.data.loaders import TrainLoader
 from bench.data.shards import ShardLoader, ShardSplit, StreamSpec
-from bench.data.sources import RAW_SOURCES
+from bench.data.sources import in_memory
+from bench.registry import READERS
 from tests.conftest import REPO
 
 
@@ -63,7 +64,8 @@ def test_stream_spec_is_keyword_only():
         StreamSpec(ShardSplit(Path("."), "train", []), True)  # type: ignore[misc]
 
 
-def test_every_in_memory_card_has_one_registered_source():
-    names = [p.stem for p in cards_dir().glob("*.yaml")]
-    in_memory = {n for n in names if load_card(n).get("source") not in FILE_SPLIT_SOURCES}
-    assert set(RAW_SOURCES) == in_memory
+def test_every_card_names_a_registered_reader_or_split_files():
+    """A card's `source` is a reader of bench/registry.py READERS (read into memory) or split files (sharded)."""
+    sources = {n: load_card(n).get("source") for n in (p.stem for p in cards_dir().glob("*.yaml"))}
+    assert all(s in READERS or s in FILE_SPLIT_SOURCES for s in sources.values()), sources
+    assert {n for n, s in sources.items() if s in READERS} == {n for n in sources if in_memory(n)}

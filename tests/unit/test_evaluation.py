@@ -36,5 +36,6 @@ def test_logit_fn_is_applied_after_tta():
     split = Split(x, torch.tensor([1]))
     norm = Normalize((0.0,), (1 / 255,), 1)
     shift = lambda z: z + torch.tensor([0.0, 1000.0])  # noqa: E731
-    out = evaluate_batches(left_right, lambda h: h, eval_batches(split, 1, norm), 2, torch.device("cpu"), logit_fn=shift)
+    out = evaluate_batches(left_right, lambda h: h, eval_batches(split, 1, norm), 2, torch.device("cpu"),
+                           logit_fn=shift)
     assert out.correct.tolist() == [0, 1]

@@ -1,7 +1,7 @@
-"""Foundation models (extra `foundation`: open_clip, peft) on tiny random-weight towers, in process: zero-shot
-weights from prompts, the CLIP image embedding, LoRA and AdaptFormer training only their adapters and the
-classifier, final.pt (LoRA merged, AdaptFormer kept), exact resume after a kill, cached-feature probes. The numbers of these random models mean nothing:
-only their equalities are tested."""
+"""Foundation models (extra `foundation`: open_clip, peft) on tiny random-weight towers, in process: zero-shot weights
+from prompts, the CLIP image embedding, LoRA and AdaptFormer training only their adapters and the classifier, final.pt
+(LoRA merged, AdaptFormer kept), exact resume after a kill, cached-feature probes. The numbers of these random models
+mean nothing: only their equalities are tested."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ from timm.data import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD  # noqa: E402
 from timm.models import generate_default_cfgs, register_model  # noqa: E402
 from timm.models.vision_transformer import _create_vision_transformer  # noqa: E402
 
-from bench.config import ConfigError, load_config  # noqa: E402
+from bench.config import ConfigError  # noqa: E402
+from bench.experiment import load_config  # noqa: E402
 from bench.data.lt import build_lt_data  # noqa: E402
 from bench.launch.run import run_experiment  # noqa: E402
 from bench.methods.classifiers import make_model  # noqa: E402
@@ -135,11 +136,13 @@ def test_zeroshot_run_and_posthoc_la_child(towers, tmp_path):
     assert not any("direction" in k for k in final)        # folded: a plain linear classifier
     child = load_config(CONFIGS / "smoke_taunorm.yaml", [*QUIET, f"parent={run.path}", "posthoc.kind=la_add"])
     ph = run_experiment(child, RunDir.for_config(child, tmp_path), runs_root=tmp_path)["posthoc"]
-    assert ph["kind"] == "la_add" and ph["chosen_on"] == "val" and ph["grid"][str(ph["tau"])] == max(ph["grid"].values())
+    assert (ph["kind"] == "la_add" and ph["chosen_on"] == "val"
+            and ph["grid"][str(ph["tau"])] == max(ph["grid"].values()))
 
 
 LORA = ["train.epochs=2", "model.peft.method=lora", "model.peft.r=4", "model.peft.alpha=8",
-        "train.loss.name=logit_adjusted", "train.lr=0.5", "train.weight_decay=0", "model.zeroshot.logit_scale=10", "eval.select=last"]
+        "train.loss.name=logit_adjusted", "train.lr=0.5", "train.weight_decay=0", "model.zeroshot.logit_scale=10",
+        "eval.select=last"]
 
 
 ADAPTFORMER = [*LORA[:1], "model.peft.method=adaptformer", "model.peft.r=4", *LORA[4:]]
@@ -409,7 +412,7 @@ def test_default_configs_keep_their_hash_and_load_no_foundation_library():
     """The new fields are out of the hash at their defaults; a plain config never imports open_clip / peft."""
     import subprocess
 
-    code = ("import sys; from bench.config import load_config; c = load_config('configs/smoke.yaml'); "
+    code = ("import sys; from bench.experiment import load_config; c = load_config('configs/smoke.yaml'); "
             "print(c.data.input_stats, c.data.resize, [m for m in ('open_clip', 'peft') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=CONFIGS.parent, check=True).stdout.split()

@@ -8,11 +8,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.config import ConfigError, load_config
+from bench.config import ConfigError
+from bench.experiment import load_config
 from bench.data.cards import DatasetError
 from bench.data.lt import build_lt_data
 from bench.data.shards import ShardLoader
-from bench.devtools.gpucheck import JPEG, jpeg_shards
+from bench.devtools.gpudata import JPEG, jpeg_shards
 from tests.shardtools import rewrite_shard
 
 

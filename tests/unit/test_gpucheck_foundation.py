@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from bench.devtools.gpucheck import FOUNDATION, PARTS, gpu_check, render, section_foundation
+from bench.devtools.gpucheck import FOUNDATION, PARTS, gpu_check, section_foundation
+from bench.devtools.gpureport import render
 
 
 def test_tiny_foundation_part_on_the_cpu(tmp_path):
@@ -39,7 +40,8 @@ def test_tiny_foundation_part_on_the_cpu(tmp_path):
     af = fm["bare_adaptformer"]["trainable_params"]
     assert af["trainable"] == 6 * (128 + 64 * 32 + 32 + 32 * 64 + 64 + 1) + 1000 * 10 + 10
     md = "\n".join(render(out))
-    assert "### Foundation model (ViT: LoRA, AdaptFormer)" in md and "channels_last off" in md and "train.amp=none" in md
+    assert ("### Foundation model (ViT: LoRA, AdaptFormer)" in md and "channels_last off" in md
+            and "train.amp=none" in md)
     assert "| bare loop, AdaptFormer r 32 (LIFT) |" in md
     assert "| ltbench trainer, LoRA r 8 on qkv (gpu_vit_lora.yaml) |" in md and f"| {tp['share']:.4f} |" in md
 
@@ -49,7 +51,8 @@ def test_foundation_part_says_why_it_is_skipped(tmp_path, monkeypatch):
     assert skipped["met"] is None and skipped["skipped"].startswith("time budget: it needs about 110 s")
     monkeypatch.setitem(sys.modules, "peft", None)     # `import peft` raises ImportError
     skipped = section_foundation(tmp_path, deadline=time.time() + 3600, device="cpu")
-    assert skipped["skipped"].startswith("peft cannot be imported (ModuleNotFoundError") and "make gpu-wheels" in skipped["skipped"]
+    assert (skipped["skipped"].startswith("peft cannot be imported (ModuleNotFoundError")
+            and "make gpu-wheels" in skipped["skipped"])
     assert "skipped: peft cannot be imported" in "\n".join(render({
         "cores": 1, "pipeline": {"skipped": "x"}, "models": {"skipped": "x"}, "foundation": skipped,
         "end_to_end": {"skipped": "x"}}))
@@ -57,7 +60,7 @@ def test_foundation_part_says_why_it_is_skipped(tmp_path, monkeypatch):
 
 
 def test_foundation_config_is_vit_b16_lora_bf16():
-    from bench.config import load_config
+    from bench.experiment import load_config
 
     cfg = load_config(FOUNDATION)
     assert cfg.model.name == "vit_base_patch16_clip_quickgelu_224" and cfg.model.embedding == "clip"

@@ -1,7 +1,8 @@
-"""The import graph of bench/: no circle, and the layers point one way.
+"""The import graph of bench/: no circle among modules, and the wings stacked in one order.
 
-Every `import` counts, function-local ones included: a local import hides a circle from Python's import
-machinery, not from the design. Read from the source (AST), so the test imports nothing of bench/.
+Every import counts: function-local ones (a local import hides a circle from Python's import machinery, not
+from the design) and relative ones (`from .factory import x` inside bench.models is bench.models.factory).
+Read from the source (AST), so the test imports nothing of bench/.
 """
 
 from __future__ import annotations
@@ -11,11 +12,11 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[2] / "bench"
 
-# Reporting and entry points: training, methods, models and data never import these.
-REPORTING = {"bench.report.table", "bench.report.plots", "bench.report.claims", "bench.report.published", "bench.report.stats"}
-ENTRY = {"bench.cli", "bench.__main__", "bench.launch.run", "bench.launch.submit", "bench.launch.demo", "bench.devtools.perf", "bench.devtools.gpucheck"}
-LOWER = ("bench.train", "bench.methods", "bench.models", "bench.data", "bench.config", "bench.runtime.rundir",
-         "bench.runtime.tracking", "bench.evaluation.counts", "bench.evaluation.analysis", "bench.evaluation.metrics")
+# Bottom to top: a module may import its own wing and the wings below it, never one above. The flat modules
+# errors and paths are the ground; cli and __main__ (the command line) the roof.
+LAYERS = ("bench", "bench.errors", "bench.paths", "bench.registry", "bench.config", "bench.runtime", "bench.models",
+          "bench.data", "bench.experiment", "bench.methods", "bench.evaluation", "bench.train", "bench.report",
+          "bench.launch", "bench.devtools", "bench.cli", "bench.__main__")
 
 
 def modules() -> dict[str, Path]:
@@ -26,23 +27,37 @@ def modules() -> dict[str, Path]:
     return out
 
 
-def imports_of(path: Path, known: set[str]) -> set[str]:
-    """The bench modules `path` imports (`from bench.x import y` is bench.x.y when that is a module)."""
+def absolute(node: ast.ImportFrom, module: str, is_package: bool) -> str:
+    """The absolute module an ImportFrom names: `from ..x import y` in bench.a.b is bench.x."""
+    if node.level == 0:
+        return node.module or ""
+    base = module.split(".") if is_package else module.split(".")[:-1]
+    base = base[: len(base) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def imports_of(module: str, path: Path, known: set[str]) -> set[str]:
+    """The bench modules `module` imports (`from bench.x import y` is bench.x.y when that is a module)."""
     out = set()
     for node in ast.walk(ast.parse(path.read_text())):
         names = []
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in known else node.module
-                     for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            src = absolute(node, module, path.name == "__init__.py")
+            names = [f"{src}.{a.name}" if f"{src}.{a.name}" in known else src for a in node.names]
         out |= {n for n in names if n in known}
     return out
 
 
 def graph() -> dict[str, set[str]]:
     mods = modules()
-    return {m: imports_of(p, set(mods)) - {m} for m, p in mods.items()}
+    return {m: imports_of(m, p, set(mods)) - {m} for m, p in mods.items()}
+
+
+def layer(module: str) -> int:
+    """The index in LAYERS of the wing (or flat module) that `module` belongs to."""
+    return max(i for i, w in enumerate(LAYERS) if module == w or module.startswith(w + "."))
 
 
 def find_cycle(g: dict[str, set[str]]) -> list[str] | None:
@@ -71,18 +86,49 @@ def find_cycle(g: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
+def upward(g: dict[str, set[str]]) -> list[str]:
+    """Every import of a module from a wing above its own, as 'a -> b'."""
+    return sorted(f"{m} -> {n}" for m, deps in g.items() for n in deps if layer(n) > layer(m))
+
+
 def test_find_cycle_finds_one_and_only_one():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_relative_imports_are_read_as_the_modules_they_name():
+    """The circle errors -> models -> models.factory -> errors of an earlier tree went unseen: `from .factory
+    import x` was skipped. Here it is an edge, and so is an upward import written relatively."""
+    src = "from .factory import ModelError\nfrom . import cifar_resnet\nfrom ..config import Config\n"
+    node_a, node_b, node_c = ast.parse(src).body
+    assert absolute(node_a, "bench.models", True) == "bench.models.factory"
+    assert absolute(node_b, "bench.models", True) == "bench.models"
+    assert absolute(node_c, "bench.models.clip", False) == "bench.config"
+
+
+def test_the_checks_fail_on_the_tree_they_were_written_against():
+    """A graph shaped like the tree before the wings (errors imported models, config imported data, reporting
+    imported the job state of the launchers) fails both checks."""
+    old = {"bench.errors": {"bench.models"}, "bench.models": {"bench.models.factory"},
+           "bench.models.factory": {"bench.errors"}, "bench.config.defaults": {"bench.data.cards"},
+           "bench.report.table": {"bench.launch.jobs"}}
+    assert find_cycle(old) == ["bench.errors", "bench.models", "bench.models.factory", "bench.errors"]
+    assert upward(old) == ["bench.config.defaults -> bench.data.cards", "bench.errors -> bench.models",
+                           "bench.report.table -> bench.launch.jobs"]
+
+
+def test_every_module_belongs_to_a_known_wing():
+    flat = [m for m in modules() if m.count(".") == 1 and m not in LAYERS]
+    assert not flat, f"modules outside the wings of LAYERS: {flat}"
 
 
 def test_the_import_graph_has_no_circle():
     assert find_cycle(graph()) is None, " -> ".join(find_cycle(graph()) or [])
 
 
-def test_training_and_data_never_import_reporting_or_entry_points():
-    bad = [(m, n) for m, deps in graph().items() if m.startswith(LOWER) for n in deps if n in REPORTING | ENTRY]
-    assert not bad, bad
+def test_no_wing_imports_a_wing_above_it():
+    bad = upward(graph())
+    assert not bad, "imports from a wing above (tests/unit/test_layers.py LAYERS):\n" + "\n".join(bad)
 
 
 def test_a_slurm_job_unpickles_its_runjob_without_loading_torch():
@@ -91,6 +137,7 @@ def test_a_slurm_job_unpickles_its_runjob_without_loading_torch():
     import subprocess
     import sys
 
-    code = "import sys, bench.launch.submit; print(sorted(m for m in ('torch', 'timm', 'matplotlib') if m in sys.modules))"
+    code = ("import sys, bench.launch.submit; "
+            "print(sorted(m for m in ('torch', 'timm', 'matplotlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PKG.parent, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr

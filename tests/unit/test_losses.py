@@ -210,7 +210,7 @@ def test_normalizer_is_what_the_batch_mean_divides_by():
         # split the batch in two "ranks": sum_r loss_r * z_r / Z equals the loss of the whole batch
         parts = [(slice(0, 1), cb), (slice(1, 4), cb)]
         whole = cb(logits, y)
-        combined = sum(l(logits[s], y[s]) * l.normalizer(y[s]) for s, l in parts) / cb.normalizer(y)
+        combined = sum(loss(logits[s], y[s]) * loss.normalizer(y[s]) for s, loss in parts) / cb.normalizer(y)
         assert float(combined) == pytest.approx(float(whole), rel=1e-6)
     bce = make_loss(LossConfig(name="cb_bce_softmax", cb_beta=0.99), counts)
     assert float(bce.normalizer(y)) == 4.0

@@ -4,7 +4,7 @@ import importlib.util
 
 import pytest
 
-from bench.config import load_config
+from bench.experiment import load_config
 
 
 def _generator(repo):
@@ -106,8 +106,8 @@ def test_every_config_in_the_repo_loads(repo, large_env):
 
 
 def test_foundation_configs(repo, large_env, tmp_path):
-    """configs/foundation/: CLIP ViT-B/16 zero-shot (+ post-hoc LA), LIFT (AdaptFormer) and its LoRA variant, the linear probe,
-    cRT, LWS, WB stage 2 and tau-norm on the frozen model, the model's preprocessing."""
+    """configs/foundation/: CLIP ViT-B/16 zero-shot (+ post-hoc LA), LIFT (AdaptFormer) and its LoRA variant, the
+    linear probe, cRT, LWS, WB stage 2 and tau-norm on the frozen model, the model's preprocessing."""
     d = repo / "configs" / "foundation"
     for ds, classes_r, epochs in (("imagenet_lt", 32, 10), ("places_lt", 8, 10), ("inat2018", 256, 20)):
         zs, la, lift, lora = (load_config(d / ds / f"{n}.yaml") for n in ("zeroshot", "zeroshot_la", "lift", "lora_la"))
@@ -116,7 +116,8 @@ def test_foundation_configs(repo, large_env, tmp_path):
         assert (zs.data.image_size, zs.data.eval_resize) == (224, 256)
         assert zs.model.pretrained_file == str(tmp_path / "clip_vit_b16_openai.bin")
         assert la.parent_hash == zs.run_hash() and la.posthoc.kind == "la_add"
-        assert lift.model.peft.method == "adaptformer" and lift.model.peft.r == classes_r and lift.train.epochs == epochs
+        assert (lift.model.peft.method == "adaptformer" and lift.model.peft.r == classes_r
+                and lift.train.epochs == epochs)
         assert lift.model.zeroshot.logit_scale == 25 and lift.train.loss.name == "logit_adjusted"
         assert lora.model.peft.method == "lora" and lora.model.peft.r == classes_r and lora.model.peft.alpha == 1
         assert (lora.train, lora.model.zeroshot, lora.method) == (lift.train, lift.model.zeroshot, "lift-lora")

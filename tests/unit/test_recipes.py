@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.config import ConfigError, load_config
+from bench.config import ConfigError
+from bench.experiment import load_config
 from bench.launch.run import run_experiment
 from bench.runtime.rundir import RunDir
 

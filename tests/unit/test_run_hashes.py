@@ -13,7 +13,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import bench.data.shards.manifest as manifest_mod
-from bench.config import load_config
+from bench.experiment import load_config
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "run_hashes.txt"
 

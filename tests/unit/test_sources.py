@@ -7,7 +7,7 @@ import tarfile
 import numpy as np
 import pytest
 
-from bench.config import load_config
+from bench.experiment import load_config
 from bench.data.cards import DatasetError
 from bench.data.lt import build_lt_data
 from bench.data.sources import load_cifar, load_fashion_mnist
@@ -62,11 +62,13 @@ def write_fake_cifar(root, num_classes, per_file=20, archive=False):
     folder.mkdir(parents=True)
     names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"] if num_classes == 10 else ["train", "test"]
     for name in names:
-        (folder / name).write_bytes(pickle.dumps(_cifar_entry(per_file * (5 if name == "train" else 1), num_classes, rng)))
+        (folder / name).write_bytes(pickle.dumps(_cifar_entry(per_file * (5 if name == "train" else 1), num_classes,
+                                                              rng)))
     meta_name, key = ("batches.meta", b"label_names") if num_classes == 10 else ("meta", b"fine_label_names")
     (folder / meta_name).write_bytes(pickle.dumps({key: [f"c{i}".encode() for i in range(num_classes)]}))
     if archive:
-        with tarfile.open(root / ("cifar-10-python.tar.gz" if num_classes == 10 else "cifar-100-python.tar.gz"), "w:gz") as tf:
+        with tarfile.open(root / ("cifar-10-python.tar.gz" if num_classes == 10 else "cifar-100-python.tar.gz"),
+                          "w:gz") as tf:
             tf.add(folder, arcname=folder.name)
         import shutil
         shutil.rmtree(folder)
@@ -82,7 +84,8 @@ def test_cifar_pickles_folder_or_archive(tmp_path, num_classes, archive):
     # pixel layout: row-major RGB planes -> HWC
     folder = tmp_path / ("cifar-10-batches-py" if num_classes == 10 else "cifar-100-python")
     if not archive:
-        first = pickle.loads((folder / ("data_batch_1" if num_classes == 10 else "train")).read_bytes(), encoding="bytes")
+        first = pickle.loads((folder / ("data_batch_1" if num_classes == 10 else "train")).read_bytes(),
+                             encoding="bytes")
         assert np.array_equal(raw.train_x[0, :, :, 1].ravel(), first[b"data"][0][1024:2048])
 
 
@@ -113,7 +116,8 @@ def test_n_max_too_large_is_a_clear_error(tmp_path):
 REAL = "/usr/share/datasets/fashion-mnist"
 
 
-@pytest.mark.skipif(not __import__("os").path.isdir(REAL), reason="dataset-fashion-mnist not installed (make test installs it)")
+@pytest.mark.skipif(not __import__("os").path.isdir(REAL),
+                    reason="dataset-fashion-mnist not installed (make test installs it)")
 def test_real_fashion_mnist_lt_if100():
     # without a val split: the reference profile, 14,886 images (the WB code's cut)
     cfg = load_config(None, ["data.dataset=fashion-mnist", "data.val_per_class=0", "eval.selection_split=test"])
@@ -151,6 +155,7 @@ def test_a_crafted_cifar_pickle_runs_no_code(tmp_path):
             return (os.system, (f"touch {marker}",))
 
     (tmp_path / "cifar-10-batches-py" / "data_batch_2").write_bytes(pickle.dumps({b"data": Payload()}))
-    with pytest.raises(DatasetError, match="data_batch_2: not a readable CIFAR pickle .*is not allowed in a CIFAR archive"):
+    with pytest.raises(DatasetError,
+                       match="data_batch_2: not a readable CIFAR pickle .*is not allowed in a CIFAR archive"):
         load_cifar(10, str(tmp_path))
     assert not marker.exists()

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.config import ConfigError, dump_yaml, load_config
+from bench.config import ConfigError, dump_yaml
+from bench.experiment import load_config
 from bench.report.aggregate import build_table, setting_labels
 from bench.report.collect import collect, record_from_summary
 from bench.report.render import RENDER
@@ -148,7 +149,8 @@ def test_reference_rows_from_the_published_file(tmp_path):
     write_run(root, ["name=c", "method=wb", "data.dataset=cifar100", "data.imbalance_factor=100"], all_=52.0)
     t = build_table(collect([str(root)]), reference=True)
     wb = [r for r in t.reference if r["method"] == "wb"]
-    assert len(wb) == 1 and wb[0]["all"] == 53.35 and wb[0]["few"] == 32.63     # the WB paper, datasets/published/wb_cvpr2022.yaml
+    # the WB paper, datasets/published/wb_cvpr2022.yaml
+    assert len(wb) == 1 and wb[0]["all"] == 53.35 and wb[0]["few"] == 32.63
     md = RENDER["md"](t)
     assert "| *wb (WB paper (CVPR 2022))* | 53.35 | 72.60 | 51.86 | 32.63 | pub. |" in md
     assert "*naive (WB paper (CVPR 2022))* | 38.38 | 64.05 | 35.80 | 11.43" in md
@@ -236,7 +238,8 @@ def test_side_by_side_with_the_published_value(tmp_path):
     """--reference: each reproduced cell against the paper's value, the difference, a verdict, and the
     protocol differences the run records (backbone, epochs, selection split)."""
     root = tmp_path / "runs"
-    extra = {"model": "resnet32_cifar", "epochs": 200, "selection": {"split": "val", "select": "best", "tta_flip": False}}
+    extra = {"model": "resnet32_cifar", "epochs": 200,
+             "selection": {"split": "val", "select": "best", "tta_flip": False}}
     for seed, v in ((0, 52.0), (1, 53.0), (2, 54.0)):          # mean 53.00, std 1.00: 53.35 is within 2 std
         write_run(root, ["name=c", "method=wb", "data.dataset=cifar100", "data.imbalance_factor=100", f"seed={seed}"],
                   all_=v, extra=extra)

@@ -47,7 +47,8 @@ def test_bad_header_checksum_and_tear_are_named(tmp_path):
     third = data.index(b"000002.png")                  # the header of the third sample
     data[third + 1] ^= 0xFF
     bad.write_bytes(bytes(data))
-    with pytest.raises(DatasetError, match=r"bad.tar after key 000001: unreadable tar \(InvalidHeaderError: bad checksum\)"):
+    with pytest.raises(DatasetError,
+                       match=r"bad.tar after key 000001: unreadable tar \(InvalidHeaderError: bad checksum\)"):
         list(read_shard(str(bad), 0, 4, "raise"))
     torn = tmp_path / "torn.tar"
     torn.write_bytes(path.read_bytes()[:third + 600])   # inside the third sample's data

@@ -73,7 +73,8 @@ def decode_sample(sample: dict[str, Any], channels: int, path: str, num_classes:
             raise DatasetError(f"shard {path} key {key}: cannot decode .npy ({type(e).__name__}: {e})") from None
         a = a[..., None] if a.ndim == 2 else a
         if a.dtype != np.uint8 or a.ndim != 3 or a.shape[-1] != channels:
-            raise DatasetError(f"shard {path} key {key}: .npy is {a.dtype} {a.shape}, expected uint8 H x W x {channels}")
+            raise DatasetError(f"shard {path} key {key}: .npy is {a.dtype} {a.shape}, "
+                               f"expected uint8 H x W x {channels}")
         return a, label
     mode = "L" if channels == 1 else "RGB"
     try:
@@ -88,7 +89,8 @@ def decode_sample(sample: dict[str, Any], channels: int, path: str, num_classes:
         raise DatasetError(f"shard {path} key {key}: cannot decode .{ext} ({type(e).__name__}: {e})") from None
 
 
-def _rrc_box(w: int, h: int, rng: np.random.Generator, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+def _rrc_box(w: int, h: int, rng: np.random.Generator, scale=(0.08, 1.0),
+             ratio=(3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
     """torchvision RandomResizedCrop.get_params with an explicit generator: (left, top, width, height)."""
     area = w * h
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
@@ -123,11 +125,12 @@ def _to_fixed_size(img, size: int | None, eval_resize: int | None, rrc: bool, rn
     s = size
     if rrc:
         left, top, cw, ch = _rrc_box(img.width, img.height, rng)
-        img = img.resize((s, s), Image.BILINEAR, box=(left, top, left + cw, top + ch))
+        img = img.resize((s, s), Image.BILINEAR, box=(left, top, left + cw, top + ch))  # type: ignore[attr-defined]
     else:
         r = eval_resize or s
         f = r / min(img.size)
-        img = img.resize((max(s, round(img.width * f)), max(s, round(img.height * f))), Image.BILINEAR)
+        img = img.resize((max(s, round(img.width * f)), max(s, round(img.height * f))),
+                         Image.BILINEAR)  # type: ignore[attr-defined]
         left, top = (img.width - s) // 2, (img.height - s) // 2
         img = img.crop((left, top, left + s, top + s))
     a = np.asarray(img)

@@ -25,7 +25,8 @@ def _gpu_batch(xs: list[Any], ys: list[int], keys: list[str], holes: list[str], 
                spec: StreamSpec, index: int) -> dict[str, Any]:
     """A batch whose JPEGs the main process decodes on the GPU; images decoded here ride along finished."""
     done = {i: torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1) for i, a in enumerate(xs) if a is not None}
-    pad, draws = 0, (None, None, None)
+    pad = 0
+    draws: tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None] = (None, None, None)
     if spec.train and spec.augment != "none":
         # _make_batch's crop / flip draws, from the same generator in the same order; decode_batch applies them
         # after centre-padding to pad_to, as the CPU path does (pad 0 after RandomResizedCrop: the flip only)
@@ -40,7 +41,9 @@ def _gpu_batch(xs: list[Any], ys: list[int], keys: list[str], holes: list[str], 
 def _make_batch(items: list[Any], spec: StreamSpec, index: int) -> dict[str, Any]:
     """Batch `index` of the rank: its samples decoded and brought to one size, holes set aside."""
     rng = np.random.default_rng([spec.seed, spec.epoch, spec.rank, index, 2])
-    xs, ys, keys, holes = [], [], [], []
+    xs: list[np.ndarray | None] = []
+    ys: list[int] = []
+    keys, holes = [], []
     jpegs: list[tuple[int, torch.Tensor, tuple[int, int, int, int] | None]] = []   # decode=gpu: (slot, bytes, box)
     rrc = spec.train and spec.augment == "rrc_flip"
     for it in items:

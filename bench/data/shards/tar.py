@@ -6,7 +6,7 @@ import os
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from bench.data.cards import DatasetError
 from bench.data.shards.decode import IMAGE_EXTS
@@ -26,7 +26,7 @@ def _split_name(name: str) -> tuple[str, str]:
     return (f"{d}/{stem}" if d else stem), ext.lower()
 
 
-def _complete(sample: dict[str, Any] | None) -> bool:
+def _complete(sample: dict[str, Any] | None) -> TypeGuard[dict[str, Any]]:
     return sample is not None and "cls" in sample and any(e in sample for e in IMAGE_EXTS)
 
 
@@ -55,12 +55,12 @@ def _ustar_members(f: Any, want: Any) -> Iterator[tuple[str, bytes | None]]:
             chksum = int(hdr[148:156].split(b"\0", 1)[0].strip() or b"0", 8)
             size = int(hdr[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
         except ValueError:
-            raise tarfile.InvalidHeaderError("bad number in header") from None
+            raise tarfile.InvalidHeaderError("bad number in header") from None  # type: ignore[attr-defined]
         unsigned = sum(hdr) - sum(hdr[148:156]) + 256
         if chksum != unsigned:
             if chksum == unsigned - 2 * sum(b for b in hdr if b > 127):
                 raise _NotPlainUstar()                     # a signed checksum (old tars): tarfile takes it
-            raise tarfile.InvalidHeaderError("bad checksum")
+            raise tarfile.InvalidHeaderError("bad checksum")  # type: ignore[attr-defined]
         kind = hdr[156:157]
         if kind not in (b"0", b"\0", b"5"):
             raise _NotPlainUstar()                         # pax, GNU long names, links: tarfile handles them
@@ -153,7 +153,7 @@ def read_shard(path: str, skip: int, count: int, on_error: str) -> Iterator[dict
         if k >= skip and produced < count and _complete(current):
             yield current
             produced += 1
-            last_good = current["__key__"]  # type: ignore[index]
+            last_good = current["__key__"]
         if produced == count:
             return
         where = f"shard {path} after key {last_good}" if last_good else f"shard {path}"
@@ -165,6 +165,7 @@ def read_shard(path: str, skip: int, count: int, on_error: str) -> Iterator[dict
     if produced < count:
         where = f"shard {path} after key {last_good}"
         if on_error != "skip":
-            raise DatasetError(f"{where}: ends after {skip + produced} samples, the manifest says at least {skip + count}")
+            raise DatasetError(f"{where}: ends after {skip + produced} samples, "
+                               f"the manifest says at least {skip + count}")
         for _ in range(count - produced):
             yield Hole(f"{where}: missing samples")

@@ -1,55 +1,28 @@
-"""Resolving a built config: defaults from the dataset card, paths expanded, combinations of fields checked,
-the shard manifest's digest recorded."""
+"""Resolving a built config against what lies outside it: defaults from the dataset card (long-tailed profile,
+input statistics, sizes, groups), the model's own preprocessing (timm's pretrained_cfg), the shard manifest's
+digest; path fields expanded; combinations of fields checked. The config package below knows none of these."""
 
 from __future__ import annotations
 
-import os
-import re
 from typing import Any
 
-from bench.config.build import _build
-from bench.config.protocols import FILE_SPLIT_SOURCES
-from bench.config.schema import Config, ConfigError, DataConfig, PeftConfig
-
-
-def from_dict(raw: dict[str, Any], check_files: bool = False) -> Config:
-    """Rebuild a Config from a resolved dict (e.g. a run directory's config.yaml).
-
-    Stored configs are not re-checked against their data files: shards may since have moved (node-local
-    copies, another mount); the stored `data.shards_manifest` digest still names the data exactly.
-    """
-    return resolve(_build(Config, raw, ""), check_files)
+from bench.config import Config, ConfigError, DataConfig, PeftConfig
+from bench.config.load import expand_path
+from bench.data.cards import FILE_SPLIT_SOURCES, load_card
+from bench.data.profiles import resolve_profile
 
 
 def resolve(cfg: Config, check_files: bool = True) -> Config:
     """Fill 'card' defaults from the dataset card and check combinations of fields (and, with
     check_files, read data.shards' manifest to record its digest)."""
-    from bench.data.cards import load_card  # local: see bench.config.protocols.apply_protocol
-
     card = load_card(cfg.data.dataset)
     d = cfg.data
-    d.root, d.shards = _expand_path("data.root", d.root), _expand_path("data.shards", d.shards)
+    d.root, d.shards = expand_path("data.root", d.root), expand_path("data.shards", d.shards)
     m = cfg.model
-    m.pretrained_file = _expand_path("model.pretrained_file", m.pretrained_file)
-    m.zeroshot.text_weights_file = _expand_path("model.zeroshot.text_weights_file", m.zeroshot.text_weights_file)
-    m.zeroshot.class_names_file = _expand_path("model.zeroshot.class_names_file", m.zeroshot.class_names_file)
-    if card.get("source") in FILE_SPLIT_SOURCES:
-        _resolve_file_split(d, card)
-    else:
-        if d.profile == "files":
-            raise ConfigError(f"config key 'data.profile': 'files' needs a dataset with its own split files, "
-                              f"not {d.dataset} (use exp or step)")
-        d.profile = d.profile or "exp"
-        d.imbalance_factor = d.imbalance_factor if d.imbalance_factor is not None else 100.0
-        d.val_per_class = d.val_per_class if d.val_per_class is not None else 20
-        if d.n_max is None:
-            # HS convention: the head class keeps the whole pool minus its validation images
-            # (CIFAR-100: 500 - 20 = 480); with no val split this is the WB/LDAM-DRW profile (500).
-            pool = d.synthetic.train_per_class if d.dataset == "synthetic" else int(card["pool_per_class"])
-            d.n_max = pool - d.val_per_class
-            if d.n_max < 1:
-                raise ConfigError(f"config key 'data.val_per_class': {d.val_per_class} leaves no training "
-                                  f"images of {d.dataset} (pool of {pool} per class)")
+    m.pretrained_file = expand_path("model.pretrained_file", m.pretrained_file)
+    m.zeroshot.text_weights_file = expand_path("model.zeroshot.text_weights_file", m.zeroshot.text_weights_file)
+    m.zeroshot.class_names_file = expand_path("model.zeroshot.class_names_file", m.zeroshot.class_names_file)
+    resolve_profile(d, card)
     _resolve_model_preprocessing(cfg, card)
     _resolve_input_stats(d, card)
     _check_foundation(cfg, card)
@@ -94,11 +67,12 @@ def resolve(cfg: Config, check_files: bool = True) -> Config:
     for key, value in (("wd_in_loss", cfg.stage2.train.wd_in_loss), ("feature_reg", cfg.stage2.train.feature_reg)):
         if value > 0:
             raise ConfigError(f"config key 'stage2.train.{key}': {value} is not used by stage 2 (its weight decay is "
-                              "stage2.train.weight_decay; the HS regularisers belong to stage 1's train.*); set it to 0")
+                              "stage2.train.weight_decay; the HS regularisers belong to stage 1's train.*); "
+                              "set it to 0")
     for key, loss in (("train.loss", cfg.train.loss), ("stage2.train.loss", cfg.stage2.train.loss)):
         if loss.name == "cb_bce_softmax" and loss.cb_normalizer != "batch":
-            raise ConfigError(f"config key '{key}.cb_normalizer': {loss.cb_normalizer} does not apply to cb_bce_softmax, "
-                              "which averages over all B*C entries as the WB code does (use batch)")
+            raise ConfigError(f"config key '{key}.cb_normalizer': {loss.cb_normalizer} does not apply to "
+                              "cb_bce_softmax, which averages over all B*C entries as the WB code does (use batch)")
     if cfg.runtime.cudnn_benchmark and cfg.runtime.deterministic:
         raise ConfigError("config key 'runtime.cudnn_benchmark': true picks algorithms by timing, which "
                           "runtime.deterministic=true forbids; set runtime.deterministic=false")
@@ -111,34 +85,6 @@ def resolve(cfg: Config, check_files: bool = True) -> Config:
     return cfg
 
 
-def _expand_path(key: str, value: str | None) -> str | None:
-    """$VAR / ${VAR} in path fields (shared configs name data locations by environment variable)."""
-    if value is None or "$" not in value:
-        return value
-    out = os.path.expandvars(value)
-    if "$" in out:
-        unset = re.findall(r"\$\{?(\w+)", out)
-        raise ConfigError(f"config key '{key}': {value} uses the unset environment variable {unset[0] if unset else '?'}"
-                          " (export it, or give the path)")
-    return out
-
-
-def model_preprocessing(name: str) -> dict[str, Any]:
-    """A timm model's own preprocessing from its pretrained_cfg: mean, std, input size, eval crop fraction."""
-    import timm  # local: only configs that ask for the model's statistics load timm (and torch)
-    from timm.models import get_pretrained_cfg
-
-    if not timm.is_model(name):
-        raise ConfigError(f"config key 'data.input_stats': model {name!r} is not a timm model, so it has no "
-                          "preprocessing of its own (use data.input_stats=card)")
-    pc = get_pretrained_cfg(name)
-    if pc is None:
-        raise ConfigError(f"config key 'data.input_stats': timm has no pretrained_cfg for {name!r} "
-                          "(name its weights tag, e.g. vit_base_patch16_clip_quickgelu_224.openai, or use card)")
-    return {"mean": [float(v) for v in pc.mean], "std": [float(v) for v in pc.std],
-            "image_size": int(pc.input_size[-1]), "crop_pct": float(pc.crop_pct)}
-
-
 def _resolve_model_preprocessing(cfg: Config, card: dict[str, Any]) -> None:
     """data.input_stats=model: the unset mean / std / input size from the model's pretrained_cfg; the
     shard pipeline resizes the shorter side to image_size / crop_pct before its centre crop (timm's eval
@@ -147,6 +93,8 @@ def _resolve_model_preprocessing(cfg: Config, card: dict[str, Any]) -> None:
     d.input_stats = d.input_stats or ("model" if cfg.model.embedding == "clip" else "card")
     if d.input_stats != "model":
         return
+    from bench.models.preprocessing import model_preprocessing  # local: timm (and torch) only when asked for
+
     pp = model_preprocessing(cfg.model.name)
     d.mean = pp["mean"] if d.mean is None else d.mean
     d.std = pp["std"] if d.std is None else d.std
@@ -179,7 +127,8 @@ def _check_foundation(cfg: Config, card: dict[str, Any]) -> None:
                 raise ConfigError(f"config key 'model.peft.{key}': {getattr(m.peft, key)!r} is a LoRA setting; "
                                   f"adaptformer has none (leave it at {getattr(lora_only, key)!r})")
     if m.peft.method == "lora" and not m.peft.target_modules:
-        raise ConfigError("config key 'model.peft.target_modules': empty; name the modules that get adapters (e.g. [qkv])")
+        raise ConfigError("config key 'model.peft.target_modules': empty; "
+                          "name the modules that get adapters (e.g. [qkv])")
 
 
 def _resolve_input_stats(d: DataConfig, card: dict[str, Any]) -> None:
@@ -201,14 +150,3 @@ def _resolve_input_stats(d: DataConfig, card: dict[str, Any]) -> None:
         raise ConfigError(f"config key 'data.std': {len(d.std)} values, but data.mean has {len(d.mean)}")
     if min(d.std) <= 0:
         raise ConfigError(f"config key 'data.std': {d.std} must be > 0 in every channel")
-
-
-def _resolve_file_split(d: DataConfig, card: dict[str, Any]) -> None:
-    """ImageNet-LT, Places-LT, iNat: the split files fix the long-tailed set; a different explicit value is an error."""
-    fixed = {"profile": "files", "imbalance_factor": float(card["lt"]["imbalance_factor"]),
-             "n_max": int(card["lt"]["n_max"]), "val_per_class": int(card["lt"]["val_per_class"])}
-    for key, value in fixed.items():
-        have = getattr(d, key)
-        if have is not None and have != value:
-            raise ConfigError(f"config key 'data.{key}': {have!r}, but the {d.dataset} split files fix it at {value!r}")
-        setattr(d, key, value)
