@@ -84,7 +84,7 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
         tp, key = hints[name], prefix + name
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             # Start from this field's own default (stage2.train defaults differ from train's), so a
             # partial section keeps the defaults it does not mention.
             factory = fields[name].default_factory

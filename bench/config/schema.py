@@ -53,29 +53,74 @@ class DataConfig:
         "fashion-mnist", "dataset name; its card in datasets/<name>.yaml supplies the defaults marked 'card'",
         choices=DATASETS)
     root: str | None = _f(None, "directory holding the raw files; None = auto-detect (see README)")
-    shards: str | None = _f(None, "directory written by `ltbench prepare` (manifest.json + tar shards) to stream from; None = load the raw files into memory (Fashion-MNIST, CIFAR, synthetic only)")
-    shards_manifest: str | None = _f(None, "filled in by ltbench: digest of data.shards/manifest.json, so the run hash names the exact shards (not their path)")
-    imbalance_factor: float | None = _f(None, "n_max / n_min of the long-tailed training profile (1 = balanced); None = card (100; fixed by the split files for ImageNet-LT, Places-LT, iNat)", ge=1)
-    profile: Literal["exp", "step", "files"] | None = _f(None, "class-count profile: exp n_c = n_max * IF^(-c/(C-1)); step = half n_max, half n_max/IF; files = the dataset's own split files (ImageNet-LT, Places-LT, iNat); None = card")
-    n_max: int | None = _f(None, "images of the largest class; None = the card's pool per class minus val_per_class (HS: 480 for CIFAR-100 with 20 val; 500 without val, as WB)", ge=1)
-    rounding: Literal["floor", "round"] = _f("floor", "int() of the profile as in WB/LDAM-DRW (floor) or round() as in HS")
-    selection: Literal["first", "shuffle"] = _f("first", "which n_c images of a class: first in file order (WB code) or after a seeded shuffle (LDAM-DRW)")
+    shards: str | None = _f(None, "directory written by `ltbench prepare` (manifest.json + tar shards) to stream from; "
+                                  "None = load the raw files into memory (Fashion-MNIST, CIFAR, synthetic only)")
+    shards_manifest: str | None = _f(None, "filled in by ltbench: digest of data.shards/manifest.json, so the run hash "
+                                           "names the exact shards (not their path)")
+    imbalance_factor: float | None = _f(None, "n_max / n_min of the long-tailed training profile (1 = balanced); None "
+                                              "= card (100; fixed by the split files for ImageNet-LT, Places-LT, iNat)",
+                                        ge=1)
+    profile: Literal["exp", "step", "files"] | None = _f(None, "class-count profile: exp n_c = n_max * IF^(-c/(C-1)); "
+                                                               "step = half n_max, half n_max/IF; files = the "
+                                                               "dataset's own split files (ImageNet-LT, Places-LT, "
+                                                               "iNat); None = card")
+    n_max: int | None = _f(None, "images of the largest class; None = the card's pool per class minus val_per_class "
+                                 "(HS: 480 for CIFAR-100 with 20 val; 500 without val, as WB)", ge=1)
+    rounding: Literal["floor", "round"] = _f("floor", "int() of the profile as in WB/LDAM-DRW (floor) or round() as in "
+                                                      "HS")
+    selection: Literal["first", "shuffle"] = _f("first", "which n_c images of a class: first in file order (WB code) "
+                                                         "or after a seeded shuffle (LDAM-DRW)")
     selection_seed: int = _f(0, "numpy seed of the per-class shuffle when selection=shuffle (LDAM-DRW uses 0)")
-    val_per_class: int | None = _f(None, "held-out validation images per class, taken from the training pool after the selected ones (HS: 20); 0 = no val split; None = card (20; fixed by the split files where they define val)", ge=0)
-    augment: Literal["crop_flip", "flip", "rrc_flip", "none"] = _f("crop_flip", "training augmentation: random crop with zero padding + horizontal flip (WB/CIFAR standard), flip only, RandomResizedCrop(image_size, scale 0.08-1, ratio 3/4-4/3) + flip (ImageNet standard; shard data only), or none")
+    val_per_class: int | None = _f(None, "held-out validation images per class, taken from the training pool after the "
+                                         "selected ones (HS: 20); 0 = no val split; None = card (20; fixed by the "
+                                         "split files where they define val)", ge=0)
+    augment: Literal["crop_flip", "flip", "rrc_flip", "none"] = _f("crop_flip", "training augmentation: random crop "
+                                                                                "with zero padding + horizontal flip "
+                                                                                "(WB/CIFAR standard), flip only, "
+                                                                                "RandomResizedCrop(image_size, scale "
+                                                                                "0.08-1, ratio 3/4-4/3) + flip "
+                                                                                "(ImageNet standard; shard data only), "
+                                                                                "or none")
     crop_padding: int = _f(4, "zero padding of the random crop, pixels", ge=0)
-    to_rgb: bool = _f(False, "repeat a one-channel (grey) image to three channels before the model, as the WB reference run on Fashion-MNIST-LT did; the first convolution then has three input channels (its initial scale is the same, its updates are not)")
-    pad_to: int | None = _f(None, "zero-pad images to this size first (e.g. 32 for 28x28 Fashion-MNIST, as the measured reference run did); None = native size", ge=1)
-    mean: list[float] | None = _f(None, "per-channel input mean of the normalisation (x/255 - mean) / std (one value = every channel); None = card (the dataset's true statistics); wb-reference / hs-reference set the reference codes' CIFAR-100 values (0.4914, 0.4822, 0.4465)")
-    std: list[float] | None = _f(None, "per-channel input std of the normalisation, > 0; None = card; wb-reference / hs-reference set the reference codes' CIFAR-100 values (0.2023, 0.1994, 0.2010), the commonly copied CIFAR-10 numbers")
-    image_size: int | None = _f(None, "shard datasets with large images: training crop and evaluation centre-crop size; None = card (224)", ge=1)
-    eval_resize: int | None = _f(None, "shard datasets with large images: shorter side resized to this before the evaluation centre crop; None = card (256)", ge=1)
-    streams: int = _f(4, "shards: interleaved shuffled streams per rank; fixes the data order whatever runtime.workers is (workers must divide it)", ge=1)
-    shuffle_buffer: int = _f(2000, "shards: samples held by each stream's shuffle buffer (the shard order is shuffled too, every epoch)", ge=1)
-    on_error: Literal["raise", "skip"] = _f("raise", "shards: a truncated tar, undecodable image or missing label stops the run (raise) or is skipped, counted and reported in result.json (skip)")
-    input_stats: Literal["card", "model"] | None = _f(None, "where data.mean / data.std (and the input size: data.resize for in-memory data, data.image_size / data.eval_resize for shards) come from when they are unset: the dataset card, or the model's own preprocessing (timm's pretrained_cfg of model.name: CLIP ViTs use OpenAI's mean/std at 224 px); None = model when model.embedding=clip, else card")
-    resize: int | None = _f(None, "in-memory images: resize (bilinear) to resize x resize on the device after augmentation, before the model (a foundation model's input size, e.g. 224 for 28-px Fashion-MNIST); None = native size (or the model's input size under input_stats=model)", ge=1)
-    decode: Literal["cpu", "gpu"] = _f("cpu", "shards of JPEGs at image_size: decode + crop in the DataLoader workers with PIL (cpu), or read the bytes there and decode, crop and flip the batch on the GPU with nvJPEG (gpu; for when the cores cannot feed the GPU, BENCHMARKS.md); the same crops, pixels differ slightly between decoders")
+    to_rgb: bool = _f(False, "repeat a one-channel (grey) image to three channels before the model, as the WB "
+                             "reference run on Fashion-MNIST-LT did; the first convolution then has three input "
+                             "channels (its initial scale is the same, its updates are not)")
+    pad_to: int | None = _f(None, "zero-pad images to this size first (e.g. 32 for 28x28 Fashion-MNIST, as the "
+                                  "measured reference run did); None = native size", ge=1)
+    mean: list[float] | None = _f(None, "per-channel input mean of the normalisation (x/255 - mean) / std (one value = "
+                                        "every channel); None = card (the dataset's true statistics); wb-reference / "
+                                        "hs-reference set the reference codes' CIFAR-100 values (0.4914, 0.4822, "
+                                        "0.4465)")
+    std: list[float] | None = _f(None, "per-channel input std of the normalisation, > 0; None = card; wb-reference / "
+                                       "hs-reference set the reference codes' CIFAR-100 values (0.2023, 0.1994, "
+                                       "0.2010), the commonly copied CIFAR-10 numbers")
+    image_size: int | None = _f(None, "shard datasets with large images: training crop and evaluation centre-crop "
+                                      "size; None = card (224)", ge=1)
+    eval_resize: int | None = _f(None, "shard datasets with large images: shorter side resized to this before the "
+                                       "evaluation centre crop; None = card (256)", ge=1)
+    streams: int = _f(4, "shards: interleaved shuffled streams per rank; fixes the data order whatever runtime.workers "
+                         "is (workers must divide it)", ge=1)
+    shuffle_buffer: int = _f(2000, "shards: samples held by each stream's shuffle buffer (the shard order is shuffled "
+                                   "too, every epoch)", ge=1)
+    on_error: Literal["raise", "skip"] = _f("raise", "shards: a truncated tar, undecodable image or missing label "
+                                                     "stops the run (raise) or is skipped, counted and reported in "
+                                                     "result.json (skip)")
+    input_stats: Literal["card", "model"] | None = _f(None, "where data.mean / data.std (and the input size: "
+                                                            "data.resize for in-memory data, data.image_size / "
+                                                            "data.eval_resize for shards) come from when they are "
+                                                            "unset: the dataset card, or the model's own preprocessing "
+                                                            "(timm's pretrained_cfg of model.name: CLIP ViTs use "
+                                                            "OpenAI's mean/std at 224 px); None = model when "
+                                                            "model.embedding=clip, else card")
+    resize: int | None = _f(None, "in-memory images: resize (bilinear) to resize x resize on the device after "
+                                  "augmentation, before the model (a foundation model's input size, e.g. 224 for 28-px "
+                                  "Fashion-MNIST); None = native size (or the model's input size under "
+                                  "input_stats=model)", ge=1)
+    decode: Literal["cpu", "gpu"] = _f("cpu", "shards of JPEGs at image_size: decode + crop in the DataLoader workers "
+                                              "with PIL (cpu), or read the bytes there and decode, crop and flip the "
+                                              "batch on the GPU with nvJPEG (gpu; for when the cores cannot feed the "
+                                              "GPU, BENCHMARKS.md); the same crops, pixels differ slightly between "
+                                              "decoders")
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
@@ -88,7 +133,8 @@ GROUPS = ("many", "medium", "few")
 class GroupsConfig:
     """Many / medium / few split by TRAINING count n_c (Kang et al. 2020; WB)."""
 
-    many: int | None = _f(None, "many-shot threshold; None = dataset card (100 for CIFAR-100-LT, 1000 for 10-class sets)", ge=0)
+    many: int | None = _f(None, "many-shot threshold; None = dataset card (100 for CIFAR-100-LT, 1000 for 10-class "
+                                "sets)", ge=0)
     few: int | None = _f(None, "few-shot threshold; None = dataset card (20 / 200)", ge=0)
     inclusive: bool = _f(False, "False: many n_c > many, few n_c < few (WB, Decoupling); True: >= and <= (OLTR)")
 
@@ -102,11 +148,17 @@ def _clip_templates() -> list[str]:
 class ZeroShotConfig:
     """The zero-shot classifier of model.classifier=zeroshot: class-name prompts through an open_clip text tower."""
 
-    text_model: str = _f("ViT-B-16-quickgelu", "open_clip model name of the text tower (open_clip.list_models(); the OpenAI weights need the -quickgelu variants), or a path to an open_clip model config JSON")
-    text_weights_file: str | None = _f(None, "local open_clip checkpoint holding the text tower; None = model.pretrained_file (an open_clip checkpoint holds both towers)")
-    templates: list[str] = _f(_clip_templates(), "prompt templates, '{}' = the class name; a class's weight is the normalised mean of its normalised prompt embeddings")
-    class_names_file: str | None = _f(None, "text file with one class name per line in label order; None = the dataset card's class_names")
-    logit_scale: float | None = _f(None, "s in logits = s cos(f, t_c); None = the text checkpoint's exp(logit_scale) (CLIP: 100); LIFT trains its cosine classifier with 25", gt=0)
+    text_model: str = _f("ViT-B-16-quickgelu", "open_clip model name of the text tower (open_clip.list_models(); the "
+                                               "OpenAI weights need the -quickgelu variants), or a path to an "
+                                               "open_clip model config JSON")
+    text_weights_file: str | None = _f(None, "local open_clip checkpoint holding the text tower; None = "
+                                             "model.pretrained_file (an open_clip checkpoint holds both towers)")
+    templates: list[str] = _f(_clip_templates(), "prompt templates, '{}' = the class name; a class's weight is the "
+                                                 "normalised mean of its normalised prompt embeddings")
+    class_names_file: str | None = _f(None, "text file with one class name per line in label order; None = the dataset "
+                                            "card's class_names")
+    logit_scale: float | None = _f(None, "s in logits = s cos(f, t_c); None = the text checkpoint's exp(logit_scale) "
+                                         "(CLIP: 100); LIFT trains its cosine classifier with 25", gt=0)
 
 
 @dataclass
@@ -114,22 +166,41 @@ class PeftConfig:
     """Parameter-efficient fine-tuning of the backbone: LoRA through the `peft` library (extra `foundation`),
     AdaptFormer as LIFT uses it (no extra library)."""
 
-    method: Literal["none", "lora", "adaptformer"] = _f("none", "none = every parameter trains as usual; lora = low-rank adapters W + (alpha/r) B A on target_modules (Hu et al. 2022), merged into W at the end (final.pt holds a plain model); adaptformer = a bottleneck branch s * up(relu(down(LN(x)))) of width r beside every ViT block's MLP (Chen et al. 2022, as in LIFT), kept in final.pt; either way only the adapters and the classifier train")
-    r: int = _f(8, "LoRA rank r, or AdaptFormer's bottleneck width (LIFT: 2^int(log2(C / 2L)) for C classes, L blocks)", ge=1)
+    method: Literal["none", "lora", "adaptformer"] = _f("none", "none = every parameter trains as usual; lora = "
+                                                                "low-rank adapters W + (alpha/r) B A on target_modules "
+                                                                "(Hu et al. 2022), merged into W at the end (final.pt "
+                                                                "holds a plain model); adaptformer = a bottleneck "
+                                                                "branch s * up(relu(down(LN(x)))) of width r beside "
+                                                                "every ViT block's MLP (Chen et al. 2022, as in LIFT), "
+                                                                "kept in final.pt; either way only the adapters and "
+                                                                "the classifier train")
+    r: int = _f(8, "LoRA rank r, or AdaptFormer's bottleneck width (LIFT: 2^int(log2(C / 2L)) for C classes, L blocks)",
+                ge=1)
     alpha: float = _f(16.0, "LoRA alpha; the update is scaled by alpha / r (lora only)", gt=0)
     dropout: float = _f(0.0, "dropout on the LoRA branch's input (lora only)", ge=0, le=1)
-    target_modules: list[str] = _f(["qkv"], "module names (suffixes) that get LoRA adapters; timm ViTs: qkv (fused attention input), proj (attention output, also matches patch_embed.proj), fc1 / fc2 (MLP); adaptformer goes into every ViT block and ignores this")
+    target_modules: list[str] = _f(["qkv"], "module names (suffixes) that get LoRA adapters; timm ViTs: qkv (fused "
+                                            "attention input), proj (attention output, also matches patch_embed.proj), "
+                                            "fc1 / fc2 (MLP); adaptformer goes into every ViT block and ignores this")
 
 
 @dataclass
 class ModelConfig:
     """Backbone + linear classifier, any timm model name (CIFAR ResNets are registered by bench.models)."""
 
-    name: str = _f("resnet32_cifar", "timm model name, e.g. resnet32_cifar, resnet34_wb, resnet50, resnext50_32x4d, vit_base_patch16_clip_quickgelu_224.openai")
-    classifier: str = _f("linear", "linear (trained) or a fixed simplex-ETF whose bias alone trains (HS single-stage method), or zeroshot: a cosine classifier s cos(f, v_c) with v_c initialised from class-name prompts through a text tower (model.zeroshot; needs model.embedding=clip), folded into a plain linear layer in final.pt", choices=HEADS)
-    pretrained_file: str | None = _f(None, "local weights file to start from (classifier re-initialised when shapes differ); timm or open_clip format (an open_clip checkpoint's image tower is converted by timm)")
+    name: str = _f("resnet32_cifar", "timm model name, e.g. resnet32_cifar, resnet34_wb, resnet50, resnext50_32x4d, "
+                                     "vit_base_patch16_clip_quickgelu_224.openai")
+    classifier: str = _f("linear", "linear (trained) or a fixed simplex-ETF whose bias alone trains (HS single-stage "
+                                   "method), or zeroshot: a cosine classifier s cos(f, v_c) with v_c initialised from "
+                                   "class-name prompts through a text tower (model.zeroshot; needs "
+                                   "model.embedding=clip), folded into a plain linear layer in final.pt", choices=HEADS)
+    pretrained_file: str | None = _f(None, "local weights file to start from (classifier re-initialised when shapes "
+                                           "differ); timm or open_clip format (an open_clip checkpoint's image tower "
+                                           "is converted by timm)")
     drop_rate: float = _f(0.0, "dropout before the classifier", ge=0, le=1)
-    embedding: Literal["pooled", "clip"] = _f("pooled", "what the classifier sees: timm's pooled penultimate feature (pooled), or for a CLIP image tower (timm vit_*_clip_*) the CLIP image embedding, the projection of the pooled token, L2-normalised (clip)")
+    embedding: Literal["pooled", "clip"] = _f("pooled", "what the classifier sees: timm's pooled penultimate feature "
+                                                        "(pooled), or for a CLIP image tower (timm vit_*_clip_*) the "
+                                                        "CLIP image embedding, the projection of the pooled token, "
+                                                        "L2-normalised (clip)")
     zeroshot: ZeroShotConfig = field(default_factory=ZeroShotConfig)
     peft: PeftConfig = field(default_factory=PeftConfig)
 
@@ -143,13 +214,23 @@ class LossConfig:
         "(BCE on softmax, per-sample weight); focal; ldam; logit_adjusted (Menon et al.); balanced_softmax",
         choices=LOSSES)
     label_smoothing: float = _f(0.0, "cross-entropy label smoothing (ce only)", ge=0, le=1)
-    cb_beta: float = _f(0.9999, "effective-number beta of the class-balanced weights w_c = (1-beta)/(1-beta^n_c), normalised to sum C", ge=0, le=1)
-    cb_normalizer: Literal["batch", "weights"] = _f("batch", "what a class-weighted loss (cb_ce, or any loss under drw_epoch) divides sum_i w_{y_i} l_i by: batch = the batch size B (the HS code's weighted CE: per-sample w_{y_i} CE_i, then the plain batch mean); weights = sum_i w_{y_i} (PyTorch's weight= semantics, as in the LDAM-DRW code; scales the gradient by 1/mean w_y, ~4.9x on CIFAR-100-LT IF 100); cb_bce_softmax divides by B*C (WB code) and takes batch only")
+    cb_beta: float = _f(0.9999, "effective-number beta of the class-balanced weights w_c = (1-beta)/(1-beta^n_c), "
+                                "normalised to sum C", ge=0, le=1)
+    cb_normalizer: Literal["batch", "weights"] = _f("batch", "what a class-weighted loss (cb_ce, or any loss under "
+                                                             "drw_epoch) divides sum_i w_{y_i} l_i by: batch = the "
+                                                             "batch size B (the HS code's weighted CE: per-sample "
+                                                             "w_{y_i} CE_i, then the plain batch mean); weights = "
+                                                             "sum_i w_{y_i} (PyTorch's weight= semantics, as in the "
+                                                             "LDAM-DRW code; scales the gradient by 1/mean w_y, ~4.9x "
+                                                             "on CIFAR-100-LT IF 100); cb_bce_softmax divides by B*C "
+                                                             "(WB code) and takes batch only")
     focal_gamma: float = _f(1.0, "focal loss gamma", ge=0)
     ldam_max_margin: float = _f(0.5, "LDAM largest margin (the rarest class); margins proportional to n_c^(-1/4)", gt=0)
     ldam_scale: float = _f(30.0, "LDAM logit scale s", gt=0)
-    la_tau: float = _f(1.0, "logit-adjusted loss: logits + tau * log(prior) (balanced_softmax = tau 1 with counts)", ge=0)
-    drw_epoch: int | None = _f(None, "deferred re-weighting: from this 0-based epoch on, weight the loss by CB weights (LDAM-DRW: 160 of 200); None = off", ge=0)
+    la_tau: float = _f(1.0, "logit-adjusted loss: logits + tau * log(prior) (balanced_softmax = tau 1 with counts)",
+                       ge=0)
+    drw_epoch: int | None = _f(None, "deferred re-weighting: from this 0-based epoch on, weight the loss by CB weights "
+                                     "(LDAM-DRW: 160 of 200); None = off", ge=0)
 
 
 @dataclass
@@ -157,27 +238,42 @@ class TrainConfig:
     """Stage-1 optimisation (WB: CE, SGD lr 0.01 momentum 0.9, cosine to 0, WD on all parameters)."""
 
     epochs: int = _f(20, "training epochs; 0 = evaluate the model as built (a zero-shot classifier)", ge=0)
-    batch_size: int = _f(64, "GLOBAL batch size, summed over DDP processes (each takes batch_size / world size); WB: 64", ge=1)
+    batch_size: int = _f(64, "GLOBAL batch size, summed over DDP processes (each takes batch_size / world size); "
+                             "WB: 64", ge=1)
     lr: float = _f(0.01, "base learning rate", gt=0)
-    lr_scaling: Literal["none", "linear"] = _f("none", "none: lr as given; linear: lr * batch_size / lr_base_batch (Goyal et al. 2017)")
+    lr_scaling: Literal["none", "linear"] = _f("none", "none: lr as given; linear: lr * batch_size / lr_base_batch "
+                                                       "(Goyal et al. 2017)")
     lr_base_batch: int = _f(256, "the batch size `lr` refers to when lr_scaling=linear", ge=1)
-    amp: Literal["none", "bf16", "fp16"] = _f("none", "mixed precision: autocast to bf16, or fp16 with a gradient scaler (saved in checkpoints); none on CPU")
+    amp: Literal["none", "bf16", "fp16"] = _f("none", "mixed precision: autocast to bf16, or fp16 with a gradient "
+                                                      "scaler (saved in checkpoints); none on CPU")
     momentum: float = _f(0.9, "SGD momentum", ge=0, le=1)
     nesterov: bool = _f(False, "Nesterov momentum")
     weight_decay: float = _f(5e-3, "L2 weight decay lambda (WB CIFAR-100-LT tuned value 5e-3; naive baseline 0)", ge=0)
-    wd_scope: Literal["all", "no_norm_bias"] = _f("all", "which parameters decay: all (WB: conv, BN, biases, fc) or all but norm/bias (timm's default)")
+    wd_scope: Literal["all", "no_norm_bias"] = _f("all", "which parameters decay: all (WB: conv, BN, biases, fc) or "
+                                                         "all but norm/bias (timm's default)")
     schedule: Literal["cosine", "constant"] = _f("cosine", "learning-rate schedule, annealed to 0")
     schedule_unit: Literal["step", "epoch"] = _f("epoch", "update the lr every optimiser step or once per epoch")
-    schedule_step_at_epoch_start: bool = _f(False, "WB reference: the per-epoch scheduler steps before each epoch, so epoch 1 already runs decayed")
+    schedule_step_at_epoch_start: bool = _f(False, "WB reference: the per-epoch scheduler steps before each epoch, so "
+                                                   "epoch 1 already runs decayed")
     warmup_epochs: int = _f(0, "linear warm-up epochs before the schedule", ge=0)
     loss: LossConfig = field(default_factory=LossConfig)
     drop_last: bool = _f(False, "drop the last incomplete batch of an epoch")
-    wd_in_loss: float = _f(0.0, "HS: add lambda/2 * sum ||theta||^2 over the trained parameters to the loss (use with weight_decay 0)", ge=0)
-    feature_reg: float = _f(0.0, "HS feature regularisation lambda_FR/2 * mean_i ||h_i||^2 on the pooled penultimate feature (HS: 0.01)", ge=0)
-    sampler: Literal["instance", "class_balanced", "class_aware"] = _f("instance", "instance-balanced (shuffle); class_balanced: each draw a uniform class, then a uniform image of it, N draws an epoch; class_aware: the Decoupling code's ClassAwareSampler (cRT, LWS): classes in random cycles, 4 images of a class per turn, max_c n_c x C samples an epoch")
+    wd_in_loss: float = _f(0.0, "HS: add lambda/2 * sum ||theta||^2 over the trained parameters to the loss (use with "
+                                "weight_decay 0)", ge=0)
+    feature_reg: float = _f(0.0, "HS feature regularisation lambda_FR/2 * mean_i ||h_i||^2 on the pooled penultimate "
+                                 "feature (HS: 0.01)", ge=0)
+    sampler: Literal["instance", "class_balanced", "class_aware"] = _f("instance", "instance-balanced (shuffle); "
+                                                                                   "class_balanced: each draw a "
+                                                                                   "uniform class, then a uniform "
+                                                                                   "image of it, N draws an epoch; "
+                                                                                   "class_aware: the Decoupling code's "
+                                                                                   "ClassAwareSampler (cRT, LWS): "
+                                                                                   "classes in random cycles, 4 images "
+                                                                                   "of a class per turn, max_c n_c x C "
+                                                                                   "samples an epoch")
 
 
-def _stage2_train() -> "TrainConfig":
+def _stage2_train() -> TrainConfig:
     # WB stage 2 (Alshammari et al. 2022): 10 epochs, SGD lr 0.01 momentum 0.9, cosine, WD 0.1, CB loss.
     return TrainConfig(epochs=10, lr=0.01, weight_decay=0.1, loss=LossConfig(name="cb_ce"))
 
@@ -188,14 +284,24 @@ class Stage2Config:
 
     train: TrainConfig = field(default_factory=_stage2_train)
     maxnorm: bool = _f(True, "MaxNorm by projected gradient descent on the classifier rows (bias unconstrained)")
-    maxnorm_thresh: float = _f(0.1, "radius = min + thresh * (max - min) of the stage-1 per-class weight norms", ge=0, le=1)
-    maxnorm_cadence: Literal["step", "epoch"] = _f("step", "project after every step (WB paper) or once per epoch (WB code)")
-    reinit_classifier: bool = _f(False, "cRT (Kang et al. 2020): re-initialise the classifier (timm's nn.Linear init, seeded) before stage 2 instead of starting from the stage-1 rows (WB); the MaxNorm radius still comes from the stage-1 rows")
-    lws: bool = _f(False, "LWS (Kang et al. 2020): keep the stage-1 classifier frozen and learn one scale per class, logits s_c (W_c h + b_c) with s initialised to 1; folded into the classifier at the end, so final.pt holds a plain linear layer")
-    train_blocks: int = _f(0, "also retrain the last k backbone blocks (timm's group_matcher order); 0 = classifier only (WB)", ge=0)
-    bn_mode: Literal["train", "eval"] = _f("eval", "BatchNorm of the frozen backbone: eval, or train as in the WB code (running stats keep moving)")
-    augment: Literal["crop_flip", "flip", "none"] = _f("none", "stage-2 training augmentation (the WB code keeps crop+flip)")
-    cache_features: bool = _f(True, "with augment=none, bn_mode=eval and train_blocks=0, extract features once and train the classifier on them")
+    maxnorm_thresh: float = _f(0.1, "radius = min + thresh * (max - min) of the stage-1 per-class weight norms",
+                               ge=0, le=1)
+    maxnorm_cadence: Literal["step", "epoch"] = _f("step", "project after every step (WB paper) or once per epoch (WB "
+                                                           "code)")
+    reinit_classifier: bool = _f(False, "cRT (Kang et al. 2020): re-initialise the classifier (timm's nn.Linear init, "
+                                        "seeded) before stage 2 instead of starting from the stage-1 rows (WB); the "
+                                        "MaxNorm radius still comes from the stage-1 rows")
+    lws: bool = _f(False, "LWS (Kang et al. 2020): keep the stage-1 classifier frozen and learn one scale per class, "
+                          "logits s_c (W_c h + b_c) with s initialised to 1; folded into the classifier at the end, so "
+                          "final.pt holds a plain linear layer")
+    train_blocks: int = _f(0, "also retrain the last k backbone blocks (timm's group_matcher order); 0 = classifier "
+                              "only (WB)", ge=0)
+    bn_mode: Literal["train", "eval"] = _f("eval", "BatchNorm of the frozen backbone: eval, or train as in the WB code "
+                                                   "(running stats keep moving)")
+    augment: Literal["crop_flip", "flip", "none"] = _f("none", "stage-2 training augmentation (the WB code keeps "
+                                                               "crop+flip)")
+    cache_features: bool = _f(True, "with augment=none, bn_mode=eval and train_blocks=0, extract features once and "
+                                    "train the classifier on them")
 
 
 @dataclass
@@ -205,7 +311,8 @@ class PosthocConfig:
     kind: str = _f(
         "taunorm", "l2norm: W_k/||W_k||; taunorm: W_k/||W_k||^tau; la_add: z - tau log pi; la_mult (HS): z * pi^-tau",
         choices=POSTHOC)
-    tau: float | None = _f(None, "fixed tau; None = chosen on eval.selection_split from tau_grid (recorded in result.json)", ge=0)
+    tau: float | None = _f(None, "fixed tau; None = chosen on eval.selection_split from tau_grid (recorded in "
+                                 "result.json)", ge=0)
     tau_grid: list[float] = _f([round(0.1 * i, 2) for i in range(21)], "candidate taus when tau is None")
 
 
@@ -213,12 +320,19 @@ class PosthocConfig:
 class EvalConfig:
     """Evaluation and model selection."""
 
-    selection_split: Literal["val", "test"] = _f("val", "split evaluated every epoch and used to pick the best epoch; 'test' is the WB CIFAR protocol (peeks at test)")
-    select: Literal["best", "last"] = _f("last", "report test metrics of the best epoch on the selection split (highest 'all' = top-1 over its images; on a balanced val split this is the mean per-class accuracy HS selects by), or of the last epoch")
-    tta_flip: bool = _f(False, "reported metrics (test and val in result.json): average the logits of x and its horizontal flip (the WB code reports with it, HS without)")
-    select_tta_flip: bool = _f(False, "the same flip TTA for selection: the per-epoch evaluation of the selection split (best epoch, metrics.jsonl) and the post-hoc tau search (the WB code selects on plain logits)")
+    selection_split: Literal["val", "test"] = _f("val", "split evaluated every epoch and used to pick the best epoch; "
+                                                        "'test' is the WB CIFAR protocol (peeks at test)")
+    select: Literal["best", "last"] = _f("last", "report test metrics of the best epoch on the selection split "
+                                                 "(highest 'all' = top-1 over its images; on a balanced val split this "
+                                                 "is the mean per-class accuracy HS selects by), or of the last epoch")
+    tta_flip: bool = _f(False, "reported metrics (test and val in result.json): average the logits of x and its "
+                               "horizontal flip (the WB code reports with it, HS without)")
+    select_tta_flip: bool = _f(False, "the same flip TTA for selection: the per-epoch evaluation of the selection "
+                                      "split (best epoch, metrics.jsonl) and the post-hoc tau search (the WB code "
+                                      "selects on plain logits)")
     batch_size: int = _f(500, "evaluation batch size", ge=1)
-    analysis_each_epoch: bool = _f(False, "also log weight norms, FDR and feature cosine of the selection split after every epoch (metrics.jsonl)")
+    analysis_each_epoch: bool = _f(False, "also log weight norms, FDR and feature cosine of the selection split after "
+                                          "every epoch (metrics.jsonl)")
 
 
 @dataclass
@@ -226,16 +340,25 @@ class RuntimeConfig:
     """How the run executes; never changes a reported number, so it is not part of the run hash."""
 
     device: Literal["auto", "cpu", "cuda"] = _f("auto", "auto = cuda when available")
-    threads: int | None = _f(None, "torch intra-op threads; None = the cores of this process (cores / processes on the node) minus its shard-decoding workers", ge=1)
-    deterministic: bool = _f(True, "torch.use_deterministic_algorithms (without its NaN fill of new tensors): bit-exact resume on CPU")
-    keep_freed_memory: bool = _f(True, "glibc malloc keeps freed blocks up to 256 MiB for reuse instead of unmapping them (CPU training otherwise re-faults its activations' pages every step: ~10 % of a step, BENCHMARKS.md); false = glibc's defaults, memory returned to the OS sooner")
-    checkpoint_every_steps: int = _f(0, "also checkpoint every N optimiser steps inside an epoch (0 = epoch ends only)", ge=0)
+    threads: int | None = _f(None, "torch intra-op threads; None = the cores of this process (cores / processes on the "
+                                   "node) minus its shard-decoding workers", ge=1)
+    deterministic: bool = _f(True, "torch.use_deterministic_algorithms (without its NaN fill of new tensors): "
+                                   "bit-exact resume on CPU")
+    keep_freed_memory: bool = _f(True, "glibc malloc keeps freed blocks up to 256 MiB for reuse instead of unmapping "
+                                       "them (CPU training otherwise re-faults its activations' pages every step: ~10 "
+                                       "% of a step, BENCHMARKS.md); false = glibc's defaults, memory returned to the "
+                                       "OS sooner")
+    checkpoint_every_steps: int = _f(0, "also checkpoint every N optimiser steps inside an epoch (0 = epoch ends only)",
+                                     ge=0)
     progress: Literal["auto", "on", "off"] = _f("auto", "per-epoch progress bar: auto = only on a terminal")
     plot: bool = _f(True, "write per_class.png (per-class accuracy against class size)")
     channels_last: bool = _f(False, "GPU speed: model and inputs in channels_last memory format")
     compile: bool = _f(False, "GPU speed: torch.compile the training forward")
     cudnn_benchmark: bool = _f(False, "GPU speed: cudnn.benchmark autotuning (needs deterministic=false)")
-    workers: int | None = _f(None, "DataLoader worker processes decoding shards (must divide data.streams; 0 = decode in the training process); None = by cores per process: 0 up to 2 cores (workers would compete with the training threads, BENCHMARKS.md), else half of them, at most data.streams", ge=0)
+    workers: int | None = _f(None, "DataLoader worker processes decoding shards (must divide data.streams; 0 = decode "
+                                   "in the training process); None = by cores per process: 0 up to 2 cores (workers "
+                                   "would compete with the training threads, BENCHMARKS.md), else half of them, at "
+                                   "most data.streams", ge=0)
 
 
 @dataclass
@@ -244,11 +367,14 @@ class WandbConfig:
     The API key comes from `wandb login` / WANDB_API_KEY only: it has no config field, so it can never land in a
     config or log file."""
 
-    mode: Literal["online", "offline", "disabled"] | None = _f(None, "None = the WANDB_MODE environment variable, else offline (files under <run>/wandb, `wandb sync` later)")
+    mode: Literal["online", "offline", "disabled"] | None = _f(None, "None = the WANDB_MODE environment variable, else "
+                                                                     "offline (files under <run>/wandb, `wandb sync` "
+                                                                     "later)")
     project: str = _f("ltbench", "W&B project (WANDB_PROJECT overrides it when set)")
     entity: str | None = _f(None, "W&B entity (team or user); None = the account's default (or WANDB_ENTITY)")
     tags: list[str] = _f([], "extra tags; method, dataset, stage and protocol are always added")
-    init_timeout: float = _f(60.0, "seconds wandb.init may take (online) before tracking is given up for this run", gt=0)
+    init_timeout: float = _f(60.0, "seconds wandb.init may take (online) before tracking is given up for this run",
+                             gt=0)
     finish_timeout: float = _f(60.0, "seconds the end of a run waits for W&B to catch up before leaving it", gt=0)
 
 
@@ -272,10 +398,15 @@ class Config:
         "validation split, never peek at test; wb-reference = the WB code's CIFAR protocol; hs-reference = the HS "
         "code's; custom = no constraint")
     seed: int = _f(0, "seed of weight init, data order and augmentation", ge=0)
-    stage: Literal["stage1", "stage2", "posthoc"] = _f("stage1", "stage1: train a model; stage2: retrain the classifier of `parent`; posthoc: adjust `parent` without training")
-    parent: str | None = _f(None, "stage2/posthoc: the run they start from: its run directory, or its experiment YAML (found under the same runs root, same seed)")
+    stage: Literal["stage1", "stage2", "posthoc"] = _f("stage1", "stage1: train a model; stage2: retrain the "
+                                                                 "classifier of `parent`; posthoc: adjust `parent` "
+                                                                 "without training")
+    parent: str | None = _f(None, "stage2/posthoc: the run they start from: its run directory, or its experiment YAML "
+                                  "(found under the same runs root, same seed)")
     parent_hash: str | None = _f(None, "filled in by ltbench: the config hash of `parent` (part of this run's hash)")
-    parent_run: str | None = _f(None, "filled in by ltbench when `parent` is a YAML: the parent's run directory under the runs root, <name>/<run name> (where the lineage was resolved; not in the hash, parent_hash is)")
+    parent_run: str | None = _f(None, "filled in by ltbench when `parent` is a YAML: the parent's run directory under "
+                                      "the runs root, <name>/<run name> (where the lineage was resolved; not in the "
+                                      "hash, parent_hash is)")
     data: DataConfig = field(default_factory=DataConfig)
     groups: GroupsConfig = field(default_factory=GroupsConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -290,7 +421,8 @@ class Config:
         return dataclasses.asdict(self)
 
     def result_dict(self) -> dict[str, Any]:
-        """The fields that can change a result: all but `runtime` / `wandb`, the sections of other stages, the parent's path."""
+        """The fields that can change a result: all but `runtime` / `wandb`, the sections of other stages, the "
+          "parent's path."""
         d = self.to_dict()
         for key in ["runtime", "wandb", "parent", "parent_run"] + [k for k in ("stage2", "posthoc") if k != self.stage]:
             d.pop(key)

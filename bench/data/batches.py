@@ -63,6 +63,7 @@ def apply_crop_flip(x: torch.Tensor, padding: int, oy: torch.Tensor | None, ox: 
     on x's device (data.decode=gpu draws in the worker and applies here on the GPU)."""
     b, _, h, w = x.shape
     if padding > 0:
+        assert oy is not None and ox is not None, "padding needs crop offsets"
         xp = F.pad(x, (padding, padding, padding, padding))
         ar = functools.partial(torch.arange, device=x.device)
         rows = (oy.to(x.device)[:, None] + ar(h))[:, :, None]          # B,H,1

@@ -69,7 +69,8 @@ class LTData:
         c = self.cfg
         return StreamSpec(split=split, train=train, seed=seed, epoch=0, rank=dist.rank(), world=dist.world(),
                           batch=batch_size, drop_last=drop_last, streams=c.streams, buffer=c.shuffle_buffer,
-                          on_error=c.on_error, channels=self.channels, num_classes=self.num_classes, pad_to=c.pad_to,
+                          on_error=c.on_error, channels=self.channels,  # type: ignore[arg-type]  # shards: set
+                          num_classes=self.num_classes, pad_to=c.pad_to,
                           image_size=c.image_size, eval_resize=c.eval_resize, augment=augment,
                           crop_padding=c.crop_padding, decode=c.decode)
 
@@ -153,7 +154,9 @@ def lt_selection(raw: RawData, cfg: DataConfig) -> tuple[list[int], np.ndarray, 
     """(class counts, train indices, val indices) of the long-tailed cut of the pool; the in-memory path
     and `ltbench prepare` share it, so both train on the same images (same selection hash)."""
     assert cfg.n_max is not None and cfg.imbalance_factor is not None and cfg.profile is not None, "config not resolved"
-    counts = class_counts(raw.num_classes, cfg.n_max, cfg.imbalance_factor, cfg.profile, cfg.rounding)
+    # profile "files" (split-file datasets) never comes here: those are not cut from a pool
+    counts = class_counts(raw.num_classes, cfg.n_max, cfg.imbalance_factor, cfg.profile,  # type: ignore[arg-type]
+                          cfg.rounding)
     try:
         train_idx, val_idx = select_indices(raw.train_y, counts, cfg.selection, cfg.selection_seed,
                                             cfg.val_per_class or 0)

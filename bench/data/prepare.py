@@ -156,7 +156,7 @@ def plan_file_dataset(dataset: str, card: dict[str, Any], src: Path, splits_dir:
                 raise DatasetError(f"{path}: label {label} of {rel} outside 0..{card['num_classes'] - 1}")
             # Places-LT lines start with '/', yet are relative to the image root
             items.append(Item(label, path=str(src / rel.lstrip("/")), origin=rel))
-        missing = [it.path for it in items if not os.path.isfile(it.path)]
+        missing = [it.path for it in items if not os.path.isfile(it.path)]  # type: ignore[arg-type]
         if missing:
             raise DatasetError(f"{dataset} {split}: {len(missing)} images listed in {path} are missing, e.g. "
                                f"{missing[0]} (check --src)")
@@ -220,12 +220,14 @@ def _encode(item: Item, split: str, resize_shorter: int | None, jpeg_quality: in
     ext = "jpg" if ext in ("jpeg", "jpg") else ext
     if resize_shorter is None and jpeg_quality is None:
         return ext, Path(item.path).read_bytes()
+    im: Image.Image
     try:
         with Image.open(item.path) as im:
             im = im.convert("RGB")   # CMYK / greyscale / PNG-in-.JPEG files of ImageNet included
             if resize_shorter is not None and min(im.size) > resize_shorter:
                 s = resize_shorter / min(im.size)
-                im = im.resize((max(1, round(im.width * s)), max(1, round(im.height * s))), Image.BICUBIC)
+                im = im.resize((max(1, round(im.width * s)), max(1, round(im.height * s))),
+                               Image.BICUBIC)  # type: ignore[attr-defined]
             buf = io.BytesIO()
             im.save(buf, format="JPEG", quality=jpeg_quality or 90)
     except Exception as e:  # PIL raises many types on bad files
@@ -335,7 +337,7 @@ def write_shards(plan: Plan, out: Path, card: dict[str, Any], samples_per_shard:
     _ARRAYS = None
     if jobs:
         log(f"wrote {len(jobs)} shards in {time.time() - t0:.1f} s")
-    manifest = {
+    manifest: dict[str, Any] = {
         "format": FORMAT,
         "dataset": plan.dataset,
         "num_classes": int(card.get("num_classes", len(plan.class_names))),
@@ -366,7 +368,7 @@ def _write_shard_job(job: tuple) -> dict[str, Any]:
 
 
 def prepare(dataset: str, out: Path, src: Path | None = None, splits_dir: Path | None = None,
-            data_overrides: list[str] = (), samples_per_shard: int = 1000, workers: int = 2,
+            data_overrides: list[str] | tuple[str, ...] = (), samples_per_shard: int = 1000, workers: int = 2,
             resize_shorter: int | None = None, jpeg_quality: int | None = None,
             allow_deviation: bool = False, progress: str = "auto", array_format: str = "png") -> dict[str, Any]:
     """Plan from the source, check it against the dataset card, write the shards and manifest."""

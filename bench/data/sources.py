@@ -67,7 +67,8 @@ def read_idx(path: Path) -> np.ndarray:
     offset = 4 + 4 * ndim
     expected = int(np.prod(shape))
     if len(raw) - offset != expected:
-        raise DatasetError(f"{path}: truncated or corrupt IDX file ({len(raw) - offset} bytes of data, header says {expected})")
+        raise DatasetError(f"{path}: truncated or corrupt IDX file ({len(raw) - offset} bytes of data, header says "
+                           f"{expected})")
     return np.frombuffer(bytearray(raw), dtype=np.uint8, offset=offset).reshape(shape)  # writable copy
 
 

@@ -36,6 +36,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -61,7 +62,8 @@ FOUNDATION = CONFIGS / "perf" / "gpu_vit_lora.yaml"
 # projection), built without weights (none can be downloaded; the architecture decides the speed)
 VIT = "vit_base_patch16_clip_quickgelu_224"
 FOUNDATION_S = 110.0    # seconds the foundation part is given (three bare loops, one `ltbench run` subprocess)
-ADAPTFORMER = PeftConfig(method="adaptformer", r=32)   # LIFT's width on ImageNet-LT (configs/foundation/imagenet_lt/lift.yaml)
+# LIFT's width on ImageNet-LT (configs/foundation/imagenet_lt/lift.yaml)
+ADAPTFORMER = PeftConfig(method="adaptformer", r=32)
 
 
 # --- 2. models on the GPU -----------------------------------------------------------------------
@@ -146,7 +148,8 @@ def steady_rate(rows: list[dict[str, Any]]) -> float:
 
 
 def trainer_rates(model_name: str, compile_: bool, work: Path, jpeg: Path | None, device: str = "cuda",
-                  extra: list[str] = (), synthetic_extra: list[str] = (), jpeg_extra: list[str] = ()) -> dict[str, Any]:
+                  extra: Sequence[str] = (), synthetic_extra: Sequence[str] = (),
+                  jpeg_extra: Sequence[str] = ()) -> dict[str, Any]:
     """ltbench's trainer on in-memory synthetic images and (when `jpeg` is given) from the JPEG shards."""
     common = [f"model.name={model_name}", f"runtime.compile={str(compile_).lower()}", f"runtime.device={device}",
               *extra]
@@ -169,8 +172,9 @@ def trainer_rates(model_name: str, compile_: bool, work: Path, jpeg: Path | None
 
 
 def section_models(work: Path, jpeg: Path | None, deadline: float, models: tuple[str, ...] = MODELS,
-                   device: str = "cuda", bare_kw: dict[str, Any] | None = None, extra: list[str] = (),
-                   synthetic_extra: list[str] = (), jpeg_extra: list[str] = (), batch: int = 256) -> dict[str, Any]:
+                   device: str = "cuda", bare_kw: dict[str, Any] | None = None, extra: Sequence[str] = (),
+                   synthetic_extra: Sequence[str] = (), jpeg_extra: Sequence[str] = (),
+                   batch: int = 256) -> dict[str, Any]:
     rows, skipped = [], []
     took: dict[bool, float] = {}      # seconds the last item of each kind took: does the next one fit?
     # eager first (both models), then compiled: the figures that matter most come before the budget ends
@@ -192,7 +196,8 @@ def section_models(work: Path, jpeg: Path | None, deadline: float, models: tuple
             took[compile_] = time.time() - t0
             row["section_s"] = round(took[compile_], 1)
             rows.append(row)
-            log(f"gpu-check: {label}: bare {bare['images_per_s']:.0f} img/s, ltbench {tr['synthetic']['images_per_s']:.0f} "
+            log(f"gpu-check: {label}: bare {bare['images_per_s']:.0f} img/s, "
+                f"ltbench {tr['synthetic']['images_per_s']:.0f} "
                 f"({row['trainer / bare']:.3f})" + "".join(
                     f", {k} {tr[k]['images_per_s']:.0f} ({row[f'{k} / synthetic']:.3f})"
                     for k in ("jpeg", "jpeg_gpu_decode") if k in tr))
@@ -206,13 +211,14 @@ def section_models(work: Path, jpeg: Path | None, deadline: float, models: tuple
 # --- 3. a foundation model: ViT-B/16 with LoRA and AdaptFormer ------------------------------------
 
 def section_foundation(work: Path, deadline: float, device: str = "cuda", model: str = VIT, image: int = 224,
-                       batch: int = 256, bare_kw: dict[str, Any] | None = None, extra: list[str] = ()) -> dict[str, Any]:
+                       batch: int = 256, bare_kw: dict[str, Any] | None = None,
+                       extra: Sequence[str] = ()) -> dict[str, Any]:
     """ViT-B/16 at 224 px, random weights, built as model.embedding=clip builds it (a CLIP tower, a classifier
     on its embedding), bf16 autocast, no channels_last (it does not apply to ViTs): a bare full fine-tune, a
     bare LoRA loop and a bare AdaptFormer loop (LIFT's module, r 32; batches already on the device), then
-    ltbench's trainer with LoRA (`ltbench run` gpu_vit_lora.yaml, in-memory synthetic images); images/s, trainable parameters (result.json's
-    trainable_params), GPU memory high-water marks. Skipped, with the reason, when peft cannot be imported or
-    fewer than FOUNDATION_S seconds are left before `deadline`."""
+    ltbench's trainer with LoRA (`ltbench run` gpu_vit_lora.yaml, in-memory synthetic images); images/s,
+    trainable parameters (result.json's trainable_params), GPU memory high-water marks. Skipped, with the reason,
+    when peft cannot be imported or fewer than FOUNDATION_S seconds are left before `deadline`."""
 
     try:
         import peft  # noqa: F401  (imports transformers, accelerate, tokenizers, regex: `make gpu-wheels` carries them)
@@ -279,7 +285,8 @@ def section_end_to_end(work: Path, device: str = "cuda", gpus: int = 1) -> dict[
     resumed = run_ltbench(smoke, common, resumed_dir)
     same = ref["result"]["metrics"] == resumed["result"]["metrics"]
     out["resume"] = {"uninterrupted": ref["result"]["metrics"], "killed and resumed": resumed["result"]["metrics"],
-                     "equal": same, "resumed_at": next((ln for ln in resumed["log"].splitlines() if "resuming" in ln), None)}
+                     "equal": same,
+                     "resumed_at": next((ln for ln in resumed["log"].splitlines() if "resuming" in ln), None)}
     stage2 = run_ltbench(CONFIGS / "smoke_stage2.yaml", [*common[1:], f"parent={runs / 'smoke' / 'uninterrupted'}"],
                          runs / "smoke" / "stage2")
     out["stage2"] = {"metrics": stage2["result"]["metrics"], "cached_features": "extracting" in stage2["log"].lower()
@@ -288,7 +295,8 @@ def section_end_to_end(work: Path, device: str = "cuda", gpus: int = 1) -> dict[
                            capture_output=True, text=True)
     out["table"] = table.stdout.strip() if table.returncode == 0 else f"failed: {table.stderr.strip()[-300:]}"
     tr = run_ltbench(smoke, common, other / f"torchrun-{gpus}", torchrun=gpus)
-    out["torchrun"] = {"nproc_per_node": gpus, "backend": "nccl" if gpus > 1 else "none (one process: no process group)",
+    out["torchrun"] = {"nproc_per_node": gpus,
+                       "backend": "nccl" if gpus > 1 else "none (one process: no process group)",
                        "metrics": tr["result"]["metrics"], "world_size": tr["result"]["world_size"]}
     out["met"] = bool(same and table.returncode == 0)
     out["target"] = "a run killed after its first checkpoint and resumed on the device ends with the same numbers"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import time
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -106,7 +107,7 @@ def jpeg_shards(work: Path, counts: dict[str, int], workers: int, size: tuple[in
 # --- 1. the pipeline on the CPU -----------------------------------------------------------------
 
 def loader_rate(shards: Path, train: bool, batch: int, workers: int, max_images: int,
-                extra: list[str] = ()) -> dict[str, float]:
+                extra: Sequence[str] = ()) -> dict[str, float]:
     """Images/s of the shard loader alone: decode + crop (+ flip) + uint8 batch, no normalisation (that
     runs on the GPU), with `workers` decoding processes (0 = this process, one thread: per core)."""
 
@@ -120,7 +121,7 @@ def loader_rate(shards: Path, train: bool, batch: int, workers: int, max_images:
     torch.set_num_threads(1)
     try:
         n, t0 = 0, time.time()
-        for x, y in loader.epoch(0):
+        for x, y in loader.epoch(0):  # noqa: B007 (the last batch's x is read below)
             n += len(y)
             if n >= max_images:
                 break
@@ -130,7 +131,7 @@ def loader_rate(shards: Path, train: bool, batch: int, workers: int, max_images:
     return {"images_per_s": n / elapsed, "images": n, "shape": list(x.shape[1:]), "dtype": str(x.dtype)}
 
 
-def section_pipeline(shards: dict[str, Path], cores: int, max_images: int, extra: list[str] = ()) -> dict[str, Any]:
+def section_pipeline(shards: dict[str, Path], cores: int, max_images: int, extra: Sequence[str] = ()) -> dict[str, Any]:
     rows = []
     for name, path in shards.items():
         for train in (True, False):

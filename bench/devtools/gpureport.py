@@ -33,7 +33,8 @@ def render(sec: dict[str, Any]) -> list[str]:
                      f"**{r['trainer / bare']:.3f}**"]
             for k in ("jpeg", "jpeg_gpu_decode"):
                 cells += ([f"{r[k]['images_per_s']:.0f}", f"**{r[f'{k} / synthetic']:.3f}**"] if k in r else ["-", "-"])
-            mem = [r["bare"].get("gpu_mem_gib"), r["synthetic"].get("gpu_mem_gib"), (r.get("jpeg") or {}).get("gpu_mem_gib")]
+            mem = [r["bare"].get("gpu_mem_gib"), r["synthetic"].get("gpu_mem_gib"),
+                   (r.get("jpeg") or {}).get("gpu_mem_gib")]
             cells += [" / ".join(str(m) for m in mem if m is not None) or "-", str(r["section_s"])]
             lines.append("| " + " | ".join(cells) + " |")
         if models.get("skipped_items"):
@@ -47,7 +48,8 @@ def render(sec: dict[str, Any]) -> list[str]:
         lines += [f"skipped: {e2e['skipped']}", ""]
     else:
         res = e2e["resume"]
-        lines += [f"- stage 1 killed after its first checkpoint and resumed: test {res['killed and resumed']['all']:.2f} "
+        lines += [f"- stage 1 killed after its first checkpoint and resumed: "
+                  f"test {res['killed and resumed']['all']:.2f} "
                   f"vs uninterrupted {res['uninterrupted']['all']:.2f}: {'equal' if res['equal'] else 'DIFFERENT'} "
                   f"({res['resumed_at']})",
                   f"- stage 2 on cached features: test all {e2e['stage2']['metrics']['all']:.2f}",

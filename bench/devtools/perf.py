@@ -93,7 +93,8 @@ def section_trainer(s: Setting, root: Path, repeats: int) -> dict[str, Any]:
     none = ["data.augment=none"]
     res = interleaved(repeats, {
         "bare loop": lambda: run_bare(s, none)["images_per_s"],
-        "bare loop, glibc malloc defaults": lambda: run_bare(s, [*none, "runtime.keep_freed_memory=false"])["images_per_s"],
+        "bare loop, glibc malloc defaults":
+            lambda: run_bare(s, [*none, "runtime.keep_freed_memory=false"])["images_per_s"],
         "ltbench": lambda: ltbench_run(s, root, none)["row"]["images_per_s"],
         "ltbench + crop/flip": lambda: ltbench_run(s, root, [])["row"]["images_per_s"],
     })
@@ -126,7 +127,7 @@ def section_data(s: Setting, root: Path, repeats: int) -> dict[str, Any]:
         loader = data.train_loader(cfg.train.batch_size, cfg.seed, cfg.data.augment, cfg.train.drop_last,
                                    cfg.train.sampler, workers)
         t0, n = time.time(), 0
-        for x, y in loader.epoch(0):
+        for _x, y in loader.epoch(0):
             n += len(y)
         return n / (time.time() - t0)
 
@@ -238,7 +239,8 @@ def machine() -> dict[str, Any]:
     except (ValueError, OSError):
         pass
     return {"host": platform.node(), "cpu_cores": os.cpu_count(), "memory_gib": mem, "torch": torch.__version__,
-            "python": platform.python_version(), "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "python": platform.python_version(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "date": time.strftime("%Y-%m-%d %H:%M")}
 
 
@@ -253,12 +255,14 @@ def run_perf(out: Path, sections: list[str], repeats: int, quick: bool, threads:
     out.mkdir(parents=True, exist_ok=True)
     setting = ("GPU check" + (" (tiny)" if quick else "") if sections == ["gpu"] else
                "quick (synthetic smoke)" if quick else "Fashion-MNIST-LT demo")
-    report: dict[str, Any] = {"machine": machine(), "setting": setting, "repeats": repeats, "threads": s.threads, "sections": {}}
+    report: dict[str, Any] = {"machine": machine(), "setting": setting, "repeats": repeats, "threads": s.threads,
+                              "sections": {}}
     with tempfile.TemporaryDirectory(dir=out, prefix="work-") as work:
         for name in sections:
             log(f"perf: {name}")
             t0 = time.time()
-            report["sections"][name] = {**RUNNERS[name](s, Path(work), repeats), "doc": RUNNERS[name].__doc__.split("\n\n")[0],
+            report["sections"][name] = {**RUNNERS[name](s, Path(work), repeats),
+                                        "doc": RUNNERS[name].__doc__.split("\n\n")[0],
                                         "section_s": round(time.time() - t0, 1)}
             (out / "perf.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "perf.md").write_text(render(report))
@@ -269,7 +273,8 @@ def render(report: dict[str, Any]) -> str:
     m = report["machine"]
     lines = [f"# ltbench perf: {report['setting']}", "",
              f"{m['date']}, {m['host']}: {m['cpu_cores']} cores, {m['memory_gib']} GiB, torch {m['torch']}, "
-             f"GPU {m['cuda'] or 'none'}; {report['threads']} threads; medians of {report['repeats']} interleaved repeats.", ""]
+             f"GPU {m['cuda'] or 'none'}; {report['threads']} threads; "
+             f"medians of {report['repeats']} interleaved repeats.", ""]
     for name, sec in report["sections"].items():
         lines += [f"## {name}", "", " ".join(sec["doc"].split()), ""]
         if "skipped" in sec:
@@ -288,7 +293,8 @@ def render(report: dict[str, Any]) -> str:
         if "bound" in sec:
             lines.append(f"| limits a training step | {', '.join(f'{k}: {v}' for k, v in sec['bound'].items())} | |")
         met = sec.get("met")
-        lines += ["", f"target: {sec.get('target', '-')}: " + ("met" if met else "not met" if met is False else "n/a"), ""]
+        verdict = "met" if met else "not met" if met is False else "n/a"
+        lines += ["", f"target: {sec.get('target', '-')}: {verdict}", ""]
     return "\n".join(lines)
 
 

@@ -8,8 +8,10 @@ held-out validation split; test is only read for the final table. Runs:
 Groups use the dataset card's thresholds (many > 1000, few < 200: 4 / 3 / 3 classes), because the usual
 > 100 / < 20 leaves no few-shot class on a 10-class profile.
 Under the table: every deviation from the papers' recipes and the papers' claims checked on the mean test
-accuracy over the seeds run (bench/report/claims.py), with the reason for each claim the 10-minute budget does not
-show. --full: three seeds of the papers' weight decay for 20 epochs (FULL below).
+accuracy over the seeds run (bench/report/claims.py), with the reason for each claim its budget does not show.
+By default one seed of the papers' weight decay for 20 epochs (FULL below; about 8 minutes on 2 cores); --full:
+three seeds of it; --quick: configs/demo/*.yaml as they are (12 epochs, the demo's own weight decay; about 6
+minutes), which shows fewer of the claims.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
+from bench.config import ConfigError
 from bench.experiment import load_config
 from bench.launch.fetch import ensure_fashion_mnist
 from bench.launch.local import run_command
@@ -39,11 +43,11 @@ STAGE1 = ["fmnist_naive", "fmnist_wd", "fmnist_hs_stage1"]
 # WB stage 2 grid, chosen on val: weight decay, CB beta, MaxNorm threshold (12 runs on cached features).
 WB_GRID = {"stage2.train.weight_decay": [1e-3, 1e-2, 1e-1], "stage2.train.loss.cb_beta": [0.99, 0.9999],
            "stage2.maxnorm_thresh": [0.1, 0.5]}
-# The 10-minute demo runs configs/demo/*.yaml as they are. --full runs three seeds of the papers' own weight
+# --quick runs configs/demo/*.yaml as they are. The default (one seed) and --full (three) run the papers' own weight
 # decay (WB 5e-3 on all parameters; HS 5e-3 in the loss + FR 0.01) for 20 epochs instead of 12, at the demo's
 # lr 0.05 instead of the papers' 0.01: at 0.01 twenty epochs underfit and the HS single stage and every
 # re-balanced classifier trail (3 seeds: HS + LA 71.7 vs WB 83.0); at 0.05 they converge (3 seeds: HS + LA
-# 84.5 vs WB 84.2). Also measured and not adopted (seed 0, test all; BENCHMARKS.md, "`--full` settings
+# 84.5 vs WB 84.2). Also measured and not adopted (seed 0, test all; docs/reproduction.md, "`--full` settings
 # search"): the papers' 200 epochs on a tenth of the data (n_max 500; WD - naive -3.4) and WD / HS decay
 # 1e-3 at lr 0.05 (WD - naive -1.5, HS + LA - WB -3.3). Overrides per stage-1 config ("" = all of them).
 FULL: dict[str, list[str]] = {"": ["train.epochs=20", "train.lr=0.05"],
@@ -55,9 +59,9 @@ FULL_POOL_PER_CLASS = 6000     # Fashion-MNIST training images per class
 NOT_SHOWN_QUICK = {
     "WD beats naive": "12 epochs (~2,800 steps) are far too few for weight decay to pay off (WB trains 200-320 "
                       "epochs); no value tried beats naive on val at this budget (configs/demo/fmnist_wd.yaml); "
-                      "--full does not show it either (README)",
-    "WB stage 2 beats WD": "stage 2 re-balances a short-schedule WD model; try --full",
-    "tau-norm beats WD": "tau-norm re-balances a short-schedule WD model; try --full",
+                      "the default recipe does not show it either (docs/reproduction.md)",
+    "WB stage 2 beats WD": "stage 2 re-balances a short-schedule WD model; run without --quick",
+    "tau-norm beats WD": "tau-norm re-balances a short-schedule WD model; run without --quick",
     "HS + LA": "the fixed-ETF single stage needs a long schedule for its features to align with the ETF; after "
                "12 epochs it misses its rarest classes, and multiplicative LA only scales their logits",
     "no final method": "after 12 epochs the HS single stage predicts no test image as its rarest class, and "
@@ -67,7 +71,7 @@ NOT_SHOWN_FULL = {
     "WD beats naive": "with resnet8_cifar weight decay costs the rarest classes more than it gives back in every "
                       "setting measured (20 epochs at lr 0.01 or 0.05, decay 1e-3 or 5e-3; 200 epochs on a tenth "
                       "of the data: WD 1.5-11 points below naive); the WB reference code shows it with ResNet-32 "
-                      "(README \"Checked against the WB reference code\"), about 4x this budget",
+                      "(docs/reproduction.md, \"Checked against the WB reference code\"), about 4x this budget",
     "HS + LA": "20 epochs are still far from the HS paper's 320: the ETF single stage misses its rarest classes",
     "no final method": "the HS single stage still predicts no test image as some rare class after 20 epochs, "
                        "and multiplicative LA cannot lift negative logits",
@@ -108,7 +112,7 @@ def run_stage1_parallel(names: list[str], overrides: list[str], runs_root: str,
     return runs
 
 
-def run_child(config: str, parent: RunDir, runs_root: str, extra: list[str] = ()) -> dict[str, Any]:
+def run_child(config: str, parent: RunDir, runs_root: str, extra: Sequence[str] = ()) -> dict[str, Any]:
     """A stage2 / posthoc run on a finished parent run directory, in this process."""
     cfg = load_config(CONFIG_DIR / f"{config}.yaml", [f"parent={parent.path}", *extra, "runtime.progress=off"])
     run = RunDir.for_config(cfg, runs_root)
@@ -138,7 +142,7 @@ def run_seed(runs_root: str, overrides: list[str],
     return runs, configs
 
 
-def report(table: Table, configs: dict[str, Any], full: bool) -> str:
+def report(table: Table, configs: dict[str, Any], quick: bool) -> str:
     """Deviations from the papers' recipes and the claims check, for under the table."""
     rows = rows_from_table(table)
     grid = " x ".join(f"{k.rsplit('.', 1)[-1]} {v}" for k, v in WB_GRID.items())
@@ -147,14 +151,19 @@ def report(table: Table, configs: dict[str, Any], full: bool) -> str:
                                                          f"from {grid}")},
                          full_n_max=FULL_POOL_PER_CLASS - configs["naive"]["data"]["val_per_class"]),
              "", format_claims(check_claims(rows), max(r["seeds"] for r in rows.values()),
-                               NOT_SHOWN_FULL if full else NOT_SHOWN_QUICK)]
+                               NOT_SHOWN_QUICK if quick else NOT_SHOWN_FULL)]
     return "\n".join(lines) + "\n"
 
 
-def run_demo(runs_root: str, overrides: list[str], full: bool = False) -> int:
+def run_demo(runs_root: str, overrides: list[str], full: bool = False, quick: bool = False) -> int:
+    """The demo: one seed of the papers' weight decay for 20 epochs (FULL), three seeds with `full`, or with
+    `quick` one seed of configs/demo/*.yaml as they are; a `seed=N` override runs that seed alone."""
+    if full and quick:
+        raise ConfigError("ltbench demo: --full and --quick exclude each other (--full: 3 seeds of the default "
+                          "recipe; --quick: the 12-epoch configs, one seed)")
     t0 = time.time()
     log(f"Fashion-MNIST found in {ensure_fashion_mnist()}")
-    profile = FULL if full else {}
+    profile = {} if quick else FULL
     seed_list = [o.split("=", 1)[1] for o in overrides if o.startswith("seed=")][-1:] or (
         FULL_SEEDS if full else ["0"])
     rest = [o for o in overrides if not o.startswith("seed=")]
@@ -170,7 +179,7 @@ def run_demo(runs_root: str, overrides: list[str], full: bool = False) -> int:
     out = Path(runs_root) / "demo" / f"table-{tag}.md"
     print()
     table = build_table(collect([str(r) for r in runs]), select="val")
-    text = save_table(table, "md", None, out.with_suffix("")) + report(table, configs, full)
+    text = save_table(table, "md", None, out.with_suffix("")) + report(table, configs, quick)
     write_text_atomic(out, text)
     sys.stdout.write(text)
     log(f"demo finished in {time.time() - t0:.0f} s; table -> {out}; runs under {Path(runs_root) / 'demo'}; "

@@ -9,7 +9,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from bench.config import ConfigError, load_yaml
+from bench.config import ConfigError
 from bench.runtime.jobstate import read_job, run_status
 from bench.runtime.rundir import RunDir
 
@@ -31,7 +31,8 @@ def status_table(experiment: Path) -> str:
     from bench.evaluation.metrics import (
         format_pct,  # local: bench.launch.submit imports this module and must not load torch (rundir.py)
     )
-    runs = sorted(p for p in experiment.iterdir() if p.is_dir() and not p.name.startswith("_")) if experiment.is_dir() else []
+    runs = (sorted(p for p in experiment.iterdir() if p.is_dir() and not p.name.startswith("_"))
+            if experiment.is_dir() else [])
     if not runs:
         raise ConfigError(f"ltbench status: no runs under {experiment} (give <runs-root>/<experiment name>)")
     head = ["run", "stage", "job", "state", "epoch", "all", "many", "medium", "few"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Any
 
 from bench.config import Config
 from bench.experiment import load_config
@@ -18,7 +17,7 @@ from bench.evaluation.metrics import format_pct
 from bench.runtime import dist
 from bench.runtime.lock import DirLock
 from bench.runtime.progress import log
-from bench.runtime.rundir import RunDir
+from bench.runtime.rundir import Result, RunDir
 from bench.runtime.tracking import abort_open
 from bench.train.features import parent_run
 from bench.train.posthoc import run_posthoc
@@ -27,7 +26,7 @@ from bench.train.stage2 import train_stage2
 
 
 def run_config_file(config: str | Path, overrides: list[str], runs_root: str | Path,
-                    run_dir: str | Path | None = None, wait: bool = False) -> dict[str, Any]:
+                    run_dir: str | Path | None = None, wait: bool = False) -> Result:
     """Load `config` with `overrides` and run it (see run_experiment); returns its result."""
     cfg = load_config(config, overrides)
     run = RunDir(Path(run_dir)) if run_dir else RunDir.for_config(cfg, runs_root)
@@ -35,7 +34,7 @@ def run_config_file(config: str | Path, overrides: list[str], runs_root: str | P
 
 
 def run_experiment(cfg: Config, run: RunDir, *, runs_root: str | Path, base: Path = Path("."),
-                   parent: RunDir | None = None, wait: bool = False) -> dict[str, Any]:
+                   parent: RunDir | None = None, wait: bool = False) -> Result:
     """Train (or resume, or just report) the run of `cfg` in `run`; returns the result written to result.json.
 
     `parent` is the finished run a stage2 / post-hoc config starts from; None = found from cfg.parent
@@ -56,7 +55,7 @@ def run_experiment(cfg: Config, run: RunDir, *, runs_root: str | Path, base: Pat
     return result
 
 
-def _train(cfg: Config, run: RunDir, runs_root: str | Path, base: Path, parent: RunDir | None) -> dict[str, Any]:
+def _train(cfg: Config, run: RunDir, runs_root: str | Path, base: Path, parent: RunDir | None) -> Result:
     from bench.report.plots import per_class_figure  # matplotlib: imported once there is a result to draw
 
     figures = per_class_figure if cfg.runtime.plot else None

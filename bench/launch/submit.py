@@ -17,6 +17,7 @@ import itertools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 from bench.config import Config, ConfigError, load_yaml, parent_path
@@ -34,11 +35,11 @@ class Node:
     overrides: list[str]
     cfg: Config
     run: RunDir
-    parent: "Node | None" = None
+    parent: Node | None = None
     complete: bool = False
     job_id: str | None = None          # submitted now, or still queued / running from an earlier submit
     queued: bool = False
-    children: list["Node"] = field(default_factory=list)
+    children: list[Node] = field(default_factory=list)
 
 
 def plan(config: str, overrides: list[str], runs_root: str) -> list[Node]:
@@ -214,7 +215,7 @@ def estimate_cost(nodes: list[Node], runs_root: str) -> list[str]:
 
 
 def submit(configs: list[str], overrides: list[str], runs_root: str, cluster: str, dry_run: bool,
-           site_file: str | None, max_requeues: int, sweeps: list[str] = (), parallelism: int = 16) -> list[Node]:
+           site_file: str | None, max_requeues: int, sweeps: Sequence[str] = (), parallelism: int = 16) -> list[Node]:
     """Plan every config x sweep point, then submit what is neither complete nor queued.
 
     The runs of one level (stage-1 runs; then the runs that start from them; ...) go out as one job

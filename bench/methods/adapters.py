@@ -128,7 +128,8 @@ def apply_peft(model: nn.Module, pc: PeftConfig) -> None:
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     if isinstance(head_of(model), BaseTunerLayer):
-        raise ConfigError("config key 'model.peft.target_modules': it matches the classifier; adapters go into the backbone")
+        raise ConfigError("config key 'model.peft.target_modules': it matches the classifier; adapters go into the "
+                          "backbone")
     for p in head.parameters():
         p.requires_grad_(True)
 

@@ -1,6 +1,7 @@
 """Training losses, chosen by name from the config (`train.loss.name`).
 
-Every loss is a `LossFn` built by its entry in bench/registry.py LOSSES (the builders are at the end): an nn.Module with forward(logits, y) -> scalar and set_epoch(epoch).
+Every loss is a `LossFn` built by its entry in bench/registry.py LOSSES (the builders are at the end): an
+nn.Module with forward(logits, y) -> scalar and set_epoch(epoch).
 Class weights are handled once, in the base class: a loss owns an optional per-class weight buffer
 (`class_weight`) and the first epoch from which it applies (`weight_from_epoch`):
 

@@ -1,4 +1,5 @@
-"""Training-free post-hoc adjustments of a trained classifier (tau-norm: Kang et al. 2020; logit adjustment: Menon et al. 2021, HS).
+"""Training-free post-hoc adjustments of a trained classifier (tau-norm: Kang et al. 2020; logit adjustment:
+Menon et al. 2021, HS).
 
 - L2-norm / tau-norm of the classifier rows (Kang et al. 2020, as in WB): W_k / ||W_k||^tau, bias unchanged.
 - Logit adjustment with the training prior pi_c = n_c / N: additive z_c - tau log pi_c (Menon et al.

@@ -28,7 +28,7 @@ class ClipImageModel(nn.Module):
 
     def __init__(self, tower: nn.Module, num_classes: int, drop_rate: float = 0.0) -> None:
         super().__init__()
-        proj = tower.get_classifier()
+        proj = tower.get_classifier()  # type: ignore[operator]
         if not isinstance(proj, nn.Linear):
             raise ModelError(f"model.embedding=clip: {type(tower).__name__} has no linear projection head "
                              "(a timm CLIP ViT built with num_classes = its embedding width has one)")
@@ -41,10 +41,11 @@ class ClipImageModel(nn.Module):
                                                "classifier": "head", "num_classes": num_classes}
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.tower.forward_features(x)
+        return self.tower.forward_features(x)  # type: ignore[operator]
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        f = F.normalize(self.tower.forward_head(x), dim=-1)      # projected, then on the unit sphere (CLIP)
+        # projected, then on the unit sphere (CLIP)
+        f = F.normalize(self.tower.forward_head(x), dim=-1)  # type: ignore[operator]
         return f if pre_logits else self.head(self.head_drop(f))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -59,7 +60,7 @@ class ClipImageModel(nn.Module):
             if isinstance(rule, str):
                 return r"^tower\.(?:" + rule.removeprefix("^") + ")"   # every alternative under the prefix
             return [(prefixed(r), order) for r, order in rule]
-        return {k: prefixed(v) for k, v in self.tower.group_matcher(coarse).items()}
+        return {k: prefixed(v) for k, v in self.tower.group_matcher(coarse).items()}  # type: ignore[operator]
 
 
 def projection_dim(name: str) -> int:

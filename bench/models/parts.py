@@ -10,12 +10,12 @@ from .factory import ModelError
 
 def encode(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Pooled penultimate features, timm API: forward_head(forward_features(x), pre_logits=True)."""
-    return model.forward_head(model.forward_features(x), pre_logits=True)
+    return model.forward_head(model.forward_features(x), pre_logits=True)  # type: ignore[operator]
 
 
 def head_of(model: nn.Module) -> nn.Module:
     """The classifier module (nn.Linear, or an ETF classifier after set_head)."""
-    return model.get_classifier()
+    return model.get_classifier()  # type: ignore[operator]
 
 
 def set_head(model: nn.Module, head: nn.Module) -> None:

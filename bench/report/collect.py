@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 from bench.config import ConfigError, INHERITED, load_yaml, stored_config
@@ -39,7 +40,7 @@ class RunRecord:
     val_metrics: dict[str, float | None] | None = None
     setting: tuple[tuple[str, str], ...] = ()   # flattened config without identity / column keys (+ parent.*)
     protocol: str = "custom"                     # the config's named protocol (clean, wb-reference, ...)
-    result: dict[str, Any] | None = None        # the whole result.json of a complete run (plots)
+    result: Mapping[str, Any] | None = None       # the whole result.json of a complete run (plots)
     parent: RunRecord | None = None             # stage 2 / post-hoc: the run it started from, when on disk
 
     @property
@@ -118,7 +119,8 @@ def load_record(run_dir: Path, memo: _Memo | None = None) -> RunRecord:
     except ConfigError as e:
         raise ConfigError(f"{run_dir / 'config.yaml'}: {e}") from None
     data = raw.get("data") or {}
-    rec = RunRecord(path=str(run_dir), name=str(raw.get("name")), method=str(raw.get("method")), dataset=str(data.get("dataset")),
+    rec = RunRecord(path=str(run_dir), name=str(raw.get("name")), method=str(raw.get("method")),
+                    dataset=str(data.get("dataset")),
                     imbalance_factor=data.get("imbalance_factor"), seed=int(raw.get("seed", 0)),
                     state="incomplete", setting=setting, protocol=str(raw.get("protocol", "custom")))
     result = RunDir(run_dir).read_result()
@@ -131,7 +133,8 @@ def load_record(run_dir: Path, memo: _Memo | None = None) -> RunRecord:
         rec.setting = tuple(sorted(rec.setting + tuple(
             (f"parent.{k}", v) for k, v in rec.parent.setting if k.split(".")[0] not in INHERITED)))
     if result.get("status") == "complete":
-        rec.state, rec.metrics, rec.val_metrics, rec.result = "complete", result["metrics"], result.get("val_metrics"), result
+        rec.state, rec.metrics = "complete", result["metrics"]
+        rec.val_metrics, rec.result = result.get("val_metrics"), result
         # the dataset card fills imbalance_factor for file-split sets: take the resolved value
         rec.imbalance_factor = result.get("imbalance_factor", rec.imbalance_factor)
     elif result.get("status") == "failed" and not (run_dir / "job.json").is_file():
@@ -146,7 +149,7 @@ def load_record(run_dir: Path, memo: _Memo | None = None) -> RunRecord:
     return rec
 
 
-def find_parent_dir(run_dir: Path, raw: dict[str, Any], result: dict[str, Any], memo: _Memo) -> Path | None:
+def find_parent_dir(run_dir: Path, raw: dict[str, Any], result: Mapping[str, Any], memo: _Memo) -> Path | None:
     """A stage-2 / post-hoc run's parent run directory, from what the child recorded (its `parent` path,
     `parent_run` under the runs root, result.json's `parent`, else a run named *-<parent_hash> beside it),
     checked against its `parent_hash`; None for a stage-1 run or a parent that is not on disk."""
@@ -185,7 +188,8 @@ def record_from_summary(path: str, summary: dict[str, Any], config: dict[str, An
     """A W&B run (summary written by bench.runtime.tracking.summary_of, config = the resolved config)."""
     cfg = {k: v for k, v in config.items() if k not in ("run_dir", "parent_run")}
     complete = summary.get("status") == "complete"
-    rec = RunRecord(path=path, name=str(cfg.get("name")), method=str(cfg.get("method")), dataset=str((cfg.get("data") or {}).get("dataset")),
+    rec = RunRecord(path=path, name=str(cfg.get("name")), method=str(cfg.get("method")),
+                    dataset=str((cfg.get("data") or {}).get("dataset")),
                     imbalance_factor=summary.get("imbalance_factor", (cfg.get("data") or {}).get("imbalance_factor")),
                     seed=int(cfg.get("seed", 0)), state="complete" if complete else
                     "failed" if run_state in ("failed", "crashed") else "incomplete",

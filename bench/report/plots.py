@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from bench.data.cards import dataset_title
 
 
-def per_class_figure(result: dict[str, Any], run_dir: Path) -> dict[str, Path]:
+def per_class_figure(result: Mapping[str, Any], run_dir: Path) -> dict[str, Path]:
     """A finished run's per-class figure, <run>/per_class.png ({W&B key: path}, for bench/launch/run.py)."""
     path = run_dir / "per_class.png"
     plot_per_class(result, path)
     return {"per_class_plot": path}
 
 
-def plot_per_class(result: dict[str, Any], path: Path) -> None:
+def plot_per_class(result: Mapping[str, Any], path: Path) -> None:
     """Per-class test accuracy and classifier weight norms against training class size (WB Fig. 1 style).
 
     Classes are in profile order (largest first); bars are coloured by many / medium / few.

@@ -138,7 +138,7 @@ def _csv_num(v: float | None, fmt: str = ".4f") -> str:
 
 def _csv_ci(m: str, end: int) -> CsvField:
     def value(t: Table, row: Row, col: Col, cell: Cell) -> str:
-        iv = cell.interval(m, t.ci)
+        iv = cell.interval(m, t.ci)  # type: ignore[arg-type]  # shown only when t.ci is set
         return "" if iv is None else f"{iv[end]:.4f}"
     return CsvField(f"{m}_ci_{('lo', 'hi')[end]}", value, shown=lambda t: bool(t.ci))
 
@@ -165,8 +165,8 @@ CSV_FIELDS = (
              lambda ref: _csv_num(ref["column"][1], "g")),
     CsvField("n", lambda t, row, col, cell: str(len(cell.runs)), lambda ref: ""),
     CsvField("seeds", lambda t, row, col, cell: " ".join(str(r.seed) for r in cell.runs), lambda ref: ""),
-    *(CsvField(f"{m}_{s}", lambda t, row, col, cell, m=m, i=i: _csv_num(cell.stats(m)[i]),
-               lambda ref, m=m, i=i: _csv_num(ref.get(m)) if i == 0 else "")
+    *(CsvField(f"{m}_{s}", lambda t, row, col, cell, m=m, i=i: _csv_num(cell.stats(m)[i]),  # type: ignore[misc]
+               lambda ref, m=m, i=i: _csv_num(ref.get(m)) if i == 0 else "")  # type: ignore[misc]
       for m in METRICS for i, s in enumerate(("mean", "std"))),
     CsvField("not_averaged", lambda t, row, col, cell: "; ".join([f"seed {s} missing" for s in cell.missing]
                                                                   + cell.left_out), lambda ref: ""),

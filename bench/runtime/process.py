@@ -44,7 +44,7 @@ def setup_runtime(cfg: Config) -> torch.device:
         # With the flag on, torch also fills every torch.empty with NaN (since 2.1): a bug detector, not a
         # determinism need, and it cost 6-8 % of a CPU training step here (BENCHMARKS.md). Weights are
         # bit-identical without it.
-        torch.utils.deterministic.fill_uninitialized_memory = False
+        torch.utils.deterministic.fill_uninitialized_memory = False  # type: ignore[attr-defined]
         torch.backends.cudnn.benchmark = False
     else:
         torch.backends.cudnn.benchmark = rt.cudnn_benchmark

@@ -18,7 +18,7 @@ import os
 import queue
 import secrets
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +65,7 @@ def epoch_log(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def summary_of(result: dict[str, Any]) -> dict[str, Any]:
+def summary_of(result: Mapping[str, Any]) -> dict[str, Any]:
     """What `ltbench table --wandb` needs from a run: the identity of the row and its metrics."""
     out: dict[str, Any] = {k: result.get(k) for k in ("status", "name", "method", "dataset", "imbalance_factor",
                                                       "seed", "stage", "model", "protocol", "selected_epoch",
@@ -135,7 +135,7 @@ class Tracker:
             data, step = epoch_log(row), int(row["epoch"])
             self._put(lambda: self._log(data, step))
 
-    def finish(self, result: dict[str, Any], images: dict[str, Path] | None = None) -> None:
+    def finish(self, result: Mapping[str, Any], images: dict[str, Path] | None = None) -> None:
         """Summary (all / many / medium / few of test and val), per-class table and plots; then close."""
         if not self.active:
             return
@@ -253,7 +253,7 @@ def offline_records(path: Path, block: int = 32768) -> Iterator[tuple[str, Any]]
         if kind == 3:
             buf += chunk
             continue
-        rec = pb.Record()
+        rec = pb.Record()  # type: ignore[attr-defined]
         rec.ParseFromString(chunk if kind == 1 else buf + chunk)
         yield rec.WhichOneof("record_type"), rec
 
@@ -272,7 +272,7 @@ def offline_last_step(run_path: Path, run_id: str) -> int:
     return last
 
 
-def per_class_table(wandb: Any, result: dict[str, Any]) -> Any:
+def per_class_table(wandb: Any, result: Mapping[str, Any]) -> Any:
     """Per-class test accuracy with class size, group and classifier weight norm, as a W&B table."""
     group_of = {c: g for g, cs in result["groups"].items() for c in cs}
     norms = (result.get("analysis") or {}).get("weight_norms") or [None] * len(result["class_counts"])

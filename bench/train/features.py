@@ -44,7 +44,7 @@ def parent_run(cfg: Config, runs_root: str | Path, base: Path = Path(".")) -> Ru
     if cfg.parent_hash is not None:   # the parent's files must be the run this config was resolved against
         check_owner(run.result_file, result.get("config_hash"), cfg.parent_hash, "parent config")
     kind = (result.get("posthoc") or {}).get("kind")
-    if kind in POSTHOC and POSTHOC[kind].logits is not None:
+    if kind in POSTHOC and POSTHOC[kind].logits is not None:  # type: ignore[index]
         raise ConfigError(f"config key 'parent': {run.path} is a logit-adjustment run ({kind}); its final.pt holds "
                           "the unadjusted classifier, so start from its own parent instead")
     return run
@@ -114,7 +114,8 @@ def eval_features(model: torch.nn.Module, parent: RunDir, data: LTData, cfg: Con
     want = {(s, cfg.eval.tta_flip) for s in splits}
     if selects and cfg.eval.selection_split in splits:
         want.add((cfg.eval.selection_split, cfg.eval.select_tta_flip))
-    return {key: parent_features(model, parent, data, key[0], cfg.eval.batch_size, device, key[1], cfg.runtime.workers)
+    return {key: parent_features(model, parent, data, key[0], cfg.eval.batch_size, device, key[1],
+                                 cfg.runtime.workers)  # type: ignore[arg-type]  # set by setup_runtime
             for key in sorted(want)}   # one order on every rank: extraction gathers across them
 
 

@@ -13,13 +13,13 @@ from bench.methods.posthoc import choose_tau, class_prior
 from bench.registry import POSTHOC
 from bench.models.parts import head_of
 from bench.runtime.progress import log
-from bench.runtime.rundir import RunDir
+from bench.runtime.rundir import Result, RunDir
 from bench.train.features import eval_features, feature_batches, load_parent_model
 from bench.train.select import Evaluator
 from bench.train.stage import Figures, Stage
 
 
-def run_posthoc(cfg: Config, run: RunDir, parent: RunDir, figures: Figures | None = None) -> dict[str, Any]:
+def run_posthoc(cfg: Config, run: RunDir, parent: RunDir, figures: Figures | None = None) -> Result:
     """L2-norm / tau-norm of the classifier rows, or additive / multiplicative logit adjustment.
 
     tau is fixed, or the value of `tau_grid` with the best accuracy on the selection split (ties: the
@@ -40,7 +40,7 @@ def run_posthoc(cfg: Config, run: RunDir, parent: RunDir, figures: Figures | Non
         head = copy.deepcopy(base_head)
         if step.weight is not None:
             with torch.no_grad():
-                head.weight.copy_(step.weight(base_head.weight, tau))
+                head.weight.copy_(step.weight(base_head.weight, tau))  # type: ignore[operator]
         adjust = step.logits
         return head, None if adjust is None else (lambda z: adjust(z, prior, tau))
 
@@ -60,7 +60,7 @@ def run_posthoc(cfg: Config, run: RunDir, parent: RunDir, figures: Figures | Non
         log(f"posthoc {ph.kind}: tau = {tau:g} chosen on {sel}")
     evaluator = evaluator_for(tau, cfg.eval.tta_flip)
     with torch.no_grad():
-        head_of(model).weight.copy_(evaluator.head.weight)
+        head_of(model).weight.copy_(evaluator.head.weight)  # type: ignore[operator, arg-type]
     chosen_on = None if scores is None else cfg.eval.selection_split
     grid = None if scores is None else dict(zip(map(str, ph.tau_grid), scores))
     return st.finish(evaluator, evaluator.head, model, extra={

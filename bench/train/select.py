@@ -52,7 +52,7 @@ def select_and_report(cfg: Config, build: Callable[[bool], Evaluator]) -> tuple[
 class Evaluator:
     """Evaluates encoder + head on a named split; `batches(split)` yields that split's (inputs, labels)."""
 
-    def __init__(self, encoder: Callable[[torch.Tensor], torch.Tensor], head: Callable[[torch.Tensor], torch.Tensor],
+    def __init__(self, encoder: Callable[[torch.Tensor], torch.Tensor], head: torch.nn.Module,
                  batches: Batches, num_classes: int, groups: dict[str, list[int]], device: torch.device,
                  tta_flip: bool = False, logit_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  modules: Iterable[torch.nn.Module] = ()) -> None:

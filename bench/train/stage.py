@@ -6,7 +6,7 @@ from __future__ import annotations
 import platform
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,12 +34,14 @@ def setup(cfg: Config) -> tuple[torch.device, LTData, dict[str, list[int]]]:
                           f"{'no data.shards' if not cfg.data.shards else f'device {device}'} (use data.decode=cpu)")
     data = build_lt_data(cfg.data)
     data.device = device          # uint8 batches are normalised on the device (bench.data.batches.Normalize)
-    return device, data, shot_groups(data.class_counts, cfg.groups.many, cfg.groups.few, cfg.groups.inclusive)
+    # groups.many / groups.few: None only before resolve() fills them from the dataset card
+    return device, data, shot_groups(data.class_counts, cfg.groups.many, cfg.groups.few,  # type: ignore[arg-type]
+                                     cfg.groups.inclusive)
 
 
 # Draws figures of a finished run from its result into its directory: {W&B key: PNG path}. Passed in by
 # bench/launch/run.py (the reporting layer), so training never imports plotting.
-Figures = Callable[[dict[str, Any], Path], dict[str, Path]]
+Figures = Callable[[Mapping[str, Any], Path], dict[str, Path]]
 
 
 @dataclass
@@ -114,7 +116,7 @@ class Stage:
             "parent_hash": cfg.parent_hash,
             "wall_time_s": round(time.time() - self.t_start, 1),
             "cost": run_cost(self.t_start, state, evaluator.device),
-            **(extra or {}),
+            **(extra or {}),  # type: ignore[typeddict-item]
         }
         run.write_result(result)
         images = self.figures(result, run.path) if self.figures is not None and dist.is_main() else {}

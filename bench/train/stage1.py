@@ -7,8 +7,6 @@ the pooled feature; its logit adjustment is a separate `posthoc` run.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from bench.config import Config
@@ -17,14 +15,14 @@ from bench.methods.classifiers import CosineClassifier, fold_head, make_model
 from bench.methods.losses import make_loss
 from bench.methods.regularizers import make_regularizers
 from bench.models.parts import encode, head_of
-from bench.runtime.rundir import RunDir
+from bench.runtime.rundir import Result, RunDir
 from bench.train.loop import Parts, fit, make_forward
 from bench.train.optim import make_optimizer, make_scheduler
 from bench.train.select import Evaluator, select_and_report, select_reported
 from bench.train.stage import Figures, Stage
 
 
-def train_stage1(cfg: Config, run: RunDir, figures: Figures | None = None) -> dict[str, Any]:
+def train_stage1(cfg: Config, run: RunDir, figures: Figures | None = None) -> Result:
     """Train (or resume) the run in `run`; returns the result dict also written to result.json."""
     st = Stage.start(cfg, run, figures)
     device, data, groups = st.device, st.data, st.groups
@@ -35,11 +33,12 @@ def train_stage1(cfg: Config, run: RunDir, figures: Figures | None = None) -> di
     st.open()  # only once data and model are known to be good: bad input leaves no directory
 
     t = cfg.train
-    loader = data.train_loader(t.batch_size, cfg.seed, cfg.data.augment, t.drop_last, t.sampler, cfg.runtime.workers)
+    loader = data.train_loader(t.batch_size, cfg.seed, cfg.data.augment, t.drop_last, t.sampler,
+                               cfg.runtime.workers)  # type: ignore[arg-type]  # set by setup_runtime
     optimizer = make_optimizer(model, t)
 
     def batches(split: str):
-        return data.eval_batches(split, cfg.eval.batch_size, cfg.runtime.workers)
+        return data.eval_batches(split, cfg.eval.batch_size, cfg.runtime.workers)  # type: ignore[arg-type]
 
     select, evaluator = select_and_report(cfg, lambda tta: Evaluator(
         lambda x: encode(model, x), head_of(model), batches, data.num_classes, groups, device, tta, modules=[model]))
@@ -60,7 +59,8 @@ def train_stage1(cfg: Config, run: RunDir, figures: Figures | None = None) -> di
     head = head_of(model)
     if isinstance(head, CosineClassifier):
         zs = cfg.model.zeroshot
-        extra["zeroshot"] = {"logit_scale": float(head.scale), "templates": list(zs.templates),
+        extra["zeroshot"] = {"logit_scale": float(head.scale),  # type: ignore[arg-type]
+                             "templates": list(zs.templates),
                              "text_model": zs.text_model,
                              "text_weights_file": zs.text_weights_file or cfg.model.pretrained_file,
                              "trained": t.epochs > 0}

@@ -8,18 +8,19 @@ classifier trains on the parent's cached features (bench/train/features.py)."""
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Callable
 
 import torch
 
 from bench.config import Config, ConfigError
 from bench.data.batches import InMemoryLoader
+from bench.data.loaders import TrainLoader
 from bench.methods.classifiers import MaxNorm, ScaledLinear, fold_head, maxnorm_radius
 from bench.methods.losses import make_loss
 from bench.models.parts import encode, head_of, set_head
 from bench.runtime import dist
 from bench.runtime.progress import log
-from bench.runtime.rundir import RunDir
+from bench.runtime.rundir import Result, RunDir
 from bench.train.features import eval_features, feature_batches, load_parent_model, parent_features
 from bench.train.loop import Parts, fit, make_forward
 from bench.train.optim import make_optimizer, make_scheduler
@@ -34,7 +35,7 @@ def last_blocks(model: torch.nn.Module, k: int) -> list[str]:
         return []
     from timm.models import group_parameters
 
-    groups = group_parameters(model, model.group_matcher(coarse=False))
+    groups = group_parameters(model, model.group_matcher(coarse=False))  # type: ignore[operator]
     blocks = [groups[g] for g in sorted(groups)][:-1]
     if k > len(blocks):
         raise ConfigError(f"config key 'stage2.train_blocks': {k} is more than the {len(blocks)} blocks "
@@ -53,7 +54,7 @@ def check_stage2(cfg: Config) -> None:
                           "projects; set stage2.maxnorm=false")
 
 
-def train_stage2(cfg: Config, run: RunDir, parent: RunDir, figures: Figures | None = None) -> dict[str, Any]:
+def train_stage2(cfg: Config, run: RunDir, parent: RunDir, figures: Figures | None = None) -> Result:
     check_stage2(cfg)
     st = Stage.start(cfg, run, figures)
     s2, device, data, groups = cfg.stage2, st.device, st.data, st.groups
@@ -79,10 +80,13 @@ def train_stage2(cfg: Config, run: RunDir, parent: RunDir, figures: Figures | No
     t = s2.train
     cached = s2.cache_features and s2.augment == "none" and s2.bn_mode == "eval" and not trained
     seed = cfg.seed + 1_000_003  # a stream of its own, not a replay of stage 1's first epochs
+    loader: TrainLoader
+    set_train_mode: Callable[[], object]
 
     if cached:
         t0 = time.time()
-        train = parent_features(model, parent, data, "train", cfg.eval.batch_size, device, False, cfg.runtime.workers)
+        train = parent_features(model, parent, data, "train", cfg.eval.batch_size, device, False,
+                                cfg.runtime.workers)  # type: ignore[arg-type]  # set by setup_runtime
         feats = eval_features(model, parent, data, cfg, device)
         log(f"stage 2: {len(data.train)} training features ready in {time.time() - t0:.1f} s")
         loader = InMemoryLoader(train, t.batch_size, seed=seed, normalize=None, augment="none", crop_padding=0,
@@ -95,7 +99,8 @@ def train_stage2(cfg: Config, run: RunDir, parent: RunDir, figures: Figures | No
             groups, device))
         set_train_mode = head.train
     else:
-        loader = data.train_loader(t.batch_size, seed, s2.augment, t.drop_last, t.sampler, cfg.runtime.workers)
+        loader = data.train_loader(t.batch_size, seed, s2.augment, t.drop_last, t.sampler,
+                                   cfg.runtime.workers)  # type: ignore[arg-type]  # set by setup_runtime
 
         def encoder(x: torch.Tensor) -> torch.Tensor:
             # Frozen backbone: no graph (BN running stats still move in train mode, as in the WB code).
@@ -104,7 +109,8 @@ def train_stage2(cfg: Config, run: RunDir, parent: RunDir, figures: Figures | No
                 return encode(model, x)
 
         select, evaluator = select_and_report(cfg, lambda tta: Evaluator(
-            lambda x: encode(model, x), head, lambda s: data.eval_batches(s, cfg.eval.batch_size, cfg.runtime.workers),
+            lambda x: encode(model, x), head,
+            lambda s: data.eval_batches(s, cfg.eval.batch_size, cfg.runtime.workers),  # type: ignore[arg-type]
             data.num_classes, groups, device, tta, modules=[model]))
 
         def set_train_mode() -> None:

@@ -107,3 +107,14 @@ def test_two_rows_of_a_method_are_not_silently_merged(tmp_path):
     write_run(tmp_path, ["method=wb", "seed=0", "train.lr=0.2"], all_=70.0, sub="-lr0.2")
     with pytest.raises(RuntimeError, match="two rows of wb"):
         rows_from_table(build_table(collect([str(tmp_path)])))
+
+
+def test_demo_full_and_quick_exclude_each_other(tmp_path):
+    """`ltbench demo` runs one seed of the papers' weight decay; --full three seeds of it, --quick the 12-epoch
+    configs: asking for both is a one-line error before anything runs."""
+    from bench.config import ConfigError
+    from bench.launch.demo import run_demo
+
+    with pytest.raises(ConfigError, match="--full and --quick exclude each other"):
+        run_demo(str(tmp_path), [], full=True, quick=True)
+    assert not any(tmp_path.iterdir())

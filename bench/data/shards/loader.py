@@ -41,7 +41,7 @@ def _gpu_batch(xs: list[Any], ys: list[int], keys: list[str], holes: list[str], 
 def _make_batch(items: list[Any], spec: StreamSpec, index: int) -> dict[str, Any]:
     """Batch `index` of the rank: its samples decoded and brought to one size, holes set aside."""
     rng = np.random.default_rng([spec.seed, spec.epoch, spec.rank, index, 2])
-    xs: list[np.ndarray | None] = []
+    xs: list[Any] = []   # decoded images; None where the GPU decodes
     ys: list[int] = []
     keys, holes = [], []
     jpegs: list[tuple[int, torch.Tensor, tuple[int, int, int, int] | None]] = []   # decode=gpu: (slot, bytes, box)
