@@ -46,7 +46,7 @@ cluster-up:
 cluster-down:
 	slurm/cluster.sh stop $(SLURM_STATE)
 
-# The one-shot GPU check (README "The GPU check"): on a bare GPU machine, with the python that has torch,
+# The one-shot GPU check (docs/distributed.md, "The GPU check"): on a bare GPU machine, with the python that has torch,
 # torchvision and timm. It needs no venv and no network: webdataset and braceexpand, and for the foundation
 # part peft with what importing it needs beyond timm's own dependencies (transformers, accelerate,
 # tokenizers, regex, psutil), come from wheels in .whl/ (made by `make gpu-wheels` on a machine with PyPI

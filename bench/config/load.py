@@ -73,7 +73,7 @@ def find_config(arg: str) -> str:
     """A CONFIG argument as a file path: the file itself when it exists, else a shipped config of that name.
 
     `smoke`, `smoke.yaml`, `demo/fmnist_wd` and `configs/smoke.yaml` all name shipped configs, so the
-    commands in the README work from any directory once ltbench is installed. A name that is neither
+    commands in the docs work from any directory once ltbench is installed. A name that is neither
     stops with a one-line error.
     """
     if Path(arg).expanduser().exists():
@@ -98,6 +98,11 @@ def read_raw(path: str | Path | None, overrides: list[str] | tuple[str, ...] = (
         keys, value = parse_override(ov)
         _set(raw, keys, value)
     return raw
+
+
+def dump_yaml(cfg: Config) -> str:
+    """A config as the YAML a run directory stores (config.yaml): every field, in the schema's order."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
 
 
 def stored_config(raw: dict[str, Any]) -> Config:

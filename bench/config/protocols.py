@@ -8,7 +8,7 @@ from typing import Any
 from bench.config.build import _set
 from bench.config.schema import ConfigError
 
-# Settings a named protocol fixes (README "Stages, methods and protocols"). A config that names the protocol gets these
+# Settings a named protocol fixes (docs/protocols.md). A config that names the protocol gets these
 # values, and setting one of them to something else is an error: the label cannot lie.
 PROTOCOLS: dict[str, dict[str, dict[str, Any]]] = {
     "clean": {

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from collections.abc import Mapping
 from typing import Any, Literal
 
-import yaml
 
 from bench.errors import UserError
 from bench.registry import DATASETS, HEADS, LOSSES, POSTHOC
@@ -52,7 +51,8 @@ class DataConfig:
     dataset: str = _f(
         "fashion-mnist", "dataset name; its card in datasets/<name>.yaml supplies the defaults marked 'card'",
         choices=DATASETS)
-    root: str | None = _f(None, "directory holding the raw files; None = auto-detect (see README)")
+    root: str | None = _f(None, "directory holding the raw files; None = auto-detect (docs/datasets.md, 'Where the "
+                                "data comes from')")
     shards: str | None = _f(None, "directory written by `ltbench prepare` (manifest.json + tar shards) to stream from; "
                                   "None = load the raw files into memory (Fashion-MNIST, CIFAR, synthetic only)")
     shards_manifest: str | None = _f(None, "filled in by ltbench: digest of data.shards/manifest.json, so the run hash "
@@ -446,24 +446,3 @@ class Config:
 
     def run_name(self) -> str:
         return f"{self.method}-seed{self.seed}-{self.run_hash()}"
-
-
-def dump_yaml(cfg: Config) -> str:
-    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
-
-
-def describe_fields(obj: Any = None, prefix: str = "") -> list[tuple[str, str, str]]:
-    """(key, default, doc) for every field of a default Config: `ltbench config --describe`, docs/config.md. The
-    doc of a name of an extensible kind ends with the names its registry holds."""
-    obj = Config() if obj is None else obj
-    rows = []
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if dataclasses.is_dataclass(value):
-            rows += describe_fields(value, prefix + f.name + ".")
-        else:
-            doc, choices = f.metadata.get("doc", ""), f.metadata.get("choices")
-            if choices is not None:
-                doc += f" (registered: {', '.join(choices)})"
-            rows.append((prefix + f.name, repr(value), doc))
-    return rows

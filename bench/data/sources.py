@@ -73,7 +73,13 @@ def read_idx(path: Path) -> np.ndarray:
 
 
 def load_fashion_mnist(root: str | None = None) -> RawData:
-    card = load_card("fashion-mnist")
+    return load_idx_dataset("fashion-mnist", root)
+
+
+def load_idx_dataset(name: str, root: str | None = None) -> RawData:
+    """A dataset of gzipped IDX files (Fashion-MNIST, MNIST-like): the files, classes and statistics its card
+    names."""
+    card = load_card(name)
     files = card["files"]
 
     def present(d: Path) -> bool:
@@ -89,7 +95,7 @@ def load_fashion_mnist(root: str | None = None) -> RawData:
     test_x, test_y = get("test_images"), get("test_labels")
     for x, y, split in ((train_x, train_y, "train"), (test_x, test_y, "test")):
         if len(x) != len(y):
-            raise DatasetError(f"Fashion-MNIST {split} in {d}: {len(x)} images but {len(y)} labels")
+            raise DatasetError(f"{name} {split} in {d}: {len(x)} images but {len(y)} labels")
     return RawData(train_x[..., None], train_y.astype(np.int64), test_x[..., None], test_y.astype(np.int64),
                    card["num_classes"], list(card["class_names"]), tuple(card["mean"]), tuple(card["std"]), str(d))
 
@@ -121,9 +127,10 @@ def _unpickle(blob: bytes, where: str) -> dict:
         raise DatasetError(f"{where}: not a readable CIFAR pickle ({type(e).__name__}: {e})") from None
 
 
-def load_cifar(num_classes: int, root: str | None = None) -> RawData:
-    """CIFAR python version: a directory holding the extracted folder, the folder itself, or the .tar.gz."""
-    name = f"cifar{num_classes}"
+def load_cifar(num_classes: int, root: str | None = None, name: str | None = None) -> RawData:
+    """CIFAR python version: a directory holding the extracted folder, the folder itself, or the .tar.gz; `name`:
+    the card that names its files (default cifar10 / cifar100)."""
+    name = name or f"cifar{num_classes}"
     card = load_card(name)
     folder, archive = card["files"]["folder"], card["files"]["archive"]
     if num_classes == 10:
@@ -208,13 +215,13 @@ def make_synthetic(num_classes: int, train_per_class: int, test_per_class: int, 
 # --- the readers a card's `source` names (bench/registry.py READERS) ---------------------------------------
 
 def read_idx_dataset(cfg: DataConfig) -> RawData:
-    """Gzipped IDX files (Fashion-MNIST)."""
-    return load_fashion_mnist(cfg.root)
+    """Gzipped IDX files (Fashion-MNIST), as the dataset's card names them."""
+    return load_idx_dataset(cfg.dataset, cfg.root)
 
 
 def read_cifar_dataset(cfg: DataConfig) -> RawData:
     """CIFAR's python pickles; 10 or 100 classes as the card says."""
-    return load_cifar(int(load_card(cfg.dataset)["num_classes"]), cfg.root)
+    return load_cifar(int(load_card(cfg.dataset)["num_classes"]), cfg.root, cfg.dataset)
 
 
 def read_synthetic_dataset(cfg: DataConfig) -> RawData:

@@ -1,6 +1,6 @@
 """The one-shot GPU check (`make gpu-check`, `ltbench perf --only gpu`): what ltbench delivers on a GPU.
 
-On a bare one-GPU machine whose Python has torch, torchvision and timm (README "The GPU check" says how
+On a bare one-GPU machine whose Python has torch, torchvision and timm (docs/distributed.md, "The GPU check", says how
 to carry the rest), in a few minutes, and written as perf.json / perf.md:
 
 1. the JPEG pipeline per core: realistic 500x375 JPEGs (quality 90) written by `ltbench prepare`'s own

@@ -175,7 +175,7 @@ def run_demo(runs_root: str, overrides: list[str], full: bool = False, quick: bo
 
     # The table is `ltbench table` over exactly this demo's runs, the WB grid reduced to its best
     # setting on val (the same choice as above), with its per-class plot beside it.
-    tag = "full" if len(seed_list) > 1 else f"seed{seed_list[0]}"
+    tag = ("quick-" if quick else "") + ("full" if len(seed_list) > 1 else f"seed{seed_list[0]}")
     out = Path(runs_root) / "demo" / f"table-{tag}.md"
     print()
     table = build_table(collect([str(r) for r in runs]), select="val")

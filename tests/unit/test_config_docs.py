@@ -1,6 +1,6 @@
 """docs/config.md is generated from the schema and kept in step with it."""
 
-from bench.cli import config_markdown
+from bench.config.describe import config_markdown
 from bench.config import describe_fields
 
 REGENERATE = "ltbench config --describe --format markdown > docs/config.md"

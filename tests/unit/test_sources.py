@@ -159,3 +159,36 @@ def test_a_crafted_cifar_pickle_runs_no_code(tmp_path):
                        match="data_batch_2: not a readable CIFAR pickle .*is not allowed in a CIFAR archive"):
         load_cifar(10, str(tmp_path))
     assert not marker.exists()
+
+
+def test_a_new_idx_card_reads_its_own_files_and_classes(tmp_path, monkeypatch):
+    """A card with `source: idx` is read by the idx reader from the files and classes that card names, never
+    from Fashion-MNIST's (the reader is chosen by `source`, the files by the card)."""
+    import shutil
+
+    import yaml
+
+    from bench.config import DataConfig
+    from bench.data import cards
+    from bench.registry import READERS
+
+    cards_dir = tmp_path / "cards"
+    shutil.copytree(cards.cards_dir(), cards_dir)
+    card = yaml.safe_load((cards_dir / "fashion-mnist.yaml").read_text())
+    card.update(name="tiny-idx", title="Tiny IDX", num_classes=2, class_names=["zero", "one"],
+                files={k: f"tiny-{k}.gz" for k in card["files"]})
+    (cards_dir / "tiny-idx.yaml").write_text(yaml.safe_dump(card))
+    monkeypatch.setenv("LTBENCH_DATASETS_DIR", str(cards_dir))
+    cards.load_card.cache_clear()
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(1)
+    for key, shape in (("train_images", (8, 5, 5)), ("test_images", (4, 5, 5))):
+        write_idx(data / f"tiny-{key}.gz", rng.integers(0, 256, shape))
+    write_idx(data / "tiny-train_labels.gz", np.arange(8) % 2)
+    write_idx(data / "tiny-test_labels.gz", np.arange(4) % 2)
+    try:
+        raw = READERS["idx"](DataConfig(dataset="tiny-idx", root=str(data)))
+    finally:
+        cards.load_card.cache_clear()
+    assert raw.train_x.shape == (8, 5, 5, 1) and raw.class_names == ["zero", "one"] and raw.num_classes == 2
