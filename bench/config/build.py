@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from typing import Any, Literal
@@ -69,6 +70,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
 
 
+def _plain_name(value: Any) -> bool:
+    """A name safe as one path component and in a script: letters, digits, '.', '_', '-', no '..', starting with
+    a letter or digit (so never '.', '..', a hidden folder, or one of ltbench's own `_submitit` / `.prepare`)."""
+    return isinstance(value, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value) is not None \
+        and ".." not in value
+
+
 def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"config key '{prefix.rstrip('.') or '<root>'}': expected a mapping, got {data!r}")
@@ -93,6 +101,11 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
             continue
         value = _coerce(value, tp, key)
         meta = fields[name].metadata
+        if meta.get("path_part") and not _plain_name(value):
+            # the value becomes a folder under the runs root and a SLURM job name: nothing that leaves its
+            # folder ('..', a separator, an absolute path) or breaks a line of a generated script
+            raise ConfigError(f"config key '{key}': {value!r} is not a plain name (letters, digits, '.', '_', '-', "
+                              "starting with a letter or digit); it names a folder under the runs root")
         choices = meta.get("choices")
         if choices is not None and value is not None and value not in choices:
             # a name of an extensible kind, checked against its registry (bench/registry.py)

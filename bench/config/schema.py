@@ -22,10 +22,10 @@ class ConfigError(UserError, ValueError):
 
 
 def _f(default: Any, doc: str, *, ge: float | None = None, gt: float | None = None,
-       le: float | None = None, choices: Mapping[str, Any] | None = None) -> Any:
-    """A dataclass field with a docstring, an optional numeric range, and for a name of an extensible kind the
-    registry it must be in (bench/registry.py)."""
-    meta = {"doc": doc, "ge": ge, "gt": gt, "le": le, "choices": choices}
+       le: float | None = None, choices: Mapping[str, Any] | None = None, path_part: bool = False) -> Any:
+    """A dataclass field with a docstring, an optional numeric range, for a name of an extensible kind the
+    registry it must be in (bench/registry.py), and whether its value becomes a folder name (a plain name)."""
+    meta = {"doc": doc, "ge": ge, "gt": gt, "le": le, "choices": choices, "path_part": path_part}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -391,8 +391,10 @@ HASH_NEUTRAL_AT_DEFAULT: dict[str, Any] = {"data.to_rgb": False, "stage2.reinit_
 class Config:
     """One experiment: a stage-1 training run on a long-tailed dataset."""
 
-    name: str = _f("default", "experiment name; runs go to <runs-root>/<name>/<method>-seed<seed>-<hash>")
-    method: str = _f("ce", "method label used in tables (e.g. naive, wd, wb)")
+    name: str = _f("default", "experiment name; runs go to <runs-root>/<name>/<method>-seed<seed>-<hash> (a plain "
+                   "name: letters, digits, '.', '_', '-', starting with a letter or digit)", path_part=True)
+    method: str = _f("ce", "method label used in tables (e.g. naive, wd, wb); part of the run directory's name (a "
+                     "plain name, as `name`)", path_part=True)
     protocol: Literal["custom", "clean", "wb-reference", "hs-reference"] = _f(
         "custom", "named protocol whose settings the config must follow (see PROTOCOLS): clean = select on a held-out "
         "validation split, never peek at test; wb-reference = the WB code's CIFAR protocol; hs-reference = the HS "

@@ -47,7 +47,7 @@ def wb_reference_epoch(ref_dir: str, threads: int, workers: int, keep_memory: bo
         keep_freed_memory()
 
     sys.path.insert(0, ref_dir)
-    from utils.dataset_CIFAR100LT import CIFAR100LT  # noqa: the reference's own modules
+    from utils.dataset_CIFAR100LT import CIFAR100LT  # the reference code's own modules, from ref_dir
     from utils.trainval import train_model
 
     torch.set_num_threads(threads)

@@ -8,7 +8,7 @@ import torch
 
 from bench.config import GROUPS
 
-__all__ = ["GROUPS", "format_pct", "group_metrics", "per_class_accuracy", "shot_groups"]
+__all__ = ["GROUPS", "group_metrics", "per_class_accuracy", "shot_groups"]
 
 
 def shot_groups(class_counts: list[int], many: int, few: int, inclusive: bool = False) -> dict[str, list[int]]:
@@ -43,6 +43,3 @@ def group_metrics(correct: torch.Tensor, total: torch.Tensor, groups: dict[str, 
         out[g] = sum(vals) / len(vals) if vals else None
     return out
 
-
-def format_pct(v: float | None) -> str:
-    return "—" if v is None else f"{v:.2f}"

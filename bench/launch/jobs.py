@@ -11,6 +11,7 @@ from pathlib import Path
 
 from bench.config import ConfigError
 from bench.runtime.jobstate import read_job, run_status
+from bench.runtime.progress import format_pct
 from bench.runtime.rundir import RunDir
 
 ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "SUSPENDED", "COMPLETING", "REQUEUE_HOLD", "RESIZING"}
@@ -28,9 +29,6 @@ def queued_job(run: RunDir) -> str | None:
 
 def status_table(experiment: Path) -> str:
     """Markdown-style table of every run under an experiment directory (<runs-root>/<name>)."""
-    from bench.evaluation.metrics import (
-        format_pct,  # local: bench.launch.submit imports this module and must not load torch (rundir.py)
-    )
     runs = (sorted(p for p in experiment.iterdir() if p.is_dir() and not p.name.startswith("_"))
             if experiment.is_dir() else [])
     if not runs:

@@ -13,10 +13,9 @@ from pathlib import Path
 
 from bench.config import Config
 from bench.experiment import load_config
-from bench.evaluation.metrics import format_pct
 from bench.runtime import dist
 from bench.runtime.lock import DirLock
-from bench.runtime.progress import log
+from bench.runtime.progress import format_pct, log
 from bench.runtime.rundir import Result, RunDir
 from bench.runtime.tracking import abort_open
 from bench.train.features import parent_run

@@ -24,6 +24,7 @@ from bench.config import Config, ConfigError, load_yaml, parent_path
 from bench.experiment import load_config
 from bench.errors import error_line, user_errors
 from bench.launch.jobs import queued_job
+from bench.runtime.lock import DirLock
 from bench.runtime.rundir import RunDir
 
 
@@ -227,6 +228,19 @@ def submit(configs: list[str], overrides: list[str], runs_root: str, cluster: st
     if cluster == "slurm" and shutil.which("srun") is None:
         raise ConfigError("ltbench submit: no SLURM client here (srun not found on PATH); submit from a login "
                           "node of the cluster, or run the plan on this machine with --cluster local")
+    if dry_run:
+        return _plan_and_submit(configs, overrides, runs_root, cluster, True, site, max_requeues, sweeps, parallelism)
+    # Two submits of overlapping plans on one runs root at once would each find a run neither complete nor queued
+    # and both submit it (one job then fails on the run directory's lock, and stage-2 jobs waiting on it are
+    # cancelled): planning, submitting and writing each job.json is one step per runs root.
+    with DirLock(Path(runs_root) / "_submitit", "runs root (ltbench submit)", wait=True):
+        return _plan_and_submit(configs, overrides, runs_root, cluster, False, site, max_requeues, sweeps,
+                                parallelism)
+
+
+def _plan_and_submit(configs: list[str], overrides: list[str], runs_root: str, cluster: str, dry_run: bool,
+                     site: dict[str, Any], max_requeues: int, sweeps: Sequence[str], parallelism: int) -> list[Node]:
+    """submit()'s work: plan every config x sweep point, print the plan, submit each level's missing runs."""
     nodes: dict[Path, Node] = {}
     for c in configs:
         for point in expand_sweep(list(sweeps)):

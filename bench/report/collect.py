@@ -9,8 +9,7 @@ from pathlib import Path
 from collections.abc import Mapping
 from typing import Any
 
-from bench.config import ConfigError, INHERITED, load_yaml, stored_config
-from bench.evaluation.metrics import GROUPS
+from bench.config import GROUPS, INHERITED, ConfigError, load_yaml, stored_config
 from bench.runtime.jobstate import run_status
 from bench.runtime.rundir import RunDir
 

@@ -32,3 +32,8 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def format_pct(v: float | None) -> str:
+    """An accuracy in % for a log line or a status table: two decimals, or a dash for an empty group."""
+    return "—" if v is None else f"{v:.2f}"

@@ -425,3 +425,20 @@ def test_a_preemption_signal_after_the_run_is_complete_does_not_fail_the_job(tmp
                        cwd=REPO, timeout=300)
     assert r.returncode == 0 and "still here" in r.stdout, (r.returncode, r.stderr[-2000:])
     assert json.loads(next((tmp_path / "runs").glob("smoke/ce-*/result.json")).read_text())["status"] == "complete"
+
+
+def test_two_submits_at_once_submit_each_run_once(slurm, tmp_path):
+    """Two `ltbench submit` of one two-stage plan started together on one runs root: each run is submitted once
+    (the second waits for the first's lock, then finds both runs queued), and both stages complete."""
+    runs = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "bench", "submit", STAGE2, "--override", "runtime.threads=1", "--runs-root", str(runs)]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=slurm, cwd=REPO)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    submitted = [line for out, _ in outs for line in out.splitlines() if line.startswith("submitted ")]
+    assert len(submitted) == 2 and sum("queued as" in out for out, _ in outs) == 1, outs
+    parent, child = next(runs.glob("smoke/ce-*")), next(runs.glob("smoke/wb-*"))
+    assert wait_done(job_of(parent), slurm)["state"] == "COMPLETED"
+    assert wait_done(job_of(child), slurm)["state"] == "COMPLETED"
+    assert not (runs / "_submitit" / ".lock").exists()

@@ -9,6 +9,7 @@ import pytest
 
 from bench.config import Config, ConfigError, parse_override
 from bench.experiment import load_config
+from tests.conftest import REPO
 
 
 def test_smoke_config_loads_and_resolves(repo):
@@ -355,3 +356,31 @@ def test_the_parent_lineage_is_resolved_once_when_the_child_config_loads(repo, t
     # the directory is found (and reported incomplete: no result.json yet), without a second load
     with pytest.raises(ConfigError, match=f"needs its parent run {d} to be complete"):
         stage2.parent_run(child, tmp_path, repo / "configs")
+
+
+@pytest.mark.parametrize("key,value", [("name", "../escape"), ("name", "/abs/path"), ("name", "a/b"),
+                                       ("name", "two\nlines"), ("name", "x\ntouch /tmp/owned"), ("name", ".hidden"),
+                                       ("name", "_submitit"), ("name", ".."), ("name", "a..b"), ("name", ""),
+                                       ("method", "wb/../../x"), ("method", "tab\tname"), ("method", "sp ace")])
+def test_names_that_become_folders_are_plain(key, value):
+    """An experiment name or method is a folder under the runs root and part of a SLURM job name: a value that
+    would leave that folder or break a script line is a one-line error naming the key, before anything runs."""
+    from bench.config.build import _build
+
+    with pytest.raises(ConfigError) as e:
+        _build(Config, {key: value}, "")
+    msg = str(e.value)
+    assert msg.startswith(f"config key '{key}': ") and "is not a plain name" in msg and "\n" not in msg.replace(
+        repr(value), "")
+
+
+def test_a_config_file_with_a_newline_in_its_name_is_refused(tmp_path):
+    (tmp_path / "bad.yaml").write_text('base: %s\nname: "exp\\ntouch /tmp/owned"\n'
+                                       % (REPO / "configs" / "smoke.yaml"))
+    with pytest.raises(ConfigError, match=r"^config key 'name': 'exp\\ntouch /tmp/owned' is not a plain name"):
+        load_config(tmp_path / "bad.yaml")
+
+
+def test_plain_names_pass():
+    cfg = load_config(REPO / "configs" / "smoke.yaml", ["name=cifar100-lt_if.100", "method=hs-stage1"])
+    assert cfg.name == "cifar100-lt_if.100" and cfg.method == "hs-stage1"

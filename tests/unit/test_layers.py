@@ -141,3 +141,24 @@ def test_a_slurm_job_unpickles_its_runjob_without_loading_torch():
             "print(sorted(m for m in ('torch', 'timm', 'matplotlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PKG.parent, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_login_node_commands_load_no_torch(tmp_path):
+    """`ltbench status`, `table` and `submit --dry-run` run on a cluster's login node, often: they answer from
+    the run directories without loading torch (~1.5 s and ~1 GB each time), here over a finished run."""
+    import json
+    import subprocess
+    import sys
+
+    run = tmp_path / "runs" / "exp" / "ce-seed0-0123456789"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("name: exp\nmethod: ce\ndata: {dataset: synthetic, imbalance_factor: 10.0}\n")
+    (run / "result.json").write_text(json.dumps({"status": "complete", "metrics": {
+        "all": 50.0, "many": 60.0, "medium": 50.0, "few": 40.0}, "imbalance_factor": 10.0}))
+    code = ("import sys; from bench.cli import main; "
+            f"rc = [main(['status', 'exp', '--runs-root', {str(tmp_path / 'runs')!r}]), "
+            f"main(['table', {str(tmp_path / 'runs' / 'exp')!r}]), "
+            f"main(['submit', 'smoke', '--dry-run', '--cluster', 'local', '--runs-root', {str(tmp_path / 'r2')!r}])]; "
+            "print(rc, sorted(m for m in ('torch', 'timm', 'matplotlib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PKG.parent)
+    assert out.stdout.strip().splitlines()[-1] == "[0, 0, 0] []", out.stdout + out.stderr

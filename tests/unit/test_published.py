@@ -90,3 +90,15 @@ def test_reference_rows_carry_their_provenance(tmp_path):
     assert crt[0]["source"] == "Decoupling (ICLR 2020)" and crt[0]["paper"]["year"] == 2020
     # IF-200 CIFAR rows (Balanced Softmax README) do not land in an IF-100 column
     assert not [r for r in rows if r["dataset"] == "cifar100" and r.get("imbalance_factor") == 200]
+
+
+def test_rows_name_what_their_source_config_trains():
+    """Balanced Softmax's ImageNet-LT "Softmax" retrains a fresh classifier on frozen features (its config
+    softmax_resnet10.yaml), so it is not end-to-end `ce`; Decoupling's tau_norm.py chooses no tau (it prints every
+    tau on the split it is given), so that row's selection is not `val`."""
+    rows = load_published()
+    (softmax,) = [r for r in rows if r["file"] == "balanced_softmax_neurips2020.yaml" and r["dataset"] == "imagenet-lt"
+                  and r["all"] == 34.8]
+    assert softmax["method"] == "ce-retrain" and "softmax_resnet10.yaml" in softmax["url"]
+    (tau,) = [r for r in rows if r["file"] == "decoupling_iclr2020.yaml" and r["method"] == "tau-norm"]
+    assert tau["selection"] == "unknown"
