@@ -1,1 +1,2 @@
-"""Methods as compositions of named parts: losses (and, later, samplers, classifiers, post-hoc steps)."""
+"""Methods as compositions of named parts, each registered by name in bench/registry.py: losses, classifier
+heads and MaxNorm, post-hoc steps, HS regularisers, zero-shot heads and PEFT adapters."""
