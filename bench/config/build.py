@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import yaml
 
-from bench.config.schema import ConfigError
+from bench.config.schema import Config, ConfigError
 
 
 def _type_name(tp: Any) -> str:
@@ -119,6 +119,11 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
                     raise ConfigError(f"config key '{key}': value {value!r} out of range (must be {word} {b})")
         kwargs[name] = value
     return cls(**kwargs)
+
+
+def build_config(raw: dict[str, Any]) -> Config:
+    """A Config from a plain dict, field by field, with one-line errors (its defaults where a key is absent)."""
+    return _build(Config, raw, "")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -13,7 +13,7 @@ import re
 
 import yaml
 
-from bench.config.build import _build, _set, merge, parse_override
+from bench.config.build import _set, build_config, merge, parse_override
 from bench.config.schema import HASH_NEUTRAL_AT_DEFAULT, Config, ConfigError
 from bench.paths import repo_or_package_dir
 
@@ -117,7 +117,7 @@ def stored_config(raw: dict[str, Any]) -> Config:
             section = section.get(k) if isinstance(section, dict) else None
         if isinstance(section, dict) and key not in section:
             section[key] = default
-    return _build(Config, raw, "")
+    return build_config(raw)
 
 
 def expand_path(key: str, value: str | None) -> str | None:

@@ -10,9 +10,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from bench.config import Config, ConfigError, DataConfig
-from bench.config.build import _build, _set, parse_override
-from bench.config.load import expand_path
+from bench.config import ConfigError, DataConfig
+from bench.config.build import build_config
+from bench.config.load import expand_path, read_raw
 from bench.data.cards import FILE_SPLIT_SOURCES, load_card
 
 
@@ -107,11 +107,7 @@ def resolve_file_split(d: DataConfig, card: dict[str, Any]) -> None:
 def profile_config(overrides: list[str]) -> DataConfig:
     """The data section of `key.sub=value` overrides (data.dataset among them) with its long-tailed cut resolved:
     what `ltbench prepare` needs to cut a pool dataset, without a model or a run."""
-    raw: dict[str, Any] = {}
-    for ov in overrides:
-        keys, value = parse_override(ov)
-        _set(raw, keys, value)
-    d = _build(Config, raw, "").data
+    d = build_config(read_raw(None, overrides)).data
     d.root = expand_path("data.root", d.root)
     resolve_profile(d, load_card(d.dataset))
     return d

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.config import Config, ConfigError
-from bench.config.build import _build
+from bench.config.build import build_config
 from bench.config.load import INHERITED, LOCATION_KEYS, load_yaml, parent_path, read_raw, stored_config
 from bench.config.protocols import apply_protocol
 from bench.data.cards import is_file_split
@@ -25,7 +25,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     raw = apply_protocol(raw, file_split=is_file_split(dataset))
     if raw.get("stage") in ("stage2", "posthoc"):
         raw = _inherit_from_parent(raw, Path(path).parent if path is not None else Path("."))
-    cfg: Config = _build(Config, raw, "")
+    cfg = build_config(raw)
     return resolve(cfg)
 
 

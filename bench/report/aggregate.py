@@ -106,7 +106,7 @@ class Table:
         return " ▲" if cmp[0] > 0 else " ▼"
 
 
-def _method_key(m: str) -> tuple[int, str]:
+def method_key(m: str) -> tuple[int, str]:
     return (METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER), m)
 
 
@@ -176,7 +176,7 @@ def build_table(records: list[RunRecord], seeds: list[int] | None = None, select
                     _put(cells, ((method, ", ".join(x for x in (prefix, label[s]) if x)), col), made[s])
 
     columns = sorted({c for _, c in cells}, key=lambda c: (c[0], -(c[1] or 0)))
-    rows = sorted({r for r, _ in cells}, key=lambda r: (_method_key(r[0]), r[1]))
+    rows = sorted({r for r, _ in cells}, key=lambda r: (method_key(r[0]), r[1]))
     table = Table(columns, rows, cells, expected, ci=ci, baseline=baseline, cost=cost, protocols=protocols)
     if baseline is not None and not any(r[0] == baseline for r in rows):
         raise ConfigError(f"ltbench table --baseline {baseline}: no such method among the runs "

@@ -9,7 +9,7 @@ from collections import defaultdict
 from typing import Any
 
 from bench.data.cards import dataset_title
-from bench.report.aggregate import Table, _method_key, row_label
+from bench.report.aggregate import Table, method_key, row_label
 from bench.report.collect import peeks_at_test
 
 
@@ -24,7 +24,7 @@ def protocol_notes(table: Table) -> list[str]:
             mean = cell.stats("all")[0] if cell is not None else None
             if mean is not None and row[1].split(",")[0] in _PROTOCOL_NAMES:
                 by_method[row[0]][row[1].split(",")[0]].append(mean)
-        for method, found in sorted(by_method.items(), key=lambda kv: _method_key(kv[0])):
+        for method, found in sorted(by_method.items(), key=lambda kv: method_key(kv[0])):
             several = sorted(p for p, m in found.items() if len(m) > 1)
             if several and "clean" in found and len(found) > 1:
                 # which of a protocol's settings to hold against clean would be a guess: say so instead

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.data.cards import dataset_title
-from bench.report.aggregate import Cell, Col, Row, Table, _method_key, row_label
+from bench.report.aggregate import Cell, Col, Row, Table, method_key, row_label
 from bench.report.collect import METRICS
 from bench.report.compare import COMPARISON_INTRO, PROTOCOL_NOTES_INTRO, comparison_lines, protocol_notes
 from bench.runtime.progress import log
@@ -218,7 +218,7 @@ def reference_rows(table: Table) -> list[tuple[str, str, dict[Col, dict[str, Any
     for ref in table.reference:
         by_row[(ref["source"], ref["method"])][ref["column"]] = ref
     return [(source, method, by_row[(source, method)])
-            for (source, method) in sorted(by_row, key=lambda k: (k[0], _method_key(k[1])))]
+            for (source, method) in sorted(by_row, key=lambda k: (k[0], method_key(k[1])))]
 
 
 def reference_cells(table: Table, refs: dict[Col, dict[str, Any]], fmt: str) -> list[str]:

@@ -365,10 +365,10 @@ def test_the_parent_lineage_is_resolved_once_when_the_child_config_loads(repo, t
 def test_names_that_become_folders_are_plain(key, value):
     """An experiment name or method is a folder under the runs root and part of a SLURM job name: a value that
     would leave that folder or break a script line is a one-line error naming the key, before anything runs."""
-    from bench.config.build import _build
+    from bench.config.build import build_config
 
     with pytest.raises(ConfigError) as e:
-        _build(Config, {key: value}, "")
+        build_config({key: value})
     msg = str(e.value)
     assert msg.startswith(f"config key '{key}': ") and "is not a plain name" in msg and "\n" not in msg.replace(
         repr(value), "")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from bench.config import Config, ConfigError, LossConfig
-from bench.config.build import _build
+from bench.config.build import build_config
 from bench.data.cards import FILE_SPLIT_SOURCES, load_card
 from bench.methods.classifiers import Head
 from bench.methods.losses import LossFn
@@ -59,7 +59,7 @@ def test_the_schema_checks_every_registered_kind_against_its_registry():
     assert checked["posthoc.kind"] is POSTHOC
     assert checked["train.loss.name"] is LOSSES and checked["stage2.train.loss.name"] is LOSSES
     with pytest.raises(ConfigError, match=r"config key 'model.classifier': expected one of 'linear', .* got 'mlp'"):
-        _build(Config, {"model": {"classifier": "mlp"}}, "")
+        build_config({"model": {"classifier": "mlp"}})
 
 
 def test_a_registry_names_its_targets_without_importing_them():
