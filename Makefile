@@ -29,15 +29,16 @@ demo: $(STAMP)
 # The whole suite, with a real single-host SLURM cluster started before and stopped after (even when
 # a test fails), and Chromium for the HTML table's browser test (installed from Debian when missing, as
 # root); tests that need them fail rather than skip under LTBENCH_REQUIRE_SLURM=1 / LTBENCH_REQUIRE_BROWSER=1.
-# Two pytest-xdist workers take a test file each at a time (module fixtures are built once): while one
-# waits on the SLURM scheduler or on a subprocess importing torch, the other computes.
+# Two pytest-xdist workers take a test file each at a time (module fixtures are built once), the longest files
+# first (tests/conftest.py HEAVY_FIRST): while one waits on the SLURM scheduler or on a subprocess importing
+# torch, the other computes, and both finish together.
 test: $(STAMP)
 	$(VENV)/bin/ltbench fetch fashion-mnist
 	command -v chromium >/dev/null || { test "$$(id -u)" = 0 || { echo "make test: no Chromium, not root: $(NO_CHROMIUM)" \
 		>&2; exit 1; }; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 	slurm/cluster.sh start $(SLURM_STATE)
 	SLURM_CONF=$(SLURM_STATE)/slurm.conf LTBENCH_REQUIRE_SLURM=1 LTBENCH_REQUIRE_BROWSER=1 \
-		$(PY) -m pytest -q -n 2 --dist loadfile --durations=15; \
+		$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=15; \
 	status=$$?; slurm/cluster.sh stop $(SLURM_STATE); exit $$status
 
 cluster-up:
