@@ -47,6 +47,9 @@ def setup_runtime(cfg: Config) -> torch.device:
         torch.utils.deterministic.fill_uninitialized_memory = False  # type: ignore[attr-defined]
         torch.backends.cudnn.benchmark = False
     else:
+        # explicitly off: a process that ran a deterministic config before (the demo's in-process stage-2
+        # children, a test session) keeps torch's global switch otherwise
+        torch.use_deterministic_algorithms(False)
         torch.backends.cudnn.benchmark = rt.cudnn_benchmark
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)

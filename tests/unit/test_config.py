@@ -242,6 +242,8 @@ def test_deterministic_runs_do_not_fill_new_tensors_with_nan(deterministic, monk
     before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
               torch.utils.deterministic.fill_uninitialized_memory, torch.get_num_threads())
     try:
+        # the other setting first: the switch must follow this config whatever the process ran before
+        torch.use_deterministic_algorithms(not deterministic, warn_only=True)
         setup_runtime(load_config(None, [f"runtime.deterministic={str(deterministic).lower()}", "runtime.device=cpu",
                                          "runtime.threads=1"]))
         assert torch.are_deterministic_algorithms_enabled() is deterministic
