@@ -4,12 +4,11 @@ dataset card, model and parent run happens one layer up (bench/experiment)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
 import copy
 import os
 import re
+from pathlib import Path
+from typing import Any
 
 import yaml
 

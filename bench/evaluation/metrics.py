@@ -8,8 +8,6 @@ import torch
 
 from bench.config import GROUPS
 
-__all__ = ["GROUPS", "group_metrics", "per_class_accuracy", "shot_groups"]
-
 
 def shot_groups(class_counts: list[int], many: int, few: int, inclusive: bool = False) -> dict[str, list[int]]:
     """Class indices per group, by TRAINING count n_c.

@@ -12,9 +12,9 @@ from bench.data.cards import FILE_SPLIT_SOURCES, load_card
 from bench.data.profiles import resolve_profile
 
 
-def resolve(cfg: Config, check_files: bool = True) -> Config:
-    """Fill 'card' defaults from the dataset card and check combinations of fields (and, with
-    check_files, read data.shards' manifest to record its digest)."""
+def resolve(cfg: Config) -> Config:
+    """Fill 'card' defaults from the dataset card, check combinations of fields, and read data.shards' manifest
+    to record its digest. (A run directory's stored config is not resolved again: config.load.stored_config.)"""
     card = load_card(cfg.data.dataset)
     d = cfg.data
     d.root, d.shards = expand_path("data.root", d.root), expand_path("data.shards", d.shards)
@@ -39,10 +39,9 @@ def resolve(cfg: Config, check_files: bool = True) -> Config:
                           f"{d.dataset} supports crop_flip, flip or none")
     if d.augment == "rrc_flip" and d.image_size is None:
         raise ConfigError(f"config key 'data.augment': rrc_flip needs data.image_size (the crop size) for {d.dataset}")
-    if d.shards is not None and check_files:
-        from bench.data.shards.manifest import (
-            load_manifest,  # local: see bench.config.protocols.apply_protocol (pulls in torch)
-        )
+    if d.shards is not None:
+        # local: bench.data.shards loads torch, and `ltbench submit` / `status` resolve configs without it
+        from bench.data.shards.manifest import load_manifest
         digest = load_manifest(d.shards).digest
         if d.shards_manifest not in (None, digest):
             raise ConfigError(f"config key 'data.shards_manifest': the shards in {d.shards} changed since this run "

@@ -228,13 +228,13 @@ def submit(configs: list[str], overrides: list[str], runs_root: str, cluster: st
     if cluster == "slurm" and shutil.which("srun") is None:
         raise ConfigError("ltbench submit: no SLURM client here (srun not found on PATH); submit from a login "
                           "node of the cluster, or run the plan on this machine with --cluster local")
-    if dry_run:
-        return _plan_and_submit(configs, overrides, runs_root, cluster, True, site, max_requeues, sweeps, parallelism)
     # Two submits of overlapping plans on one runs root at once would each find a run neither complete nor queued
     # and both submit it (one job then fails on the run directory's lock, and stage-2 jobs waiting on it are
-    # cancelled): planning, submitting and writing each job.json is one step per runs root.
-    with DirLock(Path(runs_root) / "_submitit", "runs root (ltbench submit)", wait=True):
-        return _plan_and_submit(configs, overrides, runs_root, cluster, False, site, max_requeues, sweeps,
+    # cancelled): planning, submitting and writing each job.json is one step per runs root. A dry run writes nothing.
+    lock = contextlib.nullcontext() if dry_run else DirLock(Path(runs_root) / "_submitit", "runs root (ltbench submit)",
+                                                           wait=True)
+    with lock:
+        return _plan_and_submit(configs, overrides, runs_root, cluster, dry_run, site, max_requeues, sweeps,
                                 parallelism)
 
 
