@@ -104,7 +104,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_table(args: argparse.Namespace) -> int:
     from bench.report.aggregate import build_table
     from bench.report.collect import collect, records_from_wandb
-    from bench.report.render import save_table
+    from bench.report.render import requestable_columns, save_table
 
     if not args.paths and not args.wandb:
         raise ConfigError("ltbench table: give run directories / experiments, or --wandb ENTITY/PROJECT")
@@ -117,7 +117,12 @@ def cmd_table(args: argparse.Namespace) -> int:
             seeds = [int(s) for s in args.seeds.split(",")]
         except ValueError:
             raise ConfigError(f"ltbench table --seeds {args.seeds!r}: expected comma-separated integers") from None
-    table = build_table(records, seeds, args.select, args.reference, args.ci, args.baseline, args.cost, args.protocols)
+    show = {name for spec in args.show for name in spec.split(",") if name} | ({"cost"} if args.cost else set())
+    unknown = sorted(show - set(requestable_columns()))
+    if unknown:
+        raise ConfigError(f"ltbench table --show {','.join(unknown)}: no such column (columns shown on request: "
+                          f"{', '.join(requestable_columns())})")
+    table = build_table(records, seeds, args.select, args.reference, args.ci, args.baseline, show, args.protocols)
     out = Path(args.out) if args.out else None
     # PNG files where --plots says, else beside a text --out (an HTML page holds its figures)
     plots = None if args.no_plots else Path(args.plots) if args.plots else (
@@ -242,9 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--protocols", action="store_true",
                     help="rows per protocol (clean, wb-reference, hs-reference), and each method's reference-protocol "
                          "number beside its clean one")
-    sp.add_argument("--cost", action="store_true",
-                    help="add each cell's device-hours (GPU-h / CPU-h from result.json: wall time x processes, "
-                         "requeued attempts included)")
+    sp.add_argument("--show", action="append", default=[], metavar="COLUMN[,COLUMN]",
+                    help="add columns shown only on request: cost = each cell's device-hours (GPU-h / CPU-h from "
+                         "result.json: wall time x processes, requeued attempts included)")
+    sp.add_argument("--cost", action="store_true", help="the same as --show cost")
     sp.add_argument("--baseline", default=None, metavar="METHOD",
                     help="compare every row with METHOD: paired t-test of 'all' over the seeds both completed "
                          "(▲ / ▼ at p < 0.05; CSV: difference, p, pairs)")

@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,7 +81,7 @@ class Table:
     reference: list[dict[str, Any]] = field(default_factory=list)
     reference_asked: bool = False                # --reference: say so when the registry has nothing to compare
     ci: str | None = None                        # "t" or "bootstrap": a 95 % interval in every cell
-    cost: bool = False                           # a device-hours column per dataset column (result.json cost)
+    show: frozenset[str] = frozenset()           # the columns shown only on request (--show, e.g. cost)
     protocols: bool = False                      # rows split by protocol, and each method's protocols compared
     baseline: str | None = None                  # method every row is compared with (paired t-test over seeds)
 
@@ -140,7 +141,7 @@ def setting_labels(settings: list[tuple[tuple[str, str], ...]], max_keys: int = 
 
 def build_table(records: list[RunRecord], seeds: list[int] | None = None, select: str | None = None,
                 reference: bool = False, ci: str | None = None, baseline: str | None = None,
-                cost: bool = False, protocols: bool = False) -> Table:
+                show: Iterable[str] = (), protocols: bool = False) -> Table:
     """Group records into cells: (method, label) x (dataset, imbalance factor).
 
     Within a column, a method's runs are split by experiment name (named in the label when a method
@@ -177,7 +178,8 @@ def build_table(records: list[RunRecord], seeds: list[int] | None = None, select
 
     columns = sorted({c for _, c in cells}, key=lambda c: (c[0], -(c[1] or 0)))
     rows = sorted({r for r, _ in cells}, key=lambda r: (method_key(r[0]), r[1]))
-    table = Table(columns, rows, cells, expected, ci=ci, baseline=baseline, cost=cost, protocols=protocols)
+    table = Table(columns, rows, cells, expected, ci=ci, baseline=baseline, show=frozenset(show),
+                  protocols=protocols)
     if baseline is not None and not any(r[0] == baseline for r in rows):
         raise ConfigError(f"ltbench table --baseline {baseline}: no such method among the runs "
                           f"({', '.join(sorted({r[0] for r in rows}))})")

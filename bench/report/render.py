@@ -77,10 +77,7 @@ def caption(table: Table) -> str:
     if table.baseline:
         text += (f" ▲ / ▼ = all better / worse than {table.baseline} at p < 0.05 (paired t-test over the seeds "
                  "both completed).")
-    if table.cost:
-        text += (" cost = device-hours of the averaged runs together (wall time x processes, requeued attempts "
-                 "included; GPU-h or CPU-h).")
-    return text
+    return text + "".join(f" {c.header} = {c.note}" for c in COLUMNS if c.on_request and c.name in table.show)
 
 
 def _cost_text(cell: Cell | None) -> str:
@@ -93,14 +90,20 @@ def _cost_text(cell: Cell | None) -> str:
 @dataclass(frozen=True)
 class Column:
     """One sub-column of every dataset column in the grid renderers (Markdown, LaTeX, HTML): defined once here,
-    so that a new column is one entry of COLUMNS (and, for CSV, of CSV_FIELDS)."""
+    so that a new column is one entry of COLUMNS (and, for CSV, of CSV_FIELDS). A column `on_request` is shown
+    only when `ltbench table --show NAME` asks for it (Table.show); its `note` then joins the caption."""
 
     name: str
     header: str                                  # header text (Markdown, HTML; LaTeX: `tex` when set)
     text: Callable[[Table, Row, Col, Cell | None, bool], str]   # a reproduced cell; bool: LaTeX source
     published: Callable[[dict[str, Any]], str]   # a published reference row's cell (its column has a value)
-    shown: Callable[[Table, str], bool] = lambda table, fmt: True   # given the table's flags and the format
+    formats: frozenset[str] = frozenset({"md", "latex", "html"})
+    on_request: bool = False
+    note: str = ""                               # what the column holds, said in the caption when it is shown
     tex: str | None = None
+
+    def shown(self, table: Table, fmt: str) -> bool:
+        return fmt in self.formats and (not self.on_request or self.name in table.show)
 
 
 def _metric_column(m: str) -> Column:
@@ -113,8 +116,15 @@ COLUMNS = (
     Column("n", "n", lambda t, row, col, cell, latex: _n_text(cell, t.expected_seeds, "$^\\dagger$" if latex else "†"),
            lambda ref: "pub.", tex="$n$"),
     Column("cost", "cost", lambda t, row, col, cell, latex: _cost_text(cell), lambda ref: "",
-           shown=lambda t, fmt: t.cost and fmt != "latex"),
+           formats=frozenset({"md", "html"}), on_request=True,
+           note="device-hours of the averaged runs together (wall time x processes, requeued attempts included; "
+                "GPU-h or CPU-h)."),
 )
+
+
+def requestable_columns() -> list[str]:
+    """The names `ltbench table --show` accepts: the columns shown only on request."""
+    return [c.name for c in COLUMNS if c.on_request]
 
 
 def columns_of(table: Table, fmt: str) -> list[Column]:
@@ -130,6 +140,10 @@ class CsvField:
     value: Callable[[Table, Row, Col, Cell], str]
     published: Callable[[dict[str, Any]], str] | None = None   # None: not written on published lines
     shown: Callable[[Table], bool] = lambda table: True
+    column: str | None = None                    # written when this column (on request) is asked for
+
+    def written(self, table: Table) -> bool:
+        return self.shown(table) and (self.column is None or self.column in table.show)
 
 
 def _csv_num(v: float | None, fmt: str = ".4f") -> str:
@@ -154,7 +168,7 @@ def _csv_hours(i: int, header: str) -> CsvField:
     def value(t: Table, row: Row, col: Col, cell: Cell) -> str:
         hours, unit = cell.device_hours()
         return "" if hours is None else (f"{hours:.5f}", unit)[i]
-    return CsvField(header, value, shown=lambda t: t.cost)
+    return CsvField(header, value, column="cost")
 
 
 CSV_FIELDS = (
@@ -273,7 +287,7 @@ def render_csv(table: Table) -> str:
     """One line per (row, column): mean, std of each metric, n, seeds, what was left out (CSV_FIELDS)."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    fields = [f for f in CSV_FIELDS if f.shown(table)]
+    fields = [f for f in CSV_FIELDS if f.written(table)]
     w.writerow([f.header for f in fields])
     for row in table.rows:
         for col in table.columns:

@@ -127,6 +127,8 @@ CASES: dict[str, tuple] = {
     "prepare into a file": (lambda t: ["prepare", "synthetic", "--out", _file(t)], "is a file, not a folder"),
     # table, status, submit
     "empty table folder": (lambda t: ["table", str(t)], "no run directories (with config.yaml)"),
+    "unknown --show column": (lambda t: [*_table_dir(t, None), "--show", "cost,gpu"],
+                              "--show gpu: no such column (columns shown on request: cost)"),
     "bad --seeds": (lambda t: [*_table_dir(t, None), "--seeds", "a,b"],
                     "--seeds 'a,b': expected comma-separated integers"),
     "result.json is a list": (lambda t: _table_dir(t, "[1, 2]"), "result.json: expected a JSON object, got a list"),

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 # flags that work headless as root in a container: no sandbox, no GPU, nothing fetched in the background
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-TABLE_ARGS = ["--reference", "--ci", "t", "--baseline", "naive", "--cost"]
+TABLE_ARGS = ["--reference", "--ci", "t", "--baseline", "naive", "--show", "cost"]
 
 
 @pytest.fixture(scope="module")

@@ -277,10 +277,31 @@ def test_cost_per_cell(tmp_path):
                   extra={"cost": {"device": "NVIDIA H200", "gpu": True, "processes": 4, "seconds": 450.0 * (1 + seed),
                                   "device_hours": hours}})
     write_run(root, ["name=c", "method=naive"], all_=40.0)        # written before cost records existed
-    t = build_table(collect([str(root)]), cost=True)
+    t = build_table(collect([str(root)]), show={"cost"})
     md = RENDER["md"](t)
     assert "| 0.75 GPU-h |" in md and "| — |" in md and "device-hours of the averaged runs" in md
     assert RENDER["csv"](t).splitlines()[0].endswith(",device_hours,device_unit")
+
+
+def test_a_column_on_request_is_one_entry(tmp_path, monkeypatch):
+    """CONTRIBUTING's "add a table column shown on request": a Column with on_request (and its CsvField with
+    `column`) in bench/report/render.py is all it takes; --show NAME shows it, its note joins the caption."""
+    from bench.report import render
+
+    seeds = render.Column("seeds", "seeds", lambda t, row, col, cell, latex: cell and ",".join(
+        str(r.seed) for r in cell.runs) or "", lambda ref: "", on_request=True, note="the seeds averaged.")
+    monkeypatch.setattr(render, "COLUMNS", (*render.COLUMNS, seeds))
+    monkeypatch.setattr(render, "CSV_FIELDS", (*render.CSV_FIELDS, render.CsvField(
+        "seed_list", lambda t, row, col, cell: "|".join(str(r.seed) for r in cell.runs), column="seeds")))
+    root = tmp_path / "runs"
+    for seed in (0, 1):
+        write_run(root, ["name=c", "method=wb", f"seed={seed}"], all_=50.0)
+    assert "seeds" in render.requestable_columns()
+    plain, asked = build_table(collect([str(root)])), build_table(collect([str(root)]), show={"seeds"})
+    assert "| 0,1 |" not in render.render_markdown(plain) and "seed_list" not in render.render_csv(plain)
+    md = render.render_markdown(asked)
+    assert "| 0,1 |" in md and "seeds = the seeds averaged." in md
+    assert render.render_csv(asked).splitlines()[1].endswith(",0|1")
 
 
 def test_protocols_side_by_side(tmp_path):
@@ -312,7 +333,7 @@ def test_columns_are_defined_once_and_latex_rows_stay_rectangular(tmp_path):
     root = tmp_path / "runs"
     write_run(root, ["name=c", "method=wb", "data.dataset=cifar100", "data.imbalance_factor=100"], all_=52.0,
               extra={"cost": {"device": "cpu", "gpu": False, "processes": 1, "seconds": 36.0, "device_hours": 0.01}})
-    t = build_table(collect([str(root)]), reference=True, cost=True)
+    t = build_table(collect([str(root)]), reference=True, show={"cost"})
     assert [c.name for c in COLUMNS] == ["all", "many", "medium", "few", "n", "cost"]
     assert [c.name for c in columns_of(t, "latex")] == ["all", "many", "medium", "few", "n"]
     rows = [x for x in RENDER["latex"](t).splitlines() if x.endswith("\\\\") and " & " in x and "multicolumn" not in x]
@@ -332,7 +353,7 @@ def test_html_page_holds_the_markdown_cells_escaped_and_self_contained(runs):
               state="failed", sub="<b>&x")
     write_run(runs, ["name=bench", "method=wd", "seed=0", "data.dataset=cifar100", "data.imbalance_factor=100"],
               all_=47.0)
-    t = build_table(collect([str(runs)]), reference=True, ci="t", baseline="wd", cost=True)
+    t = build_table(collect([str(runs)]), reference=True, ci="t", baseline="wd", show={"cost"})
     page = render_html(t, figures=draw_figures(t))
     for cell in ("80.75 ± 1.06", "2/3<span class=\"flag\">†</span>", "60.50 ± 0.71", "46.08", "pub."):
         assert cell in page
