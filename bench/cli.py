@@ -147,8 +147,8 @@ def cmd_perf(args: argparse.Namespace) -> int:
     from bench.devtools.perf import SECTIONS, run_perf
     from bench.runtime.progress import log
 
-    only = args.only.split(",") if args.only else [x for x in SECTIONS if (x != "demo" or not args.quick)
-                                                   and (x != "wbref" or args.wb_reference)]
+    named_only = ("scale", "sweep") + (() if args.wb_reference else ("wbref",)) + (("demo",) if args.quick else ())
+    only = args.only.split(",") if args.only else [x for x in SECTIONS if x not in named_only]
     unknown = [x for x in only if x not in SECTIONS]
     if unknown:
         raise ConfigError(f"ltbench perf --only: unknown section(s) {', '.join(unknown)} "
@@ -263,10 +263,13 @@ def build_parser() -> argparse.ArgumentParser:
                          "provenance, and the plots embedded (no external files)")
     sp.set_defaults(fn=cmd_table)
 
-    sp = sub.add_parser("perf", help="measure trainer overhead, data pipeline, stage 2, DDP, demo (and GPU) speed")
+    sp = sub.add_parser("perf", help="measure the trainer, data pipeline, stage 2, DDP, demo and GPU speed; the "
+                        "scale at iNaturalist's size; a sweep on SLURM")
     sp.add_argument("--out", default="perf", help="report directory: perf.md, perf.json (default perf/)")
     sp.add_argument("--only", default=None,
-                    help="comma-separated sections: trainer, data, stage2, ddp, demo, gpu, wbref")
+                    help="comma-separated sections: trainer, data, stage2, ddp, demo, gpu, wbref; only when named: "
+                         "scale (iNaturalist 2018's size, about 20 minutes), sweep (a 120-run sweep on the SLURM "
+                         "cluster of SLURM_CONF)")
     sp.add_argument("--repeats", type=int, default=3, help="interleaved repeats per measurement (median reported)")
     sp.add_argument("--quick", action="store_true", help="tiny synthetic setting (checks the command, not the speed)")
     sp.add_argument("--threads", type=int, default=None, help="torch threads per run (default: all cores)")

@@ -73,6 +73,7 @@ LOSSES = Registry("loss.name", {
     "ldam": "bench.methods.losses:build_ldam",
     "logit_adjusted": "bench.methods.losses:build_logit_adjusted",
     "balanced_softmax": "bench.methods.losses:build_balanced_softmax",
+    "las": "bench.methods.losses:build_label_aware_smoothing",
 })
 
 # model.classifier: what replaces (or keeps) the backbone's linear layer (bench.methods.classifiers.Head).

@@ -17,12 +17,16 @@ from bench.config.schema import HASH_NEUTRAL_AT_DEFAULT, Config, ConfigError
 from bench.paths import repo_or_package_dir
 
 
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {p}: {'a folder, not a YAML file' if p.is_dir() else 'not found'}")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        # libyaml's parser where PyYAML has it: the same documents, ~10x faster (status / table read one per run)
+        data = yaml.load(p.read_text(encoding="utf-8"), Loader=_SAFE_LOADER)
     except UnicodeDecodeError as e:
         raise ConfigError(f"config file {p}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); "
                           "is it a YAML file?") from None

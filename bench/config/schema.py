@@ -211,7 +211,8 @@ class LossConfig:
 
     name: str = _f(
         "ce", "ce (WB stage 1); cb_ce = class-balanced weighted CE (HS); cb_bce_softmax = the WB code's CB form "
-        "(BCE on softmax, per-sample weight); focal; ldam; logit_adjusted (Menon et al.); balanced_softmax",
+        "(BCE on softmax, per-sample weight); focal; ldam; logit_adjusted (Menon et al.); balanced_softmax; las = "
+        "MiSLAS's label-aware smoothing",
         choices=LOSSES)
     label_smoothing: float = _f(0.0, "cross-entropy label smoothing (ce only)", ge=0, le=1)
     cb_beta: float = _f(0.9999, "effective-number beta of the class-balanced weights w_c = (1-beta)/(1-beta^n_c), "
@@ -231,6 +232,12 @@ class LossConfig:
                        ge=0)
     drw_epoch: int | None = _f(None, "deferred re-weighting: from this 0-based epoch on, weight the loss by CB weights "
                                      "(LDAM-DRW: 160 of 200); None = off", ge=0)
+    las_head: float = _f(0.4, "label-aware smoothing (las, MiSLAS): the smoothing eps_1 of the largest class", ge=0,
+                         le=1)
+    las_tail: float = _f(0.1, "label-aware smoothing: the smoothing eps_K of the smallest class", ge=0, le=1)
+    las_shape: Literal["concave", "linear"] = _f("concave", "label-aware smoothing from eps_K to eps_1 over the class "
+                                                            "counts: concave = eps_K + (eps_1 - eps_K) sin(pi (n_c - "
+                                                            "n_K) / (2 (n_1 - n_K))) (MiSLAS's default); linear")
 
 
 @dataclass
@@ -262,6 +269,9 @@ class TrainConfig:
                                 "weight_decay 0)", ge=0)
     feature_reg: float = _f(0.0, "HS feature regularisation lambda_FR/2 * mean_i ||h_i||^2 on the pooled penultimate "
                                  "feature (HS: 0.01)", ge=0)
+    mixup_alpha: float = _f(0.0, "mixup (MiSLAS stage 1: 1.0): per batch lambda ~ Beta(alpha, alpha) and a "
+                                 "permutation, x <- lambda x + (1 - lambda) x[perm], loss lambda L(z, y) + "
+                                 "(1 - lambda) L(z, y[perm]); 0 = off. Stage 1 only", ge=0)
     sampler: Literal["instance", "class_balanced", "class_aware"] = _f("instance", "instance-balanced (shuffle); "
                                                                                    "class_balanced: each draw a "
                                                                                    "uniform class, then a uniform "
@@ -384,7 +394,10 @@ HASH_NEUTRAL_AT_DEFAULT: dict[str, Any] = {"data.to_rgb": False, "stage2.reinit_
                                            "stage2.lws": False, "data.input_stats": "card", "data.resize": None,
                                            "model.embedding": "pooled",
                                            "model.zeroshot": dataclasses.asdict(ZeroShotConfig()),
-                                           "model.peft": dataclasses.asdict(PeftConfig())}
+                                           "model.peft": dataclasses.asdict(PeftConfig()),
+                                           **{f"{t}.{k}": v for t in ("train", "stage2.train") for k, v in (
+                                               ("mixup_alpha", 0.0), ("loss.las_head", 0.4), ("loss.las_tail", 0.1),
+                                               ("loss.las_shape", "concave"))}}
 
 
 @dataclass

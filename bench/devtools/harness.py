@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -75,6 +76,23 @@ def ltbench_run(setting: Setting, root: Path, extra: list[str], config: Path | N
         raise RuntimeError(f"perf: {' '.join(cmd[-6:])} failed: {(r.stderr or r.stdout).strip().splitlines()[-1:]}")
     rows, result = read_run(run_dir)
     return {"row": rows[0], "rows": rows, "result": result, "wall_s": time.time() - t0, "dir": run_dir}
+
+
+# Runs argv[1:] and prints its exit code, wall seconds and the peak RSS (KiB) of its largest process: getrusage's
+# RUSAGE_CHILDREN maximum covers the child and every descendant it waited for (DataLoader workers, torchrun ranks).
+_TIMED = ("import resource, subprocess, sys, time; t = time.time(); "
+          "r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=sys.stderr); "
+          "print(r.returncode, time.time() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+
+
+def timed_process(cmd: list[str], env: dict[str, str], what: str) -> dict[str, float]:
+    """Run `cmd` from REPO; its wall seconds and the peak RSS (MiB) of its largest process. A failure raises,
+    with the last line the command wrote to stderr."""
+    r = subprocess.run([sys.executable, "-c", _TIMED, *cmd], cwd=REPO, capture_output=True, text=True, env=env)
+    out = r.stdout.split()
+    if r.returncode != 0 or not out or out[0] != "0":
+        raise RuntimeError(f"perf: {what} failed: {r.stderr.strip().splitlines()[-1:]}")
+    return {"wall_s": float(out[1]), "peak_rss_mib": int(out[2]) / 1024}
 
 
 def rows(res: dict[str, list[float]]) -> list[list[Any]]:

@@ -33,13 +33,17 @@ from bench.data.lt import build_lt_data
 from bench.data.prepare import prepare
 from bench.devtools.gpucheck import gpu_check
 from bench.devtools.gpureport import render as render_gpu
-from bench.devtools.harness import REPO, Setting, interleaved, ltbench_run, median, rows, run_env
+from bench.devtools.scale import render as render_scale
+from bench.devtools.scale import section_scale
+from bench.devtools.sweep import render as render_sweep
+from bench.devtools.sweep import section_sweep
+from bench.devtools.harness import REPO, Setting, interleaved, ltbench_run, median, rows, run_env, timed_process
 from bench.devtools.wbref import section_wbref
 from bench.methods.classifiers import make_model
 from bench.runtime.process import keep_freed_memory
 from bench.runtime.progress import log
 
-SECTIONS = ("trainer", "data", "stage2", "ddp", "demo", "gpu", "wbref")
+SECTIONS = ("trainer", "data", "stage2", "ddp", "demo", "gpu", "wbref", "scale", "sweep")
 
 
 def bare_loop(config: str, overrides: list[str], threads: int) -> dict[str, float]:
@@ -206,15 +210,10 @@ def section_demo(s: Setting, root: Path, repeats: int) -> dict[str, Any]:
     walls, peaks = [], []
     for i in range(repeats):
         runs = Path(tempfile.mkdtemp(dir=root, prefix="demo-"))
-        code = ("import resource, subprocess, sys, time; t = time.time(); "
-                "r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); "
-                "print(r.returncode, time.time() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
-        cmd = [sys.executable, "-c", code, sys.executable, "-m", "bench", "demo", *extra, "--runs-root", str(runs)]
-        out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=run_env(s.threads)).stdout.split()
-        if not out or out[0] != "0":
-            raise RuntimeError(f"perf: ltbench demo failed in {runs}")
-        walls.append(float(out[1]))
-        peaks.append(int(out[2]) / 1024)
+        t = timed_process([sys.executable, "-m", "bench", "demo", *extra, "--runs-root", str(runs)],
+                          run_env(s.threads), f"ltbench demo in {runs}")
+        walls.append(t["wall_s"])
+        peaks.append(t["peak_rss_mib"])
         log(f"perf: demo {i + 1}/{repeats}: {walls[-1]:.0f} s, peak RSS {peaks[-1]:.0f} MiB")
     return {"rows": rows({"wall s": walls, "peak RSS of the largest process, MiB": peaks}),
             "target": "demo under 10 min on 2 cores", "met": median(walls) < 600 if not s.quick else None}
@@ -229,7 +228,8 @@ def section_gpu(s: Setting, root: Path, repeats: int) -> dict[str, Any]:
 
 
 RUNNERS = {"trainer": section_trainer, "data": section_data, "stage2": section_stage2, "ddp": section_ddp,
-           "demo": section_demo, "gpu": section_gpu, "wbref": section_wbref}
+           "demo": section_demo, "gpu": section_gpu, "wbref": section_wbref, "scale": section_scale,
+           "sweep": section_sweep}
 
 
 def machine() -> dict[str, Any]:
@@ -269,6 +269,13 @@ def run_perf(out: Path, sections: list[str], repeats: int, quick: bool, threads:
     return report
 
 
+def _verdict(met: bool | None) -> str:
+    return "met" if met else "not met" if met is False else "n/a"
+
+
+SPECIAL = {"gpu": render_gpu, "scale": render_scale, "sweep": render_sweep}   # sections with their own layout
+
+
 def render(report: dict[str, Any]) -> str:
     m = report["machine"]
     lines = [f"# ltbench perf: {report['setting']}", "",
@@ -280,8 +287,9 @@ def render(report: dict[str, Any]) -> str:
         if "skipped" in sec:
             lines += [f"skipped: {sec['skipped']}", ""]
             continue
-        if name == "gpu":
-            lines += render_gpu(sec)
+        if name in SPECIAL:
+            lines += SPECIAL[name](sec)
+            lines += [f"target: {sec['target']}: {_verdict(sec.get('met'))}", ""] if "target" in sec else []
             continue
         lines += ["| measurement | median | repeats |", "|---|---|---|"]
         for label, med, reps in sec.get("rows", []):
@@ -292,9 +300,7 @@ def render(report: dict[str, Any]) -> str:
             lines.append(f"| test accuracy (all) | {', '.join(f'{k} {v:.2f}' for k, v in sec['accuracy'].items())} | |")
         if "bound" in sec:
             lines.append(f"| limits a training step | {', '.join(f'{k}: {v}' for k, v in sec['bound'].items())} | |")
-        met = sec.get("met")
-        verdict = "met" if met else "not met" if met is False else "n/a"
-        lines += ["", f"target: {sec.get('target', '-')}: {verdict}", ""]
+        lines += ["", f"target: {sec.get('target', '-')}: {_verdict(sec.get('met'))}", ""]
     return "\n".join(lines)
 
 

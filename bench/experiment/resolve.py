@@ -63,11 +63,17 @@ def resolve(cfg: Config) -> Config:
                           f"{cfg.train.weight_decay} decays twice (HS: set train.weight_decay=0)")
     # Stage 2 trains the classifier under stage2.train.weight_decay (and MaxNorm); it has no loss-term
     # regularisers, so a value here would be written to the run's config and hash but never used.
-    for key, value in (("wd_in_loss", cfg.stage2.train.wd_in_loss), ("feature_reg", cfg.stage2.train.feature_reg)):
+    for key, value in (("wd_in_loss", cfg.stage2.train.wd_in_loss), ("feature_reg", cfg.stage2.train.feature_reg),
+                       ("mixup_alpha", cfg.stage2.train.mixup_alpha)):
         if value > 0:
             raise ConfigError(f"config key 'stage2.train.{key}': {value} is not used by stage 2 (its weight decay is "
                               "stage2.train.weight_decay; the HS regularisers belong to stage 1's train.*); "
                               "set it to 0")
+    if cfg.train.mixup_alpha > 0 and cfg.train.loss.cb_normalizer == "weights" and (
+            cfg.train.loss.drw_epoch is not None or cfg.train.loss.name in ("cb_ce", "cb_bce_softmax")):
+        # lambda L(z, y) + (1 - lambda) L(z, y[perm]) mixes two losses of different normalisers sum_i w_{y_i}
+        raise ConfigError("config key 'train.mixup_alpha': mixup with class weights needs train.loss.cb_normalizer="
+                          "batch (the two mixed losses would divide by different sums of weights)")
     for key, loss in (("train.loss", cfg.train.loss), ("stage2.train.loss", cfg.stage2.train.loss)):
         if loss.name == "cb_bce_softmax" and loss.cb_normalizer != "batch":
             raise ConfigError(f"config key '{key}.cb_normalizer': {loss.cb_normalizer} does not apply to "

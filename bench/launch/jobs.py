@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 from bench.config import ConfigError
-from bench.runtime.jobstate import read_job, run_status
+from bench.runtime.jobstate import job_states_of, read_job, run_status
 from bench.runtime.progress import format_pct
 from bench.runtime.rundir import RunDir
 
@@ -34,7 +34,9 @@ def status_table(experiment: Path) -> str:
     if not runs:
         raise ConfigError(f"ltbench status: no runs under {experiment} (give <runs-root>/<experiment name>)")
     head = ["run", "stage", "job", "state", "epoch", "all", "many", "medium", "few"]
-    rows = [run_status(RunDir(p)) for p in runs]
+    records = [p / "job.json" for p in runs if (p / "job.json").is_file()]
+    states = job_states_of([str(read_job(r)["job_id"]) for r in records]) if records else {}
+    rows = [run_status(RunDir(p), states) for p in runs]
     cells = [[str(r[h]) if h not in ("all", "many", "medium", "few") else format_pct(r[h]) for h in head] for r in rows]
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(head)]
     fmt = "  ".join(f"{{:{w}s}}" for w in widths)

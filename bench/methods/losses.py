@@ -229,6 +229,40 @@ class AdjustedLogitsCE(LossFn):
         return self.weighted_ce(logits + self.offset.to(logits.dtype), y)
 
 
+def las_smoothing(class_counts: Sequence[int], head: float, tail: float, shape: str = "concave") -> torch.Tensor:
+    """Label-aware smoothing's per-class eps_c (MiSLAS, Zhong et al. 2021, Eq. 7; its LabelAwareSmoothing): from
+    eps_K = tail at the smallest count n_K to eps_1 = head at the largest n_1.
+    concave: eps_K + (eps_1 - eps_K) sin(pi (n_c - n_K) / (2 (n_1 - n_K))); linear: eps_K + (eps_1 - eps_K)
+    (n_c - n_K) / (n_1 - n_K). With all counts equal, every class gets eps_1."""
+    n = torch.as_tensor(list(class_counts), dtype=torch.float64)
+    n_1, n_K = float(n.max()), float(n.min())
+    r = (n - n_K) / (n_1 - n_K) if n_1 > n_K else torch.ones_like(n)
+    if shape == "concave":
+        r = torch.sin(math.pi / 2 * r)
+    elif shape != "linear":
+        raise ValueError(f"label-aware smoothing shape must be concave or linear, got {shape!r}")
+    return (tail + (head - tail) * r).to(torch.float32)
+
+
+class LabelAwareSmoothing(LossFn):
+    """Label-aware smoothing (MiSLAS): per sample (1 - eps_y)(-log p_y) + eps_y mean_c(-log p_c), the form of the
+    MiSLAS code (its smoothing mass spreads over all C classes, the true one included; the paper's Eq. 6 puts
+    1 - eps_y on the true class alone). Class weights (DRW) enter as the weighted mean of LossFn."""
+
+    eps: torch.Tensor
+
+    def __init__(self, eps: torch.Tensor, class_weight: torch.Tensor | None = None,
+                 weight_from_epoch: int | None = None, normalizer: str = "batch") -> None:
+        super().__init__(class_weight, weight_from_epoch, normalizer)
+        self.register_buffer("eps", eps.clone())
+
+    def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logp = F.log_softmax(logits, dim=1)
+        eps = self.eps.to(logp.dtype)[y]
+        per_sample = (1.0 - eps) * -logp.gather(1, y.unsqueeze(1)).squeeze(1) + eps * -logp.mean(dim=1)
+        return self.weighted_mean(per_sample, y)
+
+
 def make_loss(cfg: LossConfig, class_counts: list[int]) -> LossFn:
     """Build the loss named by cfg.name (bench/registry.py LOSSES). `class_counts` (training n_c) is for
     class-aware losses.
@@ -289,3 +323,9 @@ def build_balanced_softmax(cfg: LossConfig, counts: list[int], weight: torch.Ten
                            start: int | None) -> LossFn:
     n = torch.tensor(counts, dtype=torch.float64)
     return AdjustedLogitsCE(torch.log(n), weight, start, cfg.cb_normalizer)
+
+
+def build_label_aware_smoothing(cfg: LossConfig, counts: list[int], weight: torch.Tensor | None,
+                                start: int | None) -> LossFn:
+    return LabelAwareSmoothing(las_smoothing(counts, cfg.las_head, cfg.las_tail, cfg.las_shape), weight, start,
+                               cfg.cb_normalizer)

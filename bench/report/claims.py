@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from bench.report.collect import per_class
+
 ON_PAR_PTS = 0.5          # "at least on par": HS all >= WB all - 0.5 points
 FINAL_METHODS = ("tau-norm", "wb", "hs")
 
@@ -63,7 +65,7 @@ def rows_from_table(table: Any) -> dict[str, dict[str, Any]]:
         cell = table.cells[((method, label), _col)]
         if method in rows:   # the demo's table has one row per method; a second would silently replace the first
             raise RuntimeError(f"claims: two rows of {method} in the demo's table")
-        per = [r.result["per_class_acc"] for r in cell.runs if r.result and r.result.get("per_class_acc")]
+        per = [v for r in cell.runs if (v := per_class(r).get("per_class_acc"))]
         rows[method] = {"all": cell.stats("all")[0], "seeds": len(cell.runs),
                         "per_class_min": [min((x for x in v if x is not None), default=None) for v in zip(*per)]
                         if per else None}

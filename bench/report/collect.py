@@ -107,6 +107,13 @@ class _Memo:
         return self.hashes[cfg_path]
 
 
+# The per-class keys of result.json: most of the file at 8,142 classes (~10 ms to decode a run). collect leaves
+# them in the file and per_class() reads them when a figure or a claim needs them, so that `ltbench table` over
+# a thousand runs decodes only what its cells need; keys nothing reads are never decoded.
+PER_CLASS = ("per_class_acc", "class_counts", "groups", "analysis")
+NOT_READ = ("class_names", "per_class_acc_last_epoch", *PER_CLASS)
+
+
 def load_record(run_dir: Path, memo: _Memo | None = None) -> RunRecord:
     """What a run directory says about itself; a clear error for a broken one."""
     memo = memo or _Memo()
@@ -122,7 +129,7 @@ def load_record(run_dir: Path, memo: _Memo | None = None) -> RunRecord:
                     dataset=str(data.get("dataset")),
                     imbalance_factor=data.get("imbalance_factor"), seed=int(raw.get("seed", 0)),
                     state="incomplete", setting=setting, protocol=str(raw.get("protocol", "custom")))
-    result = RunDir(run_dir).read_result()
+    result = RunDir(run_dir).read_result(skip=NOT_READ)
     parent_dir = find_parent_dir(run_dir, raw, result, memo)
     if parent_dir is not None:
         # A child inherits only its parent's data / model / train, so the parent's other choices (its epoch
@@ -163,6 +170,15 @@ def find_parent_dir(run_dir: Path, raw: dict[str, Any], result: Mapping[str, Any
         if cand and (Path(cand) / "config.yaml").is_file() and memo.run_hash(Path(cand) / "config.yaml") == want:
             return Path(cand)
     return None
+
+
+def per_class(rec: RunRecord) -> Mapping[str, Any]:
+    """The record's result with its per-class keys (PER_CLASS), read from its result.json when collect left them
+    there; a result that has them already (W&B, a file of an earlier layout) as it is."""
+    res = rec.result or {}
+    if not res or any(k in res for k in PER_CLASS) or not Path(rec.path).is_dir():
+        return res
+    return {**res, **RunDir(Path(rec.path)).read_result(keys=PER_CLASS)}
 
 
 def collect(paths: list[str]) -> list[RunRecord]:

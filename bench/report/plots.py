@@ -138,12 +138,14 @@ def plot_table(table: Any, prefix: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from bench.report.collect import per_class
+
     written = []
     for col in table.columns:
         series = []
         for row in table.rows:
             cell = table.cells.get((row, col))
-            results = [r.result for r in (cell.runs if cell else []) if r.result]
+            results = [per_class(r) for r in (cell.runs if cell else []) if r.result]
             if results:
                 series.append((row, results))
         if not series:

@@ -10,10 +10,13 @@ from tqdm import tqdm
 
 def log(msg: str) -> None:
     """One line on stdout, from global rank 0 only (one write per line: parallel threads never interleave)."""
-    from bench.runtime import dist  # local: commands that only log (config, status) start without torch
+    # A process group exists only once torch is loaded; a command that never loads it (config, status, table,
+    # submit: run on login nodes) must not load it just to log.
+    if "torch" in sys.modules:
+        from bench.runtime import dist
 
-    if not dist.is_main():
-        return
+        if not dist.is_main():
+            return
     sys.stdout.write(f"[{time.strftime('%H:%M:%S')}] {msg}\n")
     sys.stdout.flush()
 

@@ -19,6 +19,7 @@ import torch
 from bench.data.cards import DatasetError
 from bench.data.loaders import TrainLoader
 from bench.methods.losses import LossFn
+from bench.methods.mixup import Mixup
 from bench.runtime import dist
 from bench.runtime.progress import Progress, log
 from bench.runtime.rundir import RunDir, check_owner
@@ -71,6 +72,7 @@ class Parts:
     regularizers: list[Callable[[torch.Tensor], torch.Tensor]] = field(default_factory=list)
     constraints: list[Constraint] = field(default_factory=list)
     amp: str = "none"                                  # autocast dtype: none, bf16, fp16 (with a grad scaler)
+    mixup: Mixup | None = None                         # mixes each batch (drawn from the step's position)
 
 
 def make_forward(owner: torch.nn.Module, encoder: Callable[[torch.Tensor], torch.Tensor], head: torch.nn.Module,
@@ -173,11 +175,12 @@ class LastCheckpoint:
 
 
 def train_step(p: Parts, x: torch.Tensor, y: torch.Tensor, scaler: torch.amp.GradScaler,
-               autocast_dtype: torch.dtype | None,
-               trained: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+               autocast_dtype: torch.dtype | None, trained: Sequence[torch.Tensor],
+               at: tuple[int, int] = (0, 0)) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One optimiser step on a batch already on the device: loss + regularisers, backward (under DDP this
     rank's share of the global batch's objective), optimiser and scheduler step, per-step constraints.
-    Returns (loss, logits); logits None when this rank had no sample."""
+    `at` = (epoch, step) draws the step's mixup. Returns (loss, logits); logits None when this rank had no
+    sample."""
     world = dist.world()
     p.optimizer.zero_grad(set_to_none=True)
     data_loss: torch.Tensor
@@ -188,8 +191,13 @@ def train_step(p: Parts, x: torch.Tensor, y: torch.Tensor, scaler: torch.amp.Gra
         logits = None
     else:
         with torch.autocast(x.device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext():
-            h, logits = p.forward(x)
-            data_loss = p.loss(logits, y)
+            if p.mixup is None:
+                h, logits = p.forward(x)
+                data_loss = p.loss(logits, y)
+            else:          # mixup: lambda L(z, y) + (1 - lambda) L(z, y[perm]) on the mixed images
+                x, y_perm, lam = p.mixup(x, y, *at)
+                h, logits = p.forward(x)
+                data_loss = lam * p.loss(logits, y) + (1.0 - lam) * p.loss(logits, y_perm)
             reg = sum(r(h) for r in p.regularizers)
     loss = data_loss + reg
     if world > 1:
@@ -276,7 +284,7 @@ def fit(parts: Parts, run: RunDir, epochs: int, selection_split: str, device: to
                 bar.update()
                 continue
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            loss, logits = train_step(p, x, y, scaler, autocast_dtype, trained)
+            loss, logits = train_step(p, x, y, scaler, autocast_dtype, trained, (epoch, state.step))
             if logits is not None:
                 sums[0] += loss.detach().double() * len(y)
                 sums[1] += (logits.detach().argmax(1) == y).sum()

@@ -13,6 +13,7 @@ from bench.config import Config
 from bench.methods.adapters import finish_adapters, parameter_counts
 from bench.methods.classifiers import CosineClassifier, fold_head, make_model
 from bench.methods.losses import make_loss
+from bench.methods.mixup import Mixup
 from bench.methods.regularizers import make_regularizers
 from bench.models.parts import encode, head_of
 from bench.runtime.rundir import Result, RunDir
@@ -49,7 +50,8 @@ def train_stage1(cfg: Config, run: RunDir, figures: Figures | None = None) -> Re
                   set_train_mode=model.train, loader=loader, optimizer=optimizer,
                   scheduler=make_scheduler(optimizer, t, len(loader)), evaluate=select,
                   analyze=select.analyze if cfg.eval.analysis_each_epoch else None,
-                  regularizers=make_regularizers(t, model), amp=t.amp)
+                  regularizers=make_regularizers(t, model), amp=t.amp,
+                  mixup=Mixup(t.mixup_alpha, cfg.seed) if t.mixup_alpha > 0 else None)
     state = fit(parts, run, t.epochs, cfg.eval.selection_split, device, cfg.runtime.checkpoint_every_steps,
                 cfg.runtime.progress, st.tracker)
 

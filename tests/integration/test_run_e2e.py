@@ -128,16 +128,20 @@ def test_sigkill_after_first_epoch_then_resume_is_exact(reference_run, tmp_path)
            [{k: v for k, v in h.items() if k not in drop} for h in ref_hist]
 
 
-def test_sigkill_mid_epoch_then_resume_is_exact(reference_run, tmp_path):
-    """Checkpoints every 3 steps; killed as soon as the first mid-epoch checkpoint exists."""
-    proc = _start(tmp_path, "runtime.checkpoint_every_steps=3")
+def test_sigkill_mid_epoch_then_resume_is_exact(tmp_path):
+    """Checkpoints every 3 steps; killed as soon as the first mid-epoch checkpoint exists. With mixup (MiSLAS stage
+    1), whose draws at the resumed step must be the uninterrupted run's too."""
+    mix = ["runtime.checkpoint_every_steps=3", "train.mixup_alpha=1.0"]
+    ref = run_cli("run", SMOKE, *FIXED, *mix, "--runs-root", str(tmp_path / "ref"))
+    assert ref.returncode == 0, ref.stderr
+    proc = _start(tmp_path, *mix)
     last = lambda: next(iter((tmp_path / "smoke").glob("*/checkpoints/last.pt")), None)  # noqa: E731
     _kill_when(proc, lambda: last() is not None)
     saved = torch.load(last(), weights_only=True)
     assert saved["state"]["step"] > 0 or saved["state"]["epoch"] > 0
-    r = run_cli("run", SMOKE, *FIXED, "runtime.checkpoint_every_steps=3", "--runs-root", str(tmp_path))
+    r = run_cli("run", SMOKE, *FIXED, *mix, "--runs-root", str(tmp_path))
     assert r.returncode == 0, r.stderr
-    _same_numbers(result_of(only_run_dir(tmp_path)), result_of(reference_run))
+    _same_numbers(result_of(only_run_dir(tmp_path)), result_of(only_run_dir(tmp_path / "ref")))
 
 
 def test_truncated_checkpoint_is_a_one_line_error(tmp_path):

@@ -53,6 +53,8 @@ def test_overrides_parse_yaml_values():
     ("groups.few=2000", "config key 'groups.few': 2000 is above groups.many = 1000"),
     ("stage2.train.wd_in_loss=5", "config key 'stage2.train.wd_in_loss': 5.0 is not used by stage 2"),
     ("stage2.train.feature_reg=0.01", "config key 'stage2.train.feature_reg': 0.01 is not used by stage 2"),
+    ("stage2.train.mixup_alpha=1", "config key 'stage2.train.mixup_alpha': 1.0 is not used by stage 2"),
+    ("train.loss.las_shape=convex", "config key 'train.loss.las_shape': expected one of 'concave', 'linear'"),
     ("data.val_per_class=0", "config key 'data.val_per_class': 0 leaves no validation split"),
     # no RRC in memory
     ("data.augment=rrc_flip", "config key 'data.augment': rrc_flip needs shard data (data.shards)"),
@@ -95,8 +97,12 @@ def test_hash_neutral_fields_keep_old_run_names_until_set():
         del d["data"][key]
     for key in ("embedding", "zeroshot", "peft"):
         del d["model"][key]
+    del d["train"]["mixup_alpha"]                          # mixup and label-aware smoothing (MiSLAS)
+    for key in ("las_head", "las_tail", "las_shape"):
+        del d["train"]["loss"][key]
     assert a.run_hash() == hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
-    for other in ("data.to_rgb=true", "data.resize=32", "model.peft.method=lora", "model.zeroshot.templates=['{}']"):
+    for other in ("data.to_rgb=true", "data.resize=32", "model.peft.method=lora", "model.zeroshot.templates=['{}']",
+                  "train.mixup_alpha=1", "train.loss.las_head=0.3"):
         assert load_config(None, ["data.dataset=fashion-mnist", other]).run_hash() != a.run_hash()
 
 
@@ -386,3 +392,9 @@ def test_a_config_file_with_a_newline_in_its_name_is_refused(tmp_path):
 def test_plain_names_pass():
     cfg = load_config(REPO / "configs" / "smoke.yaml", ["name=cifar100-lt_if.100", "method=hs-stage1"])
     assert cfg.name == "cifar100-lt_if.100" and cfg.method == "hs-stage1"
+
+
+def test_mixup_with_a_sum_of_weights_normaliser_is_refused():
+    with pytest.raises(ConfigError, match="'train.mixup_alpha': mixup with class weights needs train.loss"):
+        load_config(None, ["train.mixup_alpha=1", "train.loss.name=cb_ce", "train.loss.cb_normalizer=weights"])
+    load_config(None, ["train.mixup_alpha=1", "train.loss.name=cb_ce"])            # batch: the two losses add up

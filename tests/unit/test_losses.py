@@ -216,3 +216,26 @@ def test_normalizer_is_what_the_batch_mean_divides_by():
     assert float(bce.normalizer(y)) == 4.0
     combined = sum(bce(logits[s], y[s]) * bce.normalizer(y[s]) for s, _ in parts) / 4.0
     assert float(combined) == pytest.approx(float(bce(logits, y)), rel=1e-6)
+
+
+def test_label_aware_smoothing_by_hand():
+    """MiSLAS's eps_c for counts [100, 10, 1], eps .4 / .1: concave .1 + .3 sin(pi 9 / 198) = .1427 for the middle
+    class; linear .1 + .3 * 9 / 99. Its per-sample loss (the code's form) on z = [2, 0, 0], y = 0:
+    logp = z - log(e^2 + 2) = [-0.239545, -2.239545, -2.239545]; 0.6 * 0.239545 + 0.4 * mean(-logp) = 0.772878;
+    on z = 0, y = 2 (eps .1): log 3 = 1.098612 either way; the batch mean 0.935745."""
+    from bench.methods.losses import las_smoothing
+
+    counts = [100, 10, 1]
+    middle = 0.1 + 0.3 * math.sin(math.pi * 9 / 198)
+    assert las_smoothing(counts, 0.4, 0.1).tolist() == pytest.approx([0.4, middle, 0.1])
+    assert las_smoothing(counts, 0.4, 0.1)[1] == pytest.approx(0.1427, abs=1e-4)
+    assert las_smoothing(counts, 0.4, 0.1, "linear").tolist() == pytest.approx([0.4, 0.1 + 0.3 * 9 / 99, 0.1])
+    assert las_smoothing([5, 5], 0.4, 0.1).tolist() == pytest.approx([0.4, 0.4])
+    loss = make_loss(LossConfig(name="las", las_head=0.4, las_tail=0.1), counts)
+    z = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    assert float(loss(z[:1], torch.tensor([0]))) == pytest.approx(0.772878, abs=1e-6)
+    assert float(loss(z, torch.tensor([0, 2]))) == pytest.approx(0.935745, abs=1e-6)
+    # eps = 0 everywhere is cross-entropy
+    ce = make_loss(LossConfig(name="las", las_head=0.0, las_tail=0.0), counts)
+    assert float(ce(z, torch.tensor([0, 2]))) == pytest.approx(float(torch.nn.functional.cross_entropy(
+        z, torch.tensor([0, 2]))), abs=1e-7)

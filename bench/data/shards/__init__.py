@@ -31,17 +31,43 @@ Modules, each leaning only on the ones above it:
     loader    ShardLoader: workers, batches, the DataLoader glue
 """
 
-from bench.data.shards.decode import IMAGE_EXTS, _load_npy, _rrc_box, decode_sample  # noqa: F401
-from bench.data.shards.loader import ShardLoader, stream_batches
-from bench.data.shards.manifest import (FORMAT, MANIFEST, Manifest, ShardSplit, check_shard_files, file_sha256,
-                                        load_manifest, verify_shards)
-from bench.data.shards.plan import (StreamSpec, _buffer_shuffle,  # noqa: F401
-                                    batch_sizes, batches_per_rank, epoch_shard_order, plan,
-                                    rank_ranges, segments, stream_pieces)
-from bench.data.shards.tar import Hole, read_shard
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# The names below load lazily (PEP 562): reading a manifest (`ltbench submit` / `status` resolve configs with
+# shards on login nodes) must not import decode / loader, which load torch.
+_HOME = {
+    **dict.fromkeys(("IMAGE_EXTS", "_load_npy", "_rrc_box", "decode_sample"), "decode"),
+    **dict.fromkeys(("ShardLoader", "stream_batches"), "loader"),
+    **dict.fromkeys(("FORMAT", "MANIFEST", "Manifest", "ShardSplit", "check_shard_files", "file_sha256",
+                     "load_manifest", "verify_shards"), "manifest"),
+    **dict.fromkeys(("StreamSpec", "_buffer_shuffle", "batch_sizes", "batches_per_rank", "epoch_shard_order",
+                     "rank_ranges", "segments", "stream_pieces"), "plan"),
+    **dict.fromkeys(("Hole", "read_shard"), "tar"),
+}
+# _load_npy, _rrc_box and _buffer_shuffle are re-exported for the unit tests that import them from here; the
+# function plan() is imported from its module (the package's attribute `plan` is that module).
+
+if TYPE_CHECKING:
+    from bench.data.shards.decode import IMAGE_EXTS, _load_npy, _rrc_box, decode_sample  # noqa: F401
+    from bench.data.shards.loader import ShardLoader, stream_batches
+    from bench.data.shards.manifest import (FORMAT, MANIFEST, Manifest, ShardSplit, check_shard_files, file_sha256,
+                                            load_manifest, verify_shards)
+    from bench.data.shards.plan import (StreamSpec, _buffer_shuffle,  # noqa: F401
+                                        batch_sizes, batches_per_rank, epoch_shard_order,
+                                        rank_ranges, segments, stream_pieces)
+    from bench.data.shards.tar import Hole, read_shard
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOME:
+        return getattr(importlib.import_module(f"bench.data.shards.{_HOME[name]}"), name)
+    raise AttributeError(f"module 'bench.data.shards' has no attribute {name!r}")
+
 
 __all__ = ["FORMAT", "IMAGE_EXTS", "MANIFEST", "Hole", "Manifest", "ShardLoader", "ShardSplit", "StreamSpec",
            "batch_sizes", "batches_per_rank", "check_shard_files", "decode_sample", "epoch_shard_order",
-           "file_sha256", "load_manifest", "plan", "rank_ranges", "read_shard", "segments", "stream_batches",
+           "file_sha256", "load_manifest", "rank_ranges", "read_shard", "segments", "stream_batches",
            "stream_pieces", "verify_shards"]
-# _load_npy, _rrc_box and _buffer_shuffle are re-exported for the unit tests that import them from here.

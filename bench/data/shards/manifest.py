@@ -11,11 +11,12 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from bench.data.cards import DatasetError
+
+if TYPE_CHECKING:
+    import torch
 
 FORMAT = "ltbench-shards/1"
 MANIFEST = "manifest.json"
@@ -46,6 +47,8 @@ class ShardSplit:
     @property
     def y(self) -> torch.Tensor:
         """Labels in manifest order (the evaluation order on one rank)."""
+        import torch  # local: reading a manifest (login nodes resolve configs) loads no torch
+
         return torch.tensor([lab for s in self.shards for lab in s["labels"]], dtype=torch.int64)
 
     def path(self, k: int) -> str:
@@ -63,11 +66,24 @@ class Manifest:
         return None if s is None else ShardSplit(self.root, name, s["shards"])
 
 
+_READ: dict[tuple[str, int, int], Manifest] = {}    # (path, mtime_ns, size) -> the manifest read from it
+
+
 def load_manifest(root: str | Path) -> Manifest:
+    """The checked manifest of a shard folder. Read once per process while the file is unchanged: planning a
+    1,000-run sweep resolves every run's config against the same manifest (5 MB at iNaturalist's size)."""
     root = Path(root).expanduser()
     path = root / MANIFEST
     if not path.is_file():
         raise DatasetError(f"data.shards: {path} not found (prepare the shards with `ltbench prepare`)")
+    st = path.stat()
+    key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+    if key not in _READ:
+        _READ[key] = _read_manifest(root, path)
+    return _READ[key]
+
+
+def _read_manifest(root: Path, path: Path) -> Manifest:
     raw = path.read_bytes()
     try:
         doc = json.loads(raw)
