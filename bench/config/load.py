@@ -20,6 +20,15 @@ from bench.paths import repo_or_package_dir
 _SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
+def _python_parser_error(path: Path) -> yaml.YAMLError | None:
+    """The error PyYAML's pure-Python parser reports for a file libyaml refused."""
+    try:
+        yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        return e
+    return None
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
@@ -31,6 +40,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {p}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); "
                           "is it a YAML file?") from None
     except yaml.YAMLError as e:
+        e = _python_parser_error(p) or e   # its line and wording (libyaml places some errors a line later)
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise ConfigError(f"config file {p}{where}: invalid YAML ({getattr(e, 'problem', e)})") from None

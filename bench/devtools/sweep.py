@@ -4,7 +4,8 @@ One `ltbench submit` of configs/smoke_stage2.yaml swept over seeds and a stage-2
 stage-1 runs as one job array and their stage-2 children as another, `--array-parallelism` tasks at a time, each
 child waiting on its parent (afterok). While it runs, jobs of the cluster's `high` partition preempt whatever runs
 (SIGUSR2, checkpoint, requeue, resume), and `ltbench status` is asked every few seconds: it must answer (exit 0, a line
-per run) and never show a failure. At the end every job's last accounting state is COMPLETED and `ltbench table` has
+per run) and never show a failure. The same submit, repeated while the jobs are queued, submits nothing; repeated at the
+end, it skips every run as complete. At the end every job's last accounting state is COMPLETED and `ltbench table` has
 every cell complete (no † mark, n = seeds).
 
 The full size is 120 runs (12 seeds, 3 x 3 stage-2 settings); --quick is 20 (4 seeds, 2 x 2), the version in the test
@@ -61,9 +62,10 @@ def sweep_check(root: Path, env: dict[str, str], seeds: int, lrs: list[float], w
     sweep = [f"seed={','.join(map(str, range(seeds)))}", f"stage2.train.lr={','.join(map(str, lrs))}",
              f"stage2.train.weight_decay={','.join(map(str, wds))}"]
     t0 = time.time()
-    r = _ltbench(env, "submit", str(CONFIGS / "smoke_stage2.yaml"), "--override", "runtime.threads=1",
-                 "--override", "runtime.checkpoint_every_steps=5", *(x for s in sweep for x in ("--sweep", s)),
-                 "--array-parallelism", str(parallelism), "--runs-root", str(runs))
+    submit_args = ["submit", str(CONFIGS / "smoke_stage2.yaml"), "--override", "runtime.threads=1",
+                   "--override", "runtime.checkpoint_every_steps=5", *(x for s in sweep for x in ("--sweep", s)),
+                   "--array-parallelism", str(parallelism), "--runs-root", str(runs)]
+    r = _ltbench(env, *submit_args)
     if r.returncode != 0:
         raise RuntimeError(f"sweep: ltbench submit failed: {r.stderr.strip()}")
     dirs = sorted(p for p in (runs / "smoke").iterdir() if p.is_dir() and not p.name.startswith("_"))
@@ -73,6 +75,10 @@ def sweep_check(root: Path, env: dict[str, str], seeds: int, lrs: list[float], w
         raise RuntimeError(f"sweep: {len(dirs)} run directories, expected {expected}")
     arrays = {j.split("_")[0] for j in jobs.values()}
     log(f"sweep: {len(dirs)} runs submitted as {len(arrays)} job arrays in {time.time() - t0:.1f} s")
+    again = _ltbench(env, *submit_args)         # while queued or running: every run is left alone
+    if again.returncode != 0 or "submitted" in again.stdout or again.stdout.count("queued as") != len(dirs):
+        raise RuntimeError(f"sweep: a second submit while the jobs are queued did not leave them alone:\n"
+                           f"{again.stdout}{again.stderr}")
 
     polls: list[float] = []
     high: list[str] = []
@@ -118,6 +124,9 @@ def sweep_check(root: Path, env: dict[str, str], seeds: int, lrs: list[float], w
     rows = [line for line in table.stdout.splitlines() if line.startswith("| ") and "---" not in line][1:]
     if table.returncode != 0 or len(rows) != 1 + len(lrs) * len(wds) or any("†" in row for row in rows):
         raise RuntimeError(f"sweep: ltbench table incomplete ({len(rows)} rows):\n{table.stdout}{table.stderr}")
+    done_again = _ltbench(env, *submit_args)    # all complete: nothing to submit
+    if done_again.returncode != 0 or done_again.stdout.count("complete, skipped") != len(dirs):
+        raise RuntimeError(f"sweep: a submit after the end did not skip every run:\n{done_again.stdout}")
     log(f"sweep: {len(dirs)} runs COMPLETED in {wall:.0f} s, {len(requeued)} requeued, {len(polls)} status polls")
     return {"runs": len(dirs), "job_arrays": len(arrays), "wall_s": round(wall, 1), "preempting_jobs": len(high),
             "runs_requeued": len(requeued), "requeues": sum(requeued.values()), "status_polls": len(polls),

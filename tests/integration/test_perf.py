@@ -47,18 +47,17 @@ def test_perf_quick_writes_its_report(tmp_path):
 
 def test_perf_scale_quick_goes_through_every_step(tmp_path):
     """`ltbench perf --only scale --quick`: the iNaturalist-shaped path at 50 classes, 100 run directories and a
-    100-run sweep (the full size is a benchmark: BENCHMARKS.md). Every step ran and was measured; no target is
-    judged at this size."""
+    100-run sweep (the full size, with its second stage-2 run and the cRT epoch, is a benchmark: BENCHMARKS.md).
+    Every step ran and was measured; no target is judged at this size."""
     out = tmp_path / "perf"
     r = run_cli("perf", "--quick", "--only", "scale", "--threads", "1", "--out", str(out))
     assert r.returncode == 0, r.stdout + r.stderr
     sec = json.loads((out / "perf.json").read_text())["sections"]["scale"]
     assert [k.split(" (")[0].split(",")[0] for k in sec["steps"]] == [
-        "prepare", "stage-1 epoch", "WB stage 2", "cRT epoch", "table over 100 runs", "status over 100 runs",
-        "submit --dry-run"]
+        "prepare", "stage-1 epoch", "WB stage 2", "table over 100 runs", "status over 100 runs", "submit --dry-run"]
     assert all(v["wall_s"] > 0 and v["peak_rss_mib"] > 0 for v in sec["steps"].values())
     f = sec["figures"]
-    assert f["run directories for table / status"] == 100 and f["cRT: samples in the epoch"] == 50 * 40
+    assert f["run directories for table / status"] == 100
     assert f["stage 2 on cached features: ltbench samples/s"] > 0 and sec["met"] is None
     assert set(sec["targets"]) == {"table <= 10 s", "status <= 5 s", "dry-run <= 10 s", "stage 2 >= 0.8 x bare"}
     md = (out / "perf.md").read_text()
