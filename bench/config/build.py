@@ -89,7 +89,7 @@ def _schema_of(cls: type) -> tuple[dict[str, Any], dict[str, dataclasses.Field]]
 def _section_default(cls: type, name: str) -> dict[str, Any]:
     """The default of the section field `name` of `cls` as a dict (shared: merge copies what it changes, and
     nothing writes into it)."""
-    factory = {f.name: f for f in dataclasses.fields(cls)}[name].default_factory
+    factory = _schema_of(cls)[1][name].default_factory
     return dataclasses.asdict(factory()) if factory is not dataclasses.MISSING else {}
 
 
