@@ -54,14 +54,38 @@ PROTOCOLS: dict[str, dict[str, dict[str, Any]]] = {
         # the multiplicative LA (posthoc la_mult) is fitted on the parent's reported model: its best epoch on val
         "posthoc": {"eval.selection_split": "val", "eval.tta_flip": False, "eval.select_tta_flip": False},
     },
+    "mislas-reference": {
+        # MiSLAS code (Zhong et al. 2021, dvlab-research/MiSLAS): the LDAM-DRW CIFAR-LT cut (int(), each class's
+        # images shuffled with np.random.seed(0)), no val split, the best epoch on TEST in both stages, no TTA;
+        # SGD weight_decay on every parameter; adjust_learning_rate per epoch (warm-up lr e / 5 in epoch e)
+        "stage1": {"data.selection": "shuffle", "data.selection_seed": 0, "data.profile": "exp",
+                   "data.rounding": "floor", "data.n_max": None, "data.val_per_class": 0,
+                   "eval.selection_split": "test", "eval.select": "best", "eval.tta_flip": False,
+                   "eval.select_tta_flip": False, "train.wd_scope": "all", "train.schedule_unit": "epoch",
+                   "train.schedule_step_at_epoch_start": False, "train.warmup_unit": "epoch"},
+        # train_stage2.py: the stage-1 classifier (not re-initialised) times a learned per-class scale, crop+flip
+        # batches from the class-aware sampler cut after ceil(N / B) + 1 batches, cosine per epoch from the full lr
+        "stage2": {"eval.selection_split": "test", "eval.select": "best", "eval.tta_flip": False,
+                   "eval.select_tta_flip": False, "stage2.lws": True, "stage2.reinit_classifier": False,
+                   "stage2.maxnorm": False, "stage2.augment": "crop_flip", "stage2.train.sampler": "class_aware",
+                   "stage2.train.epoch_length": "dataset_plus_one", "stage2.train.wd_scope": "all",
+                   "stage2.train.schedule": "cosine", "stage2.train.schedule_unit": "epoch",
+                   "stage2.train.schedule_step_at_epoch_start": False, "stage2.train.warmup_epochs": 0},
+        "posthoc": {"eval.selection_split": "test", "eval.tta_flip": False, "eval.select_tta_flip": False},
+    },
 }
 
+# Every protocol name a config can give ("custom" = none); the schema's Literal lists the same (a test checks)
+PROTOCOL_NAMES: tuple[str, ...] = ("custom", *PROTOCOLS)
+
 # Input statistics a reference code hard-codes per dataset (data.mean / data.std, stage 1; children inherit
-# them). Both codes normalise CIFAR-100 with the commonly copied CIFAR-10 numbers, not CIFAR-100's own; the
-# HS code normalises CIFAR-10 with CIFAR-10's true statistics (= the card); the WB code has no CIFAR-10.
+# them). The codes normalise CIFAR-100 with the commonly copied CIFAR-10 numbers, not CIFAR-100's own; the HS code
+# normalises CIFAR-10 with CIFAR-10's true statistics (= the card), MiSLAS with the copied ones (whose std is not
+# CIFAR-10's either); the WB code has no CIFAR-10.
 CIFAR10_COPIED_STATS = ([0.4914, 0.4822, 0.4465], [0.2023, 0.1994, 0.2010])
 REFERENCE_STATS: dict[str, dict[str, tuple[list[float], list[float]]]] = {
     "wb-reference": {"cifar100": CIFAR10_COPIED_STATS},
+    "mislas-reference": {"cifar100": CIFAR10_COPIED_STATS, "cifar10": CIFAR10_COPIED_STATS},
     "hs-reference": {"cifar100": CIFAR10_COPIED_STATS,
                      "cifar10": ([0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616])},
 }
@@ -69,7 +93,8 @@ REFERENCE_STATS: dict[str, dict[str, tuple[list[float], list[float]]]] = {
 
 _MISSING = object()
 # Protocol settings about cutting the long-tailed set from a pool; moot where split files define it.
-PROFILE_KEYS = ("data.selection", "data.profile", "data.rounding", "data.n_max", "data.val_per_class")
+PROFILE_KEYS = ("data.selection", "data.selection_seed", "data.profile", "data.rounding", "data.n_max",
+                "data.val_per_class")
 
 
 def _get(d: dict[str, Any], path: list[str]) -> Any:

@@ -88,12 +88,11 @@ class DataConfig:
     pad_to: int | None = _f(None, "zero-pad images to this size first (e.g. 32 for 28x28 Fashion-MNIST, as the "
                                   "measured reference run did); None = native size", ge=1)
     mean: list[float] | None = _f(None, "per-channel input mean of the normalisation (x/255 - mean) / std (one value = "
-                                        "every channel); None = card (the dataset's true statistics); wb-reference / "
-                                        "hs-reference set the reference codes' CIFAR-100 values (0.4914, 0.4822, "
-                                        "0.4465)")
-    std: list[float] | None = _f(None, "per-channel input std of the normalisation, > 0; None = card; wb-reference / "
-                                       "hs-reference set the reference codes' CIFAR-100 values (0.2023, 0.1994, "
-                                       "0.2010), the commonly copied CIFAR-10 numbers")
+                                        "every channel); None = card (the dataset's true statistics); the reference "
+                                        "protocols set their codes' CIFAR values (protocols.md)")
+    std: list[float] | None = _f(None, "per-channel input std of the normalisation, > 0; None = card; the reference "
+                                       "protocols set their codes' CIFAR values, e.g. the commonly copied (0.2023, "
+                                       "0.1994, 0.2010)")
     image_size: int | None = _f(None, "shard datasets with large images: training crop and evaluation centre-crop "
                                       "size; None = card (224)", ge=1)
     eval_resize: int | None = _f(None, "shard datasets with large images: shorter side resized to this before the "
@@ -258,11 +257,19 @@ class TrainConfig:
     weight_decay: float = _f(5e-3, "L2 weight decay lambda (WB CIFAR-100-LT tuned value 5e-3; naive baseline 0)", ge=0)
     wd_scope: Literal["all", "no_norm_bias"] = _f("all", "which parameters decay: all (WB: conv, BN, biases, fc) or "
                                                          "all but norm/bias (timm's default)")
-    schedule: Literal["cosine", "constant"] = _f("cosine", "learning-rate schedule, annealed to 0")
+    schedule: Literal["cosine", "constant", "step"] = _f("cosine", "learning-rate schedule: cosine annealed to 0; "
+                                                                   "constant; step: times lr_step_gamma after each "
+                                                                   "epoch of lr_milestones (MiSLAS / LDAM-DRW CIFAR)")
+    lr_milestones: list[int] = _f([], "schedule=step: the epochs after which the lr is multiplied by lr_step_gamma, "
+                                      "counted from the run's start, warm-up included (MiSLAS CIFAR: [160, 180])")
+    lr_step_gamma: float = _f(0.1, "schedule=step: the factor applied at each milestone", gt=0, le=1)
     schedule_unit: Literal["step", "epoch"] = _f("epoch", "update the lr every optimiser step or once per epoch")
     schedule_step_at_epoch_start: bool = _f(False, "WB reference: the per-epoch scheduler steps before each epoch, so "
                                                    "epoch 1 already runs decayed")
     warmup_epochs: int = _f(0, "linear warm-up epochs before the schedule", ge=0)
+    warmup_unit: Literal["step", "epoch"] = _f("step", "warm-up ramp per optimiser step, lr (t + 1) / T_w; or per "
+                                                       "epoch, lr e / warmup_epochs in warm-up epoch e = 1, 2, ... "
+                                                       "(the MiSLAS and LDAM-DRW codes)")
     loss: LossConfig = field(default_factory=LossConfig)
     drop_last: bool = _f(False, "drop the last incomplete batch of an epoch")
     wd_in_loss: float = _f(0.0, "HS: add lambda/2 * sum ||theta||^2 over the trained parameters to the loss (use with "
@@ -281,6 +288,9 @@ class TrainConfig:
                                                                                    "classes in random cycles, 4 images "
                                                                                    "of a class per turn, max_c n_c x C "
                                                                                    "samples an epoch")
+    epoch_length: Literal["sampler", "dataset", "dataset_plus_one"] = _f(
+        "sampler", "steps of a class_aware / class_balanced epoch: the sampler's own; dataset: ceil(N / batch_size); "
+        "dataset_plus_one: one more (MiSLAS stage 2 breaks its class-aware loader after batch ceil(N / B) + 1)")
 
 
 def _stage2_train() -> TrainConfig:
@@ -304,6 +314,9 @@ class Stage2Config:
     lws: bool = _f(False, "LWS (Kang et al. 2020): keep the stage-1 classifier frozen and learn one scale per class, "
                           "logits s_c (W_c h + b_c) with s initialised to 1; folded into the classifier at the end, so "
                           "final.pt holds a plain linear layer")
+    lws_rows_lr_factor: float = _f(0.0, "with lws: the classifier's rows and bias train too, at this fraction of "
+                                        "the scales' lr (MiSLAS stage 2: 0.2 on CIFAR-100-LT IF 100); 0 = frozen rows "
+                                        "(Kang et al.)", ge=0)
     train_blocks: int = _f(0, "also retrain the last k backbone blocks (timm's group_matcher order); 0 = classifier "
                               "only (WB)", ge=0)
     bn_mode: Literal["train", "eval"] = _f("eval", "BatchNorm of the frozen backbone: eval, or train as in the WB code "
@@ -392,12 +405,14 @@ class WandbConfig:
 # their default, so an upgrade keeps every existing run directory and its hash.
 HASH_NEUTRAL_AT_DEFAULT: dict[str, Any] = {"data.to_rgb": False, "stage2.reinit_classifier": False,
                                            "stage2.lws": False, "data.input_stats": "card", "data.resize": None,
-                                           "model.embedding": "pooled",
+                                           "model.embedding": "pooled", "stage2.lws_rows_lr_factor": 0.0,
                                            "model.zeroshot": dataclasses.asdict(ZeroShotConfig()),
                                            "model.peft": dataclasses.asdict(PeftConfig()),
                                            **{f"{t}.{k}": v for t in ("train", "stage2.train") for k, v in (
                                                ("mixup_alpha", 0.0), ("loss.las_head", 0.4), ("loss.las_tail", 0.1),
-                                               ("loss.las_shape", "concave"))}}
+                                               ("loss.las_shape", "concave"), ("lr_milestones", []),
+                                               ("lr_step_gamma", 0.1), ("warmup_unit", "step"),
+                                               ("epoch_length", "sampler"))}}
 
 
 @dataclass
@@ -408,10 +423,10 @@ class Config:
                    "name: letters, digits, '.', '_', '-', starting with a letter or digit)", path_part=True)
     method: str = _f("ce", "method label used in tables (e.g. naive, wd, wb); part of the run directory's name (a "
                      "plain name, as `name`)", path_part=True)
-    protocol: Literal["custom", "clean", "wb-reference", "hs-reference"] = _f(
+    protocol: Literal["custom", "clean", "wb-reference", "hs-reference", "mislas-reference"] = _f(
         "custom", "named protocol whose settings the config must follow (see PROTOCOLS): clean = select on a held-out "
         "validation split, never peek at test; wb-reference = the WB code's CIFAR protocol; hs-reference = the HS "
-        "code's; custom = no constraint")
+        "code's; mislas-reference = the MiSLAS code's; custom = no constraint")
     seed: int = _f(0, "seed of weight init, data order and augmentation", ge=0)
     stage: Literal["stage1", "stage2", "posthoc"] = _f("stage1", "stage1: train a model; stage2: retrain the "
                                                                  "classifier of `parent`; posthoc: adjust `parent` "

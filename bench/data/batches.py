@@ -128,7 +128,8 @@ class InMemoryLoader:
 
     def __init__(self, split: Split, batch_size: int, *, seed: int, normalize: Normalize | None,
                  augment: str = "none", crop_padding: int = 0, drop_last: bool = False,
-                 sampler: str = "instance", num_classes: int | None = None, rank: int = 0, world: int = 1) -> None:
+                 sampler: str = "instance", num_classes: int | None = None, rank: int = 0, world: int = 1,
+                 epoch_length: str = "sampler") -> None:
         # batch_size is the GLOBAL batch: under DDP each rank takes a contiguous slice of every global
         # batch, so the data order is the same for any number of processes.
         self.split, self.batch_size, self.seed = split, batch_size, seed
@@ -143,10 +144,16 @@ class InMemoryLoader:
                 raise ValueError(f"{sampler} sampling needs at least one training image per class")
             if sampler == "class_aware":    # Decoupling's ClassAwareSampler: an epoch of max_c n_c x C samples
                 self.samples = max(len(ix) for ix in self.by_class) * nc
+        n = self.samples
+        self.steps = n // batch_size if drop_last else -(-n // batch_size)
+        if epoch_length != "sampler":
+            # MiSLAS stage 2 breaks out of its class-aware loader after batch ceil(N / B) (+ 1: `if i > end_steps`);
+            # the epoch draws at least that many samples (a long-tailed set's max_c n_c x C always has them)
+            self.steps = -(-len(split) // batch_size) + (epoch_length == "dataset_plus_one")
+            self.samples = max(self.samples, self.steps * batch_size)
 
     def __len__(self) -> int:
-        n = self.samples
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        return self.steps
 
     def order(self, epoch: int) -> torch.Tensor:
         """The sample indices of epoch `epoch` (N of them; class_aware: max_c n_c x C).
@@ -159,7 +166,7 @@ class InMemoryLoader:
         4 images of that class's own random cycle.
         """
         gen = derived_generator(self.seed, epoch)
-        n = len(self.split)
+        n = self.samples
         if self.sampler == "instance":
             return torch.randperm(n, generator=gen)
         if self.sampler == "class_aware":

@@ -75,7 +75,7 @@ class LTData:
                           crop_padding=c.crop_padding, decode=c.decode)
 
     def train_loader(self, batch_size: int, seed: int, augment: str, drop_last: bool, sampler: str,
-                     workers: int = 0) -> TrainLoader:
+                     workers: int = 0, epoch_length: str = "sampler") -> TrainLoader:
         """Training batches with the (epoch, start_step) interface, normalised on `device`; batch_size is global."""
         if isinstance(self.train, ShardSplit):
             if sampler != "instance":
@@ -85,7 +85,8 @@ class LTData:
                                self.normalizer(), workers)
         return InMemoryLoader(self.train, batch_size, seed=seed, normalize=self.normalizer(), augment=augment,
                               crop_padding=self.cfg.crop_padding, drop_last=drop_last, sampler=sampler,
-                              num_classes=self.num_classes, rank=dist.rank(), world=dist.world())
+                              num_classes=self.num_classes, rank=dist.rank(), world=dist.world(),
+                              epoch_length=epoch_length)
 
     def eval_batches(self, name: str, batch_size: int, workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The split in order (on this rank), normalised on `device`, no augmentation."""

@@ -74,6 +74,7 @@ def resolve(cfg: Config) -> Config:
         # lambda L(z, y) + (1 - lambda) L(z, y[perm]) mixes two losses of different normalisers sum_i w_{y_i}
         raise ConfigError("config key 'train.mixup_alpha': mixup with class weights needs train.loss.cb_normalizer="
                           "batch (the two mixed losses would divide by different sums of weights)")
+    _check_schedules(cfg)
     for key, loss in (("train.loss", cfg.train.loss), ("stage2.train.loss", cfg.stage2.train.loss)):
         if loss.name == "cb_bce_softmax" and loss.cb_normalizer != "batch":
             raise ConfigError(f"config key '{key}.cb_normalizer': {loss.cb_normalizer} does not apply to "
@@ -88,6 +89,24 @@ def resolve(cfg: Config) -> Config:
         raise ConfigError("config key 'data.val_per_class': 0 leaves no validation split for "
                           "eval.selection_split=val (set val_per_class > 0, or selection_split=test)")
     return cfg
+
+
+def _check_schedules(cfg: Config) -> None:
+    """Schedule and epoch fields that would change the run hash without changing what it trains."""
+    for prefix, t in (("train", cfg.train), ("stage2.train", cfg.stage2.train)):
+        ms = t.lr_milestones
+        if t.schedule == "step" and (not ms or any(b <= a for a, b in zip(ms, ms[1:])) or ms[0] < 1):
+            raise ConfigError(f"config key '{prefix}.lr_milestones': {ms}: schedule=step needs increasing epochs "
+                              "from 1 on (MiSLAS CIFAR: [160, 180])")
+        if t.schedule != "step" and ms:
+            raise ConfigError(f"config key '{prefix}.lr_milestones': {ms} is used by schedule=step only; "
+                              f"{prefix}.schedule is {t.schedule}")
+        if t.epoch_length != "sampler" and t.sampler == "instance":
+            raise ConfigError(f"config key '{prefix}.epoch_length': {t.epoch_length} cuts a class_aware or "
+                              "class_balanced epoch; the instance sampler's epoch is the dataset already")
+    if cfg.stage2.lws_rows_lr_factor > 0 and not cfg.stage2.lws:
+        raise ConfigError(f"config key 'stage2.lws_rows_lr_factor': {cfg.stage2.lws_rows_lr_factor} sets the lr of "
+                          "LWS's classifier rows; set stage2.lws=true (MiSLAS) or leave it at 0")
 
 
 def _resolve_model_preprocessing(cfg: Config, card: dict[str, Any]) -> None:

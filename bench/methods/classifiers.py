@@ -80,13 +80,14 @@ class ETFClassifier(nn.Module):
 class ScaledLinear(nn.Module):
     """LWS head (Kang et al. 2020): z = s * (W h + b) per class, W and b frozen, s a trained (C,) vector
     initialised to ones, as the Decoupling code's scaled dot-product classifier. `weight` is the effective
-    (C, in) matrix s_c W_c, so weight-norm analysis sees what the head computes."""
+    (C, in) matrix s_c W_c, so weight-norm analysis sees what the head computes. With train_rows, W and b train
+    too (MiSLAS stage 2's classifier beside its LearnableWeightScaling, the same s (W h + b))."""
 
-    def __init__(self, linear: nn.Linear) -> None:
+    def __init__(self, linear: nn.Linear, train_rows: bool = False) -> None:
         super().__init__()
         self.linear = linear
         for p in linear.parameters():
-            p.requires_grad_(False)
+            p.requires_grad_(train_rows)
         self.scales = nn.Parameter(torch.ones(linear.out_features, dtype=linear.weight.dtype,
                                               device=linear.weight.device))
 

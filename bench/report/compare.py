@@ -8,6 +8,7 @@ import re
 from collections import defaultdict
 from typing import Any
 
+from bench.config.protocols import PROTOCOL_NAMES
 from bench.data.cards import dataset_title
 from bench.report.aggregate import Table, method_key, row_label
 from bench.report.collect import peeks_at_test
@@ -22,7 +23,7 @@ def protocol_notes(table: Table) -> list[str]:
         for row in table.rows:
             cell = table.cells.get((row, col))
             mean = cell.stats("all")[0] if cell is not None else None
-            if mean is not None and row[1].split(",")[0] in _PROTOCOL_NAMES:
+            if mean is not None and row[1].split(",")[0] in PROTOCOL_NAMES:
                 by_method[row[0]][row[1].split(",")[0]].append(mean)
         for method, found in sorted(by_method.items(), key=lambda kv: method_key(kv[0])):
             several = sorted(p for p, m in found.items() if len(m) > 1)
@@ -38,9 +39,6 @@ def protocol_notes(table: Table) -> list[str]:
                         out.append(f"{method}, {dataset_title(*col)}: {proto} {mean:.2f} "
                                    f"vs clean {means['clean']:.2f}: {mean - means['clean']:+.2f} points under {proto}")
     return out
-
-
-_PROTOCOL_NAMES = ("clean", "wb-reference", "hs-reference", "custom")
 
 
 def _norm_backbone(name: str) -> str:

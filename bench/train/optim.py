@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
 
@@ -27,10 +28,18 @@ def effective_lr(cfg: TrainConfig) -> float:
     return cfg.lr * cfg.batch_size / cfg.lr_base_batch if cfg.lr_scaling == "linear" else cfg.lr
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig,
+                   lr_factors: Mapping[torch.nn.Parameter, float] | None = None) -> torch.optim.Optimizer:
+    """SGD over what requires grad. `lr_factors` gives parameters a fraction of the lr (their own group, which
+    the schedule scales alike: MiSLAS stage 2's classifier at lr_factor x lr beside the LWS scales at lr)."""
+    lr = effective_lr(cfg)
+    groups = param_groups(model, cfg.weight_decay, cfg.wd_scope)
+    if lr_factors:
+        factor = {id(p): f for p, f in lr_factors.items()}
+        groups = [{**g, "params": [p for p in g["params"] if factor.get(id(p), 1.0) == f], "lr": lr * f}
+                  for g in groups for f in sorted({factor.get(id(p), 1.0) for p in g["params"]}, reverse=True)]
     # Coupled L2 decay inside SGD (grad += lambda * theta), as torch.optim.SGD(weight_decay=...) in the WB code.
-    return torch.optim.SGD(param_groups(model, cfg.weight_decay, cfg.wd_scope), lr=effective_lr(cfg),
-                           momentum=cfg.momentum, nesterov=cfg.nesterov)
+    return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
 
 
 def lr_factor(t: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
@@ -40,12 +49,20 @@ def lr_factor(t: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
     steps at the start of each epoch as in the WB reference (CosineAnnealingLR(T_max=E) stepped
     before training, so the first epoch already runs decayed). unit=step: the same over steps.
     A linear warm-up over `warmup_epochs` comes first; the cosine then spans the remaining epochs.
+    Warm-up per epoch (warmup_unit=epoch) holds lr e / E_w through warm-up epoch e = 1..E_w, as the MiSLAS and
+    LDAM-DRW codes' adjust_learning_rate. step: gamma^k with k the milestones at or below the epoch index (epochs
+    counted from the run's start, warm-up included), so milestone 160 is the first epoch of 161 onwards at
+    gamma, as those codes' `epoch > 160` (MultiStepLR's rule).
     """
     warm = cfg.warmup_epochs * steps_per_epoch
     if t < warm:
-        return (t + 1) / warm
+        return (t // steps_per_epoch + 1) / cfg.warmup_epochs if cfg.warmup_unit == "epoch" else (t + 1) / warm
     if cfg.schedule == "constant":
         return 1.0
+    if cfg.schedule == "step":
+        e = t / steps_per_epoch if cfg.schedule_unit == "step" else \
+            t // steps_per_epoch + int(cfg.schedule_step_at_epoch_start)
+        return cfg.lr_step_gamma ** sum(e >= m for m in cfg.lr_milestones)
     if cfg.schedule_unit == "step":
         total = cfg.epochs * steps_per_epoch - warm
         progress = (t - warm) / max(1, total)

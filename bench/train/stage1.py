@@ -35,7 +35,7 @@ def train_stage1(cfg: Config, run: RunDir, figures: Figures | None = None) -> Re
 
     t = cfg.train
     loader = data.train_loader(t.batch_size, cfg.seed, cfg.data.augment, t.drop_last, t.sampler,
-                               cfg.runtime.workers)  # type: ignore[arg-type]  # set by setup_runtime
+                               cfg.runtime.workers, t.epoch_length)  # type: ignore[arg-type]  # set by setup_runtime
     optimizer = make_optimizer(model, t)
 
     def batches(split: str):

@@ -74,8 +74,8 @@ def train_stage2(cfg: Config, run: RunDir, parent: RunDir, figures: Figures | No
     radius = maxnorm_radius(head.weight.detach(), s2.maxnorm_thresh)
     if s2.reinit_classifier:
         head.reset_parameters()       # cRT: a fresh classifier (the global RNG is seeded from cfg.seed)
-    if s2.lws:                        # LWS: the rows stay frozen; the model owns the scales (checkpoints)
-        head = ScaledLinear(head)
+    if s2.lws:   # LWS: the rows stay frozen (MiSLAS: train at a fraction of the lr); the model owns the scales
+        head = ScaledLinear(head, train_rows=s2.lws_rows_lr_factor > 0)
         set_head(model, head)
     t = s2.train
     cached = s2.cache_features and s2.augment == "none" and s2.bn_mode == "eval" and not trained
@@ -91,7 +91,7 @@ def train_stage2(cfg: Config, run: RunDir, parent: RunDir, figures: Figures | No
         log(f"stage 2: {len(data.train)} training features ready in {time.time() - t0:.1f} s")
         loader = InMemoryLoader(train, t.batch_size, seed=seed, normalize=None, augment="none", crop_padding=0,
                                 drop_last=t.drop_last, sampler=t.sampler, num_classes=data.num_classes,
-                                rank=dist.rank(), world=dist.world())
+                                rank=dist.rank(), world=dist.world(), epoch_length=t.epoch_length)
         encoder = lambda x: x  # noqa: E731 - the features are the input
         # flip TTA is already in the features (the mean of x's and flip(x)'s: the head is affine)
         select, evaluator = select_and_report(cfg, lambda tta: Evaluator(
@@ -100,7 +100,7 @@ def train_stage2(cfg: Config, run: RunDir, parent: RunDir, figures: Figures | No
         set_train_mode = head.train
     else:
         loader = data.train_loader(t.batch_size, seed, s2.augment, t.drop_last, t.sampler,
-                                   cfg.runtime.workers)  # type: ignore[arg-type]  # set by setup_runtime
+                                   cfg.runtime.workers, t.epoch_length)  # type: ignore[arg-type]  # set by setup_runtime
 
         def encoder(x: torch.Tensor) -> torch.Tensor:
             # Frozen backbone: no graph (BN running stats still move in train mode, as in the WB code).
@@ -116,7 +116,9 @@ def train_stage2(cfg: Config, run: RunDir, parent: RunDir, figures: Figures | No
         def set_train_mode() -> None:
             model.train(s2.bn_mode == "train")
 
-    optimizer = make_optimizer(model, t)  # over what requires grad: the head (+ trained blocks)
+    # over what requires grad: the head (+ trained blocks); MiSLAS's LWS rows at lws_rows_lr_factor x lr
+    rows = list(head.linear.parameters()) if isinstance(head, ScaledLinear) and s2.lws_rows_lr_factor > 0 else []
+    optimizer = make_optimizer(model, t, {p: s2.lws_rows_lr_factor for p in rows})
     forward = make_forward(model, encoder, head, device, cfg.runtime.compile,
                            cfg.runtime.channels_last and not cached)
     parts = Parts(forward=forward, loss=make_loss(t.loss, data.class_counts).to(device),
@@ -131,7 +133,8 @@ def train_stage2(cfg: Config, run: RunDir, parent: RunDir, figures: Figures | No
     head = evaluator.head = fold_head(model)   # final.pt holds a plain linear layer (LWS: the scales folded in)
     return st.finish(evaluator, head, model, selected_epoch=selected, last_metrics=last_metrics, state=state,
                      extra={"epochs": t.epochs, "parent": str(parent.path), "cached_features": cached,
-                            "data_padded_per_epoch": loader.padded(), "trained_blocks": s2.train_blocks,
+                            "data_padded_per_epoch": loader.padded(), "steps_per_epoch": len(loader),
+                            "trained_blocks": s2.train_blocks,
                             "maxnorm_radius": radius if s2.maxnorm else None})
 
 

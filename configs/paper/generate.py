@@ -60,6 +60,30 @@ def stage2(name: str, method: str, weight_decay: float, maxnorm: bool) -> dict:
     }
 
 
+# MiSLAS (Zhong et al. 2021) stage 2 per CIFAR experiment, from the code's config/<dataset>/*_stage2_mislas.yaml:
+# (label-aware smoothing eps_1, eps_K; the classifier's lr_factor; shift_bn = BN statistics re-estimated)
+MISLAS_STAGE2 = {("cifar100", 100): (0.4, 0.1, 0.2, True), ("cifar100", 50): (0.3, 0.0, 0.1, True),
+                 ("cifar100", 10): (0.2, 0.0, 0.1, True), ("cifar10", 100): (0.3, 0.0, 0.5, False)}
+
+
+def mislas_configs(name: str, dataset: str, imb: int) -> dict[str, dict]:
+    """MiSLAS under mislas-reference: ResNet-32, 200 epochs of CE + mixup (alpha 1, warm-up 5, lr x0.1 after 160
+    and 180), then 10 epochs of the stage-1 classifier x learned scales with label-aware smoothing."""
+    head, tail, rows_lr, shift_bn = MISLAS_STAGE2[(dataset, imb)]
+    opt = {"batch_size": 128, "lr": 0.1, "momentum": 0.9, "weight_decay": 2.0e-4}
+    return {
+        "mixup": {"name": name, "method": "mixup", "protocol": "mislas-reference",
+                  "data": {"dataset": dataset, "imbalance_factor": imb, "augment": "crop_flip", "crop_padding": 4},
+                  "model": {"name": "resnet32_cifar"},
+                  "train": {"epochs": 200, **opt, "schedule": "step", "lr_milestones": [160, 180],
+                            "warmup_epochs": 5, "mixup_alpha": 1.0}},
+        "mislas": {"name": name, "method": "mislas", "protocol": "mislas-reference", "stage": "stage2",
+                   "parent": "mixup.yaml",
+                   "stage2": {"train": {"epochs": 10, **opt, "loss": {"name": "las", "las_head": head, "las_tail": tail}},
+                              "lws_rows_lr_factor": rows_lr, "bn_mode": "train" if shift_bn else "eval"}},
+    }
+
+
 def configs(name: str, dataset: str, imb: int) -> dict[str, dict]:
     base = stage1(name, dataset, imb)
     # HS (CIFAR): the WB backbone and schedule, WD 5e-3 as a loss term, FR 0.01; the protocol fixes the rest
@@ -76,6 +100,7 @@ def configs(name: str, dataset: str, imb: int) -> dict[str, dict]:
         "cb_maxnorm": stage2(name, "cb-maxnorm", 0.0, True),
         "wb": stage2(name, "wb", 0.1, True),
         **hs,
+        **mislas_configs(name, dataset, imb),
     }
 
 
@@ -86,6 +111,8 @@ HEADER = {
     "cb_maxnorm": "+ CB & MaxNorm: stage 2 without weight decay", "wb": "+ CB & WD & MaxNorm = weight balancing (WB)",
     "hs_stage1": "HS single stage: ETF classifier, WD in the loss, feature regularisation",
     "hs": "HS: multiplicative logit adjustment of hs_stage1, tau chosen on val",
+    "mixup": "MiSLAS stage 1: CE + mixup, ResNet-32, 200 epochs, step lr",
+    "mislas": "MiSLAS stage 2: stage-1 classifier x learned scales, label-aware smoothing, class-aware batches",
 }
 
 

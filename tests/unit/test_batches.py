@@ -154,3 +154,22 @@ def test_class_aware_sampler_is_decouplings():
             for i in range(0, len(seq) - len(members) + 1, len(members)):
                 assert sorted(seq[i:i + len(members)]) == members
     assert torch.equal(loader.order(3), loader.order(3)) and not torch.equal(loader.order(3), loader.order(4))
+
+
+def test_epoch_length_cuts_a_class_aware_epoch_as_mislas_stage2():
+    """MiSLAS stage 2 breaks its class-aware loader after batch ceil(N / B) + 1 (`if i > end_steps: break`): sizes
+    [5, 2, 1] (N 8, B 2) make the sampler's 15-sample epoch 8 steps, cut to 4 (dataset) or 5 (dataset_plus_one), each
+    a full batch and the first steps of the uncut epoch. A balanced set has too few draws for the extra step: it
+    draws more, so no step is short."""
+    y = torch.tensor([0] * 5 + [1] * 2 + [2])
+    split = Split(torch.zeros(8, 1, 2, 2, dtype=torch.uint8), y)
+    make = lambda length, s=split: InMemoryLoader(s, 2, seed=0, normalize=None, sampler="class_aware",  # noqa: E731
+                                                 num_classes=3, epoch_length=length)
+    full, cut, plus = make("sampler"), make("dataset"), make("dataset_plus_one")
+    assert (len(full), len(cut), len(plus)) == (8, 4, 5)
+    batches = {k: [b for _, b in loader.epoch(1)] for k, loader in (("full", full), ("plus", plus))}
+    assert all(len(b) == 2 for b in batches["plus"]) and all(
+        torch.equal(a, b) for a, b in zip(batches["plus"], batches["full"]))
+    flat = Split(torch.zeros(6, 1, 2, 2, dtype=torch.uint8), torch.tensor([0, 0, 1, 1, 2, 2]))
+    balanced = make("dataset_plus_one", flat)
+    assert len(balanced) == 4 and [len(b) for _, b in balanced.epoch(0)] == [2, 2, 2, 2]

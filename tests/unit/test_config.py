@@ -56,6 +56,10 @@ def test_overrides_parse_yaml_values():
     ("stage2.train.mixup_alpha=1", "config key 'stage2.train.mixup_alpha': 1.0 is not used by stage 2"),
     ("train.loss.las_shape=convex", "config key 'train.loss.las_shape': expected one of 'concave', 'linear'"),
     ("data.val_per_class=0", "config key 'data.val_per_class': 0 leaves no validation split"),
+    ("train.schedule=step", "config key 'train.lr_milestones': []: schedule=step needs increasing epochs"),
+    ("train.lr_milestones=[5]", "config key 'train.lr_milestones': [5] is used by schedule=step only"),
+    ("train.epoch_length=dataset", "config key 'train.epoch_length': dataset cuts a class_aware or class_balanced"),
+    ("stage2.lws_rows_lr_factor=0.2", "config key 'stage2.lws_rows_lr_factor': 0.2 sets the lr of LWS's classifier"),
     # no RRC in memory
     ("data.augment=rrc_flip", "config key 'data.augment': rrc_flip needs shard data (data.shards)"),
     ("train.lr", "override 'train.lr': expected key=value"),
@@ -97,12 +101,13 @@ def test_hash_neutral_fields_keep_old_run_names_until_set():
         del d["data"][key]
     for key in ("embedding", "zeroshot", "peft"):
         del d["model"][key]
-    del d["train"]["mixup_alpha"]                          # mixup and label-aware smoothing (MiSLAS)
+    for key in ("mixup_alpha", "lr_milestones", "lr_step_gamma", "warmup_unit", "epoch_length"):   # MiSLAS
+        del d["train"][key]
     for key in ("las_head", "las_tail", "las_shape"):
         del d["train"]["loss"][key]
     assert a.run_hash() == hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
     for other in ("data.to_rgb=true", "data.resize=32", "model.peft.method=lora", "model.zeroshot.templates=['{}']",
-                  "train.mixup_alpha=1", "train.loss.las_head=0.3"):
+                  "train.mixup_alpha=1", "train.loss.las_head=0.3", "train.warmup_unit=epoch"):
         assert load_config(None, ["data.dataset=fashion-mnist", other]).run_hash() != a.run_hash()
 
 
@@ -285,6 +290,36 @@ def test_protocol_hs_reference_sets_and_guards_its_settings():
         key = override.split("=")[0]
         with pytest.raises(ConfigError, match=f"config key '{key}': {value} conflicts with protocol hs-reference"):
             load_config(None, ["protocol=hs-reference", override])
+
+
+def test_protocol_mislas_reference_sets_and_guards_its_settings(repo):
+    """The MiSLAS code: LDAM-DRW's CIFAR cut (shuffle, seed 0, int()), no val, the best TEST epoch in both stages, the
+    copied CIFAR-10 statistics for both CIFARs, per-epoch warm-up; stage 2 = LWS on the stage-1 rows, class-aware
+    crop+flip batches cut after ceil(N / B) + 1, cosine per epoch from the full lr."""
+    cfg = load_config(None, ["protocol=mislas-reference", "data.dataset=cifar10"])
+    d, t, e = cfg.data, cfg.train, cfg.eval
+    assert (d.selection, d.selection_seed, d.rounding, d.val_per_class, d.n_max) == ("shuffle", 0, "floor", 0, 5000)
+    assert (e.selection_split, e.select, e.tta_flip) == ("test", "best", False) and (d.mean, d.std) == CIFAR10_COPIED
+    assert (t.wd_scope, t.warmup_unit, t.schedule_step_at_epoch_start) == ("all", "epoch", False)
+    mislas = repo / "configs" / "paper" / "cifar10_lt_if100" / "mislas.yaml"
+    s2 = load_config(mislas).stage2
+    assert s2.lws and not s2.maxnorm and not s2.reinit_classifier and s2.augment == "crop_flip"
+    assert (s2.train.sampler, s2.train.epoch_length, s2.train.schedule) == ("class_aware", "dataset_plus_one",
+                                                                           "cosine")
+    for override, value in (("stage2.lws=false", "False"), ("stage2.train.epoch_length=dataset", "'dataset'"),
+                            ("eval.selection_split=val", "'val'")):
+        key = override.split("=")[0]
+        with pytest.raises(ConfigError, match=f"config key '{key}': {value} conflicts with protocol mislas-reference"):
+            load_config(mislas, [override])
+
+
+def test_every_protocol_name_is_in_the_schema():
+    import typing
+
+    from bench.config import Config
+    from bench.config.protocols import PROTOCOL_NAMES
+
+    assert set(typing.get_args(typing.get_type_hints(Config)["protocol"])) == set(PROTOCOL_NAMES)
 
 
 def test_reference_protocols_pin_the_reference_input_statistics():

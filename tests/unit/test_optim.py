@@ -54,3 +54,31 @@ def test_cosine_per_step_and_warmup():
 
 def test_constant_schedule():
     assert lr_factor(123, TrainConfig(schedule="constant"), 10) == 1.0
+
+
+def test_mislas_step_schedule_with_per_epoch_warmup():
+    """MiSLAS / LDAM-DRW CIFAR adjust_learning_rate: epoch e = 1..5 at lr e / 5 (the whole epoch), then lr, lr x 0.1
+    from epoch 161, lr x 0.01 from epoch 181 (`epoch > 160`, `epoch > 180` with 1-based epochs)."""
+    cfg = TrainConfig(epochs=200, schedule="step", lr_milestones=[160, 180], warmup_epochs=5, warmup_unit="epoch")
+    by_epoch = {e: lr_factor(e * 10 + 9, cfg, 10) for e in (0, 1, 4, 5, 159, 160, 179, 180, 199)}   # 0-based
+    assert by_epoch == {0: 0.2, 1: 0.4, 4: 1.0, 5: 1.0, 159: 1.0, 160: 0.1, 179: 0.1, 180: 0.1 ** 2, 199: 0.1 ** 2}
+    assert lr_factor(0, cfg, 10) == lr_factor(9, cfg, 10) == 0.2          # constant inside a warm-up epoch
+    steps = TrainConfig(epochs=4, schedule="step", lr_milestones=[2], schedule_unit="step", lr_step_gamma=0.5)
+    assert [lr_factor(t, steps, 10) for t in (19, 20, 39)] == [1.0, 0.5, 0.5]
+
+
+def test_lr_factors_give_parameters_their_fraction_of_every_scheduled_lr():
+    """MiSLAS stage 2: the classifier at lr_factor x lr beside the scales at lr, both annealed alike."""
+    from bench.train.optim import make_scheduler
+
+    head, scales = torch.nn.Linear(3, 2), torch.nn.Parameter(torch.ones(2))
+    m = torch.nn.Module()
+    m.head, m.scales = head, scales
+    cfg = TrainConfig(lr=0.1, epochs=2)
+    opt = make_optimizer(m, cfg, {p: 0.2 for p in head.parameters()})
+    sched = make_scheduler(opt, cfg, 1)
+    groups = {len(g["params"]): g for g in opt.param_groups}      # 1: the scales, 2: the head's weight and bias
+    assert math.isclose(groups[1]["lr"], 0.1) and math.isclose(groups[2]["lr"], 0.02)
+    opt.step()
+    sched.step()                                                   # epoch 2 of 2: cos(pi / 2) = half
+    assert math.isclose(groups[1]["lr"], 0.05) and math.isclose(groups[2]["lr"], 0.01)

@@ -7,6 +7,9 @@ import pytest
 from bench.experiment import load_config
 
 
+CIFAR10_STD = (0.2023, 0.1994, 0.2010)     # the copied CIFAR-10 std the MiSLAS code uses for both CIFARs
+
+
 def _generator(repo):
     spec = importlib.util.spec_from_file_location("gen", repo / "configs" / "paper" / "generate.py")
     mod = importlib.util.module_from_spec(spec)
@@ -25,7 +28,7 @@ def test_committed_configs_match_the_generator(repo, tmp_path):
 def test_every_paper_config_loads_with_its_protocol(repo, exp):
     d = repo / "configs" / "paper" / exp
     cfgs = {p.stem: load_config(p) for p in sorted(d.glob("*.yaml"))}
-    assert len(cfgs) == 9
+    assert len(cfgs) == 11
     wd, wb, hs = cfgs["wd"], cfgs["wb"], cfgs["hs_stage1"]
     # WB rows: the reference protocol (test selection, TTA, first-n), CIFAR-100 WD 5e-3 on all params
     assert wd.protocol == "wb-reference" and wd.eval.selection_split == "test" and wd.eval.tta_flip
@@ -48,6 +51,20 @@ def test_every_paper_config_loads_with_its_protocol(repo, exp):
     la = cfgs["hs"]
     assert la.protocol == "hs-reference" and la.parent_hash == hs.run_hash()
     assert la.posthoc.kind == "la_mult" and la.posthoc.tau is None and la.eval.selection_split == "val"
+    # MiSLAS (its code's configs): ResNet-32, 200 epochs of mixup (alpha 1) at lr 0.1 (warm-up 5, x0.1 after 160 and
+    # 180), WD 2e-4, batch 128; stage 2: 10 epochs, LAS, the rows at lr_factor x lr, BN re-estimated on CIFAR-100
+    mix, mis = cfgs["mixup"], cfgs["mislas"]
+    assert mix.protocol == mis.protocol == "mislas-reference" and mis.parent_hash == mix.run_hash()
+    assert (mix.model.name, mix.train.epochs, mix.train.mixup_alpha, mix.train.lr_milestones) == (
+        "resnet32_cifar", 200, 1.0, [160, 180])
+    assert (mix.data.selection, mix.eval.selection_split, mix.data.std) == ("shuffle", "test", list(CIFAR10_STD))
+    eps, rows_lr, bn = {"cifar100_lt_if100": ((0.4, 0.1), 0.2, "train"),
+                        "cifar100_lt_if50": ((0.3, 0.0), 0.1, "train"),
+                        "cifar100_lt_if10": ((0.2, 0.0), 0.1, "train"),
+                        "cifar10_lt_if100": ((0.3, 0.0), 0.5, "eval")}[exp]
+    loss = mis.stage2.train.loss
+    assert (loss.name, (loss.las_head, loss.las_tail), mis.stage2.lws_rows_lr_factor, mis.stage2.bn_mode) == (
+        "las", eps, rows_lr, bn)
 
 
 @pytest.fixture(scope="module")

@@ -104,6 +104,32 @@ def test_lws_learns_only_a_scale_per_class(stage1):
     assert result["metrics"]["all"] >= 0 and result["selected_epoch"] in (1, 2, 3)
 
 
+def test_mislas_stage2_trains_rows_and_scales_and_re_estimates_batchnorm(stage1):
+    """MiSLAS stage 2 (mislas-reference's stage-2 settings on the smoke parent): the stage-1 rows train at 0.2 x lr
+    beside the per-class scales, so the folded rows are no longer scaled copies; the frozen backbone runs in train
+    mode under no_grad, so BatchNorm's running statistics move and nothing else of the backbone does; an epoch is
+    ceil(N / B) + 1 class-aware batches."""
+    root, _, parent, stage1_result = stage1
+    cfg = load_config(CONFIGS / "smoke_stage2.yaml", [
+        *QUIET, f"parent={parent.path}", "stage2.lws=true", "stage2.lws_rows_lr_factor=0.2", "stage2.maxnorm=false",
+        "stage2.bn_mode=train", "stage2.augment=crop_flip", "stage2.train.sampler=class_aware",
+        "stage2.train.epoch_length=dataset_plus_one", "stage2.train.loss.name=las", "stage2.train.lr=0.5",
+        "stage2.train.epochs=2", "stage2.train.batch_size=16"])
+    run = RunDir.for_config(cfg, root)
+    result = run_experiment(cfg, run, runs_root=root)
+    assert result["steps_per_epoch"] == -(-sum(stage1_result["class_counts"]) // 16) + 1
+    before = torch.load(parent.final_ckpt, weights_only=False)["model"]
+    after = torch.load(run.final_ckpt, weights_only=False)["model"]
+    assert set(after) == set(before)
+    w0, w1 = before["fc.weight"], after["fc.weight"]
+    s = (w1 * w0).sum(1) / (w0 * w0).sum(1)
+    assert (w1 - s[:, None] * w0).abs().max() > 1e-4              # rows trained, not only scaled
+    stats = [k for k in before if k.endswith(("running_mean", "running_var"))]
+    assert stats and all(not torch.equal(before[k], after[k]) for k in stats)
+    frozen = [k for k in before if not k.startswith("fc.") and k not in stats and not k.endswith("num_batches_tracked")]
+    assert all(torch.equal(before[k], after[k]) for k in frozen)
+
+
 @pytest.mark.parametrize("extra, word", [(["stage2.reinit_classifier=true", "stage2.maxnorm=false"], "re-initialised"),
                                          ([], "maxnorm=false")])
 def test_lws_refuses_what_names_no_method(stage1, extra, word):
