@@ -74,6 +74,8 @@ LOSSES = Registry("loss.name", {
     "logit_adjusted": "bench.methods.losses:build_logit_adjusted",
     "balanced_softmax": "bench.methods.losses:build_balanced_softmax",
     "las": "bench.methods.losses:build_label_aware_smoothing",
+    "ride": "bench.methods.losses:build_ride",
+    "sade": "bench.methods.losses:build_sade",
 })
 
 # model.classifier: what replaces (or keeps) the backbone's linear layer (bench.methods.classifiers.Head).

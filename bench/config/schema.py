@@ -200,6 +200,13 @@ class ModelConfig:
                                                         "(pooled), or for a CLIP image tower (timm vit_*_clip_*) the "
                                                         "CLIP image embedding, the projection of the pooled token, "
                                                         "L2-normalised (clip)")
+    experts: int = _f(1, "K > 1: the multi-expert model of RIDE / SADE, for the CIFAR ResNets: stem and first stage "
+                         "shared, the later stages and a cosine classifier per expert; the prediction is the mean of "
+                         "the experts' logits", ge=1)
+    expert_width: float = _f(1.0, "experts > 1: each expert's stage widths relative to the single model's (RIDE / "
+                                  "SADE: 0.75, 24 / 48 channels instead of 32 / 64)", gt=0)
+    expert_scale: float = _f(30.0, "experts > 1: s of each expert's cosine classifier, z = s cos(h_k, v_kc) "
+                                   "(RIDE / SADE: 30)", gt=0)
     zeroshot: ZeroShotConfig = field(default_factory=ZeroShotConfig)
     peft: PeftConfig = field(default_factory=PeftConfig)
 
@@ -237,6 +244,13 @@ class LossConfig:
     las_shape: Literal["concave", "linear"] = _f("concave", "label-aware smoothing from eps_K to eps_1 over the class "
                                                             "counts: concave = eps_K + (eps_1 - eps_K) sin(pi (n_c - "
                                                             "n_K) / (2 (n_1 - n_K))) (MiSLAS's default); linear")
+    ride_diversity: float = _f(-0.2, "ride: lambda of the diversity term lambda T^2 KL(softmax(mean z / T) || "
+                                     "softmax(z_k / T)) per expert (RIDE's code: -0.2; its CIFAR configs -0.45)")
+    ride_temperature: float = _f(1.0, "ride: the base temperature T of the diversity term", gt=0)
+    ride_temperature_factor: float = _f(0.05, "ride: class-wise temperatures from DRW's epoch on, T_c = T w_c / max "
+                                              "w, w_c = C pi_c a + 1 - a (RIDE's reweight_factor a)", ge=0, le=1)
+    sade_tau: float = _f(2.0, "sade: the third expert's CE(z + log pi - tau log pi~), pi~ the prior mirrored by "
+                              "rank (SADE: 2 on CIFAR-LT / ImageNet-LT, 1 on iNaturalist / Places-LT)", ge=0)
 
 
 @dataclass
@@ -406,11 +420,14 @@ class WandbConfig:
 HASH_NEUTRAL_AT_DEFAULT: dict[str, Any] = {"data.to_rgb": False, "stage2.reinit_classifier": False,
                                            "stage2.lws": False, "data.input_stats": "card", "data.resize": None,
                                            "model.embedding": "pooled", "stage2.lws_rows_lr_factor": 0.0,
+                                           "model.experts": 1, "model.expert_width": 1.0, "model.expert_scale": 30.0,
                                            "model.zeroshot": dataclasses.asdict(ZeroShotConfig()),
                                            "model.peft": dataclasses.asdict(PeftConfig()),
                                            **{f"{t}.{k}": v for t in ("train", "stage2.train") for k, v in (
                                                ("mixup_alpha", 0.0), ("loss.las_head", 0.4), ("loss.las_tail", 0.1),
-                                               ("loss.las_shape", "concave"), ("lr_milestones", []),
+                                               ("loss.las_shape", "concave"), ("loss.ride_diversity", -0.2),
+                                               ("loss.ride_temperature", 1.0), ("loss.ride_temperature_factor", 0.05),
+                                               ("loss.sade_tau", 2.0), ("lr_milestones", []),
                                                ("lr_step_gamma", 0.1), ("warmup_unit", "step"),
                                                ("epoch_length", "sampler"))}}
 

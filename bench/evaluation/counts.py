@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
+from bench.models.parts import prediction
+
 
 @dataclass
 class EvalOutput:
@@ -29,9 +31,9 @@ def evaluate_batches(encoder: Callable[[torch.Tensor], torch.Tensor], head: Call
     for x, y in batches:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         h = encoder(x)
-        logits = head(h)
+        logits = prediction(head(h))
         if tta_flip:
-            logits = (logits + head(encoder(x.flip(3)))) / 2
+            logits = (logits + prediction(head(encoder(x.flip(3))))) / 2
         if logit_fn is not None:
             logits = logit_fn(logits)
         hit = (logits.argmax(1) == y).long()

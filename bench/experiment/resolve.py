@@ -104,9 +104,29 @@ def _check_schedules(cfg: Config) -> None:
         if t.epoch_length != "sampler" and t.sampler == "instance":
             raise ConfigError(f"config key '{prefix}.epoch_length': {t.epoch_length} cuts a class_aware or "
                               "class_balanced epoch; the instance sampler's epoch is the dataset already")
+    _check_experts(cfg)
     if cfg.stage2.lws_rows_lr_factor > 0 and not cfg.stage2.lws:
         raise ConfigError(f"config key 'stage2.lws_rows_lr_factor': {cfg.stage2.lws_rows_lr_factor} sets the lr of "
                           "LWS's classifier rows; set stage2.lws=true (MiSLAS) or leave it at 0")
+
+
+def _check_experts(cfg: Config) -> None:
+    """A multi-expert model (RIDE, SADE) and the losses that train one."""
+    m, loss = cfg.model, cfg.train.loss
+    if m.experts > 1 and cfg.stage != "stage1":
+        raise ConfigError(f"config key 'stage': {cfg.stage} on a multi-expert parent (model.experts = {m.experts}) is "
+                          "not supported: stage 2 and post-hoc steps retrain or adjust one linear classifier")
+    if m.experts > 1 and (m.classifier != "linear" or m.embedding != "pooled" or m.peft.method != "none"):
+        raise ConfigError(f"config key 'model.experts': {m.experts} experts bring their own cosine classifiers on "
+                          "a CIFAR ResNet; leave model.classifier, model.embedding, model.peft at their defaults")
+    if loss.name in ("ride", "sade") and m.experts == 1:
+        raise ConfigError(f"config key 'train.loss.name': {loss.name} trains several experts; set model.experts "
+                          "(RIDE: 2-4, SADE: 3) and model.expert_width (0.75 in both codes)")
+    if loss.name == "sade" and m.experts != 3:
+        raise ConfigError(f"config key 'model.experts': {m.experts}; the sade loss trains exactly 3 experts")
+    if loss.name == "ride" and loss.ldam_scale != m.expert_scale:
+        raise ConfigError(f"config key 'train.loss.ldam_scale': {loss.ldam_scale} differs from model.expert_scale = "
+                          f"{m.expert_scale}; RIDE subtracts s m_y from logits already scaled by s (keep them equal)")
 
 
 def _resolve_model_preprocessing(cfg: Config, card: dict[str, Any]) -> None:

@@ -82,6 +82,14 @@ class LossFn(nn.Module):
         # Before any set_epoch call, the state of epoch 0.
         self._weight_on = self.weight_from_epoch is not None and self.weight_from_epoch <= 0
 
+    multi_expert = False     # forward takes every expert's logits (B, K, C) (RIDE, SADE); else (B, C)
+
+    def extra(self, logits: torch.Tensor) -> torch.Tensor | float:
+        """Terms of the loss that are batch means whatever the class weights and do not depend on the labels
+        (RIDE's diversity term): the training step adds them beside the regularisers, so that under DDP they
+        take the sample share and the rest the share of the loss's normalizer. 0 for most losses."""
+        return 0.0
+
     def set_epoch(self, epoch: int) -> None:
         """Switch the class weights on from `weight_from_epoch` (DRW), off before it."""
         self._weight_on = self.weight_from_epoch is not None and epoch >= self.weight_from_epoch
@@ -263,7 +271,97 @@ class LabelAwareSmoothing(LossFn):
         return self.weighted_mean(per_sample, y)
 
 
-def make_loss(cfg: LossConfig, class_counts: list[int]) -> LossFn:
+class PerExpert(LossFn):
+    """A single-model loss on a multi-expert model: the sum over experts of the loss of each expert's logits
+    (independently trained experts, averaged at test time)."""
+
+    multi_expert = True
+
+    def __init__(self, inner: LossFn) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def set_epoch(self, epoch: int) -> None:
+        self.inner.set_epoch(epoch)
+
+    def normalizer(self, y: torch.Tensor) -> torch.Tensor:
+        return self.inner.normalizer(y)
+
+    def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return sum((self.inner(logits[:, k], y) for k in range(logits.shape[1])), logits.new_zeros(()))
+
+
+class RIDELoss(LDAMLoss):
+    """RIDE's loss (Wang et al. 2021; its RIDELoss): for every expert k, LDAM on the expert's logits (already s cos,
+    so the margin enters as s m_y: LDAMLoss with scale 1 and margins s m) with DRW's class weights from
+    `weight_from_epoch`, plus the diversity term lambda T^2 KL(p || q_k), q_k = softmax(z_k / T), p =
+    softmax(mean_k z_k / T) held fixed (no gradient), a batch mean (`extra`). From DRW's epoch on T is per class,
+    T_c = T0 w_c / max w with w_c = C pi_c a + 1 - a, and T^2 is its mean over classes squared. With lambda = 0
+    the code applies LDAM to the mean logits instead of each expert's (its `ride_loss_logits`): kept."""
+
+    multi_expert = True
+    temperature: torch.Tensor
+
+    def __init__(self, class_counts: Sequence[int], max_margin: float, scale: float, diversity: float,
+                 temperature: float, temperature_factor: float, class_weight: torch.Tensor | None = None,
+                 weight_from_epoch: int | None = None, normalizer: str = "batch") -> None:
+        super().__init__(class_counts, max_margin, 1.0, class_weight, weight_from_epoch, normalizer)
+        self.margins = self.margins * scale
+        self.diversity, self.t0 = diversity, temperature
+        n = torch.as_tensor(list(class_counts), dtype=torch.float64)
+        w = len(n) * (n / n.sum()) * temperature_factor + 1 - temperature_factor
+        self.register_buffer("temperature", (temperature * w / w.max()).to(torch.float32))
+
+    def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        per_expert = [logits.mean(1)] * logits.shape[1] if self.diversity == 0 else logits.unbind(1)
+        return sum((LDAMLoss.forward(self, z, y) for z in per_expert), logits.new_zeros(()))
+
+    def extra(self, logits: torch.Tensor) -> torch.Tensor | float:
+        if self.diversity == 0:
+            return 0.0
+        t = self.temperature.to(logits.dtype) if self._weight_on else logits.new_tensor(self.t0)
+        with torch.no_grad():
+            p = F.softmax(logits.mean(1) / t, dim=1)
+        # F.kl_div(log q, p, 'batchmean') = sum_i sum_c p (log p - log q) / B = KL(p || q_k), a batch mean
+        kl = sum(F.kl_div(F.log_softmax(z / t, dim=1), p, reduction="batchmean") for z in logits.unbind(1))
+        return self.diversity * t.mean() ** 2 * kl
+
+
+def mirrored_prior(prior: torch.Tensor) -> torch.Tensor:
+    """SADE's inverse prior: class c gets the prior value at the mirrored rank C - 1 - rank(c) (ascending ranks; a
+    stable sort orders tied classes by index), so [.2, .5, .3] becomes [.5, .2, .3]."""
+    values, order = torch.sort(prior, stable=True)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(len(prior))
+    return values[len(prior) - 1 - rank]
+
+
+class SADELoss(LossFn):
+    """SADE's three experts (Zhang et al. 2022; its DiverseExpertLoss), summed: CE(z_1), the balanced softmax
+    CE(z_2 + log pi) and the inverse softmax CE(z_3 + log pi - tau log pi~), pi the training prior and pi~ its
+    mirror by rank (`mirrored_prior`). The code's + 1e-9 inside the logs changes nothing at float32 for a prior
+    of counts >= 1 and is left out."""
+
+    multi_expert = True
+    offsets: torch.Tensor
+
+    def __init__(self, class_counts: Sequence[int], tau: float, class_weight: torch.Tensor | None = None,
+                 weight_from_epoch: int | None = None, normalizer: str = "batch") -> None:
+        super().__init__(class_weight, weight_from_epoch, normalizer)
+        n = torch.as_tensor(list(class_counts), dtype=torch.float64)
+        log_prior = torch.log(n / n.sum())
+        inverse = torch.log(mirrored_prior(n / n.sum()))
+        self.register_buffer("offsets", torch.stack([torch.zeros_like(log_prior), log_prior,
+                                                     log_prior - tau * inverse]).to(torch.float32))
+
+    def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if logits.shape[1] != 3:
+            raise ValueError(f"the SADE loss trains 3 experts, the model has {logits.shape[1]}")
+        off = self.offsets.to(logits.dtype)
+        return sum((self.weighted_ce(logits[:, k] + off[k], y) for k in range(3)), logits.new_zeros(()))
+
+
+def make_loss(cfg: LossConfig, class_counts: list[int], experts: int = 1) -> LossFn:
     """Build the loss named by cfg.name (bench/registry.py LOSSES). `class_counts` (training n_c) is for
     class-aware losses.
 
@@ -277,8 +375,12 @@ def make_loss(cfg: LossConfig, class_counts: list[int]) -> LossFn:
         raise ValueError(f"loss.label_smoothing is supported by loss 'ce' only, not {cfg.name!r}")
     counts = [int(c) for c in class_counts]
     if cfg.drw_epoch is not None:
-        return LOSSES[cfg.name](cfg, counts, cb_weights(counts, cfg.cb_beta), int(cfg.drw_epoch))
-    return LOSSES[cfg.name](cfg, counts, None, None)
+        loss = LOSSES[cfg.name](cfg, counts, cb_weights(counts, cfg.cb_beta), int(cfg.drw_epoch))
+    else:
+        loss = LOSSES[cfg.name](cfg, counts, None, None)
+    if loss.multi_expert and experts == 1:
+        raise ValueError(f"loss {cfg.name!r} trains several experts; set model.experts")
+    return PerExpert(loss) if experts > 1 and not loss.multi_expert else loss
 
 
 # The builders bench/registry.py LOSSES names: (config, n_c, DRW's class weights, DRW's first epoch) -> the loss.
@@ -329,3 +431,12 @@ def build_label_aware_smoothing(cfg: LossConfig, counts: list[int], weight: torc
                                 start: int | None) -> LossFn:
     return LabelAwareSmoothing(las_smoothing(counts, cfg.las_head, cfg.las_tail, cfg.las_shape), weight, start,
                                cfg.cb_normalizer)
+
+
+def build_ride(cfg: LossConfig, counts: list[int], weight: torch.Tensor | None, start: int | None) -> LossFn:
+    return RIDELoss(counts, cfg.ldam_max_margin, cfg.ldam_scale, cfg.ride_diversity, cfg.ride_temperature,
+                    cfg.ride_temperature_factor, weight, start, cfg.cb_normalizer)
+
+
+def build_sade(cfg: LossConfig, counts: list[int], weight: torch.Tensor | None, start: int | None) -> LossFn:
+    return SADELoss(counts, cfg.sade_tau, weight, start, cfg.cb_normalizer)

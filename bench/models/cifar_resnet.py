@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from timm.layers import create_classifier, get_device_dtype
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 
-__all__ = ['CifarResNet', 'BasicBlock', 'ShortcutA', 'checkpoint_filter_fn', 'CIFAR_MODEL_NAMES']
+__all__ = ['CifarResNet', 'CifarResNetExperts', 'ExpertCosineClassifiers', 'BasicBlock', 'ShortcutA',
+           'checkpoint_filter_fn', 'CIFAR_MODEL_NAMES', 'MULTI_EXPERT_NAMES']
 
 # Normalisation constants used by both reference codes (LDAM-DRW and weight balancing).
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -242,6 +243,135 @@ class CifarResNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
+class ExpertCosineClassifiers(nn.Module):
+    """One cosine classifier per expert (RIDE's and SADE's NormedLinear times s): the input is the experts' pooled
+    features side by side, h = [h_1, ..., h_K] (B, K d); the output is every expert's logits (B, K, C),
+    z_kc = s cos(h_k, v_kc), which the experts' prediction averages over k. `weight` is that mean as one (C, K d)
+    linear layer on the concatenated unit features, (s / K) [v_1c / |v_1c|, ..., v_Kc / |v_Kc|]: what the
+    weight-norm analysis reads."""
+
+    scale: torch.Tensor
+
+    def __init__(self, experts: int, in_features: int, num_classes: int, scale: float,
+                 device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        self.experts, self.out_features, self.in_features = experts, num_classes, experts * in_features
+        # RIDE's NormedLinear: uniform(-1, 1) columns (their norm is divided out in forward)
+        self.direction = nn.Parameter(torch.empty(experts, num_classes, in_features, device=device, dtype=dtype)
+                                      .uniform_(-1, 1))
+        self.register_buffer("scale", torch.tensor(float(scale), device=device))
+
+    @property
+    def weight(self) -> torch.Tensor:
+        v = F.normalize(self.direction, dim=2)
+        return (self.scale / self.experts) * v.permute(1, 0, 2).reshape(self.out_features, self.in_features)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        h = F.normalize(h.view(len(h), self.experts, -1), dim=2)
+        return self.scale * torch.einsum("bkd,kcd->bkc", h, F.normalize(self.direction, dim=2).to(h.dtype))
+
+    def extra_repr(self) -> str:
+        return f"experts={self.experts}, in_features={self.in_features}, out_features={self.out_features}, " \
+               f"scale={float(self.scale):g}"
+
+
+class CifarResNetExperts(nn.Module):
+    """The multi-expert CIFAR ResNet of RIDE (Wang et al., ICLR 2021; frank-xwang/RIDE-LongTailRecognition,
+    model/ldam_drw_resnets/ride_resnet_cifar.py), which SADE reuses: the stem and the first stage shared, the
+    later stages one copy per expert (widths scaled by `expert_width`: RIDE's reduce_dimension makes 32 / 64 into
+    24 / 48), each expert pooled and classified by its own cosine classifier times `expert_scale`.
+
+    The timm API of CifarResNet: forward_features gives (B, K, c, H', W'), forward_head(pre_logits=True) the
+    pooled features side by side (B, K c), the classifier (get_classifier) the experts' logits (B, K, C)."""
+
+    def __init__(
+            self,
+            layers: Sequence[int] = (5, 5, 5),
+            channels: Sequence[int] = (16, 32, 64),
+            stem_width: int = 16,
+            num_experts: int = 3,
+            expert_width: float = 1.0,
+            expert_scale: float = 30.0,
+            shortcut: str = 'A',
+            init: str = 'he_cifar',
+            num_classes: int = 10,
+            in_chans: int = 3,
+            drop_rate: float = 0.0,
+            global_pool: str = 'avg',
+            device: torch.device | None = None,
+            dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if num_experts < 1 or global_pool != 'avg' or init != 'he_cifar':
+            raise ValueError(f"experts: num_experts >= 1, global_pool 'avg' and init 'he_cifar' only (got "
+                             f"{num_experts}, {global_pool!r}, {init!r})")
+        dd: dict[str, Any] = {'device': device, 'dtype': dtype}
+        self.num_classes, self.in_chans, self.drop_rate = num_classes, in_chans, drop_rate
+        self.num_experts, self.expert_scale = num_experts, expert_scale
+        self.grad_checkpointing = False
+        self.conv1 = nn.Conv2d(in_chans, stem_width, kernel_size=3, stride=1, padding=1, bias=False, **dd)
+        self.bn1 = nn.BatchNorm2d(stem_width, **dd)
+        self.act1 = nn.ReLU(inplace=True)
+
+        def stage(in_chs: int, chs: int, n: int, stride: int) -> nn.Sequential:
+            return nn.Sequential(*[BasicBlock(in_chs if j == 0 else chs, chs, stride if j == 0 else 1,
+                                              shortcut=shortcut, **dd) for j in range(n)])
+
+        self.layer1 = stage(stem_width, channels[0], layers[0], 1)
+        widths = [round(c * expert_width) for c in channels[1:]]
+        ins = [channels[0], *widths[:-1]]
+        self.experts = nn.ModuleList(
+            nn.Sequential(*[stage(i, w, n, 2) for i, w, n in zip(ins, widths, layers[1:])]) for _ in range(num_experts))
+        self.expert_features = widths[-1]
+        self.num_features = self.head_hidden_size = num_experts * widths[-1]
+        self.feature_info: list[dict[str, Any]] = []
+        self.fc: nn.Module = self._classifier(num_classes, **dd)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight)     # RIDE's _weights_init (fan_in), as LDAM-DRW
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def _classifier(self, num_classes: int, **dd: Any) -> nn.Module:
+        if num_classes == 0:
+            return nn.Identity()
+        return ExpertCosineClassifiers(self.num_experts, self.expert_features, num_classes, self.expert_scale, **dd)
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, str]:
+        """Stem, the shared stage's blocks, then each expert (timm layer-decay API)."""
+        return dict(stem=r'^conv1|bn1', blocks=r'^(layer1|experts)\.(\d+)' if coarse else
+                    r'^(layer1\.\d+|experts\.\d+)')
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self, name_only: bool = False) -> str | nn.Module:
+        return 'fc' if name_only else self.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.num_classes = num_classes
+        self.fc = self._classifier(num_classes, **get_device_dtype(self))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Every expert's unpooled feature map, (B, K, c, H', W')."""
+        x = self.layer1(self.act1(self.bn1(self.conv1(x))))
+        return torch.stack([expert(x) for expert in self.experts], dim=1)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Each expert average-pooled, side by side (B, K c) (+ dropout); the experts' logits if not pre_logits."""
+        x = x.mean(dim=(3, 4)).flatten(1)
+        if self.drop_rate:
+            x = F.dropout(x, p=float(self.drop_rate), training=self.training)
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
 def checkpoint_filter_fn(state_dict: dict[str, Any], model: nn.Module | None = None) -> dict[str, Any]:
     """Map reference-code checkpoints onto this module's key names.
 
@@ -263,11 +393,13 @@ def checkpoint_filter_fn(state_dict: dict[str, Any], model: nn.Module | None = N
     return out
 
 
-def _create_cifar_resnet(variant: str, pretrained: bool = False, **kwargs: Any) -> CifarResNet:
+def _create_cifar_resnet(variant: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
     # features_only: stem + one feature map per stage (timm's default out_indices assume 4 stages)
     num_stages = len(kwargs.get('layers', ()))
+    # num_experts (model.experts > 1): the same depth as RIDE's multi-expert model
+    experts = 'num_experts' in kwargs and kwargs['num_experts'] > 1
     return build_model_with_cfg(
-        CifarResNet,
+        CifarResNetExperts if experts else CifarResNet,
         variant,
         pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
@@ -303,7 +435,7 @@ default_cfgs = generate_default_cfgs({
 })
 
 
-def _he_cifar(variant: str, depth: int, pretrained: bool, **kwargs: Any) -> CifarResNet:
+def _he_cifar(variant: str, depth: int, pretrained: bool, **kwargs: Any) -> nn.Module:
     """He et al. CIFAR ResNet of depth 6n+2 (n BasicBlocks per stage, option-A shortcuts)."""
     assert (depth - 2) % 6 == 0, depth
     n = (depth - 2) // 6
@@ -312,43 +444,43 @@ def _he_cifar(variant: str, depth: int, pretrained: bool, **kwargs: Any) -> Cifa
 
 
 @register_model
-def resnet8_cifar(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
+def resnet8_cifar(pretrained: bool = False, **kwargs: Any) -> nn.Module:
     """ResNet-8 for CIFAR (n=1, 0.08M params at 10 classes)."""
     return _he_cifar('resnet8_cifar', 8, pretrained, **kwargs)
 
 
 @register_model
-def resnet20_cifar(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
+def resnet20_cifar(pretrained: bool = False, **kwargs: Any) -> nn.Module:
     """ResNet-20 for CIFAR (n=3; He et al. Table 6: 0.27M params)."""
     return _he_cifar('resnet20_cifar', 20, pretrained, **kwargs)
 
 
 @register_model
-def resnet32_cifar(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
+def resnet32_cifar(pretrained: bool = False, **kwargs: Any) -> nn.Module:
     """ResNet-32 for CIFAR (n=5; He et al. Table 6: 0.46M params). The LDAM-DRW CIFAR-LT backbone."""
     return _he_cifar('resnet32_cifar', 32, pretrained, **kwargs)
 
 
 @register_model
-def resnet44_cifar(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
+def resnet44_cifar(pretrained: bool = False, **kwargs: Any) -> nn.Module:
     """ResNet-44 for CIFAR (n=7; He et al. Table 6: 0.66M params)."""
     return _he_cifar('resnet44_cifar', 44, pretrained, **kwargs)
 
 
 @register_model
-def resnet56_cifar(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
+def resnet56_cifar(pretrained: bool = False, **kwargs: Any) -> nn.Module:
     """ResNet-56 for CIFAR (n=9; He et al. Table 6: 0.85M params)."""
     return _he_cifar('resnet56_cifar', 56, pretrained, **kwargs)
 
 
 @register_model
-def resnet110_cifar(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
+def resnet110_cifar(pretrained: bool = False, **kwargs: Any) -> nn.Module:
     """ResNet-110 for CIFAR (n=18; He et al. Table 6: 1.7M params)."""
     return _he_cifar('resnet110_cifar', 110, pretrained, **kwargs)
 
 
 @register_model
-def resnet34_wb(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
+def resnet34_wb(pretrained: bool = False, **kwargs: Any) -> nn.Module:
     """ResNet-34 of the weight-balancing reference code: [3,4,6,3] BasicBlocks, 64-512 channels,
     3x3/1 stem, no max-pool, projection shortcuts, 512-d feature (21.3M params at 100 classes)."""
     model_args = dict(layers=(3, 4, 6, 3), channels=(64, 128, 256, 512), stem_width=64, shortcut='B',
@@ -356,6 +488,8 @@ def resnet34_wb(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
     return _create_cifar_resnet('resnet34_wb', pretrained, **dict(model_args, **kwargs))
 
 
+# the He et al. family, which has a multi-expert form (model.experts > 1: CifarResNetExperts, RIDE / SADE)
+MULTI_EXPERT_NAMES: tuple[str, ...] = tuple(f'resnet{d}_cifar' for d in (8, 20, 32, 44, 56, 110))
 CIFAR_MODEL_NAMES: tuple[str, ...] = (
     'resnet8_cifar', 'resnet20_cifar', 'resnet32_cifar', 'resnet44_cifar', 'resnet56_cifar',
     'resnet110_cifar', 'resnet34_wb',

@@ -13,6 +13,12 @@ def encode(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return model.forward_head(model.forward_features(x), pre_logits=True)  # type: ignore[operator]
 
 
+def prediction(logits: torch.Tensor) -> torch.Tensor:
+    """The logits a model predicts with: a multi-expert head's (B, K, C) averaged over its experts, as RIDE and SADE
+    predict (the mean of the experts' logits); (B, C) as they are."""
+    return logits.mean(1) if logits.dim() == 3 else logits
+
+
 def head_of(model: nn.Module) -> nn.Module:
     """The classifier module (nn.Linear, or an ETF classifier after set_head)."""
     return model.get_classifier()  # type: ignore[operator]

@@ -20,6 +20,7 @@ from bench.data.cards import DatasetError
 from bench.data.loaders import TrainLoader
 from bench.methods.losses import LossFn
 from bench.methods.mixup import Mixup
+from bench.models.parts import prediction
 from bench.runtime import dist
 from bench.runtime.progress import Progress, log
 from bench.runtime.rundir import RunDir, check_owner
@@ -184,7 +185,7 @@ def train_step(p: Parts, x: torch.Tensor, y: torch.Tensor, scaler: torch.amp.Gra
     world = dist.world()
     p.optimizer.zero_grad(set_to_none=True)
     data_loss: torch.Tensor
-    reg: torch.Tensor | int                            # 0 without regularisers
+    reg: torch.Tensor | float                          # 0 without regularisers
     if len(y) == 0:
         # this rank has no sample in this step: a zero loss still joins DDP's gradient all-reduce
         data_loss = reg = sum((q * 0).sum() for q in trained)  # type: ignore[assignment]
@@ -198,7 +199,8 @@ def train_step(p: Parts, x: torch.Tensor, y: torch.Tensor, scaler: torch.amp.Gra
                 x, y_perm, lam = p.mixup(x, y, *at)
                 h, logits = p.forward(x)
                 data_loss = lam * p.loss(logits, y) + (1.0 - lam) * p.loss(logits, y_perm)
-            reg = sum(r(h) for r in p.regularizers)
+            # batch means beside the regularisers: RIDE's diversity term (LossFn.extra)
+            reg = sum(r(h) for r in p.regularizers) + p.loss.extra(logits)
     loss = data_loss + reg
     if world > 1:
         share, total = rank_shares(p.loss.normalizer(y), len(y), world)
@@ -287,7 +289,7 @@ def fit(parts: Parts, run: RunDir, epochs: int, selection_split: str, device: to
             loss, logits = train_step(p, x, y, scaler, autocast_dtype, trained, (epoch, state.step))
             if logits is not None:
                 sums[0] += loss.detach().double() * len(y)
-                sums[1] += (logits.detach().argmax(1) == y).sum()
+                sums[1] += (prediction(logits.detach()).argmax(1) == y).sum()
                 sums[2] += len(y)
             state.step += 1
             n_images += len(y)

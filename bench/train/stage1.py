@@ -46,7 +46,7 @@ def train_stage1(cfg: Config, run: RunDir, figures: Figures | None = None) -> Re
     forward = make_forward(model, lambda x: encode(model, x), head_of(model), device, cfg.runtime.compile,
                            cfg.runtime.channels_last)
     parts = Parts(forward=forward,
-                  loss=make_loss(t.loss, data.class_counts).to(device), state_module=model,
+                  loss=make_loss(t.loss, data.class_counts, cfg.model.experts).to(device), state_module=model,
                   set_train_mode=model.train, loader=loader, optimizer=optimizer,
                   scheduler=make_scheduler(optimizer, t, len(loader)), evaluate=select,
                   analyze=select.analyze if cfg.eval.analysis_each_epoch else None,

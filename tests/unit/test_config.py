@@ -59,6 +59,8 @@ def test_overrides_parse_yaml_values():
     ("train.schedule=step", "config key 'train.lr_milestones': []: schedule=step needs increasing epochs"),
     ("train.lr_milestones=[5]", "config key 'train.lr_milestones': [5] is used by schedule=step only"),
     ("train.epoch_length=dataset", "config key 'train.epoch_length': dataset cuts a class_aware or class_balanced"),
+    ("train.loss.name=sade", "config key 'train.loss.name': sade trains several experts; set model.experts"),
+    ("model.experts=0", "config key 'model.experts': value 0 out of range (must be >= 1)"),
     ("stage2.lws_rows_lr_factor=0.2", "config key 'stage2.lws_rows_lr_factor': 0.2 sets the lr of LWS's classifier"),
     # no RRC in memory
     ("data.augment=rrc_flip", "config key 'data.augment': rrc_flip needs shard data (data.shards)"),
@@ -99,11 +101,12 @@ def test_hash_neutral_fields_keep_old_run_names_until_set():
     d = a.result_dict()
     for key in ("to_rgb", "input_stats", "resize"):
         del d["data"][key]
-    for key in ("embedding", "zeroshot", "peft"):
+    for key in ("embedding", "zeroshot", "peft", "experts", "expert_width", "expert_scale"):
         del d["model"][key]
     for key in ("mixup_alpha", "lr_milestones", "lr_step_gamma", "warmup_unit", "epoch_length"):   # MiSLAS
         del d["train"][key]
-    for key in ("las_head", "las_tail", "las_shape"):
+    for key in ("las_head", "las_tail", "las_shape", "ride_diversity", "ride_temperature", "ride_temperature_factor",
+                "sade_tau"):
         del d["train"]["loss"][key]
     assert a.run_hash() == hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
     for other in ("data.to_rgb=true", "data.resize=32", "model.peft.method=lora", "model.zeroshot.templates=['{}']",
@@ -311,6 +314,17 @@ def test_protocol_mislas_reference_sets_and_guards_its_settings(repo):
         key = override.split("=")[0]
         with pytest.raises(ConfigError, match=f"config key '{key}': {value} conflicts with protocol mislas-reference"):
             load_config(mislas, [override])
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model.experts=2", "train.loss.name=sade"], "config key 'model.experts': 2; the sade loss trains exactly 3"),
+    (["model.experts=3", "model.classifier=etf"], "config key 'model.experts': 3 experts bring their own cosine"),
+    (["model.experts=3", "train.loss.name=ride", "train.loss.ldam_scale=1"], "config key 'train.loss.ldam_scale': 1.0 "
+                                                                              "differs from model.expert_scale = 30.0"),
+])
+def test_multi_expert_combinations_that_name_no_method(overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(None, overrides)
 
 
 def test_every_protocol_name_is_in_the_schema():

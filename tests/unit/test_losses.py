@@ -239,3 +239,80 @@ def test_label_aware_smoothing_by_hand():
     ce = make_loss(LossConfig(name="las", las_head=0.0, las_tail=0.0), counts)
     assert float(ce(z, torch.tensor([0, 2]))) == pytest.approx(float(torch.nn.functional.cross_entropy(
         z, torch.tensor([0, 2]))), abs=1e-7)
+
+
+# --- multi-expert losses (RIDE, SADE) --------------------------------------------------------------------------
+
+
+def test_ride_with_one_expert_is_ldam_drw():
+    """One expert: the ensemble is the expert, so the diversity KL is 0 and RIDE's s cos - s m_y is LDAM's
+    s (cos - m_y), with DRW's weights switched on by the same epoch."""
+    torch.manual_seed(0)
+    cos = torch.rand(6, 3) * 2 - 1
+    y = torch.tensor([0, 1, 2, 2, 1, 0])
+    counts = [50, 10, 2]
+    from bench.methods.losses import RIDELoss
+
+    ride = RIDELoss(counts, 0.5, 30.0, -0.45, 1.0, 0.05, cb_weights(counts, 0.9999), 2, "weights")
+    ldam = loss("ldam", counts, ldam_scale=30.0, drw_epoch=2, cb_beta=0.9999, cb_normalizer="weights")
+    for epoch in (0, 3):                                  # before and after DRW
+        ride.set_epoch(epoch)
+        ldam.set_epoch(epoch)
+        z = (30.0 * cos)[:, None]
+        assert torch.allclose(ride(z, y), ldam(cos, y), atol=1e-5)
+        assert abs(float(ride.extra(z))) < 1e-6
+
+
+def test_ride_diversity_term_by_hand():
+    """Two experts, two classes, T = 1: lambda T^2 sum_k KL(p || q_k), p = softmax(mean z), a batch mean. From DRW's
+    epoch the temperature is per class: counts [3, 1], a = 0.05: w = C pi a + 1 - a = [1.025, 0.975], T = w / max."""
+    from bench.methods.losses import RIDELoss
+
+    z = torch.tensor([[[0.0, math.log(3.0)], [0.0, 0.0]]])          # one sample: q_1 = [1/4, 3/4], q_2 = [1/2, 1/2]
+    ride = RIDELoss([3, 1], 0.5, 30.0, -0.45, 1.0, 0.05, cb_weights([3, 1], 0.9999), 1, "weights")
+    p = torch.softmax(z.mean(1), dim=1)[0]  # softmax([0, ln 3 / 2]) = [1, sqrt 3] / (1 + sqrt 3)
+    assert torch.allclose(p, torch.tensor([1.0, math.sqrt(3)]) / (1 + math.sqrt(3)))
+    kl = sum(float((p * (p.log() - torch.tensor(q).log())).sum()) for q in ([0.25, 0.75], [0.5, 0.5]))
+    assert math.isclose(float(ride.extra(z)), -0.45 * kl, rel_tol=1e-5)
+    assert torch.allclose(ride.temperature, torch.tensor([1.0, 0.975 / 1.025]))
+    ride.set_epoch(1)                                                # class-wise temperatures from DRW's epoch on
+    t = torch.tensor([1.0, 0.975 / 1.025])
+    p = torch.softmax(z.mean(1) / t, dim=1)[0]
+    kl = sum(float((p * (p.log() - torch.log_softmax(z[0, k] / t, 0))).sum()) for k in range(2))
+    assert math.isclose(float(ride.extra(z)), -0.45 * float(t.mean()) ** 2 * kl, rel_tol=1e-5)
+
+
+def test_ride_without_diversity_applies_ldam_to_the_mean_logits_per_expert():
+    """RIDE's code at lambda = 0 (`ride_loss_logits = output_logits`): each of the K terms is LDAM of the mean."""
+    from bench.methods.losses import LDAMLoss, RIDELoss
+
+    torch.manual_seed(1)
+    z, y = torch.randn(4, 3, 5) * 5, torch.tensor([0, 1, 4, 2])
+    counts = [40, 20, 10, 5, 2]
+    ride = RIDELoss(counts, 0.5, 30.0, 0.0, 1.0, 0.05)
+    assert torch.allclose(ride(z, y), 3 * LDAMLoss(counts, 0.5, 30.0)(z.mean(1) / 30.0, y), atol=1e-5)
+    assert ride.extra(z) == 0.0
+
+
+def test_sade_mirrored_prior_and_loss_by_hand():
+    from bench.methods.losses import SADELoss, mirrored_prior
+
+    assert torch.allclose(mirrored_prior(torch.tensor([0.2, 0.5, 0.3])), torch.tensor([0.5, 0.2, 0.3]))
+    counts = [2, 5, 3]                                               # prior [.2, .5, .3], mirrored [.5, .2, .3]
+    z = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]])
+    y = torch.tensor([2])
+    pi, inv = torch.tensor([0.2, 0.5, 0.3]), torch.tensor([0.5, 0.2, 0.3])
+    want = sum(float(torch.nn.functional.cross_entropy(zk[None], y))
+               for zk in (z[0, 0], z[0, 1] + pi.log(), z[0, 2] + pi.log() - 2.0 * inv.log()))
+    assert math.isclose(float(SADELoss(counts, 2.0)(z, y)), want, rel_tol=1e-5)
+    built = make_loss(LossConfig(name="sade", sade_tau=2.0), counts, experts=3)
+    assert math.isclose(float(built(z, y)), want, rel_tol=1e-5)
+
+
+def test_a_single_model_loss_on_experts_sums_over_them():
+    torch.manual_seed(2)
+    z, y = torch.randn(5, 2, 3), torch.tensor([0, 1, 2, 0, 1])
+    per_expert = make_loss(LossConfig(name="ce"), [5, 3, 1], experts=2)
+    assert torch.allclose(per_expert(z, y), sum(torch.nn.functional.cross_entropy(z[:, k], y) for k in range(2)))
+    with pytest.raises(ValueError, match="trains several experts"):
+        make_loss(LossConfig(name="sade"), [5, 3, 1])

@@ -28,7 +28,9 @@ def test_committed_configs_match_the_generator(repo, tmp_path):
 def test_every_paper_config_loads_with_its_protocol(repo, exp):
     d = repo / "configs" / "paper" / exp
     cfgs = {p.stem: load_config(p) for p in sorted(d.glob("*.yaml"))}
-    assert len(cfgs) == 11
+    experts = {"cifar100_lt_if100": {"ride", "sade"}, "cifar10_lt_if100": set()}.get(exp, {"sade"})
+    assert set(cfgs) == {"naive", "wd", "l2norm", "taunorm", "cb_wd", "cb_maxnorm", "wb", "hs_stage1", "hs", "mixup",
+                         "mislas"} | experts
     wd, wb, hs = cfgs["wd"], cfgs["wb"], cfgs["hs_stage1"]
     # WB rows: the reference protocol (test selection, TTA, first-n), CIFAR-100 WD 5e-3 on all params
     assert wd.protocol == "wb-reference" and wd.eval.selection_split == "test" and wd.eval.tta_flip
@@ -62,6 +64,19 @@ def test_every_paper_config_loads_with_its_protocol(repo, exp):
                         "cifar100_lt_if50": ((0.3, 0.0), 0.1, "train"),
                         "cifar100_lt_if10": ((0.2, 0.0), 0.1, "train"),
                         "cifar10_lt_if100": ((0.3, 0.0), 0.5, "eval")}[exp]
+    # RIDE / SADE (their configs): 3 experts at 3/4 width, cosine x30, Nesterov, WD 5e-4, x gamma after 160 / 180,
+    # the last epoch reported
+    for key in experts:
+        c = cfgs[key]
+        assert (c.model.experts, c.model.expert_width, c.model.expert_scale) == (3, 0.75, 30.0)
+        assert (c.train.nesterov, c.train.weight_decay, c.train.lr_milestones, c.train.warmup_unit) == (
+            True, 5e-4, [160, 180], "epoch")
+        assert (c.eval.selection_split, c.eval.select, c.data.selection, c.data.val_per_class) == (
+            "test", "last", "shuffle", 0)
+    if "ride" in experts:
+        r = cfgs["ride"].train
+        assert (r.lr_step_gamma, r.loss.drw_epoch, r.loss.ride_diversity, r.loss.cb_normalizer) == (
+            0.01, 160, -0.45, "weights")
     loss = mis.stage2.train.loss
     assert (loss.name, (loss.las_head, loss.las_tail), mis.stage2.lws_rows_lr_factor, mis.stage2.bn_mode) == (
         "las", eps, rows_lr, bn)

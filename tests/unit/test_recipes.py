@@ -4,6 +4,7 @@ a change to the loop or a stage is checked here before the slow tier runs the re
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -128,6 +129,30 @@ def test_mislas_stage2_trains_rows_and_scales_and_re_estimates_batchnorm(stage1)
     assert stats and all(not torch.equal(before[k], after[k]) for k in stats)
     frozen = [k for k in before if not k.startswith("fc.") and k not in stats and not k.endswith("num_batches_tracked")]
     assert all(torch.equal(before[k], after[k]) for k in frozen)
+
+
+@pytest.mark.parametrize("loss", [["train.loss.name=sade"],
+                                  ["train.loss.name=ride", "train.loss.drw_epoch=1", "train.loss.ride_diversity=-0.45",
+                                   "train.loss.cb_normalizer=weights"]])
+def test_multi_expert_model_trains_and_predicts_with_the_mean_of_its_experts(tmp_path, loss):
+    """RIDE / SADE's model in small: 3 experts over a shared stem and first stage; the reported accuracy is that
+    of the mean of the experts' logits, recomputed here from final.pt."""
+    from bench.data.lt import build_lt_data
+    from bench.methods.classifiers import make_model
+    from bench.models.parts import encode, head_of
+
+    cfg = load_config(CONFIGS / "smoke.yaml", [*TINY, "model.experts=3", "model.expert_width=0.75", *loss])
+    run = RunDir.for_config(cfg, tmp_path)
+    result = run_experiment(cfg, run, runs_root=tmp_path)
+    model = make_model(cfg, data := build_lt_data(cfg.data), init=False)
+    model.load_state_dict(torch.load(run.final_ckpt, weights_only=False)["model"])
+    assert sum(k.startswith("experts.2.") for k in model.state_dict()) > 0 and model.num_features == 3 * 48
+    model.eval()
+    x, y = data.test.x, data.test.y
+    with torch.no_grad():
+        z = head_of(model)(encode(model, data.normalizer()(x)))
+    assert z.shape == (len(y), 3, 10)
+    assert math.isclose(result["metrics"]["all"], 100 * float((z.mean(1).argmax(1) == y).float().mean()), abs_tol=1e-6)
 
 
 @pytest.mark.parametrize("extra, word", [(["stage2.reinit_classifier=true", "stage2.maxnorm=false"], "re-initialised"),
