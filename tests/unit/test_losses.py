@@ -316,3 +316,25 @@ def test_a_single_model_loss_on_experts_sums_over_them():
     assert torch.allclose(per_expert(z, y), sum(torch.nn.functional.cross_entropy(z[:, k], y) for k in range(2)))
     with pytest.raises(ValueError, match="trains several experts"):
         make_loss(LossConfig(name="sade"), [5, 3, 1])
+
+
+def test_ride_rank_shares_recombine_the_global_loss():
+    """RIDE after DRW's epoch under DDP: the weighted CE takes rank r's share of sum_i w_{y_i}, the diversity term
+    (`extra`, a batch mean) its share of the samples, as the training step weighs them; the ranks' objectives then
+    add up to the global batch's loss, where one share for both terms would not."""
+    from bench.methods.losses import RIDELoss
+
+    torch.manual_seed(3)
+    counts = [30, 6, 1]
+    z, y = torch.randn(7, 2, 3) * 4, torch.tensor([0, 0, 1, 2, 0, 1, 2])
+    ride = RIDELoss(counts, 0.5, 30.0, -0.45, 1.0, 0.05, cb_weights(counts, 0.9999), 0, "weights")
+    ride.set_epoch(1)
+    whole = float(ride(z, y) + ride.extra(z))
+    parts = [slice(0, 3), slice(3, 7)]
+    zs = [float(ride.normalizer(y[s])) for s in parts]
+    ns = [len(y[s]) for s in parts]
+    ranks = [float(ride(z[s], y[s])) * zs[i] / sum(zs) + float(ride.extra(z[s])) * ns[i] / sum(ns)
+             for i, s in enumerate(parts)]
+    assert sum(ranks) == pytest.approx(whole, rel=1e-5)
+    one_share = sum(float(ride(z[s], y[s]) + ride.extra(z[s])) * zs[i] / sum(zs) for i, s in enumerate(parts))
+    assert one_share != pytest.approx(whole, rel=1e-3)
