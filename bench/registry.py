@@ -85,6 +85,12 @@ HEADS = Registry("model.classifier", {
     "zeroshot": "bench.methods.classifiers:ZEROSHOT_HEAD",
 })
 
+# train.contrast.method: a contrastive method's model wrapper and loss (bench.methods.contrast.Contrast).
+CONTRAST = Registry("contrast.method", {
+    "paco": "bench.methods.contrast:PACO",
+    "gpaco": "bench.methods.contrast:GPACO",
+})
+
 # posthoc.kind: a new classifier weight and / or adjusted logits at a tau (bench.methods.posthoc.PostHoc).
 POSTHOC = Registry("posthoc.kind", {
     "l2norm": "bench.methods.posthoc:L2_NORM",

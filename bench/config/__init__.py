@@ -19,12 +19,13 @@ from bench.config.load import (INHERITED, LOCATION_KEYS, dump_yaml, expand_path,
                                load_yaml, parent_path, read_raw, stored_config)
 from bench.config.protocols import PROTOCOLS, REFERENCE_STATS, apply_protocol
 from bench.config.describe import describe_fields
-from bench.config.schema import (GROUPS, HASH_NEUTRAL_AT_DEFAULT, Config, ConfigError, DataConfig, EvalConfig,
-                                 GroupsConfig, LossConfig, ModelConfig, PeftConfig, PosthocConfig, RuntimeConfig,
-                                 Stage2Config, SyntheticConfig, TrainConfig, WandbConfig, ZeroShotConfig)
+from bench.config.schema import (GROUPS, HASH_NEUTRAL_AT_DEFAULT, Config, ConfigError, ContrastConfig, DataConfig,
+                                 EvalConfig, GroupsConfig, LossConfig, ModelConfig, PeftConfig, PosthocConfig,
+                                 RuntimeConfig, Stage2Config, SyntheticConfig, TrainConfig, WandbConfig, ZeroShotConfig)
 
-__all__ = ["GROUPS", "Config", "ConfigError", "DataConfig", "EvalConfig", "GroupsConfig", "HASH_NEUTRAL_AT_DEFAULT",
-           "INHERITED", "LOCATION_KEYS", "LossConfig", "ModelConfig", "PROTOCOLS", "PeftConfig", "PosthocConfig",
+__all__ = ["GROUPS", "Config", "ConfigError", "ContrastConfig", "DataConfig", "EvalConfig", "GroupsConfig",
+           "HASH_NEUTRAL_AT_DEFAULT", "INHERITED", "LOCATION_KEYS", "LossConfig", "ModelConfig", "PROTOCOLS",
+           "PeftConfig", "PosthocConfig",
            "REFERENCE_STATS", "RuntimeConfig", "Stage2Config", "SyntheticConfig", "TrainConfig", "WandbConfig",
            "ZeroShotConfig", "apply_protocol", "describe_fields", "dump_yaml", "expand_path", "find_config",
            "load_with_bases", "load_yaml", "parent_path", "parse_override", "read_raw", "stored_config"]

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 
 from bench.errors import UserError
-from bench.registry import DATASETS, HEADS, LOSSES, POSTHOC
+from bench.registry import CONTRAST, DATASETS, HEADS, LOSSES, POSTHOC
 
 
 class ConfigError(UserError, ValueError):
@@ -81,6 +81,10 @@ class DataConfig:
                                                                                 "0.08-1, ratio 3/4-4/3) + flip "
                                                                                 "(ImageNet standard; shard data only), "
                                                                                 "or none")
+    views: list[Literal["crop_flip", "flip", "none", "simclr", "autoaugment_cutout", "randaugment"]] = _f(
+        [], "several augmented views of each training image, one augmentation per view (PaCo: [autoaugment_cutout, "
+            "simclr]: the query, then the key view; docs/methods.md); [] = one view, data.augment; in-memory data, "
+            "stage 1")
     crop_padding: int = _f(4, "zero padding of the random crop, pixels", ge=0)
     to_rgb: bool = _f(False, "repeat a one-channel (grey) image to three channels before the model, as the WB "
                              "reference run on Fashion-MNIST-LT did; the first convolution then has three input "
@@ -254,6 +258,30 @@ class LossConfig:
 
 
 @dataclass
+class ContrastConfig:
+    """Supervised contrastive learning with class centres (PaCo, GPaCo): a projection of the pooled feature, a queue
+    of past keys with their labels, and the loss that puts the linear classifier's logits and the contrastive
+    similarities in one softmax (bench/methods/contrast.py). Needs two data.views (query, key)."""
+
+    method: str | None = _f(None, "paco: a momentum key encoder (MoCo) gives the key view's projection; gpaco: the "
+                                  "key view goes through the same encoder and both views are anchors; None = off",
+                            choices=CONTRAST)
+    dim: int = _f(128, "projection output (MoCo's dim; PaCo CIFAR: 32)", ge=1)
+    hidden: int | None = _f(None, "projection hidden width; None = the backbone's feature width (PaCo: 2048 on "
+                                  "ResNet-50, 64 on ResNet-32)", ge=1)
+    projection: Literal["mlp2_bn", "mlp3"] = _f("mlp2_bn", "mlp2_bn: Linear-BN-ReLU-Linear (PaCo's MoCo v2 MLP); "
+                                                           "mlp3: Linear-ReLU-Linear-ReLU-Linear, no BN (GPaCo's)")
+    queue: int = _f(8192, "keys kept from past batches, with their labels (PaCo ImageNet-LT: 8192; CIFAR: 1024)", ge=1)
+    momentum: float = _f(0.999, "paco: key encoder <- m key encoder + (1 - m) query encoder before every step",
+                         ge=0, le=1)
+    temperature: float = _f(0.2, "T of the contrastive similarities q.k / T (PaCo ImageNet-LT: 0.2, X50 0.07; "
+                                 "CIFAR: 0.05)", gt=0)
+    alpha: float = _f(0.05, "weight of the contrastive positives (PaCo CIFAR-100-LT: 0.01)", ge=0)
+    beta: float = _f(1.0, "weight of the class-centre positive", ge=0)
+    gamma: float = _f(1.0, "weight of the contrastive terms in the denominator", ge=0)
+
+
+@dataclass
 class TrainConfig:
     """Stage-1 optimisation (WB: CE, SGD lr 0.01 momentum 0.9, cosine to 0, WD on all parameters)."""
 
@@ -285,6 +313,7 @@ class TrainConfig:
                                                        "epoch, lr e / warmup_epochs in warm-up epoch e = 1, 2, ... "
                                                        "(the MiSLAS and LDAM-DRW codes)")
     loss: LossConfig = field(default_factory=LossConfig)
+    contrast: ContrastConfig = field(default_factory=ContrastConfig)
     drop_last: bool = _f(False, "drop the last incomplete batch of an epoch")
     wd_in_loss: float = _f(0.0, "HS: add lambda/2 * sum ||theta||^2 over the trained parameters to the loss (use with "
                                 "weight_decay 0)", ge=0)
@@ -421,6 +450,9 @@ HASH_NEUTRAL_AT_DEFAULT: dict[str, Any] = {"data.to_rgb": False, "stage2.reinit_
                                            "stage2.lws": False, "data.input_stats": "card", "data.resize": None,
                                            "model.embedding": "pooled", "stage2.lws_rows_lr_factor": 0.0,
                                            "model.experts": 1, "model.expert_width": 1.0, "model.expert_scale": 30.0,
+                                           "data.views": [],
+                                           **{f"{t}.contrast": dataclasses.asdict(ContrastConfig())
+                                              for t in ("train", "stage2.train")},
                                            "model.zeroshot": dataclasses.asdict(ZeroShotConfig()),
                                            "model.peft": dataclasses.asdict(PeftConfig()),
                                            **{f"{t}.{k}": v for t in ("train", "stage2.train") for k, v in (

@@ -8,7 +8,7 @@ only stores that position, and a resumed epoch neither repeats nor skips a sampl
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -109,6 +109,8 @@ class Normalize:
         self.std = (torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255.0).to(self.device)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 5:            # (B, V, C, H, W): several views of each image (data.views)
+            return self(x.flatten(0, 1)).unflatten(0, x.shape[:2])
         if x.device != self.device:
             if self.device.type == "cuda" and not x.is_pinned():
                 x = x.pin_memory()          # page-locked: the copy below is asynchronous to the host
@@ -122,6 +124,11 @@ class Normalize:
         return x
 
 
+# data.views (bench/data/views.py): (uint8 b images, (seed, epoch, step), global batch size, offset of this rank's part)
+# -> uint8 (b, V, C, H, W)
+ViewFn = Callable[[torch.Tensor, tuple[int, int, int], int, int], torch.Tensor]
+
+
 class InMemoryLoader:
     """Training batches of one split (a TrainLoader); `epoch(e, start_step)` yields (images, labels) from that
     position. Keyword-only after the batch size: eleven arguments, several of them ints."""
@@ -129,13 +136,14 @@ class InMemoryLoader:
     def __init__(self, split: Split, batch_size: int, *, seed: int, normalize: Normalize | None,
                  augment: str = "none", crop_padding: int = 0, drop_last: bool = False,
                  sampler: str = "instance", num_classes: int | None = None, rank: int = 0, world: int = 1,
-                 epoch_length: str = "sampler") -> None:
+                 epoch_length: str = "sampler", views: ViewFn | None = None) -> None:
         # batch_size is the GLOBAL batch: under DDP each rank takes a contiguous slice of every global
         # batch, so the data order is the same for any number of processes.
         self.split, self.batch_size, self.seed = split, batch_size, seed
         self.rank, self.world = rank, world
         self.normalize, self.augment, self.crop_padding, self.drop_last = normalize, augment, crop_padding, drop_last
         self.sampler = sampler
+        self.views = views                 # data.views: (B, V, C, H, W) batches, one augmentation per view
         self.samples = len(split)          # per epoch
         if sampler in ("class_balanced", "class_aware"):
             nc = num_classes or int(split.y.max()) + 1
@@ -217,7 +225,9 @@ class InMemoryLoader:
             start, length = rank_slice(len(idx), self.rank, self.world)
             mine = idx[start:start + length]
             x = self.split.x[mine]
-            if self.augment != "none" and length:
+            if self.views is not None:
+                x = self.views(x, (self.seed, epoch, step), len(idx), start)
+            elif self.augment != "none" and length:
                 gen = derived_generator(self.seed, epoch, step, 1)
                 x = random_crop_flip(x, gen, self.crop_padding if self.augment == "crop_flip" else 0, flip=True,
                                      batch=len(idx), offset=start)

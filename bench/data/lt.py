@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,6 +17,7 @@ from bench.data.shards.loader import ShardLoader
 from bench.data.shards.manifest import ShardSplit, check_shard_files, load_manifest
 from bench.data.shards.plan import StreamSpec
 from bench.data.sources import RawData, load_raw
+from bench.data.views import view_fn
 from bench.runtime import dist
 
 
@@ -75,9 +76,13 @@ class LTData:
                           crop_padding=c.crop_padding, decode=c.decode)
 
     def train_loader(self, batch_size: int, seed: int, augment: str, drop_last: bool, sampler: str,
-                     workers: int = 0, epoch_length: str = "sampler") -> TrainLoader:
-        """Training batches with the (epoch, start_step) interface, normalised on `device`; batch_size is global."""
+                     workers: int = 0, epoch_length: str = "sampler", views: Sequence[str] = ()) -> TrainLoader:
+        """Training batches with the (epoch, start_step) interface, normalised on `device`; batch_size is global.
+        `views` (data.views): (B, V, C, H, W) batches, view v augmented by views[v] (bench/data/views.py)."""
         if isinstance(self.train, ShardSplit):
+            if views:
+                raise DatasetError("data.views (several augmented views per image) reads in-memory data; the shard "
+                                   "pipeline decodes one view per sample")
             if sampler != "instance":
                 raise DatasetError(f"sampler {sampler} needs random access to the training set; with data.shards "
                                    "use it on cached features (stage 2) or in-memory data")
@@ -86,7 +91,8 @@ class LTData:
         return InMemoryLoader(self.train, batch_size, seed=seed, normalize=self.normalizer(), augment=augment,
                               crop_padding=self.cfg.crop_padding, drop_last=drop_last, sampler=sampler,
                               num_classes=self.num_classes, rank=dist.rank(), world=dist.world(),
-                              epoch_length=epoch_length)
+                              epoch_length=epoch_length,
+                              views=view_fn(views, self.cfg.crop_padding) if views else None)
 
     def eval_batches(self, name: str, batch_size: int, workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The split in order (on this rank), normalised on `device`, no augmentation."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.config import Config, ConfigError, DataConfig, PeftConfig
+from bench.config import Config, ConfigError, ContrastConfig, DataConfig, LossConfig, PeftConfig
 from bench.config.load import expand_path
 from bench.data.cards import FILE_SPLIT_SOURCES, load_card
 from bench.data.profiles import resolve_profile
@@ -105,6 +105,7 @@ def _check_schedules(cfg: Config) -> None:
             raise ConfigError(f"config key '{prefix}.epoch_length': {t.epoch_length} cuts a class_aware or "
                               "class_balanced epoch; the instance sampler's epoch is the dataset already")
     _check_experts(cfg)
+    _check_contrast(cfg)
     if cfg.stage2.lws_rows_lr_factor > 0 and not cfg.stage2.lws:
         raise ConfigError(f"config key 'stage2.lws_rows_lr_factor': {cfg.stage2.lws_rows_lr_factor} sets the lr of "
                           "LWS's classifier rows; set stage2.lws=true (MiSLAS) or leave it at 0")
@@ -127,6 +128,38 @@ def _check_experts(cfg: Config) -> None:
     if loss.name == "ride" and loss.ldam_scale != m.expert_scale:
         raise ConfigError(f"config key 'train.loss.ldam_scale': {loss.ldam_scale} differs from model.expert_scale = "
                           f"{m.expert_scale}; RIDE subtracts s m_y from logits already scaled by s (keep them equal)")
+
+
+def _check_contrast(cfg: Config) -> None:
+    """A contrastive method (PaCo, GPaCo) and the views it reads; fields it would leave unused."""
+    c, views = cfg.train.contrast, cfg.data.views
+    if cfg.stage2.train.contrast != ContrastConfig():
+        raise ConfigError("config key 'stage2.train.contrast': a contrastive method trains stage 1 (train.contrast); "
+                          "leave stage2.train.contrast at its defaults")
+    if c.method is None:
+        if views:
+            raise ConfigError(f"config key 'data.views': {views}: several views are read by a contrastive method "
+                              "only (train.contrast.method: paco or gpaco)")
+        if c != ContrastConfig():
+            raise ConfigError("config key 'train.contrast': its settings apply with train.contrast.method (paco, "
+                              "gpaco) only")
+        return
+    if len(views) != 2:
+        raise ConfigError(f"config key 'data.views': {c.method} reads two views of each image (the query, then the "
+                          f"key), got {views or '[]'} (PaCo CIFAR: [autoaugment_cutout, simclr])")
+    if cfg.data.augment != "none":
+        raise ConfigError(f"config key 'data.augment': {cfg.data.augment} is not used with data.views (each view has "
+                          "its own augmentation); set data.augment=none")
+    if cfg.train.loss != LossConfig() or cfg.train.mixup_alpha > 0 or cfg.model.experts > 1:
+        raise ConfigError(f"config key 'train.contrast.method': {c.method} is its own loss (train.contrast.*); leave "
+                          "train.loss at its defaults, train.mixup_alpha at 0 and model.experts at 1")
+    if cfg.model.classifier != "linear":
+        raise ConfigError(f"config key 'model.classifier': {c.method}'s class centres are the linear classifier; "
+                          "set model.classifier=linear")
+    if not cfg.train.drop_last:
+        raise ConfigError(f"config key 'train.drop_last': {c.method}'s code drops an epoch's last incomplete batch "
+                          "(a batch of one breaks the projection's BatchNorm, and the queue takes whole batches); set "
+                          "train.drop_last=true")
 
 
 def _resolve_model_preprocessing(cfg: Config, card: dict[str, Any]) -> None:

@@ -13,9 +13,12 @@ def encode(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return model.forward_head(model.forward_features(x), pre_logits=True)  # type: ignore[operator]
 
 
-def prediction(logits: torch.Tensor) -> torch.Tensor:
+def prediction(logits: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
     """The logits a model predicts with: a multi-expert head's (B, K, C) averaged over its experts, as RIDE and SADE
-    predict (the mean of the experts' logits); (B, C) as they are."""
+    predict (the mean of the experts' logits); a contrastive model's training output (a dict) its `logits`, the
+    query view's class-centre logits; (B, C) as they are."""
+    if isinstance(logits, dict):
+        return logits["logits"]
     return logits.mean(1) if logits.dim() == 3 else logits
 
 

@@ -79,7 +79,12 @@ class Parts:
 def make_forward(owner: torch.nn.Module, encoder: Callable[[torch.Tensor], torch.Tensor], head: torch.nn.Module,
                  device: torch.device, compile_: bool = False, channels_last: bool = False) -> torch.nn.Module:
     """EncoderHead, compiled when asked, wrapped in DistributedDataParallel under several processes."""
-    fwd: torch.nn.Module = EncoderHead(owner, encoder, head, channels_last)
+    return wrap_forward(EncoderHead(owner, encoder, head, channels_last), device, compile_)
+
+
+def wrap_forward(fwd: torch.nn.Module, device: torch.device, compile_: bool = False) -> torch.nn.Module:
+    """A module x -> (h, logits) as the training step calls it: compiled when asked, wrapped in
+    DistributedDataParallel under several processes (an EncoderHead, or a contrastive model's own forward)."""
     if compile_:
         fwd = torch.compile(fwd)  # type: ignore[assignment]
     if dist.active():
@@ -144,6 +149,8 @@ class LastCheckpoint:
             p.state_module.load_state_dict(saved["model"])
             p.optimizer.load_state_dict(saved["optimizer"])
             p.scheduler.load_state_dict(saved["scheduler"])
+            if "loss" in saved:        # a loss's state (PaCo's queue); absent from checkpoints written before it
+                p.loss.load_state_dict(saved["loss"])
             if "scaler" in saved:
                 self.scaler.load_state_dict(saved["scaler"])
             ckpt.set_rng_state(saved["rng_ranks"][dist.rank()] if "rng_ranks" in saved else saved["rng"])
@@ -170,14 +177,15 @@ class LastCheckpoint:
         rngs = dist.gather_objects(ckpt.rng_state())   # every rank's RNG, so each resumes its own
         if dist.is_main():
             ckpt.save_atomic({"model": p.state_module.state_dict(), "optimizer": p.optimizer.state_dict(),
-                              "scheduler": p.scheduler.state_dict(), "rng": rngs[0], "rng_ranks": rngs,
+                              "scheduler": p.scheduler.state_dict(), "loss": p.loss.state_dict(),  # PaCo's queue
+                              "rng": rngs[0], "rng_ranks": rngs,
                               "scaler": self.scaler.state_dict(), "state": state.__dict__, "data_layout": self.layout,
                               "config_hash": self.run.config_hash}, self.run.last_ckpt)
 
 
 def train_step(p: Parts, x: torch.Tensor, y: torch.Tensor, scaler: torch.amp.GradScaler,
                autocast_dtype: torch.dtype | None, trained: Sequence[torch.Tensor],
-               at: tuple[int, int] = (0, 0)) -> tuple[torch.Tensor, torch.Tensor | None]:
+               at: tuple[int, int] = (0, 0)) -> tuple[torch.Tensor, Any]:
     """One optimiser step on a batch already on the device: loss + regularisers, backward (under DDP this
     rank's share of the global batch's objective), optimiser and scheduler step, per-step constraints.
     `at` = (epoch, step) draws the step's mixup. Returns (loss, logits); logits None when this rank had no
@@ -289,7 +297,7 @@ def fit(parts: Parts, run: RunDir, epochs: int, selection_split: str, device: to
             loss, logits = train_step(p, x, y, scaler, autocast_dtype, trained, (epoch, state.step))
             if logits is not None:
                 sums[0] += loss.detach().double() * len(y)
-                sums[1] += (prediction(logits.detach()).argmax(1) == y).sum()
+                sums[1] += (prediction(logits).detach().argmax(1) == y).sum()
                 sums[2] += len(y)
             state.step += 1
             n_images += len(y)

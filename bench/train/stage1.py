@@ -12,12 +12,13 @@ import torch
 from bench.config import Config
 from bench.methods.adapters import finish_adapters, parameter_counts
 from bench.methods.classifiers import CosineClassifier, fold_head, make_model
-from bench.methods.losses import make_loss
+from bench.methods.contrast import make_contrast
+from bench.methods.losses import LossFn, make_loss
 from bench.methods.mixup import Mixup
 from bench.methods.regularizers import make_regularizers
 from bench.models.parts import encode, head_of
 from bench.runtime.rundir import Result, RunDir
-from bench.train.loop import Parts, fit, make_forward
+from bench.train.loop import Parts, fit, make_forward, wrap_forward
 from bench.train.optim import make_optimizer, make_scheduler
 from bench.train.select import Evaluator, select_and_report, select_reported
 from bench.train.stage import Figures, Stage
@@ -35,19 +36,28 @@ def train_stage1(cfg: Config, run: RunDir, figures: Figures | None = None) -> Re
 
     t = cfg.train
     loader = data.train_loader(t.batch_size, cfg.seed, cfg.data.augment, t.drop_last, t.sampler,
-                               cfg.runtime.workers, t.epoch_length)  # type: ignore[arg-type]  # set by setup_runtime
-    optimizer = make_optimizer(model, t)
+                               cfg.runtime.workers, t.epoch_length,  # type: ignore[arg-type]  # set by setup_runtime
+                               cfg.data.views)
+    # What trains and is checkpointed: the model, or PaCo / GPaCo's wrapper of it (projection, key encoder)
+    trained: torch.nn.Module = model
+    loss: LossFn
+    if t.contrast.method is not None:
+        trained, loss = make_contrast(model, t.contrast, data.class_counts, cfg.seed)
+        trained.to(device)
+        forward = wrap_forward(trained, device, cfg.runtime.compile)
+    else:
+        loss = make_loss(t.loss, data.class_counts, cfg.model.experts)
+        forward = make_forward(model, lambda x: encode(model, x), head_of(model), device, cfg.runtime.compile,
+                               cfg.runtime.channels_last)
+    optimizer = make_optimizer(trained, t)
 
     def batches(split: str):
         return data.eval_batches(split, cfg.eval.batch_size, cfg.runtime.workers)  # type: ignore[arg-type]
 
     select, evaluator = select_and_report(cfg, lambda tta: Evaluator(
         lambda x: encode(model, x), head_of(model), batches, data.num_classes, groups, device, tta, modules=[model]))
-    forward = make_forward(model, lambda x: encode(model, x), head_of(model), device, cfg.runtime.compile,
-                           cfg.runtime.channels_last)
-    parts = Parts(forward=forward,
-                  loss=make_loss(t.loss, data.class_counts, cfg.model.experts).to(device), state_module=model,
-                  set_train_mode=model.train, loader=loader, optimizer=optimizer,
+    parts = Parts(forward=forward, loss=loss.to(device), state_module=trained,
+                  set_train_mode=trained.train, loader=loader, optimizer=optimizer,
                   scheduler=make_scheduler(optimizer, t, len(loader)), evaluate=select,
                   analyze=select.analyze if cfg.eval.analysis_each_epoch else None,
                   regularizers=make_regularizers(t, model), amp=t.amp,
@@ -56,7 +66,7 @@ def train_stage1(cfg: Config, run: RunDir, figures: Figures | None = None) -> Re
                 cfg.runtime.progress, st.tracker)
 
     # Report the best epoch on the selection split, or the last one.
-    selected, last_metrics = select_reported(cfg, run, state.best_epoch, t.epochs, evaluator, model)
+    selected, last_metrics = select_reported(cfg, run, state.best_epoch, t.epochs, evaluator, trained)
     extra = {"epochs": t.epochs, "data_padded_per_epoch": loader.padded(), "trainable_params": trainable}
     head = head_of(model)
     if isinstance(head, CosineClassifier):

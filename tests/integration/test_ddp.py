@@ -211,3 +211,24 @@ def test_peft_vit_one_process_equals_two(method, tmp_path):
         torch.testing.assert_close(w2[k], w1[k], rtol=0, atol=1e-5)
     r1, r2 = result(tmp_path / "one"), result(tmp_path / "two")
     assert r1["peft"] == r2["peft"] and r1["trainable_params"] == r2["trainable_params"]
+
+
+def test_paco_queue_takes_every_ranks_keys(tmp_path):
+    """PaCo under 2 processes (each contrasts its own half batch with the shared queue, as its code): after the
+    run, the queue has advanced by the GLOBAL batch every step (keys gathered over ranks, in rank order) and holds
+    unit keys with training labels, and the two-view batches came through DDP; checkpoints hold the queue."""
+    root = tmp_path / "runs"
+    args = ["run", SMOKE, *FIXED, "train.epochs=1", "train.batch_size=32", "train.drop_last=true",
+            "train.contrast.method=paco", "train.contrast.queue=100", "train.contrast.dim=8",
+            "data.views=[crop_flip,simclr]", "data.augment=none", "--runs-root", str(root)]
+    r = torchrun(*args, port=_port(6))
+    assert r.returncode == 0, r.stdout + r.stderr
+    res = result(root)
+    assert res["world_size"] == 2
+    saved = torch.load(next(root.glob("smoke/ce-*/checkpoints/last.pt")), weights_only=True)
+    steps = sum(res["class_counts"]) // 32
+    queue, labels, ptr = saved["loss"]["queue"], saved["loss"]["queue_labels"], saved["loss"]["queue_ptr"]
+    assert int(ptr) == (steps * 32) % 100                     # 32 keys a step, not a rank's 16
+    newest = (int(ptr) - 1) % 100
+    assert torch.allclose(queue[newest].norm(), torch.tensor(1.0), atol=1e-5) and 0 <= int(labels[newest]) < 10
+    assert any(k.startswith("key_model.") for k in saved["model"])

@@ -99,11 +99,11 @@ def test_hash_neutral_fields_keep_old_run_names_until_set():
 
     a = load_config(None, ["data.dataset=fashion-mnist"])
     d = a.result_dict()
-    for key in ("to_rgb", "input_stats", "resize"):
+    for key in ("to_rgb", "input_stats", "resize", "views"):
         del d["data"][key]
     for key in ("embedding", "zeroshot", "peft", "experts", "expert_width", "expert_scale"):
         del d["model"][key]
-    for key in ("mixup_alpha", "lr_milestones", "lr_step_gamma", "warmup_unit", "epoch_length"):   # MiSLAS
+    for key in ("mixup_alpha", "lr_milestones", "lr_step_gamma", "warmup_unit", "epoch_length", "contrast"):
         del d["train"][key]
     for key in ("las_head", "las_tail", "las_shape", "ride_diversity", "ride_temperature", "ride_temperature_factor",
                 "sade_tau"):

@@ -22,7 +22,8 @@ def test_every_loss_builds_a_loss_that_runs():
     for name in LOSSES:
         loss = LOSSES[name](LossConfig(name=name), counts, None, None)
         assert isinstance(loss, LossFn), name
-        out = loss(torch.randn(4, 3), torch.tensor([0, 1, 2, 0]))
+        logits = torch.randn(4, 3, 3) if loss.multi_expert else torch.randn(4, 3)   # ride / sade: 3 experts
+        out = loss(logits, torch.tensor([0, 1, 2, 0]))
         assert out.ndim == 0 and torch.isfinite(out), name
 
 
@@ -33,6 +34,10 @@ def test_every_head_and_posthoc_step_is_of_its_kind():
         assert isinstance(head, Head), name
         assert head.build(linear, 3, 0)(torch.randn(2, 8)).shape == (2, 3), name
     assert all(isinstance(POSTHOC[k], PostHoc) for k in POSTHOC)
+    from bench.methods.contrast import Contrast
+    from bench.registry import CONTRAST
+
+    assert all(isinstance(CONTRAST[k], Contrast) for k in CONTRAST)
 
 
 def test_every_card_is_a_dataset_and_names_a_registered_reader_or_split_files():

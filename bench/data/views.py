@@ -1,0 +1,108 @@
+"""Several augmented views of every training image (`data.views`): the query and key views of the contrastive
+methods (PaCo, GPaCo).
+
+Each view has its own augmentation, by name (VIEW_AUGMENTS). `crop_flip`, `flip` and `none` are the batched ones
+of `data.augment`; the others run torchvision's v2 transforms image by image on uint8 CHW tensors:
+
+- `simclr`: RandomResizedCrop(scale 0.2-1) + flip + ColorJitter(0.4, 0.4, 0.4, 0.1) with p 0.8 + greyscale with
+  p 0.2 + Gaussian blur (sigma 0.1-2) with p 0.5: MoCo v2's augmentation at the image's size (PaCo's
+  `augmentation_sim_cifar`). One-channel images skip the colour steps (jitter of brightness and contrast stays).
+- `autoaugment_cutout`: RandomCrop(padding 4) + flip + AutoAugment's CIFAR-10 policy + Cutout (one 16 x 16 hole,
+  centred on a uniform pixel, clipped at the border, filled black): PaCo's `augmentation_regular`. torchvision's
+  AutoAugment stands in for the CIFAR10Policy copy in PaCo's autoaug.py (the same policy table; the codes scale
+  some magnitudes differently).
+- `randaugment`: RandomCrop(padding 4) + flip + RandAugment(2 ops, magnitude 10).
+
+Every image's draws come from its own seed, a function of (run seed, epoch, step, view, its index in the global
+batch): a DDP rank augments its slice as one process would, and a run resumed at (epoch, step) draws again what
+the uninterrupted run drew.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from bench.data.batches import ViewFn, derived_generator, random_crop_flip
+
+BATCHED = ("crop_flip", "flip", "none")
+
+
+def _cutout(length: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    def cut(x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        cy, cx = int(torch.randint(h, ())), int(torch.randint(w, ()))
+        x = x.clone()
+        x[..., max(0, cy - length // 2):min(h, cy + length // 2), max(0, cx - length // 2):min(w, cx + length // 2)] = 0
+        return x
+    return cut
+
+
+def _simclr(size: int, channels: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    from torchvision.transforms import v2
+
+    colour = [v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8), v2.RandomGrayscale(p=0.2)] \
+        if channels == 3 else [v2.RandomApply([v2.ColorJitter(0.4, 0.4)], p=0.8)]
+    blur = v2.GaussianBlur(2 * math.ceil(3 * 2.0) + 1, sigma=(0.1, 2.0))
+    return v2.Compose([v2.RandomResizedCrop(size, scale=(0.2, 1.0), antialias=True), v2.RandomHorizontalFlip(),
+                       *colour, v2.RandomApply([blur], p=0.5)])
+
+
+def _autoaugment_cutout(size: int, channels: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    from torchvision.transforms import v2
+
+    return v2.Compose([v2.RandomCrop(size, padding=4), v2.RandomHorizontalFlip(),
+                       v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10), _cutout(16)])
+
+
+def _randaugment(size: int, channels: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    from torchvision.transforms import v2
+
+    return v2.Compose([v2.RandomCrop(size, padding=4), v2.RandomHorizontalFlip(), v2.RandAugment(2, 10)])
+
+
+# view augmentation -> (image size, channels) -> a transform of one uint8 CHW image drawing from torch's global RNG
+VIEW_AUGMENTS: dict[str, Callable[[int, int], Callable[[torch.Tensor], torch.Tensor]] | None] = {
+    "crop_flip": None, "flip": None, "none": None,
+    "simclr": _simclr, "autoaugment_cutout": _autoaugment_cutout, "randaugment": _randaugment,
+}
+
+
+def _image_seed(*keys: int) -> int:
+    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, np.uint32)[0])
+
+
+def view_fn(names: Sequence[str], crop_padding: int) -> ViewFn:
+    """The InMemoryLoader's `views`: each batch as the views `names` (data.views)."""
+    return functools.partial(augment_views, names=tuple(names), crop_padding=crop_padding)
+
+
+def augment_views(x: torch.Tensor, keys: tuple[int, int, int], batch: int, offset: int, *, names: Sequence[str],
+                  crop_padding: int) -> torch.Tensor:
+    """uint8 (b, C, H, W), this rank's part (from `offset`) of a global batch of `batch` images -> uint8 (b, V, C, H,
+    W), view v augmented as names[v] says. `keys` = (seed, epoch, step) of the batch."""
+    seed, epoch, step = keys
+    out = []
+    for v, name in enumerate(names):
+        if name in BATCHED:
+            if name == "none":
+                out.append(x)
+                continue
+            gen = derived_generator(seed, epoch, step, 1, v)
+            out.append(random_crop_flip(x, gen, crop_padding if name == "crop_flip" else 0, flip=True, batch=batch,
+                                        offset=offset))
+            continue
+        build = VIEW_AUGMENTS[name]
+        assert build is not None
+        transform = build(x.shape[-1], x.shape[1])
+        images = []
+        for i, img in enumerate(x):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(_image_seed(seed, epoch, step, 2 + v, offset + i))
+                images.append(transform(img))
+        out.append(torch.stack(images) if images else x)
+    return torch.stack(out, dim=1)
