@@ -112,6 +112,30 @@ def expert_configs(name: str, dataset: str, imb: int) -> dict[str, dict]:
     return out
 
 
+def paco_config(name: str, dataset: str, imb: int) -> dict[str, dict]:
+    """PaCo on CIFAR-100-LT (its PaCo/LT/sh/CIFAR100_train_imb*.sh with paco_cifar.py): ResNet-32, a 64-64-32
+    MLP projection with BN, queue 1024, T 0.05, alpha 0.01, beta = gamma = 1, the query view AutoAugment + Cutout and
+    the key view SimCLR-style, SGD lr 0.05 momentum 0.9 WD 5e-4, batch 128 dropping the last, 400 epochs: warm-up 10,
+    x0.1 after epoch 320, x0.01 after 360; LDAM-DRW's CIFAR cut. Its code prints the best test epoch and saves the
+    last; the README prints no CIFAR number: these configs report the last epoch. Its warm-up runs one epoch more
+    (`epoch <= 10`: epoch 11 at 1.1 x lr), which these do not."""
+    if dataset != "cifar100":
+        return {}
+    return {"paco": {
+        "name": name, "method": "paco", "protocol": "custom",
+        "data": {"dataset": dataset, "imbalance_factor": imb, "profile": "exp", "selection": "shuffle",
+                 "selection_seed": 0, "rounding": "floor", "val_per_class": 0, "augment": "none",
+                 "views": ["autoaugment_cutout", "simclr"], "crop_padding": 4,
+                 "mean": [0.4914, 0.4822, 0.4465], "std": [0.2023, 0.1994, 0.2010]},
+        "model": {"name": "resnet32_cifar"},
+        "train": {"epochs": 400, "batch_size": 128, "lr": 0.05, "momentum": 0.9, "weight_decay": 5.0e-4,
+                  "wd_scope": "all", "drop_last": True, "schedule": "step", "lr_milestones": [321, 361],
+                  "warmup_epochs": 10, "warmup_unit": "epoch",
+                  "contrast": {"method": "paco", "dim": 32, "hidden": 64, "projection": "mlp2_bn", "queue": 1024,
+                               "momentum": 0.999, "temperature": 0.05, "alpha": 0.01, "beta": 1.0, "gamma": 1.0}},
+        "eval": {"selection_split": "test", "select": "last"}}}
+
+
 def configs(name: str, dataset: str, imb: int) -> dict[str, dict]:
     base = stage1(name, dataset, imb)
     # HS (CIFAR): the WB backbone and schedule, WD 5e-3 as a loss term, FR 0.01; the protocol fixes the rest
@@ -130,6 +154,7 @@ def configs(name: str, dataset: str, imb: int) -> dict[str, dict]:
         **hs,
         **mislas_configs(name, dataset, imb),
         **expert_configs(name, dataset, imb),
+        **paco_config(name, dataset, imb),
     }
 
 
@@ -145,6 +170,7 @@ HEADER = {
     "ride": "RIDE: 3 experts, LDAM-DRW per expert + diversity term, mean of the experts (no router, no distillation)",
     "sade": "SADE: 3 experts with softmax / balanced softmax / inverse-prior losses, mean of the experts (no test-time "
             "aggregation)",
+    "paco": "PaCo: class centres and supervised contrast in one softmax, momentum key encoder, queue 1024",
 }
 
 

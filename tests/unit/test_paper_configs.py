@@ -29,8 +29,14 @@ def test_every_paper_config_loads_with_its_protocol(repo, exp):
     d = repo / "configs" / "paper" / exp
     cfgs = {p.stem: load_config(p) for p in sorted(d.glob("*.yaml"))}
     experts = {"cifar100_lt_if100": {"ride", "sade"}, "cifar10_lt_if100": set()}.get(exp, {"sade"})
+    paco = set() if exp == "cifar10_lt_if100" else {"paco"}
     assert set(cfgs) == {"naive", "wd", "l2norm", "taunorm", "cb_wd", "cb_maxnorm", "wb", "hs_stage1", "hs", "mixup",
-                         "mislas"} | experts
+                         "mislas"} | experts | paco
+    if paco:    # PaCo's CIFAR script: ResNet-32, queue 1024, T 0.05, alpha 0.01, AutoAugment + Cutout / SimCLR views
+        c = cfgs["paco"]
+        assert (c.train.contrast.method, c.train.contrast.queue, c.train.contrast.temperature, c.train.contrast.alpha,
+                c.train.contrast.dim) == ("paco", 1024, 0.05, 0.01, 32)
+        assert c.data.views == ["autoaugment_cutout", "simclr"] and c.train.epochs == 400 and c.train.drop_last
     wd, wb, hs = cfgs["wd"], cfgs["wb"], cfgs["hs_stage1"]
     # WB rows: the reference protocol (test selection, TTA, first-n), CIFAR-100 WD 5e-3 on all params
     assert wd.protocol == "wb-reference" and wd.eval.selection_split == "test" and wd.eval.tta_flip
