@@ -83,12 +83,14 @@ HEADS = Registry("model.classifier", {
     "linear": "bench.methods.classifiers:LINEAR_HEAD",
     "etf": "bench.methods.classifiers:ETF_HEAD",
     "zeroshot": "bench.methods.classifiers:ZEROSHOT_HEAD",
+    "cosine": "bench.methods.classifiers:COSINE_HEAD",
 })
 
-# train.contrast.method: a contrastive method's model wrapper and loss (bench.methods.contrast.Contrast).
+# train.contrast.method: (model, config, n_c, DRW weights of train.loss) -> the model wrapper and the loss.
 CONTRAST = Registry("contrast.method", {
-    "paco": "bench.methods.contrast:PACO",
-    "gpaco": "bench.methods.contrast:GPACO",
+    "paco": "bench.methods.contrast:build_paco",
+    "gpaco": "bench.methods.contrast:build_gpaco",
+    "bcl": "bench.methods.contrast:build_bcl",
 })
 
 # posthoc.kind: a new classifier weight and / or adjusted logits at a tau (bench.methods.posthoc.PostHoc).

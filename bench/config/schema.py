@@ -195,7 +195,9 @@ class ModelConfig:
     classifier: str = _f("linear", "linear (trained) or a fixed simplex-ETF whose bias alone trains (HS single-stage "
                                    "method), or zeroshot: a cosine classifier s cos(f, v_c) with v_c initialised from "
                                    "class-name prompts through a text tower (model.zeroshot; needs "
-                                   "model.embedding=clip), folded into a plain linear layer in final.pt", choices=HEADS)
+                                   "model.embedding=clip), folded into a plain linear layer in final.pt; or cosine: "
+                                   "s cos(h, v_c), feature and directions normalised (BCL, LDAM-DRW's NormedLinear; "
+                                   "model.cosine_scale)", choices=HEADS)
     pretrained_file: str | None = _f(None, "local weights file to start from (classifier re-initialised when shapes "
                                            "differ); timm or open_clip format (an open_clip checkpoint's image tower "
                                            "is converted by timm)")
@@ -204,6 +206,8 @@ class ModelConfig:
                                                         "(pooled), or for a CLIP image tower (timm vit_*_clip_*) the "
                                                         "CLIP image embedding, the projection of the pooled token, "
                                                         "L2-normalised (clip)")
+    cosine_scale: float = _f(30.0, "classifier=cosine: s of z_c = s cos(h, v_c) (BCL: 30; the LDAM-DRW code's "
+                                   "NormedLinear: 1, its loss scales by s)", gt=0)
     experts: int = _f(1, "K > 1: the multi-expert model of RIDE / SADE, for the CIFAR ResNets: stem and first stage "
                          "shared, the later stages and a cosine classifier per expert; the prediction is the mean of "
                          "the experts' logits", ge=1)
@@ -264,8 +268,9 @@ class ContrastConfig:
     similarities in one softmax (bench/methods/contrast.py). Needs two data.views (query, key)."""
 
     method: str | None = _f(None, "paco: a momentum key encoder (MoCo) gives the key view's projection; gpaco: the "
-                                  "key view goes through the same encoder and both views are anchors; None = off",
-                            choices=CONTRAST)
+                                  "key view goes through the same encoder and both views are anchors; bcl: train.loss "
+                                  "on view 0 + weight x balanced contrastive loss of views 1, 2 and class prototypes "
+                                  "(needs model.classifier=cosine); None = off", choices=CONTRAST)
     dim: int = _f(128, "projection output (MoCo's dim; PaCo CIFAR: 32)", ge=1)
     hidden: int | None = _f(None, "projection hidden width; None = the backbone's feature width (PaCo: 2048 on "
                                   "ResNet-50, 64 on ResNet-32)", ge=1)
@@ -279,6 +284,7 @@ class ContrastConfig:
     alpha: float = _f(0.05, "weight of the contrastive positives (PaCo CIFAR-100-LT: 0.01)", ge=0)
     beta: float = _f(1.0, "weight of the class-centre positive", ge=0)
     gamma: float = _f(1.0, "weight of the contrastive terms in the denominator", ge=0)
+    weight: float = _f(0.35, "bcl: weight of the balanced contrastive term added to train.loss (BCL: 0.35)", ge=0)
 
 
 @dataclass
@@ -450,9 +456,14 @@ HASH_NEUTRAL_AT_DEFAULT: dict[str, Any] = {"data.to_rgb": False, "stage2.reinit_
                                            "stage2.lws": False, "data.input_stats": "card", "data.resize": None,
                                            "model.embedding": "pooled", "stage2.lws_rows_lr_factor": 0.0,
                                            "model.experts": 1, "model.expert_width": 1.0, "model.expert_scale": 30.0,
+                                           "model.cosine_scale": 30.0,
                                            "data.views": [],
+                                           # the section while it is all default, then each field (a field
+                                           # added later keeps the hashes of the configs that use the section)
                                            **{f"{t}.contrast": dataclasses.asdict(ContrastConfig())
                                               for t in ("train", "stage2.train")},
+                                           **{f"{t}.contrast.{k}": v for t in ("train", "stage2.train")
+                                              for k, v in dataclasses.asdict(ContrastConfig()).items()},
                                            "model.zeroshot": dataclasses.asdict(ZeroShotConfig()),
                                            "model.peft": dataclasses.asdict(PeftConfig()),
                                            **{f"{t}.{k}": v for t in ("train", "stage2.train") for k, v in (

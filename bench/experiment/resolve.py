@@ -114,6 +114,9 @@ def _check_schedules(cfg: Config) -> None:
 def _check_experts(cfg: Config) -> None:
     """A multi-expert model (RIDE, SADE) and the losses that train one."""
     m, loss = cfg.model, cfg.train.loss
+    if m.classifier == "cosine" and cfg.stage != "stage1":
+        raise ConfigError(f"config key 'stage': {cfg.stage} on a parent with a cosine classifier is not supported: "
+                          "stage 2 and post-hoc steps retrain or adjust a linear one")
     if m.experts > 1 and cfg.stage != "stage1":
         raise ConfigError(f"config key 'stage': {cfg.stage} on a multi-expert parent (model.experts = {m.experts}) is "
                           "not supported: stage 2 and post-hoc steps retrain or adjust one linear classifier")
@@ -144,18 +147,22 @@ def _check_contrast(cfg: Config) -> None:
             raise ConfigError("config key 'train.contrast': its settings apply with train.contrast.method (paco, "
                               "gpaco) only")
         return
-    if len(views) != 2:
-        raise ConfigError(f"config key 'data.views': {c.method} reads two views of each image (the query, then the "
-                          f"key), got {views or '[]'} (PaCo CIFAR: [autoaugment_cutout, simclr])")
+    want = 3 if c.method == "bcl" else 2
+    if len(views) != want:
+        example = "[randaugment, simclr, simclr]" if want == 3 else "[autoaugment_cutout, simclr]"
+        role = "view 0 for train.loss, views 1 and 2 for the contrast" if want == 3 else "the query, then the key"
+        raise ConfigError(f"config key 'data.views': {c.method} reads {want} views of each image ({role}), got "
+                          f"{views or '[]'} (e.g. {example})")
     if cfg.data.augment != "none":
         raise ConfigError(f"config key 'data.augment': {cfg.data.augment} is not used with data.views (each view has "
                           "its own augmentation); set data.augment=none")
-    if cfg.train.loss != LossConfig() or cfg.train.mixup_alpha > 0 or cfg.model.experts > 1:
+    if cfg.train.mixup_alpha > 0 or cfg.model.experts > 1 or (c.method != "bcl" and cfg.train.loss != LossConfig()):
         raise ConfigError(f"config key 'train.contrast.method': {c.method} is its own loss (train.contrast.*); leave "
-                          "train.loss at its defaults, train.mixup_alpha at 0 and model.experts at 1")
-    if cfg.model.classifier != "linear":
-        raise ConfigError(f"config key 'model.classifier': {c.method}'s class centres are the linear classifier; "
-                          "set model.classifier=linear")
+                          "train.loss at its defaults (bcl adds to it), train.mixup_alpha at 0 and model.experts at 1")
+    head = "cosine" if c.method == "bcl" else "linear"
+    if cfg.model.classifier != head:
+        raise ConfigError(f"config key 'model.classifier': {c.method}'s classes are a {head} classifier; set "
+                          f"model.classifier={head}")
     if not cfg.train.drop_last:
         raise ConfigError(f"config key 'train.drop_last': {c.method}'s code drops an epoch's last incomplete batch "
                           "(a batch of one breaks the projection's BatchNorm, and the queue takes whole batches); set "

@@ -141,6 +141,31 @@ class CosineClassifier(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, scale={float(self.scale):g}"
 
 
+class NormedCosine(nn.Module):
+    """z_c = s cos(h, v_c), the feature and each class direction normalised (the NormedLinear of the LDAM-DRW and BCL
+    codes, times s = model.cosine_scale, a persistent buffer), no bias; v initialised uniform(-1, 1) as theirs.
+    `weight` is s v_c / |v_c|, what the weight-norm analysis reads. Not linear in h, so never folded: final.pt keeps
+    it, and a child run (stage 2, post-hoc) of such a parent is refused."""
+
+    scale: torch.Tensor
+
+    def __init__(self, in_features: int, out_features: int, scale: float = 1.0) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.direction = nn.Parameter(torch.empty(out_features, in_features).uniform_(-1, 1))
+        self.register_buffer("scale", torch.tensor(float(scale)))
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.scale * F.normalize(self.direction, dim=1)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.scale * F.normalize(h, dim=1) @ F.normalize(self.direction, dim=1).to(h.dtype).T
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, scale={float(self.scale):g}"
+
+
 def fold_head(model: nn.Module) -> nn.Module:
     """A head trained in another parametrisation (LWS scales, a cosine classifier) as the plain linear layer it
     computes, put in its place; final.pt then holds a plain model that stage-2 / post-hoc children load."""
@@ -215,6 +240,15 @@ LINEAR_HEAD = Head(build=lambda linear, num_classes, seed: linear)
 ETF_HEAD = Head(build=lambda linear, num_classes, seed: ETFClassifier(
     linear.in_features, num_classes, generator=torch.Generator().manual_seed(seed)))
 ZEROSHOT_HEAD = Head(build=lambda linear, num_classes, seed: linear, init=_zeroshot_head)
+
+
+def _cosine_scale(cfg: Config, data: LTData, head: nn.Module) -> nn.Module:
+    head.scale.fill_(cfg.model.cosine_scale)         # type: ignore[operator]
+    return head
+
+
+COSINE_HEAD = Head(build=lambda linear, num_classes, seed: NormedCosine(linear.in_features, num_classes).to(
+    linear.weight.device), init=_cosine_scale)
 
 
 def make_model(cfg: Config, data: LTData, init: bool = True) -> nn.Module:

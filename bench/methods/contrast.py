@@ -2,7 +2,10 @@
 TPAMI 2023), as their code (dvlab-research/Parametric-Contrastive-Learning: PaCo/LT/losses.py, moco/builder.py;
 GPaCo/LT/...) computes them.
 
-A contrastive run trains a `ContrastModel`: the timm model (its pooled feature h and linear classifier, whose
+BCL (Zhu et al., CVPR 2022; FlamieZhu/Balanced-Contrastive-Learning: loss/contrastive.py, models/resnext.py) is
+here too: `BCLModel` and `BCLLoss`.
+
+A PaCo / GPaCo run trains a `ContrastModel`: the timm model (its pooled feature h and linear classifier, whose
 logits are PaCo's class centres), a projection head h -> q (L2-normalised), and for PaCo a key encoder, a moving
 average of the encoder and projection with no gradient. Its forward takes the two views of each image (data.views:
 query, key) and returns the pieces of the loss; the loss (`PaCoLoss`) keeps the queue of past keys and their
@@ -14,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -24,21 +26,7 @@ import torch.nn.functional as F
 from bench.config import ContrastConfig
 from bench.methods.losses import LossFn
 from bench.models.parts import encode, head_of
-from bench.registry import CONTRAST
 from bench.runtime import dist
-
-
-@dataclass(frozen=True)
-class Contrast:
-    """A contrastive method (what bench/registry.py CONTRAST names): PaCo takes the key view through a momentum copy
-    of the encoder (MoCo) and anchors on the query view alone; GPaCo takes it through the encoder itself, with
-    gradient, and both views are anchors with their centre logits."""
-
-    momentum_encoder: bool
-
-
-PACO = Contrast(momentum_encoder=True)
-GPACO = Contrast(momentum_encoder=False)
 
 
 def projection(kind: str, features: int, hidden: int, dim: int) -> nn.Sequential:
@@ -53,7 +41,7 @@ def projection(kind: str, features: int, hidden: int, dim: int) -> nn.Sequential
 class ContrastModel(nn.Module):
     """What a contrastive run trains and checkpoints (`model`, `proj`, and PaCo's `key_model` / `key_proj`)."""
 
-    def __init__(self, model: nn.Module, cfg: ContrastConfig, spec: Contrast) -> None:
+    def __init__(self, model: nn.Module, cfg: ContrastConfig, momentum_encoder: bool) -> None:
         super().__init__()
         features = int(model.num_features)  # type: ignore[arg-type]
         self.model = model
@@ -61,7 +49,7 @@ class ContrastModel(nn.Module):
         self.momentum = cfg.momentum
         self.key_model: nn.Module | None = None
         self.key_proj: nn.Module | None = None
-        if spec.momentum_encoder:      # MoCo: a copy of the query encoder, updated by moving average only
+        if momentum_encoder:      # PaCo (MoCo): a copy of the query encoder, updated by moving average only
             self.key_model, self.key_proj = copy.deepcopy(model), copy.deepcopy(self.proj)
             for p in itertools.chain(self.key_model.parameters(), self.key_proj.parameters()):
                 p.requires_grad_(False)
@@ -153,9 +141,86 @@ class PaCoLoss(LossFn):
         self.queue_ptr.fill_((int(self.queue_ptr) + len(keys)) % k)
 
 
-def make_contrast(model: nn.Module, cfg: ContrastConfig, class_counts: list[int], seed: int
-                  ) -> tuple[ContrastModel, PaCoLoss]:
-    """The model wrapper and the loss of train.contrast.method (bench/registry.py CONTRAST)."""
-    assert cfg.method is not None
-    spec: Contrast = CONTRAST[cfg.method]
-    return ContrastModel(model, cfg, spec), PaCoLoss(class_counts, cfg, seed)
+class BCLModel(nn.Module):
+    """BCL's model (Zhu et al., CVPR 2022; its models/resnext.py BCLModel): the timm model with a cosine classifier
+    (model.classifier=cosine, s 30), the projection `proj` of the pooled feature, and `proto`, an MLP of the same
+    shape that maps each class's classifier direction (raw, as its `fc.weight.T`) to a class prototype. The three
+    views go through the backbone as one batch (its BatchNorm sees all three, as the reference's)."""
+
+    def __init__(self, model: nn.Module, cfg: ContrastConfig) -> None:
+        super().__init__()
+        features = int(model.num_features)  # type: ignore[arg-type]
+        self.model = model
+        self.proj = projection(cfg.projection, features, cfg.hidden or features, cfg.dim)
+        self.proto = projection(cfg.projection, features, cfg.hidden or features, cfg.dim)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """x: (B, 3, C, H, W) -> (h of view 0, `logits` of view 0 (B, C), `features` the unit projections of views 1
+        and 2 (2B, d), `prototypes` one unit vector per class (C, d))."""
+        b = len(x)
+        h = encode(self.model, x.transpose(0, 1).flatten(0, 1))        # [view 0; view 1; view 2]
+        head = head_of(self.model)
+        z = head(h[:b])
+        f = F.normalize(self.proj(h[b:]), dim=1)
+        prototypes = F.normalize(self.proto(head.direction), dim=1)
+        return h[:b], {"logits": z, "features": f, "prototypes": prototypes}
+
+
+def balanced_supcon(features: torch.Tensor, prototypes: torch.Tensor, y: torch.Tensor,
+                    temperature: float) -> torch.Tensor:
+    """BCL's balanced supervised contrastive loss (its BalSCL): anchors the 2B view projections [views 1; views 2],
+    the set them plus one prototype per class, labels [y; y; 0..C-1]. Every term of the denominator is divided by
+    its class's count in the set, n_c = 2 b_c + 1, less one for the anchor's own class (class averaging):
+
+        L_i = -1/|P(i)| sum_{p in P(i)} log( e^{s_ip} / sum_{j != i} e^{s_ij} / (n_{l_j} - [l_j = y_i]) ),  s = f.f / T
+
+    P(i) the same-label entries but i (the other view of the image and the class prototype among them); the mean
+    over the 2B anchors."""
+    b2, c = len(features), len(prototypes)
+    labels = torch.cat([y, y, torch.arange(c, device=y.device)])
+    count = torch.bincount(labels, minlength=c).to(features.dtype)
+    logits = features @ torch.cat([features, prototypes]).T / temperature
+    logits = logits - logits.max(dim=1, keepdim=True).values.detach()
+    not_self = torch.ones_like(logits)
+    not_self[torch.arange(b2), torch.arange(b2)] = 0
+    positives = (labels[:b2, None] == labels[None, :]).to(logits.dtype) * not_self
+    per_class = count[labels][None, :] - positives
+    log_prob = logits - torch.log((logits.exp() * not_self / per_class).sum(1, keepdim=True))
+    return -((positives * log_prob).sum(1) / positives.sum(1)).mean()
+
+
+class BCLLoss(LossFn):
+    """BCL's objective: train.loss on view 0's logits (BCL: the logit-adjusted CE, tau 1) + weight x the balanced
+    contrastive loss of views 1 and 2 with the class prototypes (weights 1 and 0.35 in its main.py)."""
+
+    def __init__(self, ce: LossFn, weight: float, temperature: float) -> None:
+        super().__init__()
+        self.ce, self.weight, self.temperature = ce, weight, temperature
+
+    def set_epoch(self, epoch: int) -> None:
+        self.ce.set_epoch(epoch)
+
+    def normalizer(self, y: torch.Tensor) -> torch.Tensor:
+        return self.ce.normalizer(y)
+
+    def forward(self, out: Any, y: torch.Tensor) -> torch.Tensor:
+        return self.ce(out["logits"], y) + self.weight * balanced_supcon(out["features"], out["prototypes"], y,
+                                                                         self.temperature)
+
+
+# The builders bench/registry.py CONTRAST names: (the timm model, train.contrast, n_c, train.loss built) -> (what trains
+# and is checkpointed, its loss). PaCo and GPaCo are their own loss; BCL adds its term to train.loss.
+
+def build_paco(model: nn.Module, cfg: ContrastConfig, counts: list[int], seed: int,
+               base: LossFn) -> tuple[nn.Module, LossFn]:
+    return ContrastModel(model, cfg, momentum_encoder=True), PaCoLoss(counts, cfg, seed)
+
+
+def build_gpaco(model: nn.Module, cfg: ContrastConfig, counts: list[int], seed: int,
+                base: LossFn) -> tuple[nn.Module, LossFn]:
+    return ContrastModel(model, cfg, momentum_encoder=False), PaCoLoss(counts, cfg, seed)
+
+
+def build_bcl(model: nn.Module, cfg: ContrastConfig, counts: list[int], seed: int,
+              base: LossFn) -> tuple[nn.Module, LossFn]:
+    return BCLModel(model, cfg), BCLLoss(base, cfg.weight, cfg.temperature)

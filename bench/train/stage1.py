@@ -12,11 +12,11 @@ import torch
 from bench.config import Config
 from bench.methods.adapters import finish_adapters, parameter_counts
 from bench.methods.classifiers import CosineClassifier, fold_head, make_model
-from bench.methods.contrast import make_contrast
 from bench.methods.losses import LossFn, make_loss
 from bench.methods.mixup import Mixup
 from bench.methods.regularizers import make_regularizers
 from bench.models.parts import encode, head_of
+from bench.registry import CONTRAST
 from bench.runtime.rundir import Result, RunDir
 from bench.train.loop import Parts, fit, make_forward, wrap_forward
 from bench.train.optim import make_optimizer, make_scheduler
@@ -41,12 +41,12 @@ def train_stage1(cfg: Config, run: RunDir, figures: Figures | None = None) -> Re
     # What trains and is checkpointed: the model, or PaCo / GPaCo's wrapper of it (projection, key encoder)
     trained: torch.nn.Module = model
     loss: LossFn
+    loss = make_loss(t.loss, data.class_counts, cfg.model.experts)
     if t.contrast.method is not None:
-        trained, loss = make_contrast(model, t.contrast, data.class_counts, cfg.seed)
+        trained, loss = CONTRAST[t.contrast.method](model, t.contrast, data.class_counts, cfg.seed, loss)
         trained.to(device)
         forward = wrap_forward(trained, device, cfg.runtime.compile)
     else:
-        loss = make_loss(t.loss, data.class_counts, cfg.model.experts)
         forward = make_forward(model, lambda x: encode(model, x), head_of(model), device, cfg.runtime.compile,
                                cfg.runtime.channels_last)
     optimizer = make_optimizer(trained, t)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.config import ContrastConfig, LossConfig
-from bench.methods.contrast import GPACO, PACO, ContrastModel, PaCoLoss
+from bench.methods.contrast import ContrastModel, PaCoLoss
 from bench.methods.losses import make_loss
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -84,7 +84,7 @@ def test_momentum_encoder_moves_by_the_moving_average_and_gpaco_has_none():
 
     torch.manual_seed(0)
     net = timm.create_model("resnet8_cifar", num_classes=3)
-    cm = ContrastModel(net, ContrastConfig(momentum=0.5, dim=4), PACO)
+    cm = ContrastModel(net, ContrastConfig(momentum=0.5, dim=4), momentum_encoder=True)
     assert all(not p.requires_grad for p in cm.key_model.parameters())
     with torch.no_grad():
         for p in cm.model.parameters():
@@ -94,7 +94,7 @@ def test_momentum_encoder_moves_by_the_moving_average_and_gpaco_has_none():
     for b, k, q in zip(before, cm.key_model.parameters(), cm.model.parameters()):
         assert torch.allclose(k, 0.5 * b + 0.5 * q)
     assert out["centre"].shape == (4, 3) and out["contrast"].shape == (8, 4) and not out["keys"].requires_grad
-    g = ContrastModel(net, ContrastConfig(dim=4, projection="mlp3"), GPACO)
+    g = ContrastModel(net, ContrastConfig(dim=4, projection="mlp3"), momentum_encoder=False)
     h, out = g(torch.randn(4, 2, 3, 16, 16))
     assert g.key_model is None and out["centre"].shape == (8, 3) and out["contrast"].shape == (8, 4)
     assert len(g.proj) == 5 and not any(isinstance(m, torch.nn.BatchNorm1d) for m in g.proj)
@@ -117,8 +117,40 @@ def test_views_are_a_function_of_the_position_on_any_rank(names):
     assert grey.shape == (2, 2, 1, 28, 28)
 
 
+def test_balanced_contrastive_loss_by_hand():
+    """BCL's BalSCL on 2 images (labels 0, 1), their two views, 2 class prototypes, T 0.5: each denominator term
+    divided by its class's count in the set (2 b_c + 1 = 3 each), less one for the anchor's own class."""
+    from bench.methods.contrast import balanced_supcon
+
+    # [view 1 of images 0, 1; view 2 of images 0, 1]
+    f = F.normalize(torch.tensor([[1.0, 0.2], [0.1, 1.0], [0.9, -0.3], [-0.2, 0.8]]), dim=1)
+    p = F.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), dim=1)
+    y = torch.tensor([0, 1])
+    allf, labels = torch.cat([f, p]).tolist(), [0, 1, 0, 1, 0, 1]
+    total = 0.0
+    for i in range(4):
+        s = [sum(a * b for a, b in zip(f[i].tolist(), g)) / 0.5 for g in allf]
+        denom = sum(math.exp(s[j]) / (3 - (labels[j] == labels[i])) for j in range(6) if j != i)
+        pos = [j for j in range(6) if j != i and labels[j] == labels[i]]
+        total += -sum(s[j] - math.log(denom) for j in pos) / len(pos)
+    assert math.isclose(float(balanced_supcon(f, p, y, 0.5)), total / 4, rel_tol=1e-5)
+
+
+def test_cosine_head_is_s_cos():
+    from bench.methods.classifiers import NormedCosine
+
+    head = NormedCosine(3, 2, scale=30.0)
+    h = torch.tensor([[3.0, 0.0, 4.0]])
+    v = head.direction.detach()
+    want = 30.0 * (h[0] / 5.0) @ (v / v.norm(dim=1, keepdim=True)).T
+    assert torch.allclose(head(h)[0], want, atol=1e-5)
+    assert torch.allclose(head.weight.norm(dim=1), torch.full((2,), 30.0))
+
+
 @pytest.mark.parametrize("method", [["train.contrast.method=paco"],
-                                    ["train.contrast.method=gpaco", "train.contrast.projection=mlp3"]])
+                                    ["train.contrast.method=gpaco", "train.contrast.projection=mlp3"],
+                                    ["train.contrast.method=bcl", "model.classifier=cosine",
+                                     "train.loss.name=logit_adjusted", "data.views=[crop_flip,simclr,flip]"]])
 def test_a_contrastive_run_killed_after_a_mid_epoch_checkpoint_ends_as_the_uninterrupted_one(tmp_path, monkeypatch,
                                                                                              method):
     """The queue (the loss's state), the key encoder and the views resume exactly: a crash right after the first
@@ -133,6 +165,8 @@ def test_a_contrastive_run_killed_after_a_mid_epoch_checkpoint_ends_as_the_unint
             "data.val_per_class=5", "train.epochs=2", "train.batch_size=16", "runtime.checkpoint_every_steps=3",
             *method, "train.contrast.queue=24", "train.contrast.dim=8",
             "data.views=[autoaugment_cutout,simclr]", "data.augment=none", "train.drop_last=true"]
+    if any(m.startswith("data.views") for m in method):      # bcl's three views replace the default two
+        args.remove("data.views=[autoaugment_cutout,simclr]")
     cfg = load_config(CONFIGS / "smoke.yaml", args)
     ref = run_experiment(cfg, RunDir.for_config(cfg, tmp_path / "ref"), runs_root=tmp_path / "ref")
 
@@ -167,7 +201,8 @@ def test_the_view_names_are_the_schemas():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["train.contrast.method=paco"], "config key 'data.views': paco reads two views of each image"),
+    (["train.contrast.method=paco"], "config key 'data.views': paco reads 2 views of each image (the query, then "
+                                     "the key)"),
     (["data.views=[simclr,simclr]"], "config key 'data.views': ['simclr', 'simclr']: several views are read by a "
                                      "contrastive method only"),
     (["train.contrast.queue=10"], "config key 'train.contrast': its settings apply with train.contrast.method"),
@@ -175,10 +210,13 @@ def test_the_view_names_are_the_schemas():
                                                                    "with data.views"),
     (["train.contrast.method=paco", "data.views=[simclr,simclr]", "data.augment=none", "train.drop_last=true",
       "train.loss.name=focal"], "config key 'train.contrast.method': paco is its own loss"),
+    (["train.contrast.method=bcl", "data.views=[simclr,simclr]"], "config key 'data.views': bcl reads 3 views"),
+    (["train.contrast.method=bcl", "data.views=[randaugment,simclr,simclr]", "data.augment=none"],
+     "config key 'model.classifier': bcl's classes are a cosine classifier"),
     (["train.contrast.method=gpaco", "data.views=[simclr,simclr]", "data.augment=none"],
      "config key 'train.drop_last': gpaco's code drops an epoch's last incomplete batch"),
     (["stage2.train.contrast.method=paco"], "config key 'stage2.train.contrast': a contrastive method trains stage 1"),
-    (["train.contrast.method=moco"], "config key 'train.contrast.method': expected one of 'paco', 'gpaco'"),
+    (["train.contrast.method=moco"], "config key 'train.contrast.method': expected one of 'paco', 'gpaco', 'bcl'"),
 ])
 def test_contrast_settings_that_name_no_method(overrides, message):
     import re

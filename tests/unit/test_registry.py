@@ -34,10 +34,9 @@ def test_every_head_and_posthoc_step_is_of_its_kind():
         assert isinstance(head, Head), name
         assert head.build(linear, 3, 0)(torch.randn(2, 8)).shape == (2, 3), name
     assert all(isinstance(POSTHOC[k], PostHoc) for k in POSTHOC)
-    from bench.methods.contrast import Contrast
     from bench.registry import CONTRAST
 
-    assert all(isinstance(CONTRAST[k], Contrast) for k in CONTRAST)
+    assert all(callable(CONTRAST[k]) for k in CONTRAST)
 
 
 def test_every_card_is_a_dataset_and_names_a_registered_reader_or_split_files():
