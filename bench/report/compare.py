@@ -66,6 +66,11 @@ def comparisons(table: Table) -> list[dict[str, Any]]:
             ours_model, theirs = str(res.get("model", "")), str(ref.get("backbone", ""))
             if ours_model and theirs and _norm_backbone(ours_model) != _norm_backbone(theirs):
                 differs.append(f"backbone {ours_model} vs {theirs}")
+            # a multi-expert row names its experts in the backbone ("ResNet-32, 6 experts"); a run records its own
+            their_experts = re.search(r"(\d+) experts", str(ref.get("backbone", "")))
+            ours_experts = int(res.get("experts") or 1)
+            if (int(their_experts.group(1)) if their_experts else 1) != ours_experts:
+                differs.append(f"experts {ours_experts} vs {their_experts.group(1) if their_experts else 1}")
             if isinstance(ref.get("epochs"), int) and res.get("epochs") not in (None, ref["epochs"]):
                 differs.append(f"epochs {res['epochs']} vs {ref['epochs']}")
             # Peeking at test = choosing on the test split (the best epoch, a post-hoc tau), here or in a parent

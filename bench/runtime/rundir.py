@@ -51,6 +51,7 @@ class Result(TypedDict, total=False):
     seed: int
     stage: str
     model: str
+    experts: int                        # model.experts (RIDE / SADE); absent from results written before it
     metrics: Metrics                    # test, of the reported model
     val_metrics: Metrics | None
     metrics_last_epoch: Metrics

@@ -92,6 +92,7 @@ class Stage:
             "seed": cfg.seed,
             "stage": cfg.stage,
             "model": cfg.model.name,
+            "experts": cfg.model.experts,        # RIDE / SADE's multi-expert form (1: the model as it is)
             "metrics": test_metrics,
             "val_metrics": val_metrics,
             "selected_epoch": selected_epoch,

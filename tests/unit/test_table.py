@@ -444,3 +444,16 @@ def test_experiments_named_like_run_folders_are_collected(tmp_path):
     sub.mkdir(parents=True)
     (sub / "config.yaml").write_text("not: a run\n")
     assert sorted(r.name for r in collect([str(root)])) == ["checkpoints", "features", "logs", "main", "wandb"]
+
+
+def test_a_multi_expert_run_beside_a_published_row_of_other_experts(tmp_path):
+    """RIDE's published `ride` row on CIFAR-100-LT IF 100 is its 6-expert teacher: a 3-expert run beside it is
+    marked (the run's result.json records model.experts)."""
+    root = tmp_path / "runs"
+    extra = {"model": "resnet32_cifar", "epochs": 200, "experts": 3,
+             "selection": {"split": "test", "select": "last", "tta_flip": False}}
+    write_run(root, ["name=c", "method=ride", "data.dataset=cifar100", "data.imbalance_factor=100", "model.experts=3",
+                     "model.expert_width=0.75", "train.loss.name=ride"], all_=47.0, extra=extra)
+    md = RENDER["md"](build_table(collect([str(root)]), reference=True))
+    line = next(x for x in md.splitlines() if x.startswith("- ride, "))
+    assert "50.20" in line and "experts 3 vs 6" in line, line
