@@ -99,6 +99,7 @@ POSTHOC = Registry("posthoc.kind", {
     "taunorm": "bench.methods.posthoc:TAU_NORM",
     "la_add": "bench.methods.posthoc:LOGIT_ADJUST_ADDITIVE",
     "la_mult": "bench.methods.posthoc:LOGIT_ADJUST_MULTIPLICATIVE",
+    "sade_tta": "bench.methods.posthoc:SADE_TEST_TIME_AGGREGATION",
 })
 
 # A dataset card's `source` read into memory: (DataConfig, card) -> the raw pool and test set. Cards whose

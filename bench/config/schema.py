@@ -81,7 +81,8 @@ class DataConfig:
                                                                                 "0.08-1, ratio 3/4-4/3) + flip "
                                                                                 "(ImageNet standard; shard data only), "
                                                                                 "or none")
-    views: list[Literal["crop_flip", "flip", "none", "simclr", "autoaugment_cutout", "randaugment"]] = _f(
+    views: list[Literal["crop_flip", "flip", "none", "simclr", "autoaugment_cutout", "randaugment",
+                        "crop_colour_blur"]] = _f(
         [], "several augmented views of each training image, one augmentation per view (PaCo: [autoaugment_cutout, "
             "simclr]: the query, then the key view; docs/methods.md); [] = one view, data.augment; in-memory data, "
             "stage 1")
@@ -381,11 +382,19 @@ class PosthocConfig:
     """A training-free adjustment of a finished run's classifier or logits."""
 
     kind: str = _f(
-        "taunorm", "l2norm: W_k/||W_k||; taunorm: W_k/||W_k||^tau; la_add: z - tau log pi; la_mult (HS): z * pi^-tau",
-        choices=POSTHOC)
+        "taunorm", "l2norm: W_k/||W_k||; taunorm: W_k/||W_k||^tau; la_add: z - tau log pi; la_mult (HS): z * pi^-tau; "
+                   "sade_tta: SADE's test-time self-supervised aggregation of a multi-expert parent's experts, "
+                   "fitted on the unlabeled test images (transductive)", choices=POSTHOC)
     tau: float | None = _f(None, "fixed tau; None = chosen on eval.selection_split from tau_grid (recorded in "
                                  "result.json)", ge=0)
     tau_grid: list[float] = _f([round(0.1 * i, 2) for i in range(21)], "candidate taus when tau is None")
+    tta_epochs: int = _f(5, "sade_tta: passes over the test images fitting the experts' weights (SADE: up to 5, "
+                            "stopping once a weight, rounded to 2 decimals, is below tta_min_weight)", ge=1)
+    tta_lr: float = _f(0.1, "sade_tta: SGD lr of the weights' logits (momentum 0.9, Nesterov, as SADE)", gt=0)
+    tta_weight_decay: float = _f(5e-4, "sade_tta: weight decay of the weights' logits", ge=0)
+    tta_batch_size: int = _f(128, "sade_tta: test images per step", ge=1)
+    tta_min_weight: float = _f(0.05, "sade_tta: stop after the pass that leaves an expert's weight below this",
+                               ge=0, le=1)
 
 
 @dataclass
@@ -456,7 +465,9 @@ HASH_NEUTRAL_AT_DEFAULT: dict[str, Any] = {"data.to_rgb": False, "stage2.reinit_
                                            "stage2.lws": False, "data.input_stats": "card", "data.resize": None,
                                            "model.embedding": "pooled", "stage2.lws_rows_lr_factor": 0.0,
                                            "model.experts": 1, "model.expert_width": 1.0, "model.expert_scale": 30.0,
-                                           "model.cosine_scale": 30.0,
+                                           "model.cosine_scale": 30.0, "posthoc.tta_epochs": 5, "posthoc.tta_lr": 0.1,
+                                           "posthoc.tta_weight_decay": 5e-4, "posthoc.tta_batch_size": 128,
+                                           "posthoc.tta_min_weight": 0.05,
                                            "data.views": [],
                                            # the section while it is all default, then each field (a field
                                            # added later keeps the hashes of the configs that use the section)

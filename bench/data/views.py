@@ -12,6 +12,8 @@ of `data.augment`; the others run torchvision's v2 transforms image by image on 
   AutoAugment stands in for the CIFAR10Policy copy in PaCo's autoaug.py (the same policy table; the codes scale
   some magnitudes differently).
 - `randaugment`: RandomCrop(padding 4) + flip + RandAugment(2 ops, magnitude 10).
+- `crop_colour_blur`: RandomCrop(padding 4) + the colour jitter and greyscale of `simclr` + Gaussian blur with p 0.2 +
+  flip: the views of SADE's test-time aggregation (its test_training_cifar.py).
 
 Every image's draws come from its own seed, a function of (run seed, epoch, step, view, its index in the global
 batch): a DDP rank augments its slice as one process would, and a run resumed at (epoch, step) draws again what
@@ -59,6 +61,16 @@ def _autoaugment_cutout(size: int, channels: int) -> Callable[[torch.Tensor], to
                        v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10), _cutout(16)])
 
 
+def _crop_colour_blur(size: int, channels: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    from torchvision.transforms import v2
+
+    colour = [v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8), v2.RandomGrayscale(p=0.2)] \
+        if channels == 3 else [v2.RandomApply([v2.ColorJitter(0.4, 0.4)], p=0.8)]
+    blur = v2.GaussianBlur(2 * math.ceil(3 * 2.0) + 1, sigma=(0.1, 2.0))
+    return v2.Compose([v2.RandomCrop(size, padding=4), *colour, v2.RandomApply([blur], p=0.2),
+                       v2.RandomHorizontalFlip()])
+
+
 def _randaugment(size: int, channels: int) -> Callable[[torch.Tensor], torch.Tensor]:
     from torchvision.transforms import v2
 
@@ -69,6 +81,7 @@ def _randaugment(size: int, channels: int) -> Callable[[torch.Tensor], torch.Ten
 VIEW_AUGMENTS: dict[str, Callable[[int, int], Callable[[torch.Tensor], torch.Tensor]] | None] = {
     "crop_flip": None, "flip": None, "none": None,
     "simclr": _simclr, "autoaugment_cutout": _autoaugment_cutout, "randaugment": _randaugment,
+    "crop_colour_blur": _crop_colour_blur,
 }
 
 

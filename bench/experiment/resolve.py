@@ -117,9 +117,14 @@ def _check_experts(cfg: Config) -> None:
     if m.classifier == "cosine" and cfg.stage != "stage1":
         raise ConfigError(f"config key 'stage': {cfg.stage} on a parent with a cosine classifier is not supported: "
                           "stage 2 and post-hoc steps retrain or adjust a linear one")
-    if m.experts > 1 and cfg.stage != "stage1":
+    tta = cfg.stage == "posthoc" and cfg.posthoc.kind == "sade_tta"
+    if tta and m.experts == 1:
+        raise ConfigError("config key 'posthoc.kind': sade_tta weighs the experts of a multi-expert parent "
+                          "(model.experts > 1; SADE: 3)")
+    if m.experts > 1 and cfg.stage != "stage1" and not tta:
         raise ConfigError(f"config key 'stage': {cfg.stage} on a multi-expert parent (model.experts = {m.experts}) is "
-                          "not supported: stage 2 and post-hoc steps retrain or adjust one linear classifier")
+                          "not supported but for posthoc.kind=sade_tta: stage 2 and the other post-hoc steps "
+                          "retrain or adjust one linear classifier")
     if m.experts > 1 and (m.classifier != "linear" or m.embedding != "pooled" or m.peft.method != "none"):
         raise ConfigError(f"config key 'model.experts': {m.experts} experts bring their own cosine classifiers on "
                           "a CIFAR ResNet; leave model.classifier, model.embedding, model.peft at their defaults")

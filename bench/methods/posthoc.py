@@ -78,6 +78,7 @@ class PostHoc:
     weight: Callable[[torch.Tensor, float], torch.Tensor] | None = None
     logits: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor] | None = None
     fixed_tau: float | None = None
+    aggregates_experts: bool = False   # SADE's test-time aggregation: a multi-expert parent, no tau
 
 
 # The steps bench/registry.py POSTHOC names.
@@ -85,3 +86,36 @@ L2_NORM = PostHoc(weight=tau_normalize, fixed_tau=1.0)
 TAU_NORM = PostHoc(weight=tau_normalize)
 LOGIT_ADJUST_ADDITIVE = PostHoc(logits=logit_adjust_additive)
 LOGIT_ADJUST_MULTIPLICATIVE = PostHoc(logits=logit_adjust_multiplicative)
+SADE_TEST_TIME_AGGREGATION = PostHoc(aggregates_experts=True)
+
+
+def fit_aggregation(expert_logits: Callable[[torch.Tensor], torch.Tensor],
+                    batches: Callable[[int], Iterable[torch.Tensor]], experts: int, epochs: int, lr: float,
+                    weight_decay: float, min_weight: float) -> tuple[torch.Tensor, int]:
+    """SADE's test-time self-supervised aggregation (Zhang et al. 2022; its test_training_cifar.py): weights
+    w = softmax(a) of the experts, a from 1/K, fitted by SGD (momentum 0.9, Nesterov, weight decay on a) to make
+    the aggregated prediction agree across two views of each unlabeled test image:
+
+        loss = -mean_i cos( softmax(sum_k w_k z_k(v1_i)), softmax(sum_k w_k z_k(v2_i)) )
+
+    `expert_logits` (frozen model, eval mode) maps images to (B, K, C); `batches(epoch)` yields (B, 2, C, H, W)
+    views. After each pass the weights, rounded to 2 decimals as the code checks them, stop the fit once one is
+    below `min_weight`. Returns (w, passes run)."""
+    a = torch.nn.Parameter(torch.full((experts,), 1.0 / experts))
+    opt = torch.optim.SGD([a], lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+    done = 0
+    for epoch in range(epochs):
+        for x in batches(epoch):
+            with torch.no_grad():
+                z1, z2 = expert_logits(x[:, 0]), expert_logits(x[:, 1])
+            w = torch.softmax(a, dim=0).to(z1.dtype)
+            p1 = torch.softmax(torch.einsum("k,bkc->bc", w, z1), dim=1)
+            p2 = torch.softmax(torch.einsum("k,bkc->bc", w, z2), dim=1)
+            loss = -torch.nn.functional.cosine_similarity(p1, p2, dim=1, eps=1e-6).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        done = epoch + 1
+        if bool((torch.round(torch.softmax(a.detach(), dim=0) * 100) / 100 < min_weight).any()):
+            break
+    return torch.softmax(a.detach(), dim=0), done

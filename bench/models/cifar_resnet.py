@@ -251,6 +251,7 @@ class ExpertCosineClassifiers(nn.Module):
     weight-norm analysis reads."""
 
     scale: torch.Tensor
+    aggregation: torch.Tensor
 
     def __init__(self, experts: int, in_features: int, num_classes: int, scale: float,
                  device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
@@ -260,15 +261,23 @@ class ExpertCosineClassifiers(nn.Module):
         self.direction = nn.Parameter(torch.empty(experts, num_classes, in_features, device=device, dtype=dtype)
                                       .uniform_(-1, 1))
         self.register_buffer("scale", torch.tensor(float(scale), device=device))
+        # the experts' weights in the prediction, as K w_k (SADE's test-time aggregation sets them): expert k's
+        # logits are multiplied by K w_k, so the mean the prediction takes is sum_k w_k z_k; ones = the plain mean
+        self.register_buffer("aggregation", torch.ones(experts, device=device))
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        state_dict.setdefault(prefix + "aggregation", self.aggregation.clone())   # checkpoints written before it
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     @property
     def weight(self) -> torch.Tensor:
-        v = F.normalize(self.direction, dim=2)
+        v = F.normalize(self.direction, dim=2) * self.aggregation[:, None, None]
         return (self.scale / self.experts) * v.permute(1, 0, 2).reshape(self.out_features, self.in_features)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         h = F.normalize(h.view(len(h), self.experts, -1), dim=2)
-        return self.scale * torch.einsum("bkd,kcd->bkc", h, F.normalize(self.direction, dim=2).to(h.dtype))
+        z = self.scale * torch.einsum("bkd,kcd->bkc", h, F.normalize(self.direction, dim=2).to(h.dtype))
+        return z * self.aggregation.to(z.dtype)[None, :, None]
 
     def extra_repr(self) -> str:
         return f"experts={self.experts}, in_features={self.in_features}, out_features={self.out_features}, " \

@@ -9,9 +9,13 @@ from typing import Any
 import torch
 
 from bench.config import Config, ConfigError
-from bench.methods.posthoc import choose_tau, class_prior
+from bench.data.batches import InMemoryLoader, Split
+from bench.data.views import view_fn
+from bench.methods.posthoc import choose_tau, class_prior, fit_aggregation
 from bench.registry import POSTHOC
-from bench.models.parts import head_of
+from bench.models.cifar_resnet import ExpertCosineClassifiers
+from bench.models.parts import encode, head_of
+from bench.runtime import dist
 from bench.runtime.progress import log
 from bench.runtime.rundir import Result, RunDir
 from bench.train.features import eval_features, feature_batches, load_parent_model
@@ -30,6 +34,8 @@ def run_posthoc(cfg: Config, run: RunDir, parent: RunDir, figures: Figures | Non
     model = load_parent_model(cfg, data, parent, device)
     st.open(parent)
     step = POSTHOC[ph.kind]
+    if step.aggregates_experts:
+        return _aggregate_experts(cfg, st, model, parent)
     fixed_tau = step.fixed_tau if step.fixed_tau is not None else ph.tau
     feats = eval_features(model, parent, data, cfg, device, selects=fixed_tau is None)
     base_head = head_of(model)
@@ -65,3 +71,35 @@ def run_posthoc(cfg: Config, run: RunDir, parent: RunDir, figures: Figures | Non
     grid = None if scores is None else dict(zip(map(str, ph.tau_grid), scores))
     return st.finish(evaluator, evaluator.head, model, extra={
         "parent": str(parent.path), "posthoc": {"kind": ph.kind, "tau": tau, "chosen_on": chosen_on, "grid": grid}})
+
+
+def _aggregate_experts(cfg: Config, st: Stage, model: torch.nn.Module, parent: RunDir) -> Result:
+    """SADE's test-time self-supervised aggregation of a multi-expert parent (posthoc.kind sade_tta): the experts'
+    weights fitted on two views of each unlabeled test image (bench/methods/posthoc.py fit_aggregation), then
+    the test set scored with sum_k w_k z_k. Transductive: it reads the test images (never their labels), so the
+    result says it chose on test."""
+    ph, data = cfg.posthoc, st.data
+    if not isinstance(data.test, Split):
+        raise ConfigError("config key 'posthoc.kind': sade_tta draws two views of each test image from memory; "
+                          "the test split here streams from shards")
+    head = head_of(model)
+    if not isinstance(head, ExpertCosineClassifiers):
+        raise ConfigError(f"config key 'posthoc.kind': sade_tta weighs the experts of a multi-expert parent; "
+                          f"{parent.path} has {type(head).__name__}")
+    model.eval()
+    views = InMemoryLoader(data.test, ph.tta_batch_size, seed=cfg.seed + 2_000_003, normalize=data.normalizer(),
+                           crop_padding=4, rank=dist.rank(), world=dist.world(),
+                           views=view_fn(["crop_colour_blur", "crop_colour_blur"], 4))
+    weights, passes = fit_aggregation(
+        lambda x: head(encode(model, x.to(st.device))), lambda e: (x for x, _ in views.epoch(e)), head.experts,
+        ph.tta_epochs, ph.tta_lr, ph.tta_weight_decay, ph.tta_min_weight)
+    with torch.no_grad():
+        head.aggregation.copy_(head.experts * weights.to(head.aggregation.device))
+    log(f"posthoc sade_tta: expert weights {[round(float(w), 3) for w in weights]} after {passes} passes")
+    evaluator = Evaluator(lambda x: encode(model, x), head, lambda s: data.eval_batches(
+        s, cfg.eval.batch_size, cfg.runtime.workers), data.num_classes, st.groups, st.device,  # type: ignore[arg-type]
+        cfg.eval.tta_flip, modules=[model])
+    return st.finish(evaluator, head, model, extra={
+        "parent": str(parent.path),
+        "posthoc": {"kind": ph.kind, "expert_weights": [float(w) for w in weights], "passes": passes,
+                    "chosen_on": "test", "transductive": True}})

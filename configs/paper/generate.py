@@ -103,7 +103,12 @@ def expert_configs(name: str, dataset: str, imb: int) -> dict[str, dict]:
              "wd_scope": "all", "schedule": "step", "lr_milestones": [160, 180], "warmup_epochs": 5,
              "warmup_unit": "epoch"}
     out = {"sade": {**base, "method": "sade",
-                    "train": {**train, "lr_step_gamma": 0.1, "loss": {"name": "sade", "sade_tau": 2.0}}}}
+                    "train": {**train, "lr_step_gamma": 0.1, "loss": {"name": "sade", "sade_tau": 2.0}}},
+           # its configs/test_time_cifar100_ir*_sade.json: SGD lr 0.1, WD 5e-4, 5 epochs, batch 128
+           "sade_tta": {"name": name, "method": "sade-tta", "protocol": "custom", "stage": "posthoc",
+                        "parent": "sade.yaml", "posthoc": {"kind": "sade_tta", "tta_epochs": 5, "tta_lr": 0.1,
+                                                           "tta_weight_decay": 5.0e-4, "tta_batch_size": 128},
+                        "eval": base["eval"]}}
     if imb == 100:
         out["ride"] = {**base, "method": "ride", "train": {
             **train, "lr_step_gamma": 0.01,
@@ -170,6 +175,8 @@ HEADER = {
     "ride": "RIDE: 3 experts, LDAM-DRW per expert + diversity term, mean of the experts (no router, no distillation)",
     "sade": "SADE: 3 experts with softmax / balanced softmax / inverse-prior losses, mean of the experts (no test-time "
             "aggregation)",
+    "sade_tta": "SADE + test-time self-supervised aggregation of its experts on the unlabeled test images "
+                "(transductive)",
     "paco": "PaCo: class centres and supervised contrast in one softmax, momentum key encoder, queue 1024",
 }
 

@@ -29,9 +29,10 @@ def test_every_paper_config_loads_with_its_protocol(repo, exp):
     d = repo / "configs" / "paper" / exp
     cfgs = {p.stem: load_config(p) for p in sorted(d.glob("*.yaml"))}
     experts = {"cifar100_lt_if100": {"ride", "sade"}, "cifar10_lt_if100": set()}.get(exp, {"sade"})
+    tta = {"sade_tta"} if "sade" in experts else set()
     paco = set() if exp == "cifar10_lt_if100" else {"paco"}
     assert set(cfgs) == {"naive", "wd", "l2norm", "taunorm", "cb_wd", "cb_maxnorm", "wb", "hs_stage1", "hs", "mixup",
-                         "mislas"} | experts | paco
+                         "mislas"} | experts | paco | tta
     if paco:    # PaCo's CIFAR script: ResNet-32, queue 1024, T 0.05, alpha 0.01, AutoAugment + Cutout / SimCLR views
         c = cfgs["paco"]
         assert (c.train.contrast.method, c.train.contrast.queue, c.train.contrast.temperature, c.train.contrast.alpha,
@@ -79,6 +80,10 @@ def test_every_paper_config_loads_with_its_protocol(repo, exp):
             True, 5e-4, [160, 180], "epoch")
         assert (c.eval.selection_split, c.eval.select, c.data.selection, c.data.val_per_class) == (
             "test", "last", "shuffle", 0)
+    if tta:
+        t = cfgs["sade_tta"]
+        assert t.stage == "posthoc" and t.posthoc.kind == "sade_tta" and t.parent_hash == cfgs["sade"].run_hash()
+        assert t.model.experts == 3 and t.method == "sade-tta"
     if "ride" in experts:
         r = cfgs["ride"].train
         assert (r.lr_step_gamma, r.loss.drw_epoch, r.loss.ride_diversity, r.loss.cb_normalizer) == (

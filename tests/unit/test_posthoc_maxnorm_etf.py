@@ -114,9 +114,11 @@ def test_regularizers_by_hand():
 
 
 def test_every_registered_posthoc_step_changes_the_weight_or_the_logits():
-    """Each step of bench/registry.py POSTHOC (the names posthoc.kind accepts) does exactly one of the two."""
-    assert set(POSTHOC) == {"l2norm", "taunorm", "la_add", "la_mult"}
-    assert all((s.weight is None) != (s.logits is None) for s in POSTHOC.values())
+    """Each step of bench/registry.py POSTHOC (the names posthoc.kind accepts) does exactly one of the two, or
+    weighs a multi-expert parent's experts (SADE's test-time aggregation)."""
+    assert set(POSTHOC) == {"l2norm", "taunorm", "la_add", "la_mult", "sade_tta"}
+    assert all((s.weight is None) != (s.logits is None) for s in POSTHOC.values() if not s.aggregates_experts)
+    assert [k for k, s in POSTHOC.items() if s.aggregates_experts] == ["sade_tta"]
 
 
 def test_lws_head_by_hand():

@@ -194,3 +194,50 @@ def test_the_last_epoch_keeps_its_per_class_accuracy(stage1, tmp_path):
     ckpt.save_atomic({"model": model.state_dict(), "config_hash": best.run_hash(), "epoch": 2}, run.best_ckpt)
     with pytest.raises(ConfigError, match=r"best\.pt holds epoch 2, but this run's best epoch is 1"):
         select_reported(best, run, 1, 3, LastEpoch(), model)
+
+
+def test_sade_test_time_aggregation_weighs_the_experts_and_says_it_read_test(tmp_path):
+    """posthoc.kind=sade_tta on a SADE parent: the experts' weights are fitted on two views of the unlabeled test
+    images (transductive), sum to 1, and the reported accuracy is that of sum_k w_k z_k, recomputed here."""
+    from bench.data.lt import build_lt_data
+    from bench.methods.classifiers import make_model
+    from bench.models.parts import encode, head_of
+
+    cfg = load_config(CONFIGS / "smoke.yaml", [*TINY, "model.experts=3", "model.expert_width=0.75",
+                                               "train.loss.name=sade"])
+    parent = RunDir.for_config(cfg, tmp_path)
+    run_experiment(cfg, parent, runs_root=tmp_path)
+    child = load_config(CONFIGS / "smoke_taunorm.yaml", [*QUIET, f"parent={parent.path}", "posthoc.kind=sade_tta",
+                                                         "posthoc.tta_epochs=2", "posthoc.tta_batch_size=32"])
+    run = RunDir.for_config(child, tmp_path)
+    result = run_experiment(child, run, runs_root=tmp_path)
+    ph = result["posthoc"]
+    w = torch.tensor(ph["expert_weights"])
+    assert ph["chosen_on"] == "test" and ph["transductive"] and math.isclose(float(w.sum()), 1.0, rel_tol=1e-6)
+    assert not torch.allclose(w, torch.full((3,), 1 / 3)) and ph["passes"] in (1, 2)
+    model = make_model(cfg, data := build_lt_data(cfg.data), init=False)
+    model.load_state_dict(torch.load(run.final_ckpt, weights_only=False)["model"])
+    model.eval()
+    with torch.no_grad():
+        head = head_of(model)
+        head.aggregation.fill_(1.0)                                   # the plain experts, then weighed by hand
+        z = head(encode(model, data.normalizer()(data.test.x)))
+    pred = torch.einsum("k,bkc->bc", w, z).argmax(1)
+    assert math.isclose(result["metrics"]["all"], 100 * float((pred == data.test.y).float().mean()), abs_tol=1e-6)
+
+
+def test_fit_aggregation_favours_the_expert_that_agrees_across_views():
+    from bench.methods.posthoc import fit_aggregation
+
+    torch.manual_seed(0)
+    steady = torch.randn(64, 5) * 3
+    noise = [torch.randn(64, 5) * 3 for _ in range(2)]
+
+    def experts(view: torch.Tensor) -> torch.Tensor:                 # expert 0 the same on both views, 1 not
+        return torch.stack([steady, noise[int(view[0, 0])]], dim=1)
+
+    views = torch.stack([torch.zeros(64, 1), torch.ones(64, 1)], dim=1)
+    w, passes = fit_aggregation(experts, lambda e: [views], 2, 5, 0.5, 0.0, 0.0)
+    assert w[0] > 0.6 and passes == 5
+    w, passes = fit_aggregation(experts, lambda e: [views], 2, 50, 5.0, 0.0, 0.05)
+    assert passes < 50 and float(w.min()) < 0.05                    # stopped once a weight fell below 0.05
