@@ -367,6 +367,13 @@ class Stage2Config:
     lws_rows_lr_factor: float = _f(0.0, "with lws: the classifier's rows and bias train too, at this fraction of "
                                         "the scales' lr (MiSLAS stage 2: 0.2 on CIFAR-100-LT IF 100); 0 = frozen rows "
                                         "(Kang et al.)", ge=0)
+    router: bool = _f(False, "RIDE's expert-assignment router on a multi-expert parent (its ea_resnet_cifar.py): the "
+                             "experts frozen (BatchNorm in eval mode), only the routers train, with BCE against 'the "
+                             "experts so far are wrong and a further one is right'; at test an image uses experts "
+                             "while its router says so")
+    router_top: int = _f(30, "router: the top-k values of the running mean logits each router reads (RIDE: 30)", ge=1)
+    router_pos_weight: float = _f(100.0, "router: BCE weight of the positive (consult a further expert) targets "
+                                         "(RIDE's CIFAR config: 100)", gt=0)
     train_blocks: int = _f(0, "also retrain the last k backbone blocks (timm's group_matcher order); 0 = classifier "
                               "only (WB)", ge=0)
     bn_mode: Literal["train", "eval"] = _f("eval", "BatchNorm of the frozen backbone: eval, or train as in the WB code "
@@ -465,6 +472,8 @@ HASH_NEUTRAL_AT_DEFAULT: dict[str, Any] = {"data.to_rgb": False, "stage2.reinit_
                                            "stage2.lws": False, "data.input_stats": "card", "data.resize": None,
                                            "model.embedding": "pooled", "stage2.lws_rows_lr_factor": 0.0,
                                            "model.experts": 1, "model.expert_width": 1.0, "model.expert_scale": 30.0,
+                                           "stage2.router": False, "stage2.router_top": 30,
+                                           "stage2.router_pos_weight": 100.0,
                                            "model.cosine_scale": 30.0, "posthoc.tta_epochs": 5, "posthoc.tta_lr": 0.1,
                                            "posthoc.tta_weight_decay": 5e-4, "posthoc.tta_batch_size": 128,
                                            "posthoc.tta_min_weight": 0.05,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.config import Config, ConfigError, ContrastConfig, DataConfig, LossConfig, PeftConfig
+from bench.config import Config, ConfigError, ContrastConfig, DataConfig, LossConfig, PeftConfig, Stage2Config
 from bench.config.load import expand_path
 from bench.data.cards import FILE_SPLIT_SOURCES, load_card
 from bench.data.profiles import resolve_profile
@@ -117,14 +117,24 @@ def _check_experts(cfg: Config) -> None:
     if m.classifier == "cosine" and cfg.stage != "stage1":
         raise ConfigError(f"config key 'stage': {cfg.stage} on a parent with a cosine classifier is not supported: "
                           "stage 2 and post-hoc steps retrain or adjust a linear one")
+    router = cfg.stage == "stage2" and cfg.stage2.router
+    if router:
+        s2, plain = cfg.stage2, Stage2Config()
+        if m.experts == 1:
+            raise ConfigError("config key 'stage2.router': routes the experts of a multi-expert parent "
+                              "(model.experts > 1)")
+        if s2.maxnorm or s2.lws != plain.lws or s2.reinit_classifier != plain.reinit_classifier or s2.train_blocks:
+            raise ConfigError("config key 'stage2.router': only the routers train (with their own BCE; "
+                              "stage2.train.loss is not used); set stage2.maxnorm=false and leave stage2.lws, "
+                              "reinit_classifier and train_blocks at their defaults")
     tta = cfg.stage == "posthoc" and cfg.posthoc.kind == "sade_tta"
     if tta and m.experts == 1:
         raise ConfigError("config key 'posthoc.kind': sade_tta weighs the experts of a multi-expert parent "
                           "(model.experts > 1; SADE: 3)")
-    if m.experts > 1 and cfg.stage != "stage1" and not tta:
+    if m.experts > 1 and cfg.stage != "stage1" and not (tta or router):
         raise ConfigError(f"config key 'stage': {cfg.stage} on a multi-expert parent (model.experts = {m.experts}) is "
-                          "not supported but for posthoc.kind=sade_tta: stage 2 and the other post-hoc steps "
-                          "retrain or adjust one linear classifier")
+                          "not supported but for stage2.router and posthoc.kind=sade_tta: the other stage-2 and "
+                          "post-hoc steps retrain or adjust one linear classifier")
     if m.experts > 1 and (m.classifier != "linear" or m.embedding != "pooled" or m.peft.method != "none"):
         raise ConfigError(f"config key 'model.experts': {m.experts} experts bring their own cosine classifiers on "
                           "a CIFAR ResNet; leave model.classifier, model.embedding, model.peft at their defaults")

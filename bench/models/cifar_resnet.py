@@ -264,6 +264,9 @@ class ExpertCosineClassifiers(nn.Module):
         # the experts' weights in the prediction, as K w_k (SADE's test-time aggregation sets them): expert k's
         # logits are multiplied by K w_k, so the mean the prediction takes is sum_k w_k z_k; ones = the plain mean
         self.register_buffer("aggregation", torch.ones(experts, device=device))
+        # RIDE's expert-assignment router (bench/methods/router.py), set by a stage2.router run: in eval mode each
+        # image's prediction then averages the experts it is routed to
+        self.router: nn.Module | None = None
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
         state_dict.setdefault(prefix + "aggregation", self.aggregation.clone())   # checkpoints written before it
@@ -277,7 +280,10 @@ class ExpertCosineClassifiers(nn.Module):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         h = F.normalize(h.view(len(h), self.experts, -1), dim=2)
         z = self.scale * torch.einsum("bkd,kcd->bkc", h, F.normalize(self.direction, dim=2).to(h.dtype))
-        return z * self.aggregation.to(z.dtype)[None, :, None]
+        z = z * self.aggregation.to(z.dtype)[None, :, None]
+        if self.router is not None and not self.training:
+            z = self.router.route(h.flatten(1), z)   # type: ignore[operator]
+        return z
 
     def extra_repr(self) -> str:
         return f"experts={self.experts}, in_features={self.in_features}, out_features={self.out_features}, " \

@@ -24,6 +24,7 @@ from bench.runtime.rundir import Result, RunDir
 from bench.train.features import eval_features, feature_batches, load_parent_model, parent_features
 from bench.train.loop import Parts, fit, make_forward
 from bench.train.optim import make_optimizer, make_scheduler
+from bench.train.router import train_router
 from bench.train.select import Evaluator, select_and_report, select_reported
 from bench.train.stage import Figures, Stage
 
@@ -55,6 +56,8 @@ def check_stage2(cfg: Config) -> None:
 
 
 def train_stage2(cfg: Config, run: RunDir, parent: RunDir, figures: Figures | None = None) -> Result:
+    if cfg.stage2.router:            # RIDE's expert-assignment router on a multi-expert parent
+        return train_router(cfg, run, parent, figures)
     check_stage2(cfg)
     st = Stage.start(cfg, run, figures)
     s2, device, data, groups = cfg.stage2, st.device, st.data, st.groups

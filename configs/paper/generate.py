@@ -114,6 +114,15 @@ def expert_configs(name: str, dataset: str, imb: int) -> dict[str, dict]:
             **train, "lr_step_gamma": 0.01,
             "loss": {"name": "ride", "ride_diversity": -0.45, "drw_epoch": 160, "cb_beta": 0.9999,
                      "cb_normalizer": "weights", "ldam_max_margin": 0.5, "ldam_scale": 30.0}}}
+        # its configs/config_imbalance_cifar100_ride_ea.json: the routers alone, 5 epochs, batch 512 from its
+        # class-balanced sampler, SGD lr 0.01 Nesterov WD 5e-4, cosine per epoch; top 30, pos_weight 100
+        out["ride_ea"] = {"name": name, "method": "ride-ea", "protocol": "custom", "stage": "stage2",
+                          "parent": "ride.yaml", "eval": base["eval"],
+                          "stage2": {"router": True, "router_top": 30, "router_pos_weight": 100.0, "maxnorm": False,
+                                     "augment": "crop_flip", "bn_mode": "eval",
+                                     "train": {"epochs": 5, "batch_size": 512, "lr": 0.01, "momentum": 0.9,
+                                               "nesterov": True, "weight_decay": 5.0e-4, "schedule": "cosine",
+                                               "sampler": "class_balanced"}}}
     return out
 
 
@@ -175,6 +184,7 @@ HEADER = {
     "ride": "RIDE: 3 experts, LDAM-DRW per expert + diversity term, mean of the experts (no router, no distillation)",
     "sade": "SADE: 3 experts with softmax / balanced softmax / inverse-prior losses, mean of the experts (no test-time "
             "aggregation)",
+    "ride_ea": "RIDE + its expert-assignment router (stage 2 on the frozen experts)",
     "sade_tta": "SADE + test-time self-supervised aggregation of its experts on the unlabeled test images "
                 "(transductive)",
     "paco": "PaCo: class centres and supervised contrast in one softmax, momentum key encoder, queue 1024",

@@ -29,7 +29,7 @@ def test_every_paper_config_loads_with_its_protocol(repo, exp):
     d = repo / "configs" / "paper" / exp
     cfgs = {p.stem: load_config(p) for p in sorted(d.glob("*.yaml"))}
     experts = {"cifar100_lt_if100": {"ride", "sade"}, "cifar10_lt_if100": set()}.get(exp, {"sade"})
-    tta = {"sade_tta"} if "sade" in experts else set()
+    tta = ({"sade_tta"} if "sade" in experts else set()) | ({"ride_ea"} if "ride" in experts else set())
     paco = set() if exp == "cifar10_lt_if100" else {"paco"}
     assert set(cfgs) == {"naive", "wd", "l2norm", "taunorm", "cb_wd", "cb_maxnorm", "wb", "hs_stage1", "hs", "mixup",
                          "mislas"} | experts | paco | tta
@@ -85,6 +85,8 @@ def test_every_paper_config_loads_with_its_protocol(repo, exp):
         assert t.stage == "posthoc" and t.posthoc.kind == "sade_tta" and t.parent_hash == cfgs["sade"].run_hash()
         assert t.model.experts == 3 and t.method == "sade-tta"
     if "ride" in experts:
+        ea = cfgs["ride_ea"]
+        assert ea.stage2.router and ea.parent_hash == cfgs["ride"].run_hash() and ea.stage2.train.batch_size == 512
         r = cfgs["ride"].train
         assert (r.lr_step_gamma, r.loss.drw_epoch, r.loss.ride_diversity, r.loss.cb_normalizer) == (
             0.01, 160, -0.45, "weights")

@@ -241,3 +241,41 @@ def test_fit_aggregation_favours_the_expert_that_agrees_across_views():
     assert w[0] > 0.6 and passes == 5
     w, passes = fit_aggregation(experts, lambda e: [views], 2, 50, 5.0, 0.0, 0.05)
     assert passes < 50 and float(w.min()) < 0.05                    # stopped once a weight fell below 0.05
+
+
+def test_router_targets_and_routing_by_hand():
+    """Router i's target: experts 0..i wrong together, a larger ensemble right. Routing: an image averages the
+    experts up to its router's first 'stop'."""
+    from bench.methods.router import ExpertRouter, router_targets
+
+    one = torch.eye(2)                     # class 0 = [1, 0], class 1 = [0, 1]
+    z = torch.stack([torch.stack([one[1], one[0] * 3, one[1]]),          # y 0: 0 wrong, 0+1 right -> [1, 0]
+                     torch.stack([one[0], one[0], one[0]]),              # y 0: all right          -> [0, 0]
+                     torch.stack([one[1], one[1] * 0.5, one[0] * 2])])    # y 0: 0, 0+1 wrong, 0+1+2 right -> [1, 1]
+    assert router_targets(z, torch.tensor([0, 0, 0])).tolist() == [[1, 0], [0, 0], [1, 1]]
+    r = ExpertRouter(3, 4, 2, top=30)
+    assert r.top == 2                                                     # at most C values
+    r.forward = lambda h, zz: torch.tensor([[5.0, 5.0], [-5.0, 5.0], [5.0, -5.0]])   # go on / stop decisions
+    routed = r.route(torch.zeros(3, 12), z)
+    mean_used = routed.mean(1)
+    assert torch.allclose(mean_used[0], z[0].mean(0)) and torch.allclose(mean_used[1], z[1, 0])
+    assert torch.allclose(mean_used[2], z[2, :2].mean(0))
+    assert r.experts_used(torch.zeros(3, 12), z).tolist() == [3, 1, 2]
+
+
+def test_ride_router_trains_only_the_routers_and_reports_experts_used(tmp_path):
+    cfg = load_config(CONFIGS / "smoke.yaml", [*TINY, "model.experts=3", "model.expert_width=0.75",
+                                               "train.loss.name=ride", "train.loss.cb_normalizer=weights"])
+    parent = RunDir.for_config(cfg, tmp_path)
+    run_experiment(cfg, parent, runs_root=tmp_path)
+    child = load_config(CONFIGS / "smoke_stage2.yaml", [
+        *QUIET, f"parent={parent.path}", "method=ride-ea", "stage2.router=true", "stage2.maxnorm=false",
+        "stage2.train.epochs=2", "stage2.train.lr=0.05", "stage2.train.sampler=class_balanced",
+        "stage2.augment=crop_flip", "stage2.router_pos_weight=5"])
+    run = RunDir.for_config(child, tmp_path)
+    result = run_experiment(child, run, runs_root=tmp_path)
+    assert 1.0 <= result["experts_used_mean"] <= 3.0
+    before = torch.load(parent.final_ckpt, weights_only=False)["model"]
+    after = torch.load(run.final_ckpt, weights_only=False)["model"]
+    assert all(torch.equal(before[k], after[k]) for k in before)   # the experts and their BatchNorm as they were
+    assert {k for k in after if k not in before} and all(".router." in k for k in after if k not in before)
