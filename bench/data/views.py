@@ -7,13 +7,14 @@ of `data.augment`; the others run torchvision's v2 transforms image by image on 
 - `simclr`: RandomResizedCrop(scale 0.2-1) + flip + ColorJitter(0.4, 0.4, 0.4, 0.1) with p 0.8 + greyscale with
   p 0.2 + Gaussian blur (sigma 0.1-2) with p 0.5: MoCo v2's augmentation at the image's size (PaCo's
   `augmentation_sim_cifar`). One-channel images skip the colour steps (jitter of brightness and contrast stays).
-- `autoaugment_cutout`: RandomCrop(padding 4) + flip + AutoAugment's CIFAR-10 policy + Cutout (one 16 x 16 hole,
-  centred on a uniform pixel, clipped at the border, filled black): PaCo's `augmentation_regular`. torchvision's
+- `autoaugment_cutout`: RandomCrop(padding data.crop_padding, 4 in PaCo) + flip + AutoAugment's CIFAR-10 policy +
+  Cutout (one 16 x 16 hole, centred on a uniform pixel, clipped at the border, filled black): PaCo's
+  `augmentation_regular`. torchvision's
   AutoAugment stands in for the CIFAR10Policy copy in PaCo's autoaug.py (the same policy table; the codes scale
   some magnitudes differently).
-- `randaugment`: RandomCrop(padding 4) + flip + RandAugment(2 ops, magnitude 10).
-- `crop_colour_blur`: RandomCrop(padding 4) + the colour jitter and greyscale of `simclr` + Gaussian blur with p 0.2 +
-  flip: the views of SADE's test-time aggregation (its test_training_cifar.py).
+- `randaugment`: RandomCrop(padding data.crop_padding) + flip + RandAugment(2 ops, magnitude 10).
+- `crop_colour_blur`: RandomCrop(padding data.crop_padding) + the colour jitter and greyscale of `simclr` + Gaussian
+  blur with p 0.2 + flip: the views of SADE's test-time aggregation (its test_training_cifar.py).
 
 Every image's draws come from its own seed, a function of (run seed, epoch, step, view, its index in the global
 batch): a DDP rank augments its slice as one process would, and a run resumed at (epoch, step) draws again what
@@ -44,7 +45,7 @@ def _cutout(length: int) -> Callable[[torch.Tensor], torch.Tensor]:
     return cut
 
 
-def _simclr(size: int, channels: int) -> Callable[[torch.Tensor], torch.Tensor]:
+def _simclr(size: int, channels: int, padding: int) -> Callable[[torch.Tensor], torch.Tensor]:
     from torchvision.transforms import v2
 
     colour = [v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8), v2.RandomGrayscale(p=0.2)] \
@@ -54,31 +55,32 @@ def _simclr(size: int, channels: int) -> Callable[[torch.Tensor], torch.Tensor]:
                        *colour, v2.RandomApply([blur], p=0.5)])
 
 
-def _autoaugment_cutout(size: int, channels: int) -> Callable[[torch.Tensor], torch.Tensor]:
+def _autoaugment_cutout(size: int, channels: int, padding: int) -> Callable[[torch.Tensor], torch.Tensor]:
     from torchvision.transforms import v2
 
-    return v2.Compose([v2.RandomCrop(size, padding=4), v2.RandomHorizontalFlip(),
+    return v2.Compose([v2.RandomCrop(size, padding=padding), v2.RandomHorizontalFlip(),
                        v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10), _cutout(16)])
 
 
-def _crop_colour_blur(size: int, channels: int) -> Callable[[torch.Tensor], torch.Tensor]:
+def _crop_colour_blur(size: int, channels: int, padding: int) -> Callable[[torch.Tensor], torch.Tensor]:
     from torchvision.transforms import v2
 
     colour = [v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8), v2.RandomGrayscale(p=0.2)] \
         if channels == 3 else [v2.RandomApply([v2.ColorJitter(0.4, 0.4)], p=0.8)]
     blur = v2.GaussianBlur(2 * math.ceil(3 * 2.0) + 1, sigma=(0.1, 2.0))
-    return v2.Compose([v2.RandomCrop(size, padding=4), *colour, v2.RandomApply([blur], p=0.2),
+    return v2.Compose([v2.RandomCrop(size, padding=padding), *colour, v2.RandomApply([blur], p=0.2),
                        v2.RandomHorizontalFlip()])
 
 
-def _randaugment(size: int, channels: int) -> Callable[[torch.Tensor], torch.Tensor]:
+def _randaugment(size: int, channels: int, padding: int) -> Callable[[torch.Tensor], torch.Tensor]:
     from torchvision.transforms import v2
 
-    return v2.Compose([v2.RandomCrop(size, padding=4), v2.RandomHorizontalFlip(), v2.RandAugment(2, 10)])
+    return v2.Compose([v2.RandomCrop(size, padding=padding), v2.RandomHorizontalFlip(), v2.RandAugment(2, 10)])
 
 
-# view augmentation -> (image size, channels) -> a transform of one uint8 CHW image drawing from torch's global RNG
-VIEW_AUGMENTS: dict[str, Callable[[int, int], Callable[[torch.Tensor], torch.Tensor]] | None] = {
+# view augmentation -> (image size, channels, crop padding) -> a transform of one uint8 CHW image drawing from torch's
+# global RNG
+VIEW_AUGMENTS: dict[str, Callable[[int, int, int], Callable[[torch.Tensor], torch.Tensor]] | None] = {
     "crop_flip": None, "flip": None, "none": None,
     "simclr": _simclr, "autoaugment_cutout": _autoaugment_cutout, "randaugment": _randaugment,
     "crop_colour_blur": _crop_colour_blur,
@@ -111,7 +113,7 @@ def augment_views(x: torch.Tensor, keys: tuple[int, int, int], batch: int, offse
             continue
         build = VIEW_AUGMENTS[name]
         assert build is not None
-        transform = build(x.shape[-1], x.shape[1])
+        transform = build(x.shape[-1], x.shape[1], crop_padding)
         images = []
         for i, img in enumerate(x):
             with torch.random.fork_rng(devices=[]):

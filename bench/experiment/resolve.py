@@ -157,10 +157,10 @@ def _check_contrast(cfg: Config) -> None:
     if c.method is None:
         if views:
             raise ConfigError(f"config key 'data.views': {views}: several views are read by a contrastive method "
-                              "only (train.contrast.method: paco or gpaco)")
+                              "only (train.contrast.method: paco, gpaco or bcl)")
         if c != ContrastConfig():
             raise ConfigError("config key 'train.contrast': its settings apply with train.contrast.method (paco, "
-                              "gpaco) only")
+                              "gpaco, bcl) only")
         return
     want = 3 if c.method == "bcl" else 2
     if len(views) != want:
@@ -171,6 +171,9 @@ def _check_contrast(cfg: Config) -> None:
     if cfg.data.augment != "none":
         raise ConfigError(f"config key 'data.augment': {cfg.data.augment} is not used with data.views (each view has "
                           "its own augmentation); set data.augment=none")
+    if c.method != "bcl" and c.beta <= 0:
+        raise ConfigError(f"config key 'train.contrast.beta': {c.beta}; {c.method}'s centre term must be > 0 (an "
+                          "anchor without positives would divide by 0)")
     if cfg.train.mixup_alpha > 0 or cfg.model.experts > 1 or (c.method != "bcl" and cfg.train.loss != LossConfig()):
         raise ConfigError(f"config key 'train.contrast.method': {c.method} is its own loss (train.contrast.*); leave "
                           "train.loss at its defaults (bcl adds to it), train.mixup_alpha at 0 and model.experts at 1")

@@ -152,7 +152,8 @@ class NormedCosine(nn.Module):
     def __init__(self, in_features: int, out_features: int, scale: float = 1.0) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        self.direction = nn.Parameter(torch.empty(out_features, in_features).uniform_(-1, 1))
+        # NormedLinear's uniform_(-1, 1).renorm_(2, 1, 1e-5).mul_(1e5): uniform draws, each class vector at norm 1
+        self.direction = nn.Parameter(F.normalize(torch.empty(out_features, in_features).uniform_(-1, 1), dim=1))
         self.register_buffer("scale", torch.tensor(float(scale)))
 
     @property

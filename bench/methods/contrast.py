@@ -161,7 +161,7 @@ class BCLModel(nn.Module):
         h = encode(self.model, x.transpose(0, 1).flatten(0, 1))        # [view 0; view 1; view 2]
         head = head_of(self.model)
         z = head(h[:b])
-        f = F.normalize(self.proj(h[b:]), dim=1)
+        f = F.normalize(self.proj(h), dim=1)[b:]      # the projection's BatchNorm sees all 3B, as the reference's
         prototypes = F.normalize(self.proto(head.direction), dim=1)
         return h[:b], {"logits": z, "features": f, "prototypes": prototypes}
 

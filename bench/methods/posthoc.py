@@ -108,7 +108,7 @@ def fit_aggregation(expert_logits: Callable[[torch.Tensor], torch.Tensor],
         for x in batches(epoch):
             with torch.no_grad():
                 z1, z2 = expert_logits(x[:, 0]), expert_logits(x[:, 1])
-            w = torch.softmax(a, dim=0).to(z1.dtype)
+            w = torch.softmax(a, dim=0).to(z1)          # the logits' device and dtype, differentiably
             p1 = torch.softmax(torch.einsum("k,bkc->bc", w, z1), dim=1)
             p2 = torch.softmax(torch.einsum("k,bkc->bc", w, z2), dim=1)
             loss = -torch.nn.functional.cosine_similarity(p1, p2, dim=1, eps=1e-6).mean()

@@ -257,9 +257,10 @@ class ExpertCosineClassifiers(nn.Module):
                  device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.experts, self.out_features, self.in_features = experts, num_classes, experts * in_features
-        # RIDE's NormedLinear: uniform(-1, 1) columns (their norm is divided out in forward)
-        self.direction = nn.Parameter(torch.empty(experts, num_classes, in_features, device=device, dtype=dtype)
-                                      .uniform_(-1, 1))
+        # RIDE's NormedLinear, uniform_(-1, 1).renorm_(2, 1, 1e-5).mul_(1e5): uniform draws, each class vector at norm
+        # 1 (forward divides the norm out, but it sets how fast a direction turns under SGD)
+        self.direction = nn.Parameter(F.normalize(torch.empty(experts, num_classes, in_features, device=device,
+                                                              dtype=dtype).uniform_(-1, 1), dim=2))
         self.register_buffer("scale", torch.tensor(float(scale), device=device))
         # the experts' weights in the prediction, as K w_k (SADE's test-time aggregation sets them): expert k's
         # logits are multiplied by K w_k, so the mean the prediction takes is sum_k w_k z_k; ones = the plain mean

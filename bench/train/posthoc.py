@@ -15,7 +15,6 @@ from bench.methods.posthoc import choose_tau, class_prior, fit_aggregation
 from bench.registry import POSTHOC
 from bench.models.cifar_resnet import ExpertCosineClassifiers
 from bench.models.parts import encode, head_of
-from bench.runtime import dist
 from bench.runtime.progress import log
 from bench.runtime.rundir import Result, RunDir
 from bench.train.features import eval_features, feature_batches, load_parent_model
@@ -87,9 +86,10 @@ def _aggregate_experts(cfg: Config, st: Stage, model: torch.nn.Module, parent: R
         raise ConfigError(f"config key 'posthoc.kind': sade_tta weighs the experts of a multi-expert parent; "
                           f"{parent.path} has {type(head).__name__}")
     model.eval()
+    # every process fits on the whole batches (rank 0 of 1): the same draws, so the same weights everywhere, as
+    # the reference's one process; the evaluation below splits the test set over the processes as usual
     views = InMemoryLoader(data.test, ph.tta_batch_size, seed=cfg.seed + 2_000_003, normalize=data.normalizer(),
-                           crop_padding=4, rank=dist.rank(), world=dist.world(),
-                           views=view_fn(["crop_colour_blur", "crop_colour_blur"], 4))
+                           crop_padding=4, rank=0, world=1, views=view_fn(["crop_colour_blur", "crop_colour_blur"], 4))
     weights, passes = fit_aggregation(
         lambda x: head(encode(model, x.to(st.device))), lambda e: (x for x, _ in views.epoch(e)), head.experts,
         ph.tta_epochs, ph.tta_lr, ph.tta_weight_decay, ph.tta_min_weight)

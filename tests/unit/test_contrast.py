@@ -145,6 +145,11 @@ def test_cosine_head_is_s_cos():
     want = 30.0 * (h[0] / 5.0) @ (v / v.norm(dim=1, keepdim=True)).T
     assert torch.allclose(head(h)[0], want, atol=1e-5)
     assert torch.allclose(head.weight.norm(dim=1), torch.full((2,), 30.0))
+    # NormedLinear's renorm_(2, 1, 1e-5).mul_(1e5): every class vector starts at norm 1 (RIDE, SADE, BCL alike)
+    from bench.models.cifar_resnet import ExpertCosineClassifiers
+
+    assert torch.allclose(NormedCosine(2048, 5).direction.norm(dim=1), torch.ones(5))
+    assert torch.allclose(ExpertCosineClassifiers(3, 48, 7, 30.0).direction.norm(dim=2), torch.ones(3, 7))
 
 
 @pytest.mark.parametrize("method", [["train.contrast.method=paco"],
