@@ -56,11 +56,18 @@ def footnotes(table: Table) -> list[tuple[str, str]]:
             name = f"{row[0]}{' (' + row[1] + ')' if row[1] else ''}, {dataset_title(*col)}"
             if cell.chosen:
                 notes.append(("", f"{name}: chosen {cell.chosen}"))
-            taus = [(r.seed, r.result["posthoc"]) for r in cell.runs
-                    if r.result and (r.result.get("posthoc") or {}).get("chosen_on")]
+            chosen = [(r.seed, r.result["posthoc"]) for r in cell.runs
+                      if r.result and (r.result.get("posthoc") or {}).get("chosen_on")]
+            taus = [(seed, p) for seed, p in chosen if "tau" in p]
             if taus:
                 notes.append(("", f"{name}: tau chosen on {taus[0][1]['chosen_on']}: "
                                   + ", ".join(f"{p['tau']:g} (seed {seed})" for seed, p in taus)))
+            weights = [(seed, p) for seed, p in chosen if "expert_weights" in p]   # SADE's test-time aggregation
+            if weights:
+                notes.append(("", f"{name}: expert weights fitted on the unlabeled {weights[0][1]['chosen_on']} images "
+                                  "(transductive): " + ", ".join(
+                                      "[" + ", ".join(f"{w:.2f}" for w in p["expert_weights"]) + f"] (seed {seed})"
+                                      for seed, p in weights)))
             if cell.flagged:
                 parts = ([f"seed {s} missing" for s in cell.missing] + cell.left_out)
                 notes.append(("†", f"{name}: not averaged in: " + "; ".join(parts)))

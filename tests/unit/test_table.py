@@ -457,3 +457,16 @@ def test_a_multi_expert_run_beside_a_published_row_of_other_experts(tmp_path):
     md = RENDER["md"](build_table(collect([str(root)]), reference=True))
     line = next(x for x in md.splitlines() if x.startswith("- ride, "))
     assert "50.20" in line and "experts 3 vs 6" in line, line
+
+
+def test_a_test_time_aggregation_row_names_its_weights_and_that_it_read_test(tmp_path):
+    """A sade_tta result has expert weights, not a tau: the notes list them per seed and say what they were fitted
+    on (a table used to fail on the missing tau)."""
+    root = tmp_path / "runs"
+    for seed, w in ((0, [0.1, 0.2, 0.7]), (1, [0.3, 0.3, 0.4])):
+        write_run(root, ["name=c", "method=sade-tta", f"seed={seed}"], all_=80.0, extra={
+            "posthoc": {"kind": "sade_tta", "expert_weights": w, "passes": 5, "chosen_on": "test",
+                        "transductive": True}})
+    md = RENDER["md"](build_table(collect([str(root)])))
+    assert ("sade-tta, Synthetic-LT IF 10: expert weights fitted on the unlabeled test images (transductive): "
+            "[0.10, 0.20, 0.70] (seed 0), [0.30, 0.30, 0.40] (seed 1)") in md
