@@ -45,12 +45,20 @@ def _cutout(length: int) -> Callable[[torch.Tensor], torch.Tensor]:
     return cut
 
 
-def _simclr(size: int, channels: int, padding: int) -> Callable[[torch.Tensor], torch.Tensor]:
+def _colour_and_blur(channels: int) -> tuple[list[Callable[[torch.Tensor], torch.Tensor]], Callable]:
+    """MoCo v2's colour jitter (p 0.8) and greyscale (p 0.2), only brightness and contrast on one channel; its
+    Gaussian blur (sigma 0.1-2), for the caller to apply with its own probability."""
     from torchvision.transforms import v2
 
     colour = [v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8), v2.RandomGrayscale(p=0.2)] \
         if channels == 3 else [v2.RandomApply([v2.ColorJitter(0.4, 0.4)], p=0.8)]
-    blur = v2.GaussianBlur(2 * math.ceil(3 * 2.0) + 1, sigma=(0.1, 2.0))
+    return colour, v2.GaussianBlur(2 * math.ceil(3 * 2.0) + 1, sigma=(0.1, 2.0))
+
+
+def _simclr(size: int, channels: int, padding: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    from torchvision.transforms import v2
+
+    colour, blur = _colour_and_blur(channels)
     return v2.Compose([v2.RandomResizedCrop(size, scale=(0.2, 1.0), antialias=True), v2.RandomHorizontalFlip(),
                        *colour, v2.RandomApply([blur], p=0.5)])
 
@@ -65,9 +73,7 @@ def _autoaugment_cutout(size: int, channels: int, padding: int) -> Callable[[tor
 def _crop_colour_blur(size: int, channels: int, padding: int) -> Callable[[torch.Tensor], torch.Tensor]:
     from torchvision.transforms import v2
 
-    colour = [v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8), v2.RandomGrayscale(p=0.2)] \
-        if channels == 3 else [v2.RandomApply([v2.ColorJitter(0.4, 0.4)], p=0.8)]
-    blur = v2.GaussianBlur(2 * math.ceil(3 * 2.0) + 1, sigma=(0.1, 2.0))
+    colour, blur = _colour_and_blur(channels)
     return v2.Compose([v2.RandomCrop(size, padding=padding), *colour, v2.RandomApply([blur], p=0.2),
                        v2.RandomHorizontalFlip()])
 

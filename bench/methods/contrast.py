@@ -134,11 +134,12 @@ class PaCoLoss(LossFn):
     @torch.no_grad()
     def _enqueue(self, keys: torch.Tensor, y: torch.Tensor) -> None:
         keys, y = dist.gather_cat(keys.detach().float()), dist.gather_cat(y)
-        k = len(self.queue)
-        at = (int(self.queue_ptr) + torch.arange(len(keys), device=keys.device)) % k
-        self.queue[at[-k:]] = keys[-k:]
-        self.queue_labels[at[-k:]] = y[-k:]
-        self.queue_ptr.fill_((int(self.queue_ptr) + len(keys)) % k)
+        k, n = len(self.queue), len(keys)
+        # pointer arithmetic on the device: no host synchronisation per step
+        at = (self.queue_ptr + torch.arange(n, device=self.queue.device)) % k
+        self.queue[at[-k:]] = keys[-k:].to(self.queue.device)
+        self.queue_labels[at[-k:]] = y[-k:].to(self.queue.device)
+        self.queue_ptr.copy_((self.queue_ptr + n) % k)
 
 
 class BCLModel(nn.Module):

@@ -278,12 +278,16 @@ class ExpertCosineClassifiers(nn.Module):
         v = F.normalize(self.direction, dim=2) * self.aggregation[:, None, None]
         return (self.scale / self.experts) * v.permute(1, 0, 2).reshape(self.out_features, self.in_features)
 
+    def expert_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Every expert's logits (B, K, C), weighted by `aggregation`, before any routing."""
+        u = F.normalize(h.view(len(h), self.experts, -1), dim=2)
+        z = self.scale * torch.einsum("bkd,kcd->bkc", u, F.normalize(self.direction, dim=2).to(h.dtype))
+        return z * self.aggregation.to(z.dtype)[None, :, None]
+
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        h = F.normalize(h.view(len(h), self.experts, -1), dim=2)
-        z = self.scale * torch.einsum("bkd,kcd->bkc", h, F.normalize(self.direction, dim=2).to(h.dtype))
-        z = z * self.aggregation.to(z.dtype)[None, :, None]
+        z = self.expert_logits(h)
         if self.router is not None and not self.training:
-            z = self.router.route(h.flatten(1), z)   # type: ignore[operator]
+            z = self.router.route(h, z)   # type: ignore[operator]
         return z
 
     def extra_repr(self) -> str:

@@ -34,9 +34,7 @@ class RouterForward(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         with torch.no_grad():
             h = encode(self.model, x)
-            self._head[0].router, router = None, self._head[0].router   # the experts as they are while training
-            z = self._head[0](h)
-            self._head[0].router = router
+            z = self._head[0].expert_logits(h)
         return h, {"logits": z.mean(1), "experts": z, "router": self.router(h, z)}
 
 
@@ -77,10 +75,7 @@ def train_router(cfg: Config, run: RunDir, parent: RunDir, figures: Figures | No
     with torch.no_grad():
         for x, _ in data.eval_batches("test", cfg.eval.batch_size, cfg.runtime.workers):  # type: ignore[arg-type]
             h = encode(model, x.to(device))
-            head.router = None
-            z = head(h)
-            head.router = router
-            used += router.experts_used(h, z).double().sum().cpu()
+            used += router.experts_used(h, head.expert_logits(h)).double().sum().cpu()
             n += len(x)
     used = dist.all_reduce_sum(used.to(device)).cpu()
     n_all = int(dist.all_reduce_sum(torch.tensor(float(n), dtype=torch.float64, device=device)))
