@@ -75,6 +75,41 @@ PROTOCOLS: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 
+# The RIDE, SADE and PaCo codes share LDAM-DRW's CIFAR-LT cut and keep the epoch with the best accuracy on their
+# validation loader, which is the TEST set on CIFAR (RIDE / SADE: `monitor: max val_accuracy` saves model_best.pth;
+# PaCo: `best_acc1 = max(acc1, best_acc1)`), with the lr set once per epoch and no test-time augmentation.
+_LDAM_CUT = {"data.selection": "shuffle", "data.selection_seed": 0, "data.profile": "exp", "data.rounding": "floor",
+             "data.n_max": None, "data.val_per_class": 0}
+_BEST_ON_TEST = {"eval.selection_split": "test", "eval.select": "best", "eval.tta_flip": False,
+                 "eval.select_tta_flip": False}
+# RIDE / SADE: LambdaLR(CustomLR) stepped after each epoch (epoch e runs at lambda(e), warm-up (e + 1) / 5); PaCo:
+# adjust_learning_rate(epoch) before each epoch, warm-up lr / w x (e + 1); SGD over model.parameters()
+_PER_EPOCH = {"train.wd_scope": "all", "train.schedule_unit": "epoch", "train.schedule_step_at_epoch_start": False,
+              "train.warmup_unit": "epoch"}
+_EXPERT_CODE = {
+    "stage1": {**_LDAM_CUT, **_BEST_ON_TEST, **_PER_EPOCH},
+    # RIDE's expert-assignment stage: the same trainer, its cosine scheduler per epoch
+    "stage2": {**_BEST_ON_TEST, "stage2.train.schedule_unit": "epoch",
+               "stage2.train.schedule_step_at_epoch_start": False},
+    # SADE's test-time aggregation is fitted on the test images whatever the protocol: no epoch to pick
+    "posthoc": {"eval.selection_split": "test", "eval.tta_flip": False, "eval.select_tta_flip": False},
+}
+PROTOCOLS["ride-reference"] = _EXPERT_CODE      # frank-xwang/RIDE-LongTailRecognition (Wang et al., ICLR 2021)
+PROTOCOLS["sade-reference"] = _EXPERT_CODE      # Vanint/SADE-AgnosticLT (Zhang et al., NeurIPS 2022), RIDE's trainer
+PROTOCOLS["paco-reference"] = {"stage1": {**_LDAM_CUT, **_BEST_ON_TEST, **_PER_EPOCH}}  # PaCo/LT/paco_cifar.py
+
+# Where a reference code picks its epoch differently on the datasets with split files. RIDE's ImageNet-LT and
+# iNaturalist loaders return no validation loader (split_validation() -> None), so only the last epoch exists; SADE's
+# validate on ImageNet-LT's and Places-LT's val lists (iNaturalist: none); PaCo's Places-LT script validates on the val
+# list, its ImageNet-LT / iNaturalist scripts on the test list (iNaturalist's "val" list is its test set).
+_LAST = {"eval.select": "last"}
+DATASET_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
+    "ride-reference": {"imagenet-lt": _LAST, "inat2018": _LAST},
+    "sade-reference": {"imagenet-lt": {"eval.selection_split": "val"}, "places-lt": {"eval.selection_split": "val"},
+                       "inat2018": _LAST},
+    "paco-reference": {"places-lt": {"eval.selection_split": "val"}},
+}
+
 # Every protocol name a config can give ("custom" = none); the schema's Literal lists the same (a test checks)
 PROTOCOL_NAMES: tuple[str, ...] = ("custom", *PROTOCOLS)
 
@@ -88,6 +123,10 @@ REFERENCE_STATS: dict[str, dict[str, tuple[list[float], list[float]]]] = {
     "mislas-reference": {"cifar100": CIFAR10_COPIED_STATS, "cifar10": CIFAR10_COPIED_STATS},
     "hs-reference": {"cifar100": CIFAR10_COPIED_STATS,
                      "cifar10": ([0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616])},
+    # ImbalanceCIFAR{10,100}DataLoader (RIDE, SADE) and paco_cifar.py's transforms
+    "ride-reference": {"cifar100": CIFAR10_COPIED_STATS, "cifar10": CIFAR10_COPIED_STATS},
+    "sade-reference": {"cifar100": CIFAR10_COPIED_STATS, "cifar10": CIFAR10_COPIED_STATS},
+    "paco-reference": {"cifar100": CIFAR10_COPIED_STATS, "cifar10": CIFAR10_COPIED_STATS},
 }
 
 
@@ -116,6 +155,8 @@ def apply_protocol(raw: dict[str, Any], file_split: bool = False) -> dict[str, A
     fixed = dict(PROTOCOLS[name][stage])
     if stage == "stage1" and isinstance(dataset, str) and dataset in REFERENCE_STATS.get(name, {}):
         fixed["data.mean"], fixed["data.std"] = REFERENCE_STATS[name][dataset]
+    if isinstance(dataset, str):
+        fixed.update({k: v for k, v in DATASET_OVERRIDES.get(name, {}).get(dataset, {}).items() if k in fixed})
     for key, value in fixed.items():
         if file_split and key in PROFILE_KEYS:
             continue  # the dataset's split files fix its profile and val split

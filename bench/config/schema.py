@@ -74,13 +74,11 @@ class DataConfig:
     val_per_class: int | None = _f(None, "held-out validation images per class, taken from the training pool after the "
                                          "selected ones (HS: 20); 0 = no val split; None = card (20; fixed by the "
                                          "split files where they define val)", ge=0)
-    augment: Literal["crop_flip", "flip", "rrc_flip", "none"] = _f("crop_flip", "training augmentation: random crop "
-                                                                                "with zero padding + horizontal flip "
-                                                                                "(WB/CIFAR standard), flip only, "
-                                                                                "RandomResizedCrop(image_size, scale "
-                                                                                "0.08-1, ratio 3/4-4/3) + flip "
-                                                                                "(ImageNet standard; shard data only), "
-                                                                                "or none")
+    augment: Literal["crop_flip", "flip", "rrc_flip", "crop_flip_rotate", "none"] = _f(
+        "crop_flip", "training augmentation: random crop with zero padding + horizontal flip (WB/CIFAR standard), "
+                     "flip only, RandomResizedCrop(image_size, scale 0.08-1, ratio 3/4-4/3) + flip (ImageNet "
+                     "standard; shard data only), crop + flip + RandomRotation(15) (RIDE / SADE CIFAR; not with "
+                     "data.decode=gpu), or none")
     views: list[Literal["crop_flip", "flip", "none", "simclr", "autoaugment_cutout", "randaugment",
                         "crop_colour_blur"]] = _f(
         [], "several augmented views of each training image, one augmentation per view (PaCo: [autoaugment_cutout, "
@@ -378,8 +376,9 @@ class Stage2Config:
                               "only (WB)", ge=0)
     bn_mode: Literal["train", "eval"] = _f("eval", "BatchNorm of the frozen backbone: eval, or train as in the WB code "
                                                    "(running stats keep moving)")
-    augment: Literal["crop_flip", "flip", "none"] = _f("none", "stage-2 training augmentation (the WB code keeps "
-                                                               "crop+flip)")
+    augment: Literal["crop_flip", "flip", "crop_flip_rotate", "none"] = _f(
+        "none", "stage-2 training augmentation (the WB code keeps crop+flip; RIDE's router stage crop + flip + "
+                "rotation)")
     cache_features: bool = _f(True, "with augment=none, bn_mode=eval and train_blocks=0, extract features once and "
                                     "train the classifier on them")
 
@@ -503,10 +502,12 @@ class Config:
                    "name: letters, digits, '.', '_', '-', starting with a letter or digit)", path_part=True)
     method: str = _f("ce", "method label used in tables (e.g. naive, wd, wb); part of the run directory's name (a "
                      "plain name, as `name`)", path_part=True)
-    protocol: Literal["custom", "clean", "wb-reference", "hs-reference", "mislas-reference"] = _f(
+    protocol: Literal["custom", "clean", "wb-reference", "hs-reference", "mislas-reference", "ride-reference",
+                      "sade-reference", "paco-reference"] = _f(
         "custom", "named protocol whose settings the config must follow (see PROTOCOLS): clean = select on a held-out "
         "validation split, never peek at test; wb-reference = the WB code's CIFAR protocol; hs-reference = the HS "
-        "code's; mislas-reference = the MiSLAS code's; custom = no constraint")
+        "code's; mislas-, ride-, sade-, paco-reference = those codes' CIFAR cut and best-on-test selection; "
+        "custom = no constraint")
     seed: int = _f(0, "seed of weight init, data order and augmentation", ge=0)
     stage: Literal["stage1", "stage2", "posthoc"] = _f("stage1", "stage1: train a model; stage2: retrain the "
                                                                  "classifier of `parent`; posthoc: adjust `parent` "

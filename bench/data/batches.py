@@ -74,9 +74,29 @@ def apply_crop_flip(x: torch.Tensor, padding: int, oy: torch.Tensor | None, ox: 
     return x.contiguous()
 
 
+def apply_rotation(x: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
+    """uint8 NCHW, image i rotated counter-clockwise by degrees[i] about its centre, nearest neighbour, black fill,
+    the size kept: torchvision's rotate on tensors (its inverse affine matrix and pixel-centre grid), for the whole
+    batch in one grid_sample."""
+    b, _, h, w = x.shape
+    rad = torch.deg2rad(degrees.to(torch.float64))
+    cos, sin = torch.cos(rad), torch.sin(rad)
+    zero = torch.zeros_like(cos)
+    # the inverse map output -> input pixel offsets from the centre: [[cos, -sin, 0], [sin, cos, 0]]
+    theta = torch.stack([cos, -sin, zero, sin, cos, zero], 1).to(torch.float32).view(b, 2, 3).to(x.device)
+    ys = torch.linspace((1.0 - h) * 0.5, (h - 1.0) * 0.5, h, device=x.device)
+    xs = torch.linspace((1.0 - w) * 0.5, (w - 1.0) * 0.5, w, device=x.device)
+    base = torch.stack([xs.expand(h, w), ys[:, None].expand(h, w), torch.ones(h, w, device=x.device)], -1)
+    scale = torch.tensor([0.5 * w, 0.5 * h], device=x.device)
+    grid = base.view(1, h * w, 3).expand(b, -1, -1).bmm(theta.transpose(1, 2) / scale).view(b, h, w, 2)
+    out = F.grid_sample(x.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    return out.round_().to(x.dtype)
+
+
 def random_crop_flip(x: torch.Tensor, gen: torch.Generator, padding: int, flip: bool, batch: int | None = None,
-                     offset: int = 0) -> torch.Tensor:
-    """Batched RandomCrop(size, padding) with zero fill + RandomHorizontalFlip(0.5) on uint8 NCHW.
+                     offset: int = 0, rotate: float = 0.0) -> torch.Tensor:
+    """Batched RandomCrop(size, padding) with zero fill + RandomHorizontalFlip(0.5) on uint8 NCHW, then
+    RandomRotation(rotate) where rotate > 0 (RIDE's and SADE's CIFAR transform: angle uniform in [-rotate, rotate]).
 
     Matches torchvision's per-image transforms of the WB/CIFAR pipeline (padding before ToTensor, so
     the fill is a black pixel), done for the whole batch at once.
@@ -86,7 +106,11 @@ def random_crop_flip(x: torch.Tensor, gen: torch.Generator, padding: int, flip: 
     n = len(x) if batch is None else batch
     part = slice(offset, offset + len(x))
     draws = crop_flip_draws(gen, n, padding, flip)
-    return apply_crop_flip(x, padding, *(d if d is None else d[part] for d in draws))
+    x = apply_crop_flip(x, padding, *(d if d is None else d[part] for d in draws))
+    if rotate > 0:
+        angles = (torch.rand(n, generator=gen, dtype=torch.float64) * 2 - 1) * rotate
+        x = apply_rotation(x, angles[part])
+    return x
 
 
 class Normalize:
@@ -122,6 +146,10 @@ class Normalize:
             # normalising first is the same as resizing first (bilinear is affine per channel), on fewer pixels
             x = F.interpolate(x, size=(self.resize, self.resize), mode="bilinear", align_corners=False)
         return x
+
+
+# The augmentations that add a RandomRotation after crop + flip, with its range in degrees
+ROTATE = {"crop_flip_rotate": 15.0}   # RIDE / SADE: RandomCrop(32, 4), RandomHorizontalFlip, RandomRotation(15)
 
 
 # data.views (bench/data/views.py): (uint8 b images, (seed, epoch, step), global batch size, offset of this rank's part)
@@ -229,8 +257,9 @@ class InMemoryLoader:
                 x = self.views(x, (self.seed, epoch, step), len(idx), start)
             elif self.augment != "none" and length:
                 gen = derived_generator(self.seed, epoch, step, 1)
-                x = random_crop_flip(x, gen, self.crop_padding if self.augment == "crop_flip" else 0, flip=True,
-                                     batch=len(idx), offset=start)
+                x = random_crop_flip(x, gen, self.crop_padding if self.augment.startswith("crop_flip") else 0,
+                                     flip=True,
+                                     batch=len(idx), offset=start, rotate=ROTATE.get(self.augment, 0.0))
             yield (self.normalize(x) if self.normalize else x), self.split.y[mine]
 
 

@@ -36,7 +36,10 @@ def resolve(cfg: Config) -> Config:
     if d.augment == "rrc_flip" and d.shards is None:
         # the in-memory loader has no RandomResizedCrop: it would train on flips alone
         raise ConfigError(f"config key 'data.augment': rrc_flip needs shard data (data.shards); in-memory "
-                          f"{d.dataset} supports crop_flip, flip or none")
+                          f"{d.dataset} supports crop_flip, flip, crop_flip_rotate or none")
+    if d.augment == "crop_flip_rotate" and d.decode == "gpu":
+        raise ConfigError("config key 'data.augment': crop_flip_rotate is done on the CPU (data.decode=cpu); the GPU "
+                          "decoder crops and flips only")
     if d.augment == "rrc_flip" and d.image_size is None:
         raise ConfigError(f"config key 'data.augment': rrc_flip needs data.image_size (the crop size) for {d.dataset}")
     if d.shards is not None:

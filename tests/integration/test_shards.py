@@ -312,6 +312,31 @@ def test_eval_batches_come_in_manifest_order(smoke_shards):
         assert torch.equal(ys, data.labels("test"))
 
 
+def test_crop_flip_rotate_from_shards_rotates_the_crop_flip_batches(smoke_shards):
+    """data.augment=crop_flip_rotate (RIDE / SADE) from shards: the same samples as crop_flip, each batch the crop_flip
+    one rotated by angles drawn after its crop and flip draws (black corners: normalised 0). Refused on the GPU
+    decoder, which crops and flips only."""
+    from bench.config import ConfigError
+    from bench.data.batches import Normalize, apply_rotation, derived_generator
+    from bench.data.lt import build_lt_data
+    from bench.experiment import load_config
+
+    cfg = load_config(SMOKE, [f"data.shards={smoke_shards}"])
+    data = build_lt_data(cfg.data)
+    plain, rot = (next(iter(data.train_loader(8, 0, a, False, "instance", 0).epoch(1))) for a in ("crop_flip",
+                                                                                                   "crop_flip_rotate"))
+    assert torch.equal(plain[1], rot[1]) and not torch.equal(plain[0], rot[0])
+    norm = Normalize(tuple(cfg.data.mean), tuple(cfg.data.std), plain[0].shape[1])
+    raw = torch.round(plain[0] * norm.std + norm.mean).clamp(0, 255).to(torch.uint8)   # undo the normalisation
+    gen = derived_generator(0, 1, 0, 0, 1)
+    n = len(raw)
+    torch.randint(0, 9, (n,), generator=gen), torch.randint(0, 9, (n,), generator=gen), torch.rand(n, generator=gen)
+    angles = (torch.rand(n, generator=gen, dtype=torch.float64) * 2 - 1) * 15
+    assert torch.allclose(norm(apply_rotation(raw, angles)), rot[0], atol=1e-5)
+    with pytest.raises(ConfigError, match="crop_flip_rotate is done on the CPU"):
+        load_config(SMOKE, [f"data.shards={smoke_shards}", "data.augment=crop_flip_rotate", "data.decode=gpu"])
+
+
 def test_npy_shards_hold_the_same_pixels_as_png_and_memory(smoke_shards, tmp_path):
     """`prepare --array-format npy`: the same images as PNG shards and as in memory, bit for bit."""
     from bench.experiment import load_config

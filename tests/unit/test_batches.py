@@ -173,3 +173,40 @@ def test_epoch_length_cuts_a_class_aware_epoch_as_mislas_stage2():
     flat = Split(torch.zeros(6, 1, 2, 2, dtype=torch.uint8), torch.tensor([0, 0, 1, 1, 2, 2]))
     balanced = make("dataset_plus_one", flat)
     assert len(balanced) == 4 and [len(b) for _, b in balanced.epoch(0)] == [2, 2, 2, 2]
+
+
+def test_rotation_equals_torchvisions_rotate_image_by_image():
+    """crop_flip_rotate (RIDE / SADE): RandomRotation(15) after crop + flip. The batched rotation is torchvision's
+    rotate on tensors (nearest, black fill), image by image: exact on random angles, a quarter turn is rot90, 0 is
+    the identity, and a pixel rotated out of the frame leaves black behind."""
+    from torchvision.transforms.v2 import functional as TF
+
+    from bench.data.batches import apply_rotation
+
+    x = torch.randint(0, 256, (16, 3, 32, 32), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    angles = (torch.rand(16, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 2 - 1) * 15
+    out = apply_rotation(x, angles)
+    want = torch.stack([TF.rotate(x[i], float(a)) for i, a in enumerate(angles)])
+    assert out.dtype == torch.uint8 and torch.equal(out, want)
+    assert torch.equal(apply_rotation(x, torch.zeros(16)), x)
+    assert torch.equal(apply_rotation(x[:2], torch.tensor([90.0, 90.0])), torch.rot90(x[:2], 1, (2, 3)))
+    assert (out[:, :, 0, 0] == 0).float().mean() > 0.4     # corners: black where a 15-degree turn has no source pixel
+
+
+def test_crop_flip_rotate_rotates_the_crop_flip_stream_and_splits_over_ranks():
+    """The rotation's angles are drawn after the crop and flip draws from the same generator: the crop + flip part
+    is the crop_flip stream's, and DDP ranks still reproduce the one-process batch."""
+    from bench.data.batches import apply_rotation
+
+    s = _split(n=24, c=1, s=16)
+    plain = InMemoryLoader(s, 8, seed=3, normalize=None, augment="crop_flip", crop_padding=2)
+    rot = InMemoryLoader(s, 8, seed=3, normalize=None, augment="crop_flip_rotate", crop_padding=2)
+    (xp, yp), (xr, yr) = next(iter(plain.epoch(2))), next(iter(rot.epoch(2)))
+    gen = derived_generator(3, 2, 0, 1)
+    torch.randint(0, 5, (8,), generator=gen), torch.randint(0, 5, (8,), generator=gen), torch.rand(8, generator=gen)
+    angles = (torch.rand(8, generator=gen, dtype=torch.float64) * 2 - 1) * 15
+    assert torch.equal(yp, yr) and torch.equal(xr, apply_rotation(xp, angles)) and not torch.equal(xr, xp)
+    assert angles.abs().max() <= 15
+    ranks = [InMemoryLoader(s, 8, seed=3, normalize=None, augment="crop_flip_rotate", crop_padding=2, rank=r, world=2)
+             for r in range(2)]
+    assert torch.equal(torch.cat([next(iter(r.epoch(2)))[0] for r in ranks]), xr)

@@ -327,6 +327,38 @@ def test_multi_expert_combinations_that_name_no_method(overrides, message):
         load_config(None, overrides)
 
 
+@pytest.mark.parametrize("name", ["ride-reference", "sade-reference", "paco-reference"])
+def test_protocols_of_the_expert_and_contrastive_codes(name):
+    """RIDE, SADE and PaCo: LDAM-DRW's CIFAR cut, the copied statistics, the best TEST epoch on CIFAR, the lr set per
+    epoch (warm-up (e + 1) / w), weight decay on every parameter, no flip at test time. On the datasets with split
+    files each code's own loaders decide: RIDE has no validation loader on ImageNet-LT / iNaturalist (the last epoch),
+    SADE validates on ImageNet-LT's and Places-LT's val lists, PaCo on Places-LT's val list and on the test list
+    elsewhere."""
+    cfg = load_config(None, [f"protocol={name}", "data.dataset=cifar100"])
+    d, t, e = cfg.data, cfg.train, cfg.eval
+    assert (d.selection, d.selection_seed, d.rounding, d.val_per_class, d.n_max) == ("shuffle", 0, "floor", 0, 500)
+    assert (e.selection_split, e.select, e.tta_flip) == ("test", "best", False) and (d.mean, d.std) == CIFAR10_COPIED
+    assert (t.wd_scope, t.warmup_unit, t.schedule_unit, t.schedule_step_at_epoch_start) == ("all", "epoch", "epoch",
+                                                                                           False)
+    for override, value in (("eval.select=last", "'last'"), ("data.val_per_class=20", "20"),
+                            ("train.warmup_unit=step", "'step'")):
+        key = override.split("=")[0]
+        with pytest.raises(ConfigError, match=f"config key '{key}': {value} conflicts with protocol {name}"):
+            load_config(None, [f"protocol={name}", override])
+    from bench.config.protocols import apply_protocol
+    chosen = {}
+    for dataset in ("imagenet-lt", "places-lt", "inat2018"):
+        raw = apply_protocol({"protocol": name, "data": {"dataset": dataset}}, file_split=True)
+        assert "val_per_class" not in raw["data"]      # the split files fix the long-tailed set
+        chosen[dataset] = (raw["eval"]["selection_split"], raw["eval"]["select"])
+    assert chosen == {"ride-reference": {"imagenet-lt": ("test", "last"), "places-lt": ("test", "best"),
+                                         "inat2018": ("test", "last")},
+                      "sade-reference": {"imagenet-lt": ("val", "best"), "places-lt": ("val", "best"),
+                                         "inat2018": ("test", "last")},
+                      "paco-reference": {"imagenet-lt": ("test", "best"), "places-lt": ("val", "best"),
+                                         "inat2018": ("test", "best")}}[name]
+
+
 def test_every_protocol_name_is_in_the_schema():
     import typing
 

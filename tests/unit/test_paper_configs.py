@@ -72,14 +72,18 @@ def test_every_paper_config_loads_with_its_protocol(repo, exp):
                         "cifar100_lt_if10": ((0.2, 0.0), 0.1, "train"),
                         "cifar10_lt_if100": ((0.3, 0.0), 0.5, "eval")}[exp]
     # RIDE / SADE (their configs): 3 experts at 3/4 width, cosine x30, Nesterov, WD 5e-4, x gamma after 160 / 180,
-    # the last epoch reported
+    # under their codes' protocols: LDAM-DRW's cut, the best test epoch, the copied statistics
     for key in experts:
         c = cfgs[key]
+        assert c.protocol == f"{key}-reference"
         assert (c.model.experts, c.model.expert_width, c.model.expert_scale) == (3, 0.75, 30.0)
         assert (c.train.nesterov, c.train.weight_decay, c.train.lr_milestones, c.train.warmup_unit) == (
             True, 5e-4, [160, 180], "epoch")
         assert (c.eval.selection_split, c.eval.select, c.data.selection, c.data.val_per_class) == (
-            "test", "last", "shuffle", 0)
+            "test", "best", "shuffle", 0)
+        assert c.data.std == [0.2023, 0.1994, 0.2010] and c.train.wd_scope == "all"
+    if paco:
+        assert cfgs["paco"].protocol == "paco-reference" and cfgs["paco"].eval.select == "best"
     if tta:
         t = cfgs["sade_tta"]
         assert t.stage == "posthoc" and t.posthoc.kind == "sade_tta" and t.parent_hash == cfgs["sade"].run_hash()

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.data.batches import center_pad, crop_flip_draws, derived_generator, random_crop_flip
+from bench.data.batches import ROTATE, center_pad, crop_flip_draws, derived_generator, random_crop_flip
 from bench.data.cards import DatasetError
 from bench.data.gpu_decode import decode_batch
 from bench.data.shards.decode import _jpeg_for_gpu, _to_fixed_size, decode_sample
@@ -78,8 +78,8 @@ def _make_batch(items: list[Any], spec: StreamSpec, index: int) -> dict[str, Any
     if spec.train and spec.augment != "none":
         # the same batched crop / flip as the in-memory loader; RandomResizedCrop already cropped
         gen = derived_generator(spec.seed, spec.epoch, spec.rank, index, 1)
-        pad = spec.crop_padding if spec.augment == "crop_flip" else 0
-        x = random_crop_flip(x, gen, pad, flip=True)
+        pad = spec.crop_padding if spec.augment.startswith("crop_flip") else 0
+        x = random_crop_flip(x, gen, pad, flip=True, rotate=ROTATE.get(spec.augment, 0.0))
     return {"index": index, "x": x.contiguous(), "y": torch.tensor(ys, dtype=torch.int64), "keys": keys,
             "holes": holes}
 
