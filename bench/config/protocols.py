@@ -96,7 +96,10 @@ _EXPERT_CODE = {
 }
 PROTOCOLS["ride-reference"] = _EXPERT_CODE      # frank-xwang/RIDE-LongTailRecognition (Wang et al., ICLR 2021)
 PROTOCOLS["sade-reference"] = _EXPERT_CODE      # Vanint/SADE-AgnosticLT (Zhang et al., NeurIPS 2022), RIDE's trainer
-PROTOCOLS["paco-reference"] = {"stage1": {**_LDAM_CUT, **_BEST_ON_TEST, **_PER_EPOCH}}  # PaCo/LT/paco_cifar.py
+# PaCo/LT/paco_cifar.py, paco_lt.py; when the per-epoch lr steps is left to the configs: its CIFAR step schedule
+# counts epochs from 0 (`epoch > 320`), its large-image cosine from the first epoch after warm-up ((e - w + 1) / ...)
+PROTOCOLS["paco-reference"] = {"stage1": {**_LDAM_CUT, **_BEST_ON_TEST, **{
+    k: v for k, v in _PER_EPOCH.items() if k != "train.schedule_step_at_epoch_start"}}}
 
 # Where a reference code picks its epoch differently on the datasets with split files. RIDE's ImageNet-LT and
 # iNaturalist loaders return no validation loader (split_validation() -> None), so only the last epoch exists; SADE's

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -80,14 +81,11 @@ class LTData:
         """Training batches with the (epoch, start_step) interface, normalised on `device`; batch_size is global.
         `views` (data.views): (B, V, C, H, W) batches, view v augmented by views[v] (bench/data/views.py)."""
         if isinstance(self.train, ShardSplit):
-            if views:
-                raise DatasetError("data.views (several augmented views per image) reads in-memory data; the shard "
-                                   "pipeline decodes one view per sample")
             if sampler != "instance":
                 raise DatasetError(f"sampler {sampler} needs random access to the training set; with data.shards "
                                    "use it on cached features (stage 2) or in-memory data")
-            return ShardLoader(self._spec(self.train, True, batch_size // dist.world(), seed, augment, drop_last),
-                               self.normalizer(), workers)
+            spec = self._spec(self.train, True, batch_size // dist.world(), seed, augment, drop_last)
+            return ShardLoader(dataclasses.replace(spec, views=tuple(views)), self.normalizer(), workers)
         return InMemoryLoader(self.train, batch_size, seed=seed, normalize=self.normalizer(), augment=augment,
                               crop_padding=self.cfg.crop_padding, drop_last=drop_last, sampler=sampler,
                               num_classes=self.num_classes, rank=dist.rank(), world=dist.world(),

@@ -1,12 +1,12 @@
 """Several augmented views of every training image (`data.views`): the query and key views of the contrastive
-methods (PaCo, GPaCo).
+methods (PaCo, GPaCo, BCL).
 
 Each view has its own augmentation, by name (VIEW_AUGMENTS). `crop_flip`, `flip` and `none` are the batched ones
 of `data.augment`; the others run torchvision's v2 transforms image by image on uint8 CHW tensors:
 
 - `simclr`: RandomResizedCrop(scale 0.2-1) + flip + ColorJitter(0.4, 0.4, 0.4, 0.1) with p 0.8 + greyscale with
-  p 0.2 + Gaussian blur (sigma 0.1-2) with p 0.5: MoCo v2's augmentation at the image's size (PaCo's
-  `augmentation_sim_cifar`). One-channel images skip the colour steps (jitter of brightness and contrast stays).
+  p 0.2 + Gaussian blur (PIL's, radius sigma ~ U(0.1, 2)) with p 0.5: MoCo v2's augmentation at the image's size
+  (PaCo's `augmentation_sim_cifar`). One-channel images skip the colour steps (jitter of brightness and contrast stays).
 - `autoaugment_cutout`: RandomCrop(padding data.crop_padding, 4 in PaCo) + flip + AutoAugment's CIFAR-10 policy +
   Cutout (one 16 x 16 hole, centred on a uniform pixel, clipped at the border, filled black): PaCo's
   `augmentation_regular`. torchvision's
@@ -15,17 +15,21 @@ of `data.augment`; the others run torchvision's v2 transforms image by image on 
 - `randaugment`: RandomCrop(padding data.crop_padding) + flip + RandAugment(2 ops, magnitude 10).
 - `crop_colour_blur`: RandomCrop(padding data.crop_padding) + the colour jitter and greyscale of `simclr` + Gaussian
   blur with p 0.2 + flip: the views of SADE's test-time aggregation (its test_training_cifar.py).
+- `rrc_randaugment`, `rrc_sim`: PaCo's ImageNet-LT / iNaturalist views (RandomResizedCrop + jitter + timm's
+  RandAugment; RandomResizedCrop + jitter + greyscale + blur). From shards of large images they crop the decoded
+  image (WHOLE_IMAGE_VIEWS), not its centre crop.
 
 Every image's draws come from its own seed, a function of (run seed, epoch, step, view, its index in the global
-batch): a DDP rank augments its slice as one process would, and a run resumed at (epoch, step) draws again what
-the uninterrupted run drew.
+batch) in memory and of (run seed, epoch, rank, batch index, view, place) in a shard stream: a DDP rank augments
+its slice as one process would, and a run resumed at (epoch, step) draws again what the uninterrupted run drew.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
-import math
-from collections.abc import Callable, Sequence
+import random
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -45,14 +49,24 @@ def _cutout(length: int) -> Callable[[torch.Tensor], torch.Tensor]:
     return cut
 
 
+def _pil_blur(x: torch.Tensor) -> torch.Tensor:
+    """MoCo v2's GaussianBlur as PaCo's and SADE's codes copy it: PIL's GaussianBlur with radius sigma ~ U(0.1, 2)
+    drawn from Python's `random`."""
+    from PIL import ImageFilter
+    from torchvision.transforms.v2 import functional as TF
+
+    sigma = random.uniform(0.1, 2.0)
+    return TF.pil_to_tensor(TF.to_pil_image(x).filter(ImageFilter.GaussianBlur(radius=sigma)))
+
+
 def _colour_and_blur(channels: int) -> tuple[list[Callable[[torch.Tensor], torch.Tensor]], Callable]:
     """MoCo v2's colour jitter (p 0.8) and greyscale (p 0.2), only brightness and contrast on one channel; its
-    Gaussian blur (sigma 0.1-2), for the caller to apply with its own probability."""
+    Gaussian blur, for the caller to apply with its own probability."""
     from torchvision.transforms import v2
 
     colour = [v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8), v2.RandomGrayscale(p=0.2)] \
         if channels == 3 else [v2.RandomApply([v2.ColorJitter(0.4, 0.4)], p=0.8)]
-    return colour, v2.GaussianBlur(2 * math.ceil(3 * 2.0) + 1, sigma=(0.1, 2.0))
+    return colour, _pil_blur
 
 
 def _simclr(size: int, channels: int, padding: int) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -84,17 +98,73 @@ def _randaugment(size: int, channels: int, padding: int) -> Callable[[torch.Tens
     return v2.Compose([v2.RandomCrop(size, padding=padding), v2.RandomHorizontalFlip(), v2.RandAugment(2, 10)])
 
 
-# view augmentation -> (image size, channels, crop padding) -> a transform of one uint8 CHW image drawing from torch's
-# global RNG
+def _jitter_no_hue(channels: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """ColorJitter(0.4, 0.4, 0.4, 0) always applied (PaCo's large-image views); brightness and contrast on one
+    channel."""
+    from torchvision.transforms import v2
+
+    return v2.ColorJitter(0.4, 0.4, 0.4, 0.0) if channels == 3 else v2.ColorJitter(0.4, 0.4)
+
+
+def _rrc_sim(size: int, channels: int, padding: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """PaCo's `augmentation_sim` (paco_lt.py, ImageNet-LT / iNaturalist / Places-LT key view)."""
+    from torchvision.transforms import v2
+
+    _, blur = _colour_and_blur(channels)
+    grey = [v2.RandomGrayscale(p=0.2)] if channels == 3 else []
+    return v2.Compose([v2.RandomResizedCrop(size, scale=(0.08, 1.0), antialias=True), _jitter_no_hue(channels), *grey,
+                       v2.RandomApply([blur], p=0.5), v2.RandomHorizontalFlip()])
+
+
+def _rrc_randaugment(size: int, channels: int, padding: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """PaCo's `augmentation_randncls` (its query view on the large datasets): RandomResizedCrop, flip, colour jitter,
+    then timm's RandAugment 'rand-n2-m10-mstd0.5' on the PIL image (PaCo's randaugment.py is a copy of timm's; each
+    of the 15 ops applied with p 0.5 at a magnitude drawn from N(10, 0.5)), translations up to 45 % of the size and
+    the ImageNet mean as the fill."""
+    from timm.data.auto_augment import rand_augment_transform
+    from torchvision.transforms import v2
+    from torchvision.transforms.v2 import functional as TF
+
+    fill = (124, 116, 104) if channels == 3 else (124,)
+    ra = rand_augment_transform("rand-n2-m10-mstd0.5", {"translate_const": int(size * 0.45), "img_mean": fill})
+    head = v2.Compose([v2.RandomResizedCrop(size, scale=(0.08, 1.0), antialias=True), v2.RandomHorizontalFlip(),
+                       _jitter_no_hue(channels)])
+
+    def apply(x: torch.Tensor) -> torch.Tensor:
+        return TF.pil_to_tensor(ra(TF.to_pil_image(head(x))))
+    return apply
+
+
+# view augmentation -> (image size, channels, crop padding) -> a transform of one uint8 CHW image drawing from torch's,
+# Python's and NumPy's global RNGs (seeded per image below)
 VIEW_AUGMENTS: dict[str, Callable[[int, int, int], Callable[[torch.Tensor], torch.Tensor]] | None] = {
     "crop_flip": None, "flip": None, "none": None,
     "simclr": _simclr, "autoaugment_cutout": _autoaugment_cutout, "randaugment": _randaugment,
-    "crop_colour_blur": _crop_colour_blur,
+    "crop_colour_blur": _crop_colour_blur, "rrc_sim": _rrc_sim, "rrc_randaugment": _rrc_randaugment,
 }
+# The views that start with a RandomResizedCrop of the whole image: from shards of large images they read the
+# decoded image itself, not its centre crop
+WHOLE_IMAGE_VIEWS = ("rrc_sim", "rrc_randaugment")
 
 
 def _image_seed(*keys: int) -> int:
     return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, np.uint32)[0])
+
+
+@contextlib.contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """torch's, Python's and NumPy's global RNGs seeded with `seed` inside, restored after (timm's RandAugment draws
+    from `random` and `np.random`)."""
+    py, npy = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed)
+        try:
+            yield
+        finally:
+            random.setstate(py)
+            np.random.set_state(npy)
 
 
 def view_fn(names: Sequence[str], crop_padding: int) -> ViewFn:
@@ -102,28 +172,29 @@ def view_fn(names: Sequence[str], crop_padding: int) -> ViewFn:
     return functools.partial(augment_views, names=tuple(names), crop_padding=crop_padding)
 
 
-def augment_views(x: torch.Tensor, keys: tuple[int, int, int], batch: int, offset: int, *, names: Sequence[str],
-                  crop_padding: int) -> torch.Tensor:
+def augment_views(x: torch.Tensor, keys: tuple[int, ...], batch: int, offset: int, *, names: Sequence[str],
+                  crop_padding: int, whole: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
     """uint8 (b, C, H, W), this rank's part (from `offset`) of a global batch of `batch` images -> uint8 (b, V, C, H,
-    W), view v augmented as names[v] says. `keys` = (seed, epoch, step) of the batch."""
-    seed, epoch, step = keys
+    W), view v augmented as names[v] says. `keys` = (seed, epoch, step) of an in-memory batch, (seed, epoch, rank,
+    batch index) of a shard stream's. `whole`: the decoded images x was cut from (shards of large images), which the
+    WHOLE_IMAGE_VIEWS crop instead."""
     out = []
     for v, name in enumerate(names):
         if name in BATCHED:
             if name == "none":
                 out.append(x)
                 continue
-            gen = derived_generator(seed, epoch, step, 1, v)
+            gen = derived_generator(*keys, 1, v)
             out.append(random_crop_flip(x, gen, crop_padding if name == "crop_flip" else 0, flip=True, batch=batch,
                                         offset=offset))
             continue
         build = VIEW_AUGMENTS[name]
         assert build is not None
         transform = build(x.shape[-1], x.shape[1], crop_padding)
+        source = whole if whole is not None and name in WHOLE_IMAGE_VIEWS else x
         images = []
-        for i, img in enumerate(x):
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(_image_seed(seed, epoch, step, 2 + v, offset + i))
+        for i, img in enumerate(source):
+            with _seeded(_image_seed(*keys, 2 + v, offset + i)):
                 images.append(transform(img))
         out.append(torch.stack(images) if images else x)
     return torch.stack(out, dim=1)

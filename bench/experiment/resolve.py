@@ -37,6 +37,9 @@ def resolve(cfg: Config) -> Config:
         # the in-memory loader has no RandomResizedCrop: it would train on flips alone
         raise ConfigError(f"config key 'data.augment': rrc_flip needs shard data (data.shards); in-memory "
                           f"{d.dataset} supports crop_flip, flip, crop_flip_rotate or none")
+    if d.views and d.decode == "gpu":
+        raise ConfigError(f"config key 'data.views': {d.views} are drawn from the decoded images on the CPU "
+                          "(data.decode=cpu); the GPU decoder crops and flips one view")
     if d.augment == "crop_flip_rotate" and d.decode == "gpu":
         raise ConfigError("config key 'data.augment': crop_flip_rotate is done on the CPU (data.decode=cpu); the GPU "
                           "decoder crops and flips only")

@@ -337,6 +337,32 @@ def test_crop_flip_rotate_from_shards_rotates_the_crop_flip_batches(smoke_shards
         load_config(SMOKE, [f"data.shards={smoke_shards}", "data.augment=crop_flip_rotate", "data.decode=gpu"])
 
 
+def test_views_from_shards_are_a_function_of_the_stream_position(smoke_shards):
+    """data.views from shards (PaCo, GPaCo, BCL): (B, V, C, H, W) batches, view v drawn per image from (seed, epoch,
+    rank, batch index, v, place): the same with 0 and 2 workers and when an epoch resumes at a step; crop_flip views
+    are the crop_flip loader's draws of the same batch."""
+    from bench.data.batches import Normalize, derived_generator, random_crop_flip
+    from bench.data.lt import build_lt_data
+    from bench.experiment import load_config
+
+    cfg = load_config(SMOKE, [f"data.shards={smoke_shards}"])
+    data = build_lt_data(cfg.data)
+    names = ["crop_flip", "simclr"]
+    epochs = {w: [x for x, _ in data.train_loader(16, 0, "none", False, "instance", w, views=names).epoch(1)]
+              for w in (0, 2)}
+    x0 = epochs[0][0]
+    assert x0.shape[1:] == (2, 3, 16, 16) and all(torch.equal(a, b) for a, b in zip(epochs[0], epochs[2]))
+    tail = [x for x, _ in data.train_loader(16, 0, "none", False, "instance", 0, views=names).epoch(1, start_step=3)]
+    assert len(tail) == len(epochs[0]) - 3 and all(torch.equal(a, b) for a, b in zip(tail, epochs[0][3:]))
+    plain = next(iter(data.train_loader(16, 0, "none", False, "instance", 0).epoch(1)))[0]
+    norm = Normalize(tuple(cfg.data.mean), tuple(cfg.data.std), 3)
+    raw = torch.round(plain * norm.std + norm.mean).clamp(0, 255).to(torch.uint8)
+    want = norm(random_crop_flip(raw, derived_generator(0, 1, 0, 0, 1, 0), cfg.data.crop_padding, flip=True))
+    assert torch.allclose(x0[:, 0], want, atol=1e-5) and not torch.equal(x0[:, 0], x0[:, 1])
+    other = next(iter(data.train_loader(16, 0, "none", False, "instance", 0, views=names).epoch(2)))[0]
+    assert not torch.equal(other, x0)
+
+
 def test_npy_shards_hold_the_same_pixels_as_png_and_memory(smoke_shards, tmp_path):
     """`prepare --array-format npy`: the same images as PNG shards and as in memory, bit for bit."""
     from bench.experiment import load_config
@@ -468,6 +494,17 @@ stage2: {{train: {{epochs: 2, batch_size: 8}}, maxnorm: true, bn_mode: eval, aug
 """)
     r = run_cli("run", str(child), "--runs-root", str(tmp_path / "runs"), env=env)
     assert r.returncode == 0, r.stderr
+    # PaCo from the same shards with its ImageNet-LT views: RandomResizedCrop + RandAugment / SimCLR-style views of
+    # the decoded images
+    paco = tmp_path / "paco.yaml"
+    paco.write_text(cfg.read_text().replace("method: wd", "method: paco").replace("augment: rrc_flip", (
+        "augment: none, views: [rrc_randaugment, rrc_sim]")).replace("epochs: 2, batch_size: 8", (
+            "epochs: 1, batch_size: 8, drop_last: true, contrast: {method: paco, dim: 8, queue: 16}")))
+    r = run_cli("run", str(paco), "--runs-root", str(tmp_path / "runs"), env=env)
+    assert r.returncode == 0, r.stderr
+    run = next((tmp_path / "runs").glob("fake-inlt/paco-*"))
+    assert json.loads((run / "result.json").read_text())["epochs"] == 1
+    assert "- rrc_randaugment\n  - rrc_sim" in (run / "config.yaml").read_text()
     res2 = json.loads(next((tmp_path / "runs").glob("fake-inlt/wb-*/result.json")).read_text())
     assert res2["cached_features"] is True and res2["data_manifest"] == res["data_manifest"]
     parent_dir = next((tmp_path / "runs").glob("fake-inlt/wd-*"))

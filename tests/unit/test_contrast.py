@@ -100,7 +100,8 @@ def test_momentum_encoder_moves_by_the_moving_average_and_gpaco_has_none():
     assert len(g.proj) == 5 and not any(isinstance(m, torch.nn.BatchNorm1d) for m in g.proj)
 
 
-@pytest.mark.parametrize("names", [("autoaugment_cutout", "simclr"), ("crop_flip", "randaugment")])
+@pytest.mark.parametrize("names", [("autoaugment_cutout", "simclr"), ("crop_flip", "randaugment"),
+                                   ("rrc_randaugment", "rrc_sim")])
 def test_views_are_a_function_of_the_position_on_any_rank(names):
     """Each image's draws come from (seed, epoch, step, view, global index): two ranks' halves make the one-process
     batch, and the same position draws the same views again (a resume)."""
@@ -115,6 +116,47 @@ def test_views_are_a_function_of_the_position_on_any_rank(names):
     assert not torch.equal(whole, views(x, (7, 2, 6), 6, 0)) and not torch.equal(whole[:, 0], whole[:, 1])
     grey = view_fn(names, 4)(torch.randint(0, 256, (2, 1, 28, 28), dtype=torch.uint8), (0, 0, 0), 2, 0)
     assert grey.shape == (2, 2, 1, 28, 28)
+
+
+def test_large_image_views_crop_the_whole_image_and_keep_the_global_rngs():
+    """PaCo's ImageNet-LT views (rrc_randaugment: RandomResizedCrop + flip + jitter + timm's RandAugment; rrc_sim):
+    from shards they crop the decoded image, not its centre crop (a black centre crop, a bright whole image: the
+    views are bright); timm draws from Python's and NumPy's RNGs, which are seeded per image and restored after."""
+    import random
+
+    import numpy as np
+
+    from bench.data.views import augment_views
+
+    centre = torch.zeros(4, 3, 24, 24, dtype=torch.uint8)
+    whole = [torch.full((3, 40 + 8 * i, 56), 200, dtype=torch.uint8) for i in range(4)]
+    py, npy = random.getstate(), np.random.get_state()[1].copy()
+    v = augment_views(centre, (1, 0, 0, 3), 4, 0, names=["rrc_randaugment", "rrc_sim"], crop_padding=4, whole=whole)
+    assert v.shape == (4, 2, 3, 24, 24) and v.float().mean() > 60
+    assert random.getstate() == py and np.array_equal(np.random.get_state()[1], npy)
+    again = augment_views(centre, (1, 0, 0, 3), 4, 0, names=["rrc_randaugment", "rrc_sim"], crop_padding=4,
+                          whole=whole)
+    assert torch.equal(v, again)
+    # from memory (no whole images) they crop the images themselves: black stays nearly black
+    assert augment_views(centre, (1, 0, 0), 4, 0, names=["rrc_sim"], crop_padding=4).float().mean() < 5
+
+
+def test_views_blur_with_pil_as_mocos_gaussianblur():
+    """simclr's and crop_colour_blur's blur is MoCo v2's GaussianBlur as PaCo and SADE copy it: PIL's GaussianBlur,
+    radius sigma ~ U(0.1, 2) from Python's random."""
+    import random
+
+    from PIL import ImageFilter
+    from torchvision.transforms.v2 import functional as TF
+
+    from bench.data.views import _pil_blur
+
+    x = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    random.seed(5)
+    out = _pil_blur(x)
+    random.seed(5)
+    want = TF.pil_to_tensor(TF.to_pil_image(x).filter(ImageFilter.GaussianBlur(radius=random.uniform(0.1, 2.0))))
+    assert torch.equal(out, want) and not torch.equal(out, x)
 
 
 def test_balanced_contrastive_loss_by_hand():

@@ -123,7 +123,7 @@ def large_env(large_shards, monkeypatch, tmp_path):
 def test_large_scale_configs(repo, large_env, large_shards):
     d = repo / "configs" / "paper"
     inlt = {p.stem: load_config(p) for p in sorted((d / "imagenet_lt").glob("*.yaml"))}
-    assert set(inlt) == {"wd", "wb", "taunorm", "hs_stage1", "hs"}
+    assert set(inlt) == {"wd", "wb", "taunorm", "hs_stage1", "hs", "paco"}
     wd = inlt["wd"]
     assert wd.model.name == "resnext50_32x4d" and wd.data.profile == "files" and wd.data.imbalance_factor == 256
     assert wd.data.shards == str(large_shards / "imagenet-lt") and wd.data.shards_manifest
@@ -137,7 +137,14 @@ def test_large_scale_configs(repo, large_env, large_shards):
     assert hs.protocol == "hs-reference" and hs.eval.select == "best" and hs.train.weight_decay == 0.0
     assert hs.data.val_per_class == 20 and hs.data.mean == [0.485, 0.456, 0.406]   # split files; ImageNet card
     inat = {p.stem: load_config(p) for p in sorted((d / "inat2018").glob("*.yaml"))}
-    assert set(inat) == {"wd", "wb"}   # no val split: nothing may be chosen on it
+    assert set(inat) == {"wd", "wb", "paco"}   # no val split: nothing may be chosen on it (but PaCo's own protocol)
+    # PaCo (its ImageNetLT_train_R50.sh / Inat_train_R50.sh): the best epoch on the test list, as its code keeps it
+    for paco, wd_ in ((inlt["paco"], 5e-4), (inat["paco"], 1e-4)):
+        assert paco.protocol == "paco-reference" and (paco.eval.selection_split, paco.eval.select) == ("test", "best")
+        assert paco.data.views == ["rrc_randaugment", "rrc_sim"] and paco.data.augment == "none"
+        assert paco.model.name == "resnet50" and paco.train.weight_decay == wd_ and paco.train.epochs == 400
+        c = paco.train.contrast
+        assert (c.queue, c.dim, c.temperature, c.alpha, c.projection) == (8192, 128, 0.2, 0.05, "mlp2_bn")
     assert inat["wd"].model.name == "resnet50" and inat["wd"].train.batch_size == 512
     assert inat["wd"].eval.selection_split == "test" and inat["wd"].eval.select == "last"
     assert inat["wd"].data.val_per_class == 0 and inat["wd"].data.imbalance_factor == 500

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from bench.data.batches import ROTATE, center_pad, crop_flip_draws, derived_generator, random_crop_flip
+from bench.data.views import augment_views
 from bench.data.cards import DatasetError
 from bench.data.gpu_decode import decode_batch
 from bench.data.shards.decode import _jpeg_for_gpu, _to_fixed_size, decode_sample
@@ -46,6 +47,8 @@ def _make_batch(items: list[Any], spec: StreamSpec, index: int) -> dict[str, Any
     keys, holes = [], []
     jpegs: list[tuple[int, torch.Tensor, tuple[int, int, int, int] | None]] = []   # decode=gpu: (slot, bytes, box)
     rrc = spec.train and spec.augment == "rrc_flip"
+    # data.views of large images: the views that RandomResizedCrop read the decoded image, not its centre crop
+    whole: list[torch.Tensor] | None = [] if spec.train and spec.views and spec.image_size is not None else None
     for it in items:
         if isinstance(it, Hole):
             holes.append(it.where)
@@ -67,6 +70,10 @@ def _make_batch(items: list[Any], spec: StreamSpec, index: int) -> dict[str, Any
             xs.append(None)   # filled on the GPU
         else:
             xs.append(_to_fixed_size(img, spec.image_size, spec.eval_resize, rrc, rng))
+            if whole is not None:
+                a = np.asarray(img)
+                a = np.ascontiguousarray(a[..., None] if a.ndim == 2 else a)
+                whole.append(torch.from_numpy(a).permute(2, 0, 1))
         ys.append(label)
         keys.append(f"{os.path.basename(path)}/{sample['__key__']}")
     if jpegs:
@@ -75,7 +82,12 @@ def _make_batch(items: list[Any], spec: StreamSpec, index: int) -> dict[str, Any
         return {"index": index, "x": torch.zeros(0, dtype=torch.uint8), "y": torch.zeros(0, dtype=torch.int64),
                 "keys": [], "holes": holes}
     x = center_pad(torch.from_numpy(np.stack(xs)).permute(0, 3, 1, 2), spec.pad_to)
-    if spec.train and spec.augment != "none":
+    if spec.train and spec.views:
+        # seeded by (seed, epoch, rank, batch index) and the image's place in the batch: a pure function of the
+        # stream position, as the crops below, so a resumed epoch draws the same views
+        x = augment_views(x, (spec.seed, spec.epoch, spec.rank, index), len(x), 0, names=spec.views,
+                          crop_padding=spec.crop_padding, whole=whole)
+    elif spec.train and spec.augment != "none":
         # the same batched crop / flip as the in-memory loader; RandomResizedCrop already cropped
         gen = derived_generator(spec.seed, spec.epoch, spec.rank, index, 1)
         pad = spec.crop_padding if spec.augment.startswith("crop_flip") else 0

@@ -101,6 +101,7 @@ class StreamSpec:
     crop_padding: int
     start_step: int = 0
     decode: str = "cpu"               # gpu: JPEGs leave the worker as bytes + crop box (bench.data.gpu_decode)
+    views: tuple[str, ...] = ()       # data.views: (B, V, C, H, W) training batches (bench.data.views)
 
 
 def plan(spec: StreamSpec) -> tuple[list[tuple[list[tuple[int, int, int]], list[tuple[int, int]]]], int]:
