@@ -74,10 +74,11 @@ class DataConfig:
     val_per_class: int | None = _f(None, "held-out validation images per class, taken from the training pool after the "
                                          "selected ones (HS: 20); 0 = no val split; None = card (20; fixed by the "
                                          "split files where they define val)", ge=0)
-    augment: Literal["crop_flip", "flip", "rrc_flip", "crop_flip_rotate", "none"] = _f(
+    augment: Literal["crop_flip", "flip", "rrc_flip", "rrc_flip_jitter", "crop_flip_rotate", "none"] = _f(
         "crop_flip", "training augmentation: random crop with zero padding + horizontal flip (WB/CIFAR standard), "
                      "flip only, RandomResizedCrop(image_size, scale 0.08-1, ratio 3/4-4/3) + flip (ImageNet "
-                     "standard; shard data only), crop + flip + RandomRotation(15) (RIDE / SADE CIFAR; not with "
+                     "standard; shard data only), the same + ColorJitter(0.4, 0.4, 0.4, 0) (RIDE / SADE ImageNet-LT; "
+                     "shards, data.decode=cpu), crop + flip + RandomRotation(15) (RIDE / SADE CIFAR; not with "
                      "data.decode=gpu), or none")
     views: list[Literal["crop_flip", "flip", "none", "simclr", "autoaugment_cutout", "randaugment",
                         "crop_colour_blur", "rrc_sim", "rrc_randaugment"]] = _f(
@@ -207,11 +208,12 @@ class ModelConfig:
                                                         "L2-normalised (clip)")
     cosine_scale: float = _f(30.0, "classifier=cosine: s of z_c = s cos(h, v_c) (BCL: 30; the LDAM-DRW code's "
                                    "NormedLinear: 1, its loss scales by s)", gt=0)
-    experts: int = _f(1, "K > 1: the multi-expert model of RIDE / SADE, for the CIFAR ResNets: stem and first stage "
-                         "shared, the later stages and a cosine classifier per expert; the prediction is the mean of "
-                         "the experts' logits", ge=1)
+    experts: int = _f(1, "K > 1: the multi-expert model of RIDE / SADE, for the CIFAR ResNets (stem and first stage "
+                         "shared) and the timm ResNets / ResNeXts (stem, layer1, layer2 shared): the later stages and "
+                         "a cosine classifier per expert; the prediction is the mean of the experts' logits", ge=1)
     expert_width: float = _f(1.0, "experts > 1: each expert's stage widths relative to the single model's (RIDE / "
-                                  "SADE: 0.75, 24 / 48 channels instead of 32 / 64)", gt=0)
+                                  "SADE: 0.75, 24 / 48 channels instead of 32 / 64 on CIFAR, 192 / 384 planes "
+                                  "instead of 256 / 512 on ResNet-50 / ResNeXt-50)", gt=0)
     expert_scale: float = _f(30.0, "experts > 1: s of each expert's cosine classifier, z = s cos(h_k, v_kc) "
                                    "(RIDE / SADE: 30)", gt=0)
     zeroshot: ZeroShotConfig = field(default_factory=ZeroShotConfig)

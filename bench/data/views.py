@@ -167,6 +167,17 @@ def _seeded(seed: int) -> Iterator[None]:
             np.random.set_state(npy)
 
 
+def colour_jitter(x: torch.Tensor, keys: tuple[int, ...]) -> torch.Tensor:
+    """uint8 (b, C, H, W), each image through ColorJitter(0.4, 0.4, 0.4, 0) (data.augment=rrc_flip_jitter: RIDE's
+    and SADE's ImageNet-LT transform), seeded by `keys` and its place in the batch."""
+    jitter = _jitter_no_hue(x.shape[1])
+    images = []
+    for i, img in enumerate(x):
+        with _seeded(_image_seed(*keys, 1_000, i)):
+            images.append(jitter(img))
+    return torch.stack(images) if images else x
+
+
 def view_fn(names: Sequence[str], crop_padding: int) -> ViewFn:
     """The InMemoryLoader's `views`: each batch as the views `names` (data.views)."""
     return functools.partial(augment_views, names=tuple(names), crop_padding=crop_padding)

@@ -33,18 +33,19 @@ def resolve(cfg: Config) -> Config:
     if d.shards is None and card.get("source") in FILE_SPLIT_SOURCES:
         raise ConfigError(f"config key 'data.shards': {d.dataset} is read from shards; run `ltbench prepare "
                           f"{d.dataset} --src DIR --out SHARDS` and set data.shards=SHARDS")
-    if d.augment == "rrc_flip" and d.shards is None:
+    if d.augment.startswith("rrc_flip") and d.shards is None:
         # the in-memory loader has no RandomResizedCrop: it would train on flips alone
-        raise ConfigError(f"config key 'data.augment': rrc_flip needs shard data (data.shards); in-memory "
+        raise ConfigError(f"config key 'data.augment': {d.augment} needs shard data (data.shards); in-memory "
                           f"{d.dataset} supports crop_flip, flip, crop_flip_rotate or none")
     if d.views and d.decode == "gpu":
         raise ConfigError(f"config key 'data.views': {d.views} are drawn from the decoded images on the CPU "
                           "(data.decode=cpu); the GPU decoder crops and flips one view")
-    if d.augment == "crop_flip_rotate" and d.decode == "gpu":
-        raise ConfigError("config key 'data.augment': crop_flip_rotate is done on the CPU (data.decode=cpu); the GPU "
+    if d.augment in ("crop_flip_rotate", "rrc_flip_jitter") and d.decode == "gpu":
+        raise ConfigError(f"config key 'data.augment': {d.augment} is done on the CPU (data.decode=cpu); the GPU "
                           "decoder crops and flips only")
-    if d.augment == "rrc_flip" and d.image_size is None:
-        raise ConfigError(f"config key 'data.augment': rrc_flip needs data.image_size (the crop size) for {d.dataset}")
+    if d.augment.startswith("rrc_flip") and d.image_size is None:
+        raise ConfigError(f"config key 'data.augment': {d.augment} needs data.image_size (the crop size) for "
+                          f"{d.dataset}")
     if d.shards is not None:
         # local: bench.data.shards loads torch, and `ltbench submit` / `status` resolve configs without it
         from bench.data.shards.manifest import load_manifest
@@ -142,8 +143,8 @@ def _check_experts(cfg: Config) -> None:
                           "not supported but for stage2.router and posthoc.kind=sade_tta: the other stage-2 and "
                           "post-hoc steps retrain or adjust one linear classifier")
     if m.experts > 1 and (m.classifier != "linear" or m.embedding != "pooled" or m.peft.method != "none"):
-        raise ConfigError(f"config key 'model.experts': {m.experts} experts bring their own cosine classifiers on "
-                          "a CIFAR ResNet; leave model.classifier, model.embedding, model.peft at their defaults")
+        raise ConfigError(f"config key 'model.experts': {m.experts} experts bring their own cosine classifiers "
+                          "on a ResNet; leave model.classifier, model.embedding, model.peft at their defaults")
     if loss.name in ("ride", "sade") and m.experts == 1:
         raise ConfigError(f"config key 'train.loss.name': {loss.name} trains several experts; set model.experts "
                           "(RIDE: 2-4, SADE: 3) and model.expert_width (0.75 in both codes)")

@@ -26,6 +26,7 @@ from bench.data.lt import LTData
 from bench.methods.adapters import apply_peft, build_adapters
 from bench.models import ModelError, build_model
 from bench.models.cifar_resnet import MULTI_EXPERT_NAMES
+from bench.models.factory import build_resnet_experts
 from bench.models.clip import build_clip_model
 from bench.models.parts import head_of, set_head
 from bench.registry import HEADS
@@ -261,14 +262,18 @@ def make_model(cfg: Config, data: LTData, init: bool = True) -> nn.Module:
     child of any parent."""
     m = cfg.model
     build = build_clip_model if m.embedding == "clip" else build_model
-    # RIDE / SADE: the multi-expert form of a CIFAR ResNet (bench/models/cifar_resnet.py CifarResNetExperts)
+    # RIDE / SADE: the multi-expert form of a CIFAR ResNet (bench/models/cifar_resnet.py CifarResNetExperts) or of a
+    # timm ResNet / ResNeXt (bench/models/experts.py ResNetExperts)
     experts = dict(num_experts=m.experts, expert_width=m.expert_width, expert_scale=m.expert_scale) \
         if m.experts > 1 else {}
     if experts and m.name not in MULTI_EXPERT_NAMES:
-        raise ModelError(f"model.experts: {m.experts} experts need a CIFAR ResNet ({', '.join(MULTI_EXPERT_NAMES)}); "
-                         f"{m.name} has no multi-expert form")
-    model = build(m.name, num_classes=data.num_classes, in_chans=data.in_chans,
-                  pretrained_file=m.pretrained_file, drop_rate=m.drop_rate, **experts)
+        if m.pretrained_file is not None or m.embedding == "clip":
+            raise ModelError(f"model.experts: {m.experts} experts on {m.name} start from random weights; "
+                             f"model.pretrained_file / model.embedding have no multi-expert form")
+        model = build_resnet_experts(m.name, data.num_classes, data.in_chans, drop_rate=m.drop_rate, **experts)
+    else:
+        model = build(m.name, num_classes=data.num_classes, in_chans=data.in_chans,
+                      pretrained_file=m.pretrained_file, drop_rate=m.drop_rate, **experts)
     spec: Head = HEADS[m.classifier]
     head = spec.build(head_of(model), data.num_classes, cfg.seed)
     if init and spec.init is not None:

@@ -33,7 +33,9 @@ import torch.nn.functional as F
 from timm.layers import create_classifier, get_device_dtype
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 
-__all__ = ['CifarResNet', 'CifarResNetExperts', 'ExpertCosineClassifiers', 'BasicBlock', 'ShortcutA',
+from bench.models.experts import MultiExpertNet
+
+__all__ = ['CifarResNet', 'CifarResNetExperts', 'BasicBlock', 'ShortcutA',
            'checkpoint_filter_fn', 'CIFAR_MODEL_NAMES', 'MULTI_EXPERT_NAMES']
 
 # Normalisation constants used by both reference codes (LDAM-DRW and weight balancing).
@@ -243,59 +245,7 @@ class CifarResNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-class ExpertCosineClassifiers(nn.Module):
-    """One cosine classifier per expert (RIDE's and SADE's NormedLinear times s): the input is the experts' pooled
-    features side by side, h = [h_1, ..., h_K] (B, K d); the output is every expert's logits (B, K, C),
-    z_kc = s cos(h_k, v_kc), which the experts' prediction averages over k. `weight` is that mean as one (C, K d)
-    linear layer on the concatenated unit features, (s / K) [v_1c / |v_1c|, ..., v_Kc / |v_Kc|]: what the
-    weight-norm analysis reads."""
-
-    scale: torch.Tensor
-    aggregation: torch.Tensor
-
-    def __init__(self, experts: int, in_features: int, num_classes: int, scale: float,
-                 device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
-        super().__init__()
-        self.experts, self.out_features, self.in_features = experts, num_classes, experts * in_features
-        # RIDE's NormedLinear, uniform_(-1, 1).renorm_(2, 1, 1e-5).mul_(1e5): uniform draws, each class vector at norm
-        # 1 (forward divides the norm out, but it sets how fast a direction turns under SGD)
-        self.direction = nn.Parameter(F.normalize(torch.empty(experts, num_classes, in_features, device=device,
-                                                              dtype=dtype).uniform_(-1, 1), dim=2))
-        self.register_buffer("scale", torch.tensor(float(scale), device=device))
-        # the experts' weights in the prediction, as K w_k (SADE's test-time aggregation sets them): expert k's
-        # logits are multiplied by K w_k, so the mean the prediction takes is sum_k w_k z_k; ones = the plain mean
-        self.register_buffer("aggregation", torch.ones(experts, device=device))
-        # RIDE's expert-assignment router (bench/methods/router.py), set by a stage2.router run: in eval mode each
-        # image's prediction then averages the experts it is routed to
-        self.router: nn.Module | None = None
-
-    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
-        state_dict.setdefault(prefix + "aggregation", self.aggregation.clone())   # checkpoints written before it
-        super()._load_from_state_dict(state_dict, prefix, *args)
-
-    @property
-    def weight(self) -> torch.Tensor:
-        v = F.normalize(self.direction, dim=2) * self.aggregation[:, None, None]
-        return (self.scale / self.experts) * v.permute(1, 0, 2).reshape(self.out_features, self.in_features)
-
-    def expert_logits(self, h: torch.Tensor) -> torch.Tensor:
-        """Every expert's logits (B, K, C), weighted by `aggregation`, before any routing."""
-        u = F.normalize(h.view(len(h), self.experts, -1), dim=2)
-        z = self.scale * torch.einsum("bkd,kcd->bkc", u, F.normalize(self.direction, dim=2).to(h.dtype))
-        return z * self.aggregation.to(z.dtype)[None, :, None]
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        z = self.expert_logits(h)
-        if self.router is not None and not self.training:
-            z = self.router.route(h, z)   # type: ignore[operator]
-        return z
-
-    def extra_repr(self) -> str:
-        return f"experts={self.experts}, in_features={self.in_features}, out_features={self.out_features}, " \
-               f"scale={float(self.scale):g}"
-
-
-class CifarResNetExperts(nn.Module):
+class CifarResNetExperts(MultiExpertNet):
     """The multi-expert CIFAR ResNet of RIDE (Wang et al., ICLR 2021; frank-xwang/RIDE-LongTailRecognition,
     model/ldam_drw_resnets/ride_resnet_cifar.py), which SADE reuses: the stem and the first stage shared, the
     later stages one copy per expert (widths scaled by `expert_width`: RIDE's reduce_dimension makes 32 / 64 into
@@ -326,9 +276,8 @@ class CifarResNetExperts(nn.Module):
             raise ValueError(f"experts: num_experts >= 1, global_pool 'avg' and init 'he_cifar' only (got "
                              f"{num_experts}, {global_pool!r}, {init!r})")
         dd: dict[str, Any] = {'device': device, 'dtype': dtype}
-        self.num_classes, self.in_chans, self.drop_rate = num_classes, in_chans, drop_rate
+        self.in_chans, self.drop_rate = in_chans, drop_rate
         self.num_experts, self.expert_scale = num_experts, expert_scale
-        self.grad_checkpointing = False
         self.conv1 = nn.Conv2d(in_chans, stem_width, kernel_size=3, stride=1, padding=1, bias=False, **dd)
         self.bn1 = nn.BatchNorm2d(stem_width, **dd)
         self.act1 = nn.ReLU(inplace=True)
@@ -343,9 +292,7 @@ class CifarResNetExperts(nn.Module):
         self.experts = nn.ModuleList(
             nn.Sequential(*[stage(i, w, n, 2) for i, w, n in zip(ins, widths, layers[1:])]) for _ in range(num_experts))
         self.expert_features = widths[-1]
-        self.num_features = self.head_hidden_size = num_experts * widths[-1]
-        self.feature_info: list[dict[str, Any]] = []
-        self.fc: nn.Module = self._classifier(num_classes, **dd)
+        self._finish(num_classes, **dd)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight)     # RIDE's _weights_init (fan_in), as LDAM-DRW
@@ -353,43 +300,14 @@ class CifarResNetExperts(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def _classifier(self, num_classes: int, **dd: Any) -> nn.Module:
-        if num_classes == 0:
-            return nn.Identity()
-        return ExpertCosineClassifiers(self.num_experts, self.expert_features, num_classes, self.expert_scale, **dd)
-
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, str]:
         """Stem, the shared stage's blocks, then each expert (timm layer-decay API)."""
         return dict(stem=r'^conv1|bn1', blocks=r'^(layer1|experts)\.(\d+)' if coarse else
                     r'^(layer1\.\d+|experts\.\d+)')
 
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self, name_only: bool = False) -> str | nn.Module:
-        return 'fc' if name_only else self.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        self.fc = self._classifier(num_classes, **get_device_dtype(self))
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Every expert's unpooled feature map, (B, K, c, H', W')."""
-        x = self.layer1(self.act1(self.bn1(self.conv1(x))))
-        return torch.stack([expert(x) for expert in self.experts], dim=1)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Each expert average-pooled, side by side (B, K c) (+ dropout); the experts' logits if not pre_logits."""
-        x = x.mean(dim=(3, 4)).flatten(1)
-        if self.drop_rate:
-            x = F.dropout(x, p=float(self.drop_rate), training=self.training)
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+    def shared(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer1(self.act1(self.bn1(self.conv1(x))))
 
 
 def checkpoint_filter_fn(state_dict: dict[str, Any], model: nn.Module | None = None) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from timm.models import get_pretrained_cfg, load_state_dict, parse_model_name, s
 from bench.errors import UserError, one_line
 
 from . import cifar_resnet  # noqa: F401  (registers the CIFAR ResNets with timm)
+from .experts import ResNetExperts
 
 __all__ = ['ModelError', 'build_model']
 
@@ -184,3 +185,15 @@ def _open_clip_prefix(sd: Mapping[str, torch.Tensor]) -> str | None:
         if prefix + 'class_embedding' in sd:
             return prefix
     return None
+
+
+def build_resnet_experts(name: str, num_classes: int, in_chans: int, num_experts: int, expert_width: float,
+                         expert_scale: float, drop_rate: float = 0.0) -> nn.Module:
+    """ResNetExperts of the timm model `name`, or a one-line ModelError."""
+    if not timm.is_model(name):
+        raise ModelError(f"model.name: {name!r} is not a timm model")
+    try:
+        return ResNetExperts(name, num_classes, in_chans, num_experts, expert_width, expert_scale, drop_rate)
+    except (ValueError, TypeError) as e:
+        raise ModelError(f"model.experts: {num_experts} experts need a CIFAR ResNet or a timm ResNet / ResNeXt; "
+                         f"{name} has no multi-expert form ({one_line(e)})") from e

@@ -13,7 +13,7 @@ from bench.data.batches import InMemoryLoader, Split
 from bench.data.views import view_fn
 from bench.methods.posthoc import choose_tau, class_prior, fit_aggregation
 from bench.registry import POSTHOC
-from bench.models.cifar_resnet import ExpertCosineClassifiers
+from bench.models.experts import ExpertCosineClassifiers
 from bench.models.parts import encode, head_of
 from bench.runtime.progress import log
 from bench.runtime.rundir import Result, RunDir

@@ -12,7 +12,7 @@ import torch
 
 from bench.config import Config, ConfigError
 from bench.methods.router import ExpertRouter, RouterLoss
-from bench.models.cifar_resnet import ExpertCosineClassifiers
+from bench.models.experts import ExpertCosineClassifiers
 from bench.models.parts import encode, head_of
 from bench.runtime import dist
 from bench.runtime.rundir import Result, RunDir

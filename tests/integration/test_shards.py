@@ -459,9 +459,9 @@ def test_shards_run_matches_memory_run_and_resumes_exactly(smoke_shards, tmp_pat
         assert r_new[key] == r_ref[key], key
 
 
-def test_large_image_dataset_trains_from_shards(cards, tmp_path):
-    """A fake ImageNet-LT through the whole path: prepare, RandomResizedCrop training, resize + centre-crop
-    evaluation, stage 2 on cached features."""
+def test_large_image_dataset_trains_from_shards(cards, tmp_path, monkeypatch):
+    """A fake ImageNet-LT through the whole path: prepare, RandomResizedCrop training (+ colour jitter), resize +
+    centre-crop evaluation, stage 2 on cached features, PaCo's views."""
     images = make_split_file_tree(tmp_path / "src", "imagenet-lt")
     env = {"LTBENCH_DATASETS_DIR": str(cards)}
     out = tmp_path / "shards"
@@ -494,6 +494,21 @@ stage2: {{train: {{epochs: 2, batch_size: 8}}, maxnorm: true, bn_mode: eval, aug
 """)
     r = run_cli("run", str(child), "--runs-root", str(tmp_path / "runs"), env=env)
     assert r.returncode == 0, r.stderr
+    # rrc_flip_jitter (RIDE's / SADE's ImageNet-LT transform): the rrc_flip batch, each image colour-jittered
+    from bench.data.batches import Normalize
+    from bench.data.lt import build_lt_data
+    from bench.data.views import colour_jitter
+    from bench.experiment import load_config
+
+    monkeypatch.setenv("LTBENCH_DATASETS_DIR", str(cards))
+    c = load_config(cfg, ["data.augment=rrc_flip_jitter"])
+    data = build_lt_data(c.data)
+    plain, jit = (next(iter(data.train_loader(8, 0, a, False, "instance", 0).epoch(0)))
+                  for a in ("rrc_flip", "rrc_flip_jitter"))
+    norm = Normalize(tuple(c.data.mean), tuple(c.data.std), 3)
+    raw = torch.round(plain[0] * norm.std + norm.mean).clamp(0, 255).to(torch.uint8)
+    assert torch.equal(plain[1], jit[1]) and not torch.equal(plain[0], jit[0])
+    assert torch.allclose(norm(colour_jitter(raw, (0, 0, 0, 0))), jit[0], atol=1e-5)
     # PaCo from the same shards with its ImageNet-LT views: RandomResizedCrop + RandAugment / SimCLR-style views of
     # the decoded images
     paco = tmp_path / "paco.yaml"

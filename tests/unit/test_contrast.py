@@ -188,7 +188,7 @@ def test_cosine_head_is_s_cos():
     assert torch.allclose(head(h)[0], want, atol=1e-5)
     assert torch.allclose(head.weight.norm(dim=1), torch.full((2,), 30.0))
     # NormedLinear's renorm_(2, 1, 1e-5).mul_(1e5): every class vector starts at norm 1 (RIDE, SADE, BCL alike)
-    from bench.models.cifar_resnet import ExpertCosineClassifiers
+    from bench.models.experts import ExpertCosineClassifiers
 
     assert torch.allclose(NormedCosine(2048, 5).direction.norm(dim=1), torch.ones(5))
     assert torch.allclose(ExpertCosineClassifiers(3, 48, 7, 30.0).direction.norm(dim=2), torch.ones(3, 7))

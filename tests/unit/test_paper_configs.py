@@ -123,7 +123,7 @@ def large_env(large_shards, monkeypatch, tmp_path):
 def test_large_scale_configs(repo, large_env, large_shards):
     d = repo / "configs" / "paper"
     inlt = {p.stem: load_config(p) for p in sorted((d / "imagenet_lt").glob("*.yaml"))}
-    assert set(inlt) == {"wd", "wb", "taunorm", "hs_stage1", "hs", "paco"}
+    assert set(inlt) == {"wd", "wb", "taunorm", "hs_stage1", "hs", "paco", "ride", "sade"}
     wd = inlt["wd"]
     assert wd.model.name == "resnext50_32x4d" and wd.data.profile == "files" and wd.data.imbalance_factor == 256
     assert wd.data.shards == str(large_shards / "imagenet-lt") and wd.data.shards_manifest
@@ -137,7 +137,19 @@ def test_large_scale_configs(repo, large_env, large_shards):
     assert hs.protocol == "hs-reference" and hs.eval.select == "best" and hs.train.weight_decay == 0.0
     assert hs.data.val_per_class == 20 and hs.data.mean == [0.485, 0.456, 0.406]   # split files; ImageNet card
     inat = {p.stem: load_config(p) for p in sorted((d / "inat2018").glob("*.yaml"))}
-    assert set(inat) == {"wd", "wb", "paco"}   # no val split: nothing may be chosen on it (but PaCo's own protocol)
+    assert set(inat) == {"wd", "wb", "paco", "ride", "sade"}   # no val split: wd / wb choose nothing on it
+    # RIDE / SADE (their ImageNet-LT ResNeXt-50 and iNaturalist ResNet-50 configs): 3 experts at 3/4 width; what
+    # their loaders select on: SADE's ImageNet-LT val list, else the last epoch
+    for cfgs, arch, aug in ((inlt, "resnext50_32x4d", "rrc_flip_jitter"), (inat, "resnet50", "rrc_flip")):
+        for key in ("ride", "sade"):
+            c = cfgs[key]
+            assert c.protocol == f"{key}-reference" and c.model.name == arch and c.data.augment == aug
+            assert (c.model.experts, c.model.expert_width, c.train.nesterov) == (3, 0.75, True)
+    assert (inlt["sade"].eval.selection_split, inlt["sade"].eval.select) == ("val", "best")
+    assert inlt["ride"].eval.select == inat["ride"].eval.select == inat["sade"].eval.select == "last"
+    assert (inlt["sade"].train.epochs, inlt["sade"].train.schedule, inlt["sade"].train.loss.sade_tau) == (180, "cosine",
+                                                                                                         2.0)
+    assert (inat["sade"].train.loss.sade_tau, inat["ride"].train.loss.ride_temperature_factor) == (1.0, 0.015)
     # PaCo (its ImageNetLT_train_R50.sh / Inat_train_R50.sh): the best epoch on the test list, as its code keeps it
     for paco, wd_ in ((inlt["paco"], 5e-4), (inat["paco"], 1e-4)):
         assert paco.protocol == "paco-reference" and (paco.eval.selection_split, paco.eval.select) == ("test", "best")

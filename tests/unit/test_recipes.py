@@ -13,6 +13,7 @@ import torch
 from bench.config import ConfigError
 from bench.experiment import load_config
 from bench.launch.run import run_experiment
+from bench.models.factory import ModelError
 from bench.runtime.rundir import RunDir
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -153,6 +154,44 @@ def test_multi_expert_model_trains_and_predicts_with_the_mean_of_its_experts(tmp
         z = head_of(model)(encode(model, data.normalizer()(x)))
     assert z.shape == (len(y), 3, 10)
     assert math.isclose(result["metrics"]["all"], 100 * float((z.mean(1).argmax(1) == y).float().mean()), abs_tol=1e-6)
+
+
+def test_timm_resnet_experts_are_rides_resnext():
+    """RIDE's ResNeXt-50 (model/fb_resnets/RIDEResNeXt.py, reduce_dimension): stem, layer1, layer2 shared; per expert
+    layer3 / layer4 with 192 / 384 planes, grouped width int(planes * 4 / 64) * 32; 3 x 384 x 4 pooled features. One
+    expert at full width is the timm model itself, parameter for parameter, but its classifier."""
+    import timm
+
+    from bench.models.experts import ExpertCosineClassifiers, ResNetExperts
+    from bench.models.factory import build_resnet_experts
+
+    m = ResNetExperts("resnext50_32x4d", 10, num_experts=3, expert_width=0.75)
+    assert m.num_features == 3 * 1536 and isinstance(m.fc, ExpertCosineClassifiers)
+    assert [m.experts[k][0][0].conv2.out_channels for k in range(3)] == [384] * 3    # int(192 * 4 / 64) * 32
+    assert m.experts[0][1][0].conv2.out_channels == 768 and m.layer2[0].conv2.out_channels == 256
+    # every BatchNorm weight at one (RIDE), no zero-initialised last one (timm's default)
+    assert all(float(b.bn3.weight.detach().min()) == 1.0 for e in m.experts for stage in e for b in stage)
+    z = m(torch.randn(2, 3, 64, 64))
+    assert z.shape == (2, 3, 10) and m.forward_head(m.forward_features(torch.randn(2, 3, 64, 64)), True).shape == (
+        2, 3 * 1536)
+    one = ResNetExperts("resnet18", 10, num_experts=1, expert_width=1.0)
+    plain = timm.create_model("resnet18", num_classes=0)
+    assert sum(p.numel() for n, p in one.named_parameters() if not n.startswith("fc.")) == sum(
+        p.numel() for p in plain.parameters())
+    with pytest.raises(ModelError, match="vit_tiny_patch16_224 has no multi-expert form"):
+        build_resnet_experts("vit_tiny_patch16_224", 10, 3, 3, 0.75, 30.0)
+
+
+def test_multi_expert_timm_resnet_trains_from_a_config(tmp_path):
+    """model.name=resnet18, model.experts=3: the multi-expert timm ResNet through a whole run, SADE's loss."""
+    cfg = load_config(CONFIGS / "smoke.yaml", [*TINY, "model.name=resnet18", "model.experts=3",
+                                               "model.expert_width=0.5", "train.loss.name=sade", "train.epochs=1"])
+    result = run_experiment(cfg, RunDir.for_config(cfg, tmp_path), runs_root=tmp_path)
+    assert 0 <= result["metrics"]["all"] <= 100
+    bad = load_config(CONFIGS / "smoke.yaml", [*TINY, "model.name=resnet18", "model.experts=3",
+                                               "model.pretrained_file=/nonexistent.pth", "train.loss.name=sade"])
+    with pytest.raises(ModelError, match="start from random weights"):
+        run_experiment(bad, RunDir.for_config(bad, tmp_path), runs_root=tmp_path)
 
 
 @pytest.mark.parametrize("extra, word", [(["stage2.reinit_classifier=true", "stage2.maxnorm=false"], "re-initialised"),

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from bench.data.batches import ROTATE, center_pad, crop_flip_draws, derived_generator, random_crop_flip
-from bench.data.views import augment_views
+from bench.data.views import augment_views, colour_jitter
 from bench.data.cards import DatasetError
 from bench.data.gpu_decode import decode_batch
 from bench.data.shards.decode import _jpeg_for_gpu, _to_fixed_size, decode_sample
@@ -46,7 +46,7 @@ def _make_batch(items: list[Any], spec: StreamSpec, index: int) -> dict[str, Any
     ys: list[int] = []
     keys, holes = [], []
     jpegs: list[tuple[int, torch.Tensor, tuple[int, int, int, int] | None]] = []   # decode=gpu: (slot, bytes, box)
-    rrc = spec.train and spec.augment == "rrc_flip"
+    rrc = spec.train and spec.augment.startswith("rrc_flip")
     # data.views of large images: the views that RandomResizedCrop read the decoded image, not its centre crop
     whole: list[torch.Tensor] | None = [] if spec.train and spec.views and spec.image_size is not None else None
     for it in items:
@@ -92,6 +92,8 @@ def _make_batch(items: list[Any], spec: StreamSpec, index: int) -> dict[str, Any
         gen = derived_generator(spec.seed, spec.epoch, spec.rank, index, 1)
         pad = spec.crop_padding if spec.augment.startswith("crop_flip") else 0
         x = random_crop_flip(x, gen, pad, flip=True, rotate=ROTATE.get(spec.augment, 0.0))
+        if spec.augment == "rrc_flip_jitter":   # colour is per pixel: after the flip as before it
+            x = colour_jitter(x, (spec.seed, spec.epoch, spec.rank, index))
     return {"index": index, "x": x.contiguous(), "y": torch.tensor(ys, dtype=torch.int64), "keys": keys,
             "holes": holes}
 
