@@ -150,13 +150,16 @@ class ResNetExperts(MultiExpertNet):
         experts = []
         for _ in range(num_experts):
             e = timm.create_model(name, num_classes=0, in_chans=in_chans, zero_init_last=False, channels=widths)
-            experts.append(nn.Sequential(e.layer3, e.layer4))
-            self.expert_features = e.num_features
+            assert isinstance(e, timm.models.ResNet)
+            experts.append(nn.Sequential(*(getattr(e, n) for n in ("layer3", "layer4"))))
+            self.expert_features = int(e.num_features)
         self.experts = nn.ModuleList(experts)
         self._finish(num_classes)
 
     def shared(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layer2(self.layer1(self.maxpool(self.act1(self.bn1(self.conv1(x))))))
+        for name in ("conv1", "bn1", "act1", "maxpool", "layer1", "layer2"):
+            x = getattr(self, name)(x)
+        return x
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, str]:
