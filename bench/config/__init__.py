@@ -20,10 +20,12 @@ from bench.config.load import (INHERITED, LOCATION_KEYS, dump_yaml, expand_path,
 from bench.config.protocols import PROTOCOLS, REFERENCE_STATS, apply_protocol
 from bench.config.describe import describe_fields
 from bench.config.schema import (GROUPS, HASH_NEUTRAL_AT_DEFAULT, Config, ConfigError, ContrastConfig, DataConfig,
-                                 EvalConfig, GroupsConfig, LossConfig, ModelConfig, PeftConfig, PosthocConfig,
-                                 RuntimeConfig, Stage2Config, SyntheticConfig, TrainConfig, WandbConfig, ZeroShotConfig)
+                                 DistillConfig, EvalConfig, GroupsConfig, LossConfig, ModelConfig, PeftConfig,
+                                 PosthocConfig, RuntimeConfig, Stage2Config, SyntheticConfig, TrainConfig, WandbConfig,
+                                 ZeroShotConfig)
 
-__all__ = ["GROUPS", "Config", "ConfigError", "ContrastConfig", "DataConfig", "EvalConfig", "GroupsConfig",
+__all__ = ["GROUPS", "Config", "ConfigError", "ContrastConfig", "DataConfig", "DistillConfig", "EvalConfig",
+           "GroupsConfig",
            "HASH_NEUTRAL_AT_DEFAULT", "INHERITED", "LOCATION_KEYS", "LossConfig", "ModelConfig", "PROTOCOLS",
            "PeftConfig", "PosthocConfig",
            "REFERENCE_STATS", "RuntimeConfig", "Stage2Config", "SyntheticConfig", "TrainConfig", "WandbConfig",

@@ -289,6 +289,26 @@ class ContrastConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Knowledge distillation from a finished teacher run (RIDE's RIDELossWithDistill: a 6-expert RIDE model teaches
+    a smaller one): loss = r (train.loss + weight T^2 KL(softmax(t / T) || softmax(z / T))), z and t the student's
+    and the teacher's predictions (the experts' mean logits), a batch mean; docs/methods.md."""
+
+    teacher: str | None = _f(None, "the teacher: its run directory or experiment YAML (found under the same runs "
+                                   "root, same seed), a finished run on the same dataset; None = no distillation")
+    teacher_hash: str | None = _f(None, "filled in by ltbench: the config hash of `teacher` (part of this run's hash)")
+    teacher_run: str | None = _f(None, "filled in by ltbench when `teacher` is a YAML: the teacher's run directory "
+                                       "under the runs root, <name>/<run name> (not in the hash, teacher_hash is)")
+    temperature: float = _f(1.0, "T of the distillation term (RIDE's code default 1; its configs 1.5)", gt=0)
+    weight: float = _f(1.0, "weight of the distillation term (RIDE's additional_distill_loss_factor)", ge=0)
+    teacher_bn: Literal["train", "eval"] = _f("train", "the teacher's BatchNorm while it teaches: train (batch "
+                                                       "statistics, as RIDE's trainer, which never sets it to eval) "
+                                                       "or eval (its running statistics)")
+    repeat: Literal["experts", "once"] = _f("experts", "experts: the whole loss counted once per student expert, r = "
+                                                        "K (RIDE's loop over the experts adds it K times); once: r = 1")
+
+
+@dataclass
 class TrainConfig:
     """Stage-1 optimisation (WB: CE, SGD lr 0.01 momentum 0.9, cosine to 0, WD on all parameters)."""
 
@@ -321,6 +341,7 @@ class TrainConfig:
                                                        "(the MiSLAS and LDAM-DRW codes)")
     loss: LossConfig = field(default_factory=LossConfig)
     contrast: ContrastConfig = field(default_factory=ContrastConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     drop_last: bool = _f(False, "drop the last incomplete batch of an epoch")
     wd_in_loss: float = _f(0.0, "HS: add lambda/2 * sum ||theta||^2 over the trained parameters to the loss (use with "
                                 "weight_decay 0)", ge=0)
@@ -469,6 +490,9 @@ class WandbConfig:
 
 # Fields added after run directories were first named (dotted key -> default): out of the run hash while at
 # their default, so an upgrade keeps every existing run directory and its hash.
+# train.distill's fields that say where the teacher is (not what it is): out of the hash
+DISTILL_LOCATION = ("teacher", "teacher_run")
+_hashed_distill = {k: v for k, v in dataclasses.asdict(DistillConfig()).items() if k not in DISTILL_LOCATION}
 HASH_NEUTRAL_AT_DEFAULT: dict[str, Any] = {"data.to_rgb": False, "stage2.reinit_classifier": False,
                                            "stage2.lws": False, "data.input_stats": "card", "data.resize": None,
                                            "model.embedding": "pooled", "stage2.lws_rows_lr_factor": 0.0,
@@ -485,6 +509,9 @@ HASH_NEUTRAL_AT_DEFAULT: dict[str, Any] = {"data.to_rgb": False, "stage2.reinit_
                                               for t in ("train", "stage2.train")},
                                            **{f"{t}.contrast.{k}": v for t in ("train", "stage2.train")
                                               for k, v in dataclasses.asdict(ContrastConfig()).items()},
+                                           **{f"{t}.distill": _hashed_distill for t in ("train", "stage2.train")},
+                                           **{f"{t}.distill.{k}": v for t in ("train", "stage2.train")
+                                              for k, v in _hashed_distill.items()},
                                            "model.zeroshot": dataclasses.asdict(ZeroShotConfig()),
                                            "model.peft": dataclasses.asdict(PeftConfig()),
                                            **{f"{t}.{k}": v for t in ("train", "stage2.train") for k, v in (
@@ -542,6 +569,9 @@ class Config:
         # Where the files are; selection_hash / the shard manifest's digest in run.json record what was read.
         d["data"].pop("root")
         d["data"].pop("shards")
+        for train in (d["train"], d.get("stage2", {}).get("train", {})):
+            for key in DISTILL_LOCATION:       # where the teacher is; teacher_hash says which run it is
+                train.get("distill", {}).pop(key, None)
         return d
 
     def run_hash(self) -> str:

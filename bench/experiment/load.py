@@ -23,23 +23,50 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     raw = read_raw(path, overrides)
     dataset = raw.get("data", {}).get("dataset") if isinstance(raw.get("data"), dict) else None
     raw = apply_protocol(raw, file_split=is_file_split(dataset))
+    base = Path(path).parent if path is not None else Path(".")
     if raw.get("stage") in ("stage2", "posthoc"):
-        raw = _inherit_from_parent(raw, Path(path).parent if path is not None else Path("."))
+        raw = _inherit_from_parent(raw, base)
+    else:
+        raw = _resolve_teacher(raw, base)
     cfg = build_config(raw)
     return resolve(cfg)
 
 
-def load_parent(parent: str, seed: int, base: Path = Path(".")) -> Config:
-    """The parent run's resolved config: from its run directory, or its YAML with this seed."""
+def load_parent(parent: str, seed: int, base: Path = Path("."), key: str = "parent") -> Config:
+    """The parent run's (or a teacher's, `key`) resolved config: from its run directory, or its YAML with this
+    seed."""
     p = parent_path(parent, base)
     if p.is_dir():
         if not (p / "config.yaml").is_file():
-            raise ConfigError(f"config key 'parent': run directory {p} has no config.yaml "
+            raise ConfigError(f"config key '{key}': run directory {p} has no config.yaml "
                               "(not a run, or never started)")
         return stored_config(load_yaml(p / "config.yaml"))
     if p.is_file():
         return load_config(p, [f"seed={seed}"])
-    raise ConfigError(f"config key 'parent': {parent} is neither a run directory nor a config file")
+    raise ConfigError(f"config key '{key}': {parent} is neither a run directory nor a config file")
+
+
+def _resolve_teacher(raw: dict[str, Any], base: Path) -> dict[str, Any]:
+    """train.distill.teacher: its config hash (part of this run's hash) and, from a YAML, its run directory."""
+    train = raw.get("train")
+    if not isinstance(train, dict):
+        return raw
+    distill = train.get("distill")
+    if not isinstance(distill, dict) or not distill.get("teacher"):
+        return raw
+    seed = raw.get("seed", 0)
+    teacher = load_parent(str(distill["teacher"]), seed if isinstance(seed, int) else 0, base,
+                          key="train.distill.teacher")
+    if teacher.stage != "stage1":
+        raise ConfigError(f"config key 'train.distill.teacher': {distill['teacher']} is a {teacher.stage} run; a "
+                          "teacher is a trained model (stage1)")
+    protocol = raw.get("protocol", "custom")
+    if protocol != "custom" and teacher.protocol != protocol:   # a teacher picked on test would leak it into clean
+        raise ConfigError(f"config key 'protocol': {protocol} but the teacher run follows {teacher.protocol}")
+    distill = {**distill, "teacher_hash": teacher.run_hash()}
+    if not parent_path(str(distill["teacher"]), base).is_dir():
+        distill["teacher_run"] = f"{teacher.name}/{teacher.run_name()}"
+    return {**raw, "train": {**train, "distill": distill}}
 
 
 def _inherit_from_parent(raw: dict[str, Any], base: Path) -> dict[str, Any]:

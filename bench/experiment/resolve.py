@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.config import Config, ConfigError, ContrastConfig, DataConfig, LossConfig, PeftConfig, Stage2Config
+from bench.config import (Config, ConfigError, ContrastConfig, DataConfig, DistillConfig, LossConfig, PeftConfig,
+                          Stage2Config)
 from bench.config.load import expand_path
 from bench.data.cards import FILE_SPLIT_SOURCES, load_card
 from bench.data.profiles import resolve_profile
@@ -113,9 +114,25 @@ def _check_schedules(cfg: Config) -> None:
                               "class_balanced epoch; the instance sampler's epoch is the dataset already")
     _check_experts(cfg)
     _check_contrast(cfg)
+    _check_distill(cfg)
     if cfg.stage2.lws_rows_lr_factor > 0 and not cfg.stage2.lws:
         raise ConfigError(f"config key 'stage2.lws_rows_lr_factor': {cfg.stage2.lws_rows_lr_factor} sets the lr of "
                           "LWS's classifier rows; set stage2.lws=true (MiSLAS) or leave it at 0")
+
+
+def _check_distill(cfg: Config) -> None:
+    """train.distill (RIDE's distillation): a teacher for a stage-1 model; its other fields only with one."""
+    d, plain = cfg.train.distill, DistillConfig()
+    if cfg.stage2.train.distill != plain:
+        raise ConfigError("config key 'stage2.train.distill': distillation trains a stage-1 model (train.distill)")
+    if d.teacher is None:
+        for key in ("temperature", "weight", "teacher_bn", "repeat"):
+            if getattr(d, key) != getattr(plain, key):
+                raise ConfigError(f"config key 'train.distill.{key}': {getattr(d, key)!r} is used with a teacher; "
+                                  "set train.distill.teacher (a finished run directory or its experiment YAML)")
+    elif cfg.stage == "stage1" and cfg.train.contrast.method is not None:
+        raise ConfigError(f"config key 'train.distill.teacher': distillation of a contrastive model "
+                          f"({cfg.train.contrast.method}) is not supported")
 
 
 def _check_experts(cfg: Config) -> None:

@@ -18,7 +18,7 @@ from bench.runtime.lock import DirLock
 from bench.runtime.progress import format_pct, log
 from bench.runtime.rundir import Result, RunDir
 from bench.runtime.tracking import abort_open
-from bench.train.features import parent_run
+from bench.train.features import parent_run, teacher_run
 from bench.train.posthoc import run_posthoc
 from bench.train.stage1 import train_stage1
 from bench.train.stage2 import train_stage2
@@ -60,7 +60,7 @@ def _train(cfg: Config, run: RunDir, runs_root: str | Path, base: Path, parent: 
     figures = per_class_figure if cfg.runtime.plot else None
     try:
         if cfg.stage == "stage1":
-            return train_stage1(cfg, run, figures=figures)
+            return train_stage1(cfg, run, figures=figures, teacher=teacher_run(cfg, runs_root, base))
         parent = parent or parent_run(cfg, runs_root, base)
         return (train_stage2 if cfg.stage == "stage2" else run_posthoc)(cfg, run, parent, figures=figures)
     except Exception as e:

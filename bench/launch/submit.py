@@ -2,8 +2,9 @@
 
 The plan is a function of the resolved configs: every run has its deterministic run directory, so a
 complete run is skipped, an incomplete one is submitted again and resumes from its last checkpoint,
-and no run is submitted twice. A stage-2 / post-hoc config brings its parent along: the child waits
-for it (`afterok`) and is cancelled by SLURM if the parent fails (`kill-on-invalid-dep`).
+and no run is submitted twice. A stage-2 / post-hoc config brings its parent along, and a distilled model its
+teacher (train.distill.teacher): the child waits for it (`afterok`) and is cancelled by SLURM if the parent fails
+(`kill-on-invalid-dep`).
 
 Jobs are checkpointable: on SIGUSR2 (preemption, or the time limit approaching) submitit calls
 `RunJob.checkpoint`, which requeues the same job; the run continues from its latest atomic checkpoint.
@@ -50,8 +51,10 @@ def plan(config: str, overrides: list[str], runs_root: str) -> list[Node]:
     cfg = load_config(config, overrides)
     node = Node(config, list(overrides), cfg, RunDir.for_config(cfg, runs_root))
     nodes = [node]
-    if cfg.stage != "stage1" and cfg.parent:
-        p = parent_path(cfg.parent, Path(config).parent)
+    # the run this one starts from: a stage-2 / post-hoc config's parent, a distilled model's teacher
+    needs = cfg.parent if cfg.stage != "stage1" else cfg.train.distill.teacher
+    if needs:
+        p = parent_path(needs, Path(config).parent)
         if p.is_file():  # a parent given as an experiment YAML runs first, with this seed (and runtime)
             runtime = [o for o in overrides if o.startswith("runtime.")]
             parents = plan(str(p), [f"seed={cfg.seed}", *runtime], runs_root)

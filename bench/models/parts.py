@@ -15,10 +15,10 @@ def encode(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def prediction(logits: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
     """The logits a model predicts with: a multi-expert head's (B, K, C) averaged over its experts, as RIDE and SADE
-    predict (the mean of the experts' logits); a contrastive model's training output (a dict) its `logits`, the
-    query view's class-centre logits; (B, C) as they are."""
+    predict (the mean of the experts' logits); a training output that is a dict (a contrastive model's, a taught
+    student's) that of its `logits`; (B, C) as they are."""
     if isinstance(logits, dict):
-        return logits["logits"]
+        return prediction(logits["logits"])
     return logits.mean(1) if logits.dim() == 3 else logits
 
 

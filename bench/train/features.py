@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from bench.config import Config, ConfigError, parent_path
+from bench.config import Config, ConfigError, load_yaml, parent_path, stored_config
 from bench.experiment import load_parent
 from bench.data.batches import Split, eval_batches
 from bench.data.lt import LTData
@@ -24,25 +24,34 @@ from bench.runtime.rundir import RunDir, check_owner
 from bench.train import checkpoint as ckpt
 
 
+def finished_run(ref: str, rel: str | None, owner_hash: str | None, cfg: Config, runs_root: str | Path,
+                 base: Path, what: str = "parent") -> RunDir:
+    """The finished run `ref` (a run directory, or an experiment YAML whose run is `rel` under the runs root) that
+    cfg's `what` (parent, teacher) names; a clear error if it is missing or incomplete."""
+    cand = parent_path(ref, base)
+    key = "parent" if what == "parent" else "train.distill.teacher"
+    if cand.is_dir():
+        run = RunDir(cand)
+    elif rel:                     # the lineage load_config resolved
+        run = RunDir(Path(runs_root) / rel)
+    else:                         # a config stored before parent_run was recorded
+        run = RunDir.for_config(load_parent(ref, cfg.seed, base, key=key), runs_root)
+    if not run.path.is_dir():
+        raise ConfigError(f"{cfg.stage} needs its {what} run {run.path}, which does not exist: run "
+                          f"`ltbench run {ref} seed={cfg.seed}` first")
+    if not run.is_complete() or not run.final_ckpt.is_file():
+        raise ConfigError(f"{cfg.stage} needs its {what} run {run.path} to be complete (no result.json / "
+                          f"final.pt yet): finish it with `ltbench run {ref} seed={cfg.seed}`")
+    if owner_hash is not None:   # the files must be the run this config was resolved against
+        check_owner(run.result_file, run.read_result().get("config_hash"), owner_hash, f"{what} config")
+    return run
+
+
 def parent_run(cfg: Config, runs_root: str | Path, base: Path = Path(".")) -> RunDir:
     """The finished run a stage2/posthoc config starts from; a clear error if it is missing or incomplete."""
     assert cfg.parent is not None
-    cand = parent_path(cfg.parent, base)
-    if cand.is_dir():
-        run = RunDir(cand)
-    elif cfg.parent_run:          # the lineage load_config resolved
-        run = RunDir(Path(runs_root) / cfg.parent_run)
-    else:                         # a config stored before parent_run was recorded
-        run = RunDir.for_config(load_parent(cfg.parent, cfg.seed, base), runs_root)
-    if not run.path.is_dir():
-        raise ConfigError(f"{cfg.stage} needs its parent run {run.path}, which does not exist: run "
-                          f"`ltbench run {cfg.parent} seed={cfg.seed}` first")
-    if not run.is_complete() or not run.final_ckpt.is_file():
-        raise ConfigError(f"{cfg.stage} needs its parent run {run.path} to be complete (no result.json / "
-                          f"final.pt yet): finish it with `ltbench run {cfg.parent} seed={cfg.seed}`")
+    run = finished_run(cfg.parent, cfg.parent_run, cfg.parent_hash, cfg, runs_root, base)
     result = run.read_result()
-    if cfg.parent_hash is not None:   # the parent's files must be the run this config was resolved against
-        check_owner(run.result_file, result.get("config_hash"), cfg.parent_hash, "parent config")
     kind = (result.get("posthoc") or {}).get("kind")
     if kind in POSTHOC and POSTHOC[kind].logits is not None:  # type: ignore[index]
         raise ConfigError(f"config key 'parent': {run.path} is a logit-adjustment run ({kind}); its final.pt holds "
@@ -50,11 +59,31 @@ def parent_run(cfg: Config, runs_root: str | Path, base: Path = Path(".")) -> Ru
     return run
 
 
-def load_parent_model(cfg: Config, data: LTData, parent: RunDir, device: torch.device) -> torch.nn.Module:
+def teacher_run(cfg: Config, runs_root: str | Path, base: Path = Path(".")) -> RunDir | None:
+    """The finished run train.distill.teacher names (None without distillation)."""
+    d = cfg.train.distill
+    if d.teacher is None:
+        return None
+    return finished_run(d.teacher, d.teacher_run, d.teacher_hash, cfg, runs_root, base, what="teacher")
+
+
+def load_teacher(cfg: Config, data: LTData, teacher: RunDir, device: torch.device) -> torch.nn.Module:
+    """The teacher's final model (its own architecture, from its config.yaml), on the student's data."""
+    tcfg = stored_config(load_yaml(teacher.path / "config.yaml"))
+    if tcfg.data.dataset != cfg.data.dataset:
+        raise ConfigError(f"config key 'train.distill.teacher': {teacher.path} was trained on {tcfg.data.dataset}, "
+                          f"this run on {cfg.data.dataset}")
+    return load_parent_model(tcfg, data, teacher, device, owner_hash=cfg.train.distill.teacher_hash)
+
+
+def load_parent_model(cfg: Config, data: LTData, parent: RunDir, device: torch.device,
+                      owner_hash: str | None = None) -> torch.nn.Module:
     model = make_model(cfg, data, init=False)   # final.pt's architecture: plain layers, its weights loaded below
     saved = ckpt.load(parent.final_ckpt)
     if cfg.parent_hash is not None:
         check_owner(parent.final_ckpt, saved.get("config_hash"), cfg.parent_hash, "parent config")
+    if owner_hash is not None:
+        check_owner(parent.final_ckpt, saved.get("config_hash"), owner_hash, "teacher config")
     with ckpt.fitting(parent.final_ckpt):
         model.load_state_dict(saved["model"])
     return model.to(device)

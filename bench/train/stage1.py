@@ -12,20 +12,23 @@ import torch
 from bench.config import Config
 from bench.methods.adapters import finish_adapters, parameter_counts
 from bench.methods.classifiers import CosineClassifier, fold_head, make_model
+from bench.methods.distill import DistillLoss, Taught
 from bench.methods.losses import LossFn, make_loss
 from bench.methods.mixup import Mixup
 from bench.methods.regularizers import make_regularizers
 from bench.models.parts import encode, head_of
 from bench.registry import CONTRAST
 from bench.runtime.rundir import Result, RunDir
+from bench.train.features import load_teacher
 from bench.train.loop import Parts, fit, make_forward, wrap_forward
 from bench.train.optim import make_optimizer, make_scheduler
 from bench.train.select import Evaluator, select_and_report, select_reported
 from bench.train.stage import Figures, Stage
 
 
-def train_stage1(cfg: Config, run: RunDir, figures: Figures | None = None) -> Result:
-    """Train (or resume) the run in `run`; returns the result dict also written to result.json."""
+def train_stage1(cfg: Config, run: RunDir, figures: Figures | None = None, teacher: RunDir | None = None) -> Result:
+    """Train (or resume) the run in `run`; returns the result dict also written to result.json. `teacher`: the
+    finished run train.distill.teacher names."""
     st = Stage.start(cfg, run, figures)
     device, data, groups = st.device, st.data, st.groups
     model = make_model(cfg, data).to(device)
@@ -49,6 +52,9 @@ def train_stage1(cfg: Config, run: RunDir, figures: Figures | None = None) -> Re
     else:
         forward = make_forward(model, lambda x: encode(model, x), head_of(model), device, cfg.runtime.compile,
                                cfg.runtime.channels_last)
+    if teacher is not None:   # RIDE's distillation: the teacher's prediction beside the logits, its KL in the loss
+        forward = Taught(forward, load_teacher(cfg, data, teacher, device), t.distill.teacher_bn)
+        loss = DistillLoss(loss, t.distill, cfg.model.experts)
     optimizer = make_optimizer(trained, t)
 
     def batches(split: str):

@@ -112,13 +112,19 @@ def expert_configs(name: str, dataset: str, imb: int) -> dict[str, dict]:
                                           "ldam_scale": 30.0}}}
         # its configs/config_imbalance_cifar100_ride_ea.json: the routers alone, 5 epochs, batch 512 from its
         # class-balanced sampler, SGD lr 0.01 Nesterov WD 5e-4, cosine per epoch; top 30, pos_weight 100
+        router = {"router": True, "router_top": 30, "router_pos_weight": 100.0, "maxnorm": False,
+                  "augment": "crop_flip_rotate", "bn_mode": "eval",
+                  "train": {"epochs": 5, "batch_size": 512, "lr": 0.01, "momentum": 0.9, "nesterov": True,
+                            "weight_decay": 5.0e-4, "schedule": "cosine", "sampler": "class_balanced"}}
         out["ride_ea"] = {"name": name, "method": "ride-ea", "protocol": "ride-reference", "stage": "stage2",
-                          "parent": "ride.yaml",
-                          "stage2": {"router": True, "router_top": 30, "router_pos_weight": 100.0, "maxnorm": False,
-                                     "augment": "crop_flip_rotate", "bn_mode": "eval",
-                                     "train": {"epochs": 5, "batch_size": 512, "lr": 0.01, "momentum": 0.9,
-                                               "nesterov": True, "weight_decay": 5.0e-4, "schedule": "cosine",
-                                               "sampler": "class_balanced"}}}
+                          "parent": "ride.yaml", "stage2": router}
+        # config_imbalance_cifar100_ride_teacher.json (6 experts, else as ride) and _distill_ride.json (3 experts
+        # distilled from it: RIDELossWithDistill, T 1.5, warm-up 20), then the router on the distilled experts
+        out["ride_teacher"] = {**out["ride"], "method": "ride-teacher", "model": {**model, "experts": 6}}
+        out["ride_distill"] = {**out["ride"], "method": "ride-distill", "train": {
+            **out["ride"]["train"], "warmup_epochs": 20,
+            "distill": {"teacher": "ride_teacher.yaml", "temperature": 1.5}}}
+        out["ride_distill_ea"] = {**out["ride_ea"], "method": "ride-distill-ea", "parent": "ride_distill.yaml"}
     return out
 
 
@@ -176,6 +182,9 @@ HEADER = {
     "sade": "SADE: 3 experts with softmax / balanced softmax / inverse-prior losses, mean of the experts (no test-time "
             "aggregation)",
     "ride_ea": "RIDE + its expert-assignment router (stage 2 on the frozen experts)",
+    "ride_teacher": "RIDE with 6 experts, no router: the teacher of ride_distill",
+    "ride_distill": "RIDE, 3 experts distilled from ride_teacher (T 1.5), no router",
+    "ride_distill_ea": "RIDE + distillation + its expert-assignment router (MODEL_ZOO's 'RIDE + Distill')",
     "sade_tta": "SADE + test-time self-supervised aggregation of its experts on the unlabeled test images "
                 "(transductive)",
     "paco": "PaCo: class centres and supervised contrast in one softmax, momentum key encoder, queue 1024",

@@ -103,7 +103,8 @@ def test_hash_neutral_fields_keep_old_run_names_until_set():
         del d["data"][key]
     for key in ("embedding", "zeroshot", "peft", "experts", "expert_width", "expert_scale", "cosine_scale"):
         del d["model"][key]
-    for key in ("mixup_alpha", "lr_milestones", "lr_step_gamma", "warmup_unit", "epoch_length", "contrast"):
+    for key in ("mixup_alpha", "lr_milestones", "lr_step_gamma", "warmup_unit", "epoch_length", "contrast",
+                "distill"):
         del d["train"][key]
     for key in ("las_head", "las_tail", "las_shape", "ride_diversity", "ride_temperature", "ride_temperature_factor",
                 "sade_tau"):

@@ -338,3 +338,43 @@ def test_ride_rank_shares_recombine_the_global_loss():
     assert sum(ranks) == pytest.approx(whole, rel=1e-5)
     one_share = sum(float(ride(z[s], y[s]) + ride.extra(z[s])) * zs[i] / sum(zs) for i, s in enumerate(parts))
     assert one_share != pytest.approx(whole, rel=1e-3)
+
+
+def test_distillation_term_by_hand():
+    """RIDE's RIDELossWithDistill: K (inner + w T^2 KL(softmax(t / T) || softmax(z_bar / T))), z_bar the student
+    experts' mean logits, t the teacher's prediction, KL a batch mean; repeat=once drops the factor K. Two images,
+    two experts, two classes, T 2, w 0.5, inner = the sum over experts of CE."""
+    from bench.config import DistillConfig
+    from bench.methods.distill import DistillLoss, Taught
+
+    z = torch.tensor([[[2.0, 0.0], [0.0, 1.0]], [[1.0, 1.0], [3.0, -1.0]]])      # (B, K, C)
+    t = torch.tensor([[0.5, 0.0], [0.0, 2.0]])
+    y = torch.tensor([0, 1])
+    inner = make_loss(LossConfig(name="ce"), [5, 5], experts=2)
+    loss = DistillLoss(inner, DistillConfig(teacher="t", temperature=2.0, weight=0.5), experts=2)
+
+    def softmax(v):
+        e = [math.exp(a) for a in v]
+        return [a / sum(e) for a in e]
+    ce = sum(-math.log(softmax(z[i, k].tolist())[int(y[i])]) for i in range(2) for k in range(2)) / 2
+    kl = 0.0
+    for i in range(2):
+        zbar = [(float(z[i, 0, c]) + float(z[i, 1, c])) / 2 / 2.0 for c in range(2)]
+        p, q = softmax([float(a) / 2.0 for a in t[i]]), softmax(zbar)
+        kl += sum(pc * math.log(pc / qc) for pc, qc in zip(p, q))
+    out = {"logits": z, "teacher": t}
+    assert math.isclose(float(loss(out, y)), 2 * ce, rel_tol=1e-6)
+    assert math.isclose(float(loss.extra(out)), 2 * 0.5 * 4.0 * kl / 2, rel_tol=1e-6)
+    once = DistillLoss(inner, DistillConfig(teacher="t", temperature=2.0, weight=0.5, repeat="once"), experts=2)
+    assert math.isclose(float(once(out, y)), ce, rel_tol=1e-6)
+
+    # Taught: the teacher's prediction is its experts' mean, without gradients, in its own BatchNorm mode
+    teacher = torch.nn.Sequential(torch.nn.BatchNorm1d(2), torch.nn.Unflatten(1, (1, 2)))
+    class Both(torch.nn.Module):
+        def forward(self, x):
+            return x, x
+    taught = Taught(Both(), teacher, "eval")
+    taught.train()
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    h, out = taught(torch.tensor([[1.0, 3.0]]))
+    assert torch.equal(out["teacher"], torch.tensor([[1.0, 3.0]]) / math.sqrt(1 + 1e-5))

@@ -29,7 +29,8 @@ def test_every_paper_config_loads_with_its_protocol(repo, exp):
     d = repo / "configs" / "paper" / exp
     cfgs = {p.stem: load_config(p) for p in sorted(d.glob("*.yaml"))}
     experts = {"cifar100_lt_if100": {"ride", "sade"}, "cifar10_lt_if100": set()}.get(exp, {"sade"})
-    tta = ({"sade_tta"} if "sade" in experts else set()) | ({"ride_ea"} if "ride" in experts else set())
+    tta = ({"sade_tta"} if "sade" in experts else set()) | (
+        {"ride_ea", "ride_teacher", "ride_distill", "ride_distill_ea"} if "ride" in experts else set())
     paco = set() if exp == "cifar10_lt_if100" else {"paco"}
     assert set(cfgs) == {"naive", "wd", "l2norm", "taunorm", "cb_wd", "cb_maxnorm", "wb", "hs_stage1", "hs", "mixup",
                          "mislas"} | experts | paco | tta
@@ -94,6 +95,12 @@ def test_every_paper_config_loads_with_its_protocol(repo, exp):
         r = cfgs["ride"].train
         assert (r.lr_step_gamma, r.loss.drw_epoch, r.loss.ride_diversity, r.loss.cb_normalizer) == (
             0.01, 160, -0.45, "weights")
+        # RIDE + Distill: 3 experts taught by the 6-expert teacher (T 1.5, warm-up 20), then the router on them
+        teacher, student, dea = cfgs["ride_teacher"], cfgs["ride_distill"], cfgs["ride_distill_ea"]
+        assert teacher.model.experts == 6 and student.model.experts == 3 and student.train.warmup_epochs == 20
+        d = student.train.distill
+        assert (d.teacher_hash, d.temperature, d.teacher_bn, d.repeat) == (teacher.run_hash(), 1.5, "train", "experts")
+        assert dea.parent_hash == student.run_hash() and dea.stage2.router and dea.method == "ride-distill-ea"
     loss = mis.stage2.train.loss
     assert (loss.name, (loss.las_head, loss.las_tail), mis.stage2.lws_rows_lr_factor, mis.stage2.bn_mode) == (
         "las", eps, rows_lr, bn)

@@ -194,6 +194,45 @@ def test_multi_expert_timm_resnet_trains_from_a_config(tmp_path):
         run_experiment(bad, RunDir.for_config(bad, tmp_path), runs_root=tmp_path)
 
 
+def test_ride_distillation_from_a_finished_teacher(tmp_path):
+    """RIDE's distillation: a 6-expert teacher run, then a 3-expert student with train.distill.teacher = its run
+    directory. The teacher's hash is part of the student's; the teacher stays as it was; bad teachers stop with
+    one line."""
+    from bench.launch.run import run_config_file
+
+    ride = [*TINY, "model.expert_width=0.75", "train.loss.name=ride", "train.loss.drw_epoch=1",
+            "train.loss.ride_diversity=-0.45", "train.loss.cb_normalizer=weights"]
+    tcfg = load_config(CONFIGS / "smoke.yaml", [*ride, "model.experts=6", "method=ride-teacher"])
+    trun = RunDir.for_config(tcfg, tmp_path)
+    run_experiment(tcfg, trun, runs_root=tmp_path)
+    before = torch.load(trun.final_ckpt, weights_only=False)["model"]
+    student = [*ride, "model.experts=3", "method=ride-distill", f"train.distill.teacher={trun.path}",
+               "train.distill.temperature=1.5"]
+    scfg = load_config(CONFIGS / "smoke.yaml", student)
+    assert scfg.train.distill.teacher_hash == tcfg.run_hash() and scfg.train.distill.teacher_run is None
+    result = run_config_file(CONFIGS / "smoke.yaml", student, tmp_path)
+    assert 0 <= result["metrics"]["all"] <= 100
+    after = torch.load(trun.final_ckpt, weights_only=False)["model"]
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    # another teacher (here: its BatchNorm in eval mode) is another run
+    assert load_config(CONFIGS / "smoke.yaml", [*student, "train.distill.teacher_bn=eval"]).run_hash() != \
+        scfg.run_hash()
+    with pytest.raises(ConfigError, match="config key 'train.distill.teacher': .* is neither a run directory"):
+        load_config(CONFIGS / "smoke.yaml", [*ride, "model.experts=3", f"train.distill.teacher={tmp_path / 'none'}"])
+    with pytest.raises(ConfigError, match="config key 'train.distill.temperature': 1.5 is used with a teacher"):
+        load_config(CONFIGS / "smoke.yaml", [*ride, "model.experts=3", "train.distill.temperature=1.5"])
+    # a teacher given as its experiment YAML, never run: resolved to its run directory, which does not exist yet
+    yaml_teacher = tmp_path / "teacher.yaml"
+    yaml_teacher.write_text((CONFIGS / "smoke.yaml").read_text().replace("method: ce", "method: other-teacher"))
+    named = [*ride, "model.experts=3", f"train.distill.teacher={yaml_teacher}"]
+    assert load_config(CONFIGS / "smoke.yaml", named).train.distill.teacher_run.startswith("smoke/other-teacher-")
+    with pytest.raises(ConfigError, match="stage1 needs its teacher run .* which does not exist: run `ltbench run"):
+        run_config_file(CONFIGS / "smoke.yaml", named, tmp_path)
+    from bench.launch.submit import plan       # `ltbench submit` runs the teacher first, the student after it
+    nodes = plan(str(CONFIGS / "smoke.yaml"), named, str(tmp_path))
+    assert [n.cfg.method for n in nodes] == ["other-teacher", "ce"] and nodes[1].parent is nodes[0]
+
+
 @pytest.mark.parametrize("extra, word", [(["stage2.reinit_classifier=true", "stage2.maxnorm=false"], "re-initialised"),
                                          ([], "maxnorm=false")])
 def test_lws_refuses_what_names_no_method(stage1, extra, word):
