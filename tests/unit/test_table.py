@@ -447,16 +447,16 @@ def test_experiments_named_like_run_folders_are_collected(tmp_path):
 
 
 def test_a_multi_expert_run_beside_a_published_row_of_other_experts(tmp_path):
-    """RIDE's published `ride` row on CIFAR-100-LT IF 100 is its 6-expert teacher: a 3-expert run beside it is
+    """RIDE's published `ride-teacher` row on CIFAR-100-LT IF 100 has 6 experts: a 4-expert teacher run beside it is
     marked (the run's result.json records model.experts)."""
     root = tmp_path / "runs"
-    extra = {"model": "resnet32_cifar", "epochs": 200, "experts": 3,
+    extra = {"model": "resnet32_cifar", "epochs": 200, "experts": 4,
              "selection": {"split": "test", "select": "last", "tta_flip": False}}
-    write_run(root, ["name=c", "method=ride", "data.dataset=cifar100", "data.imbalance_factor=100", "model.experts=3",
-                     "model.expert_width=0.75", "train.loss.name=ride"], all_=47.0, extra=extra)
+    write_run(root, ["name=c", "method=ride-teacher", "data.dataset=cifar100", "data.imbalance_factor=100",
+                     "model.experts=4", "model.expert_width=0.75", "train.loss.name=ride"], all_=47.0, extra=extra)
     md = RENDER["md"](build_table(collect([str(root)]), reference=True))
-    line = next(x for x in md.splitlines() if x.startswith("- ride, "))
-    assert "50.20" in line and "experts 3 vs 6" in line, line
+    line = next(x for x in md.splitlines() if x.startswith("- ride-teacher, "))
+    assert "50.20" in line and "experts 4 vs 6" in line, line
 
 
 def test_a_test_time_aggregation_row_names_its_weights_and_that_it_read_test(tmp_path):
