@@ -81,10 +81,11 @@ class DataConfig:
                      "shards, data.decode=cpu), crop + flip + RandomRotation(15) (RIDE / SADE CIFAR; not with "
                      "data.decode=gpu), or none")
     views: list[Literal["crop_flip", "flip", "none", "simclr", "autoaugment_cutout", "randaugment",
-                        "crop_colour_blur", "rrc_sim", "rrc_randaugment"]] = _f(
+                        "crop_colour_blur", "rrc_sim", "rrc_randaugment", "rrc_colour"]] = _f(
         [], "several augmented views of each training image, one augmentation per view (PaCo CIFAR: "
             "[autoaugment_cutout, simclr], the query, then the key view; ImageNet-LT: [rrc_randaugment, rrc_sim]; "
-            "docs/methods.md); [] = one view, data.augment; in memory or from shards (data.decode=cpu), stage 1")
+            "BCL ImageNet-LT: [rrc_randaugment, rrc_colour, rrc_colour]; docs/methods.md); [] = one view, "
+            "data.augment; in memory or from shards (data.decode=cpu), stage 1")
     crop_padding: int = _f(4, "zero padding of the random crop, pixels", ge=0)
     to_rgb: bool = _f(False, "repeat a one-channel (grey) image to three channels before the model, as the WB "
                              "reference run on Fashion-MNIST-LT did; the first convolution then has three input "

@@ -15,9 +15,9 @@ of `data.augment`; the others run torchvision's v2 transforms image by image on 
 - `randaugment`: RandomCrop(padding data.crop_padding) + flip + RandAugment(2 ops, magnitude 10).
 - `crop_colour_blur`: RandomCrop(padding data.crop_padding) + the colour jitter and greyscale of `simclr` + Gaussian
   blur with p 0.2 + flip: the views of SADE's test-time aggregation (its test_training_cifar.py).
-- `rrc_randaugment`, `rrc_sim`: PaCo's ImageNet-LT / iNaturalist views (RandomResizedCrop + jitter + timm's
-  RandAugment; RandomResizedCrop + jitter + greyscale + blur). From shards of large images they crop the decoded
-  image (WHOLE_IMAGE_VIEWS), not its centre crop.
+- `rrc_randaugment`, `rrc_sim`, `rrc_colour`: PaCo's and BCL's ImageNet-LT / iNaturalist views (RandomResizedCrop
+  + jitter + timm's RandAugment; PaCo's RandomResizedCrop + jitter + greyscale + blur; BCL's without the blur).
+  From shards of large images they crop the decoded image (WHOLE_IMAGE_VIEWS), not its centre crop.
 
 Every image's draws come from its own seed, a function of (run seed, epoch, step, view, its index in the global
 batch) in memory and of (run seed, epoch, rank, batch index, view, place) in a shard stream: a DDP rank augments
@@ -116,8 +116,19 @@ def _rrc_sim(size: int, channels: int, padding: int) -> Callable[[torch.Tensor],
                        v2.RandomApply([blur], p=0.5), v2.RandomHorizontalFlip()])
 
 
+def _rrc_colour(size: int, channels: int, padding: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """BCL's `augmentation_sim` (main.py, its contrastive views on ImageNet-LT / iNaturalist): RandomResizedCrop,
+    flip, ColorJitter(0.4, 0.4, 0.4, 0.1) with p 0.8, greyscale with p 0.2; no blur."""
+    from torchvision.transforms import v2
+
+    colour, _ = _colour_and_blur(channels)
+    return v2.Compose([v2.RandomResizedCrop(size, scale=(0.08, 1.0), antialias=True), v2.RandomHorizontalFlip(),
+                       *colour])
+
+
 def _rrc_randaugment(size: int, channels: int, padding: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    """PaCo's `augmentation_randncls` (its query view on the large datasets): RandomResizedCrop, flip, colour jitter,
+    """PaCo's and BCL's `augmentation_randncls` (PaCo's query view, BCL's classifier view on the large datasets):
+    RandomResizedCrop, flip, colour jitter,
     then timm's RandAugment 'rand-n2-m10-mstd0.5' on the PIL image (PaCo's randaugment.py is a copy of timm's; each
     of the 15 ops applied with p 0.5 at a magnitude drawn from N(10, 0.5)), translations up to 45 % of the size and
     the ImageNet mean as the fill."""
@@ -141,10 +152,11 @@ VIEW_AUGMENTS: dict[str, Callable[[int, int, int], Callable[[torch.Tensor], torc
     "crop_flip": None, "flip": None, "none": None,
     "simclr": _simclr, "autoaugment_cutout": _autoaugment_cutout, "randaugment": _randaugment,
     "crop_colour_blur": _crop_colour_blur, "rrc_sim": _rrc_sim, "rrc_randaugment": _rrc_randaugment,
+    "rrc_colour": _rrc_colour,
 }
 # The views that start with a RandomResizedCrop of the whole image: from shards of large images they read the
 # decoded image itself, not its centre crop
-WHOLE_IMAGE_VIEWS = ("rrc_sim", "rrc_randaugment")
+WHOLE_IMAGE_VIEWS = ("rrc_sim", "rrc_randaugment", "rrc_colour")
 
 
 def _image_seed(*keys: int) -> int:

@@ -205,7 +205,7 @@ def _check_contrast(cfg: Config) -> None:
     if cfg.model.classifier != head:
         raise ConfigError(f"config key 'model.classifier': {c.method}'s classes are a {head} classifier; set "
                           f"model.classifier={head}")
-    if not cfg.train.drop_last:
+    if not cfg.train.drop_last and c.method != "bcl":     # BCL's code keeps the last batch (its BN sees 3 views)
         raise ConfigError(f"config key 'train.drop_last': {c.method}'s code drops an epoch's last incomplete batch "
                           "(a batch of one breaks the projection's BatchNorm, and the queue takes whole batches); set "
                           "train.drop_last=true")

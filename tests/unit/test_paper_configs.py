@@ -130,7 +130,13 @@ def large_env(large_shards, monkeypatch, tmp_path):
 def test_large_scale_configs(repo, large_env, large_shards):
     d = repo / "configs" / "paper"
     inlt = {p.stem: load_config(p) for p in sorted((d / "imagenet_lt").glob("*.yaml"))}
-    assert set(inlt) == {"wd", "wb", "taunorm", "hs_stage1", "hs", "paco", "ride", "sade"}
+    assert set(inlt) == {"wd", "wb", "taunorm", "hs_stage1", "hs", "paco", "ride", "sade", "bcl"}
+    # BCL (its README command, main.py's defaults; ResNeXt-50 as its table): the best epoch on the val list
+    bcl = inlt["bcl"]
+    assert bcl.protocol == "clean" and (bcl.eval.selection_split, bcl.eval.select) == ("val", "best")
+    assert bcl.data.views == ["rrc_randaugment", "rrc_colour", "rrc_colour"] and not bcl.train.drop_last
+    assert (bcl.model.classifier, bcl.train.loss.name, bcl.train.contrast.dim, bcl.train.contrast.weight) == (
+        "cosine", "logit_adjusted", 1024, 0.35)
     wd = inlt["wd"]
     assert wd.model.name == "resnext50_32x4d" and wd.data.profile == "files" and wd.data.imbalance_factor == 256
     assert wd.data.shards == str(large_shards / "imagenet-lt") and wd.data.shards_manifest
