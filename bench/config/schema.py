@@ -86,6 +86,11 @@ class DataConfig:
             "[autoaugment_cutout, simclr], the query, then the key view; ImageNet-LT: [rrc_randaugment, rrc_sim]; "
             "BCL ImageNet-LT: [rrc_randaugment, rrc_colour, rrc_colour]; docs/methods.md); [] = one view, "
             "data.augment; in memory or from shards (data.decode=cpu), stage 1")
+    view_blur: Literal["pil", "tensor"] = _f("pil", "the Gaussian blur of the simclr, crop_colour_blur and rrc_sim "
+                                                    "views (and SADE's test-time views): pil = MoCo v2's GaussianBlur "
+                                                    "as PaCo and SADE copy it (PIL, radius sigma ~ U(0.1, 2)); tensor "
+                                                    "= torchvision's GaussianBlur on tensors, kernel 13 (ltbench "
+                                                    "before 2026-12; 3x slower on the CPU)")
     crop_padding: int = _f(4, "zero padding of the random crop, pixels", ge=0)
     to_rgb: bool = _f(False, "repeat a one-channel (grey) image to three channels before the model, as the WB "
                              "reference run on Fashion-MNIST-LT did; the first convolution then has three input "
@@ -491,6 +496,8 @@ class WandbConfig:
 
 # Fields added after run directories were first named (dotted key -> default): out of the run hash while at
 # their default, so an upgrade keeps every existing run directory and its hash.
+# The data.views that blur (data.view_blur); SADE's test-time aggregation (posthoc sade_tta) blurs its views too
+BLUR_VIEWS = {"simclr", "crop_colour_blur", "rrc_sim"}
 # train.distill's fields that say where the teacher is (not what it is): out of the hash
 DISTILL_LOCATION = ("teacher", "teacher_run")
 _hashed_distill = {k: v for k, v in dataclasses.asdict(DistillConfig()).items() if k not in DISTILL_LOCATION}
@@ -570,6 +577,9 @@ class Config:
         # Where the files are; selection_hash / the shard manifest's digest in run.json record what was read.
         d["data"].pop("root")
         d["data"].pop("shards")
+        blurs = bool(BLUR_VIEWS & set(self.data.views)) or (self.stage == "posthoc" and self.posthoc.kind == "sade_tta")
+        if not blurs:
+            d["data"].pop("view_blur")    # no blurred view: the field cannot change the result (nor old hashes)
         for train in (d["train"], d.get("stage2", {}).get("train", {})):
             for key in DISTILL_LOCATION:       # where the teacher is; teacher_hash says which run it is
                 train.get("distill", {}).pop(key, None)

@@ -85,12 +85,13 @@ class LTData:
                 raise DatasetError(f"sampler {sampler} needs random access to the training set; with data.shards "
                                    "use it on cached features (stage 2) or in-memory data")
             spec = self._spec(self.train, True, batch_size // dist.world(), seed, augment, drop_last)
-            return ShardLoader(dataclasses.replace(spec, views=tuple(views)), self.normalizer(), workers)
+            return ShardLoader(dataclasses.replace(spec, views=tuple(views), view_blur=self.cfg.view_blur),
+                               self.normalizer(), workers)
         return InMemoryLoader(self.train, batch_size, seed=seed, normalize=self.normalizer(), augment=augment,
                               crop_padding=self.cfg.crop_padding, drop_last=drop_last, sampler=sampler,
                               num_classes=self.num_classes, rank=dist.rank(), world=dist.world(),
                               epoch_length=epoch_length,
-                              views=view_fn(views, self.cfg.crop_padding) if views else None)
+                              views=view_fn(views, self.cfg.crop_padding, self.cfg.view_blur) if views else None)
 
     def eval_batches(self, name: str, batch_size: int, workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The split in order (on this rank), normalised on `device`, no augmentation."""

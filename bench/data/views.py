@@ -59,40 +59,46 @@ def _pil_blur(x: torch.Tensor) -> torch.Tensor:
     return TF.pil_to_tensor(TF.to_pil_image(x).filter(ImageFilter.GaussianBlur(radius=sigma)))
 
 
-def _colour_and_blur(channels: int) -> tuple[list[Callable[[torch.Tensor], torch.Tensor]], Callable]:
+def _colour_and_blur(channels: int, blur: str = "pil") -> tuple[list[Callable[[torch.Tensor], torch.Tensor]],
+                                                                  Callable]:
     """MoCo v2's colour jitter (p 0.8) and greyscale (p 0.2), only brightness and contrast on one channel; its
-    Gaussian blur, for the caller to apply with its own probability."""
+    Gaussian blur (data.view_blur: PIL's, or torchvision's on tensors), for the caller to apply with its own
+    probability."""
     from torchvision.transforms import v2
 
     colour = [v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8), v2.RandomGrayscale(p=0.2)] \
         if channels == 3 else [v2.RandomApply([v2.ColorJitter(0.4, 0.4)], p=0.8)]
-    return colour, _pil_blur
+    return colour, _pil_blur if blur == "pil" else v2.GaussianBlur(13, sigma=(0.1, 2.0))
 
 
-def _simclr(size: int, channels: int, padding: int) -> Callable[[torch.Tensor], torch.Tensor]:
+def _simclr(size: int, channels: int, padding: int,
+            blur: str = "pil") -> Callable[[torch.Tensor], torch.Tensor]:
     from torchvision.transforms import v2
 
-    colour, blur = _colour_and_blur(channels)
+    colour, blurring = _colour_and_blur(channels, blur)
     return v2.Compose([v2.RandomResizedCrop(size, scale=(0.2, 1.0), antialias=True), v2.RandomHorizontalFlip(),
-                       *colour, v2.RandomApply([blur], p=0.5)])
+                       *colour, v2.RandomApply([blurring], p=0.5)])
 
 
-def _autoaugment_cutout(size: int, channels: int, padding: int) -> Callable[[torch.Tensor], torch.Tensor]:
+def _autoaugment_cutout(size: int, channels: int, padding: int,
+                        blur: str = "pil") -> Callable[[torch.Tensor], torch.Tensor]:
     from torchvision.transforms import v2
 
     return v2.Compose([v2.RandomCrop(size, padding=padding), v2.RandomHorizontalFlip(),
                        v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10), _cutout(16)])
 
 
-def _crop_colour_blur(size: int, channels: int, padding: int) -> Callable[[torch.Tensor], torch.Tensor]:
+def _crop_colour_blur(size: int, channels: int, padding: int,
+                      blur: str = "pil") -> Callable[[torch.Tensor], torch.Tensor]:
     from torchvision.transforms import v2
 
-    colour, blur = _colour_and_blur(channels)
-    return v2.Compose([v2.RandomCrop(size, padding=padding), *colour, v2.RandomApply([blur], p=0.2),
+    colour, blurring = _colour_and_blur(channels, blur)
+    return v2.Compose([v2.RandomCrop(size, padding=padding), *colour, v2.RandomApply([blurring], p=0.2),
                        v2.RandomHorizontalFlip()])
 
 
-def _randaugment(size: int, channels: int, padding: int) -> Callable[[torch.Tensor], torch.Tensor]:
+def _randaugment(size: int, channels: int, padding: int,
+                 blur: str = "pil") -> Callable[[torch.Tensor], torch.Tensor]:
     from torchvision.transforms import v2
 
     return v2.Compose([v2.RandomCrop(size, padding=padding), v2.RandomHorizontalFlip(), v2.RandAugment(2, 10)])
@@ -106,27 +112,30 @@ def _jitter_no_hue(channels: int) -> Callable[[torch.Tensor], torch.Tensor]:
     return v2.ColorJitter(0.4, 0.4, 0.4, 0.0) if channels == 3 else v2.ColorJitter(0.4, 0.4)
 
 
-def _rrc_sim(size: int, channels: int, padding: int) -> Callable[[torch.Tensor], torch.Tensor]:
+def _rrc_sim(size: int, channels: int, padding: int,
+             blur: str = "pil") -> Callable[[torch.Tensor], torch.Tensor]:
     """PaCo's `augmentation_sim` (paco_lt.py, ImageNet-LT / iNaturalist / Places-LT key view)."""
     from torchvision.transforms import v2
 
-    _, blur = _colour_and_blur(channels)
+    _, blurring = _colour_and_blur(channels, blur)
     grey = [v2.RandomGrayscale(p=0.2)] if channels == 3 else []
     return v2.Compose([v2.RandomResizedCrop(size, scale=(0.08, 1.0), antialias=True), _jitter_no_hue(channels), *grey,
-                       v2.RandomApply([blur], p=0.5), v2.RandomHorizontalFlip()])
+                       v2.RandomApply([blurring], p=0.5), v2.RandomHorizontalFlip()])
 
 
-def _rrc_colour(size: int, channels: int, padding: int) -> Callable[[torch.Tensor], torch.Tensor]:
+def _rrc_colour(size: int, channels: int, padding: int,
+                blur: str = "pil") -> Callable[[torch.Tensor], torch.Tensor]:
     """BCL's `augmentation_sim` (main.py, its contrastive views on ImageNet-LT / iNaturalist): RandomResizedCrop,
     flip, ColorJitter(0.4, 0.4, 0.4, 0.1) with p 0.8, greyscale with p 0.2; no blur."""
     from torchvision.transforms import v2
 
-    colour, _ = _colour_and_blur(channels)
+    colour, _ = _colour_and_blur(channels, blur)
     return v2.Compose([v2.RandomResizedCrop(size, scale=(0.08, 1.0), antialias=True), v2.RandomHorizontalFlip(),
                        *colour])
 
 
-def _rrc_randaugment(size: int, channels: int, padding: int) -> Callable[[torch.Tensor], torch.Tensor]:
+def _rrc_randaugment(size: int, channels: int, padding: int,
+                     blur: str = "pil") -> Callable[[torch.Tensor], torch.Tensor]:
     """PaCo's and BCL's `augmentation_randncls` (PaCo's query view, BCL's classifier view on the large datasets):
     RandomResizedCrop, flip, colour jitter,
     then timm's RandAugment 'rand-n2-m10-mstd0.5' on the PIL image (PaCo's randaugment.py is a copy of timm's; each
@@ -146,9 +155,9 @@ def _rrc_randaugment(size: int, channels: int, padding: int) -> Callable[[torch.
     return apply
 
 
-# view augmentation -> (image size, channels, crop padding) -> a transform of one uint8 CHW image drawing from torch's,
-# Python's and NumPy's global RNGs (seeded per image below)
-VIEW_AUGMENTS: dict[str, Callable[[int, int, int], Callable[[torch.Tensor], torch.Tensor]] | None] = {
+# view augmentation -> (image size, channels, crop padding, data.view_blur) -> a transform of one uint8 CHW image
+# drawing from torch's, Python's and NumPy's global RNGs (seeded per image below)
+VIEW_AUGMENTS: dict[str, Callable[[int, int, int, str], Callable[[torch.Tensor], torch.Tensor]] | None] = {
     "crop_flip": None, "flip": None, "none": None,
     "simclr": _simclr, "autoaugment_cutout": _autoaugment_cutout, "randaugment": _randaugment,
     "crop_colour_blur": _crop_colour_blur, "rrc_sim": _rrc_sim, "rrc_randaugment": _rrc_randaugment,
@@ -190,13 +199,13 @@ def colour_jitter(x: torch.Tensor, keys: tuple[int, ...]) -> torch.Tensor:
     return torch.stack(images) if images else x
 
 
-def view_fn(names: Sequence[str], crop_padding: int) -> ViewFn:
+def view_fn(names: Sequence[str], crop_padding: int, blur: str = "pil") -> ViewFn:
     """The InMemoryLoader's `views`: each batch as the views `names` (data.views)."""
-    return functools.partial(augment_views, names=tuple(names), crop_padding=crop_padding)
+    return functools.partial(augment_views, names=tuple(names), crop_padding=crop_padding, blur=blur)
 
 
 def augment_views(x: torch.Tensor, keys: tuple[int, ...], batch: int, offset: int, *, names: Sequence[str],
-                  crop_padding: int, whole: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+                  crop_padding: int, whole: Sequence[torch.Tensor] | None = None, blur: str = "pil") -> torch.Tensor:
     """uint8 (b, C, H, W), this rank's part (from `offset`) of a global batch of `batch` images -> uint8 (b, V, C, H,
     W), view v augmented as names[v] says. `keys` = (seed, epoch, step) of an in-memory batch, (seed, epoch, rank,
     batch index) of a shard stream's. `whole`: the decoded images x was cut from (shards of large images), which the
@@ -213,7 +222,7 @@ def augment_views(x: torch.Tensor, keys: tuple[int, ...], batch: int, offset: in
             continue
         build = VIEW_AUGMENTS[name]
         assert build is not None
-        transform = build(x.shape[-1], x.shape[1], crop_padding)
+        transform = build(x.shape[-1], x.shape[1], crop_padding, blur)
         source = whole if whole is not None and name in WHOLE_IMAGE_VIEWS else x
         images = []
         for i, img in enumerate(source):

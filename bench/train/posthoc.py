@@ -88,8 +88,9 @@ def _aggregate_experts(cfg: Config, st: Stage, model: torch.nn.Module, parent: R
     model.eval()
     # every process fits on the whole batches (rank 0 of 1): the same draws, so the same weights everywhere, as
     # the reference's one process; the evaluation below splits the test set over the processes as usual
+    tta_views = view_fn(["crop_colour_blur", "crop_colour_blur"], 4, cfg.data.view_blur)
     views = InMemoryLoader(data.test, ph.tta_batch_size, seed=cfg.seed + 2_000_003, normalize=data.normalizer(),
-                           crop_padding=4, rank=0, world=1, views=view_fn(["crop_colour_blur", "crop_colour_blur"], 4))
+                           crop_padding=4, rank=0, world=1, views=tta_views)
     weights, passes = fit_aggregation(
         lambda x: head(encode(model, x.to(st.device))), lambda e: (x for x, _ in views.epoch(e)), head.experts,
         ph.tta_epochs, ph.tta_lr, ph.tta_weight_decay, ph.tta_min_weight)

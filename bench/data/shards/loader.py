@@ -86,7 +86,7 @@ def _make_batch(items: list[Any], spec: StreamSpec, index: int) -> dict[str, Any
         # seeded by (seed, epoch, rank, batch index) and the image's place in the batch: a pure function of the
         # stream position, as the crops below, so a resumed epoch draws the same views
         x = augment_views(x, (spec.seed, spec.epoch, spec.rank, index), len(x), 0, names=spec.views,
-                          crop_padding=spec.crop_padding, whole=whole)
+                          crop_padding=spec.crop_padding, whole=whole, blur=spec.view_blur)
     elif spec.train and spec.augment != "none":
         # the same batched crop / flip as the in-memory loader; RandomResizedCrop already cropped
         gen = derived_generator(spec.seed, spec.epoch, spec.rank, index, 1)
