@@ -21,13 +21,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     A stage2/posthoc config inherits data, model, train (and groups, unless it sets them) from its parent.
     """
     raw = read_raw(path, overrides)
-    dataset = raw.get("data", {}).get("dataset") if isinstance(raw.get("data"), dict) else None
-    raw = apply_protocol(raw, file_split=is_file_split(dataset))
     base = Path(path).parent if path is not None else Path(".")
     if raw.get("stage") in ("stage2", "posthoc"):
         raw = _inherit_from_parent(raw, base)
     else:
         raw = _resolve_teacher(raw, base)
+    # after the lineage: a child's dataset (inherited) picks the protocol's per-dataset settings too
+    dataset = raw.get("data", {}).get("dataset") if isinstance(raw.get("data"), dict) else None
+    raw = apply_protocol(raw, file_split=is_file_split(dataset))
     cfg = build_config(raw)
     return resolve(cfg)
 

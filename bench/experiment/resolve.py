@@ -115,6 +115,9 @@ def _check_schedules(cfg: Config) -> None:
     _check_experts(cfg)
     _check_contrast(cfg)
     _check_distill(cfg)
+    if cfg.stage == "stage2" and cfg.stage2.augment == "crop_flip_rotate" and cfg.data.decode == "gpu":
+        raise ConfigError("config key 'stage2.augment': crop_flip_rotate is done on the CPU (data.decode=cpu); the "
+                          "GPU decoder crops and flips only")
     if cfg.stage2.lws_rows_lr_factor > 0 and not cfg.stage2.lws:
         raise ConfigError(f"config key 'stage2.lws_rows_lr_factor': {cfg.stage2.lws_rows_lr_factor} sets the lr of "
                           "LWS's classifier rows; set stage2.lws=true (MiSLAS) or leave it at 0")

@@ -59,6 +59,12 @@ def parent_run(cfg: Config, runs_root: str | Path, base: Path = Path(".")) -> Ru
     return run
 
 
+# What a teacher must share with its student's data: the long-tailed set and the model input
+TEACHER_DATA_KEYS = ("dataset", "imbalance_factor", "profile", "n_max", "rounding", "selection", "selection_seed",
+                     "val_per_class", "synthetic", "to_rgb", "pad_to", "mean", "std", "image_size", "eval_resize",
+                     "resize", "input_stats")
+
+
 def teacher_run(cfg: Config, runs_root: str | Path, base: Path = Path(".")) -> RunDir | None:
     """The finished run train.distill.teacher names (None without distillation)."""
     d = cfg.train.distill
@@ -70,9 +76,12 @@ def teacher_run(cfg: Config, runs_root: str | Path, base: Path = Path(".")) -> R
 def load_teacher(cfg: Config, data: LTData, teacher: RunDir, device: torch.device) -> torch.nn.Module:
     """The teacher's final model (its own architecture, from its config.yaml), on the student's data."""
     tcfg = stored_config(load_yaml(teacher.path / "config.yaml"))
-    if tcfg.data.dataset != cfg.data.dataset:
-        raise ConfigError(f"config key 'train.distill.teacher': {teacher.path} was trained on {tcfg.data.dataset}, "
-                          f"this run on {cfg.data.dataset}")
+    # the teacher reads the student's batches: the same long-tailed set and the same input (size, normalisation)
+    for key in TEACHER_DATA_KEYS:
+        mine, theirs = getattr(cfg.data, key), getattr(tcfg.data, key)
+        if mine != theirs:
+            raise ConfigError(f"config key 'train.distill.teacher': {teacher.path} has data.{key} = {theirs!r}, "
+                              f"this run {mine!r}; a teacher reads this run's batches")
     return load_parent_model(tcfg, data, teacher, device, owner_hash=cfg.train.distill.teacher_hash)
 
 

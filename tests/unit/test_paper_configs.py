@@ -163,6 +163,10 @@ def test_large_scale_configs(repo, large_env, large_shards):
     assert (inlt["sade"].train.epochs, inlt["sade"].train.schedule, inlt["sade"].train.loss.sade_tau) == (180, "cosine",
                                                                                                          2.0)
     assert (inat["sade"].train.loss.sade_tau, inat["ride"].train.loss.ride_temperature_factor) == (1.0, 0.015)
+    # a child takes the protocol's per-dataset settings of the dataset it inherits (SADE's test-time aggregation on
+    # ImageNet-LT: SADE validates on the val list there)
+    tta = load_config(d / "cifar100_lt_if100" / "sade_tta.yaml", [f"parent={d / 'imagenet_lt' / 'sade.yaml'}"])
+    assert tta.data.dataset == "imagenet-lt" and tta.eval.selection_split == "val"
     # PaCo (its ImageNetLT_train_R50.sh / Inat_train_R50.sh): the best epoch on the test list, as its code keeps it
     for paco, wd_ in ((inlt["paco"], 5e-4), (inat["paco"], 1e-4)):
         assert paco.protocol == "paco-reference" and (paco.eval.selection_split, paco.eval.select) == ("test", "best")

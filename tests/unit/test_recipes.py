@@ -221,6 +221,9 @@ def test_ride_distillation_from_a_finished_teacher(tmp_path):
         load_config(CONFIGS / "smoke.yaml", [*ride, "model.experts=3", f"train.distill.teacher={tmp_path / 'none'}"])
     with pytest.raises(ConfigError, match="config key 'train.distill.temperature': 1.5 is used with a teacher"):
         load_config(CONFIGS / "smoke.yaml", [*ride, "model.experts=3", "train.distill.temperature=1.5"])
+    # a teacher of another long-tailed set is refused (it reads this run's batches)
+    with pytest.raises(ConfigError, match="has data.imbalance_factor = 10.0, this run 20.0; a teacher reads"):
+        run_config_file(CONFIGS / "smoke.yaml", [*student, "data.imbalance_factor=20"], tmp_path)
     # a teacher given as its experiment YAML, never run: resolved to its run directory, which does not exist yet
     yaml_teacher = tmp_path / "teacher.yaml"
     yaml_teacher.write_text((CONFIGS / "smoke.yaml").read_text().replace("method: ce", "method: other-teacher"))

@@ -31,7 +31,7 @@ def _gpu_batch(xs: list[Any], ys: list[int], keys: list[str], holes: list[str], 
     if spec.train and spec.augment != "none":
         # _make_batch's crop / flip draws, from the same generator in the same order; decode_batch applies them
         # after centre-padding to pad_to, as the CPU path does (pad 0 after RandomResizedCrop: the flip only)
-        pad = spec.crop_padding if spec.augment == "crop_flip" else 0
+        pad = spec.crop_padding if spec.augment.startswith("crop_flip") else 0
         draws = crop_flip_draws(derived_generator(spec.seed, spec.epoch, spec.rank, index, 1), len(ys), pad, True)
     return {"index": index, "y": torch.tensor(ys, dtype=torch.int64), "keys": keys, "holes": holes,
             "gpu": {"jpegs": [j[1] for j in jpegs], "slots": [j[0] for j in jpegs],
