@@ -346,6 +346,9 @@ class TrainConfig:
                                                        "epoch, lr e / warmup_epochs in warm-up epoch e = 1, 2, ... "
                                                        "(the MiSLAS and LDAM-DRW codes)")
     loss: LossConfig = field(default_factory=LossConfig)
+    backbone_lr_factor: float = _f(1.0, "the lr of every parameter but the classifier's, as a fraction of lr (SADE "
+                                        "Places-LT: 0.1, its share_lr 0.001 for the pretrained ResNet-152 beside "
+                                        "0.01 for the experts' classifiers)", gt=0, le=1)
     contrast: ContrastConfig = field(default_factory=ContrastConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     drop_last: bool = _f(False, "drop the last incomplete batch of an epoch")
@@ -528,7 +531,7 @@ HASH_NEUTRAL_AT_DEFAULT: dict[str, Any] = {"data.to_rgb": False, "stage2.reinit_
                                                ("loss.ride_temperature", 1.0), ("loss.ride_temperature_factor", 0.05),
                                                ("loss.sade_tau", 2.0), ("lr_milestones", []),
                                                ("lr_step_gamma", 0.1), ("warmup_unit", "step"),
-                                               ("epoch_length", "sampler"))}}
+                                               ("epoch_length", "sampler"), ("backbone_lr_factor", 1.0))}}
 
 
 @dataclass

@@ -115,6 +115,9 @@ def _check_schedules(cfg: Config) -> None:
     _check_experts(cfg)
     _check_contrast(cfg)
     _check_distill(cfg)
+    if cfg.stage2.train.backbone_lr_factor != 1.0:
+        raise ConfigError(f"config key 'stage2.train.backbone_lr_factor': {cfg.stage2.train.backbone_lr_factor}; "
+                          "stage 2 trains the classifier (stage2.train_blocks for backbone blocks): leave it at 1")
     if cfg.stage == "stage2" and cfg.stage2.augment == "crop_flip_rotate" and cfg.data.decode == "gpu":
         raise ConfigError("config key 'stage2.augment': crop_flip_rotate is done on the CPU (data.decode=cpu); the "
                           "GPU decoder crops and flips only")

@@ -267,10 +267,8 @@ def make_model(cfg: Config, data: LTData, init: bool = True) -> nn.Module:
     experts = dict(num_experts=m.experts, expert_width=m.expert_width, expert_scale=m.expert_scale) \
         if m.experts > 1 else {}
     if experts and m.name not in MULTI_EXPERT_NAMES:
-        if m.pretrained_file is not None or m.embedding == "clip":
-            raise ModelError(f"model.experts: {m.experts} experts on {m.name} start from random weights; "
-                             f"model.pretrained_file / model.embedding have no multi-expert form")
-        model = build_resnet_experts(m.name, data.num_classes, data.in_chans, drop_rate=m.drop_rate, **experts)
+        model = build_resnet_experts(m.name, data.num_classes, data.in_chans, drop_rate=m.drop_rate,
+                                     pretrained_file=m.pretrained_file, **experts)
     else:
         model = build(m.name, num_classes=data.num_classes, in_chans=data.in_chans,
                       pretrained_file=m.pretrained_file, drop_rate=m.drop_rate, **experts)

@@ -11,6 +11,7 @@ the later stages one copy per expert at a reduced width, each expert pooled and 
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import timm
@@ -135,21 +136,32 @@ class ResNetExperts(MultiExpertNet):
     times `expert_width` (RIDE's reduce_dimension: 256 / 512 -> 192 / 384, grouped widths as its
     int(planes * base_width / 64) * groups); each expert average-pooled and scored by its own cosine classifier times
     `expert_scale`. Initialised as timm initialises the model (kaiming-normal fan-out convolutions, as RIDE's
-    normal(0, sqrt(2 / n))), with every BatchNorm weight at one, as RIDE (no zero-initialised last BatchNorm)."""
+    normal(0, sqrt(2 / n))), with every BatchNorm weight at one, as RIDE (no zero-initialised last BatchNorm).
+
+    `base`: a (pretrained) timm model of `name` to start from instead: its stem, layer1 and layer2 shared, and every
+    expert a copy of its layer3 and layer4 (SADE's Places-LT ResNet-152 from ImageNet weights), at full width only.
+    """
 
     def __init__(self, name: str, num_classes: int, in_chans: int = 3, num_experts: int = 3,
-                 expert_width: float = 1.0, expert_scale: float = 30.0, drop_rate: float = 0.0) -> None:
+                 expert_width: float = 1.0, expert_scale: float = 30.0, drop_rate: float = 0.0,
+                 base: nn.Module | None = None) -> None:
         super().__init__()
-        base = timm.create_model(name, num_classes=0, in_chans=in_chans, zero_init_last=False)
+        pretrained = base is not None
+        if base is None:
+            base = timm.create_model(name, num_classes=0, in_chans=in_chans, zero_init_last=False)
         if not isinstance(base, timm.models.ResNet):
             raise ValueError(f"{name} is not a timm ResNet / ResNeXt")
+        if pretrained and expert_width != 1.0:
+            raise ValueError(f"experts copied from pretrained weights keep their width (expert_width 1, not "
+                             f"{expert_width})")
         self.num_experts, self.expert_scale, self.drop_rate = num_experts, expert_scale, drop_rate
         self.conv1, self.bn1, self.act1, self.maxpool = base.conv1, base.bn1, base.act1, base.maxpool
         self.layer1, self.layer2 = base.layer1, base.layer2
         widths = (64, 128, round(256 * expert_width), round(512 * expert_width))
         experts = []
         for _ in range(num_experts):
-            e = timm.create_model(name, num_classes=0, in_chans=in_chans, zero_init_last=False, channels=widths)
+            e = copy.deepcopy(base) if pretrained else timm.create_model(
+                name, num_classes=0, in_chans=in_chans, zero_init_last=False, channels=widths)
             assert isinstance(e, timm.models.ResNet)
             experts.append(nn.Sequential(*(getattr(e, n) for n in ("layer3", "layer4"))))
             self.expert_features = int(e.num_features)

@@ -188,12 +188,14 @@ def _open_clip_prefix(sd: Mapping[str, torch.Tensor]) -> str | None:
 
 
 def build_resnet_experts(name: str, num_classes: int, in_chans: int, num_experts: int, expert_width: float,
-                         expert_scale: float, drop_rate: float = 0.0) -> nn.Module:
-    """ResNetExperts of the timm model `name`, or a one-line ModelError."""
+                         expert_scale: float, drop_rate: float = 0.0, pretrained_file: str | None = None) -> nn.Module:
+    """ResNetExperts of the timm model `name` (its experts copies of the pretrained layer3 / layer4 when
+    `pretrained_file` is given, loaded as build_model loads it), or a one-line ModelError."""
     if not timm.is_model(name):
         raise ModelError(f"model.name: {name!r} is not a timm model")
+    base = None if pretrained_file is None else build_model(name, 0, in_chans, pretrained_file, zero_init_last=False)
     try:
-        return ResNetExperts(name, num_classes, in_chans, num_experts, expert_width, expert_scale, drop_rate)
+        return ResNetExperts(name, num_classes, in_chans, num_experts, expert_width, expert_scale, drop_rate, base)
     except (ValueError, TypeError) as e:
         raise ModelError(f"model.experts: {num_experts} experts need a CIFAR ResNet or a timm ResNet / ResNeXt; "
                          f"{name} has no multi-expert form ({one_line(e)})") from e

@@ -260,12 +260,24 @@ def expert_large_configs(folder: str) -> dict[str, dict]:
     reduce_dimension) under ride- / sade-reference, from their configs/config_imagenet_lt_resnext50_{ride,sade}.json and
     config_iNaturalist_resnet50_{ride,sade}.json: ImageNet-LT trains on RandomResizedCrop + flip + colour jitter,
     iNaturalist on RandomResizedCrop + flip. RIDE's expert-assignment stage is not shipped here: its class-balanced
-    loader needs random access, which shards do not give."""
+    loader needs random access, which shards do not give. SADE's Places-LT model starts from the ImageNet-pretrained
+    ResNet-152 (LTBENCH_WEIGHTS; its code loads a caffe conversion of those weights)."""
     dataset = LARGE[folder][0]
+    name = folder.replace("_", "-")
+    if dataset == "places-lt":
+        # config_places_lt_resnet152_sade.json: every expert a copy of the ImageNet-pretrained ResNet-152's layer3 /
+        # layer4 (reduce_dimension false), the backbone at share_lr 0.001 and the classifiers at 0.01, batch 128,
+        # WD 4e-4, x0.1 after epochs 10 and 20, 30 epochs, tau 1; RandomResizedCrop + flip + colour jitter
+        return {"sade": {
+            "name": name, "method": "sade", "protocol": "sade-reference",
+            "data": {"dataset": dataset, "shards": "${LTBENCH_SHARDS}/" + dataset, "augment": "rrc_flip_jitter"},
+            "model": {**LARGE[folder][1], "experts": 3, "expert_width": 1.0, "expert_scale": 30.0},
+            "train": {"epochs": 30, "batch_size": 128, "lr": 0.01, "momentum": 0.9, "nesterov": True,
+                      "weight_decay": 4.0e-4, "schedule": "step", "lr_milestones": [10, 20], "lr_step_gamma": 0.1,
+                      "backbone_lr_factor": 0.1, "loss": {"name": "sade", "sade_tau": 1.0}}}}
     if dataset not in ("imagenet-lt", "inat2018"):
         return {}
     inlt = dataset == "imagenet-lt"
-    name = folder.replace("_", "-")
     data = {"dataset": dataset, "shards": "${LTBENCH_SHARDS}/" + dataset,
             "augment": "rrc_flip_jitter" if inlt else "rrc_flip"}
     model = {"name": "resnext50_32x4d" if inlt else "resnet50", "experts": 3, "expert_width": 0.75,
@@ -311,7 +323,7 @@ def bcl_large_config(folder: str) -> dict[str, dict]:
 LARGE_HEADER = {
     "bcl": "BCL, ResNeXt-50: logit-adjusted cosine classifier + balanced contrastive loss, views sim-sim",
     "ride": "RIDE, 3 experts at 3/4 width: LDAM-DRW per expert + diversity term, mean of the experts (no router)",
-    "sade": "SADE, 3 experts at 3/4 width: softmax / balanced / inverse-prior experts, mean of the experts",
+    "sade": "SADE, 3 experts: softmax / balanced / inverse-prior experts, mean of the experts",
     "paco": "PaCo, ResNet-50: class centres and supervised contrast in one softmax, momentum key encoder, queue 8192",
     "wd": "CE + weight decay (WB stage 1)", "wb": "+ CB & WD & MaxNorm (WB stage 2, on cached features)",
     "taunorm": "+ tau-norm, tau chosen on val", "hs_stage1": "HS single stage: ETF classifier, WD in the loss, FR",

@@ -177,6 +177,11 @@ def test_large_scale_configs(repo, large_env, large_shards):
     assert inat["wd"].model.name == "resnet50" and inat["wd"].train.batch_size == 512
     assert inat["wd"].eval.selection_split == "test" and inat["wd"].eval.select == "last"
     assert inat["wd"].data.val_per_class == 0 and inat["wd"].data.imbalance_factor == 500
+    # SADE Places-LT: 3 full-width experts copied from the pretrained ResNet-152, the backbone at 0.1 x lr
+    sp = load_config(d / "places_lt" / "sade.yaml")
+    assert (sp.model.experts, sp.model.expert_width, sp.train.backbone_lr_factor, sp.train.loss.sade_tau) == (
+        3, 1.0, 0.1, 1.0) and sp.model.pretrained_file.endswith("resnet152_imagenet.pth")
+    assert (sp.eval.selection_split, sp.eval.select, sp.protocol) == ("val", "best", "sade-reference")
     places = load_config(d / "places_lt" / "wd.yaml")
     assert places.model.name == "resnet152" and places.model.pretrained_file.endswith("resnet152_imagenet.pth")
     assert places.data.n_max == 4980

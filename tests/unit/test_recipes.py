@@ -188,10 +188,30 @@ def test_multi_expert_timm_resnet_trains_from_a_config(tmp_path):
                                                "model.expert_width=0.5", "train.loss.name=sade", "train.epochs=1"])
     result = run_experiment(cfg, RunDir.for_config(cfg, tmp_path), runs_root=tmp_path)
     assert 0 <= result["metrics"]["all"] <= 100
-    bad = load_config(CONFIGS / "smoke.yaml", [*TINY, "model.name=resnet18", "model.experts=3",
-                                               "model.pretrained_file=/nonexistent.pth", "train.loss.name=sade"])
-    with pytest.raises(ModelError, match="start from random weights"):
-        run_experiment(bad, RunDir.for_config(bad, tmp_path), runs_root=tmp_path)
+    # SADE's Places-LT form: every expert a copy of the pretrained layer3 / layer4, the backbone at 0.1 x lr
+    import timm
+
+    from bench.data.lt import build_lt_data
+    from bench.methods.classifiers import make_model
+
+    weights = tmp_path / "resnet18.pth"
+    torch.save(timm.create_model("resnet18", num_classes=0).state_dict(), weights)
+    pre = load_config(CONFIGS / "smoke.yaml", [*TINY, "model.name=resnet18", "model.experts=3",
+                                               f"model.pretrained_file={weights}", "train.loss.name=sade",
+                                               "train.backbone_lr_factor=0.1"])
+    model = make_model(pre, build_lt_data(pre.data))
+    saved = torch.load(weights)
+    assert torch.equal(model.layer1[0].conv1.weight, saved["layer1.0.conv1.weight"])
+    assert all(torch.equal(model.experts[k][1][0].conv2.weight, saved["layer4.0.conv2.weight"]) for k in range(3))
+    result = run_experiment(pre, run := RunDir.for_config(pre, tmp_path), runs_root=tmp_path)
+    assert 0 <= result["metrics"]["all"] <= 100
+    groups = torch.load(run.path / "checkpoints" / "last.pt", weights_only=False)["optimizer"]["param_groups"]
+    sizes = {g["initial_lr"]: len(g["params"]) for g in groups}
+    assert sorted(sizes) == pytest.approx([0.1 * pre.train.lr, pre.train.lr]) and sizes[pre.train.lr] == 1  # fc
+    with pytest.raises(ModelError, match="keep their width"):
+        make_model(load_config(CONFIGS / "smoke.yaml", [*TINY, "model.name=resnet18", "model.experts=3",
+                                                        "model.expert_width=0.5", f"model.pretrained_file={weights}",
+                                                        "train.loss.name=sade"]), build_lt_data(pre.data))
 
 
 def test_ride_distillation_from_a_finished_teacher(tmp_path):
