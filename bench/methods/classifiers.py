@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from bench.config import Config
 from bench.data.lt import LTData
 from bench.methods.adapters import apply_peft, build_adapters
-from bench.models import ModelError, build_model
+from bench.models import build_model
 from bench.models.cifar_resnet import MULTI_EXPERT_NAMES
 from bench.models.factory import build_resnet_experts
 from bench.models.clip import build_clip_model

@@ -104,14 +104,15 @@ def test_hash_neutral_fields_keep_old_run_names_until_set():
     for key in ("embedding", "zeroshot", "peft", "experts", "expert_width", "expert_scale", "cosine_scale"):
         del d["model"][key]
     for key in ("mixup_alpha", "lr_milestones", "lr_step_gamma", "warmup_unit", "epoch_length", "contrast",
-                "distill"):
+                "distill", "backbone_lr_factor"):
         del d["train"][key]
     for key in ("las_head", "las_tail", "las_shape", "ride_diversity", "ride_temperature", "ride_temperature_factor",
                 "sade_tau"):
         del d["train"]["loss"][key]
     assert a.run_hash() == hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
     for other in ("data.to_rgb=true", "data.resize=32", "model.peft.method=lora", "model.zeroshot.templates=['{}']",
-                  "train.mixup_alpha=1", "train.loss.las_head=0.3", "train.warmup_unit=epoch"):
+                  "train.mixup_alpha=1", "train.loss.las_head=0.3", "train.warmup_unit=epoch",
+                  "train.backbone_lr_factor=0.5"):
         assert load_config(None, ["data.dataset=fashion-mnist", other]).run_hash() != a.run_hash()
 
 
