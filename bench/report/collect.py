@@ -15,7 +15,7 @@ from bench.runtime.rundir import RunDir
 
 METRICS = ("all", *GROUPS)
 # Config keys that identify the row or the column, or differ between seeds of one setting.
-IDENTITY_KEYS = ("seed", "parent_hash", "name", "method")
+IDENTITY_KEYS = ("seed", "parent_hash", "name", "method", "train.distill.teacher_hash")   # parent, teacher: per seed
 COLUMN_KEYS = ("data.dataset", "data.imbalance_factor")
 # What a run directory holds besides its own config.yaml (W&B writes a config.yaml of its own under wandb/):
 # skipped only inside a run directory, so that an experiment may be called `logs` or `features`.

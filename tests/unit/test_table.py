@@ -470,3 +470,14 @@ def test_a_test_time_aggregation_row_names_its_weights_and_that_it_read_test(tmp
     md = RENDER["md"](build_table(collect([str(root)])))
     assert ("sade-tta, Synthetic-LT IF 10: expert weights fitted on the unlabeled test images (transductive): "
             "[0.10, 0.20, 0.70] (seed 0), [0.30, 0.30, 0.40] (seed 1)") in md
+
+
+def test_seeds_of_a_distilled_model_are_one_setting(tmp_path):
+    """Each seed of a distilled model has its own teacher (the teacher run of that seed): the teacher's hash, like a
+    parent's, differs between the seeds of one setting and does not split the row."""
+    root = tmp_path / "runs"
+    for seed, acc in ((0, 80.0), (1, 82.0)):
+        write_run(root, ["name=c", "method=ride-distill", f"seed={seed}", f"train.distill.teacher_hash=t{seed}"],
+                  all_=acc)
+    md = RENDER["md"](build_table(collect([str(root)])))
+    assert "| ride-distill | 81.00 ± 1.41 |" in md and "several settings" not in md
