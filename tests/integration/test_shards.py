@@ -500,11 +500,17 @@ stage2: {{train: {{epochs: 2, batch_size: 8}}, maxnorm: true, bn_mode: eval, aug
     from bench.data.views import colour_jitter
     from bench.experiment import load_config
 
+    from bench.data import cards as card_cache
+
     monkeypatch.setenv("LTBENCH_DATASETS_DIR", str(cards))
-    c = load_config(cfg, ["data.augment=rrc_flip_jitter"])
-    data = build_lt_data(c.data)
-    plain, jit = (next(iter(data.train_loader(8, 0, a, False, "instance", 0).epoch(0)))
-                  for a in ("rrc_flip", "rrc_flip_jitter"))
+    card_cache.load_card.cache_clear()     # the fake cards must not outlive this test in this process
+    try:
+        c = load_config(cfg, ["data.augment=rrc_flip_jitter"])
+        data = build_lt_data(c.data)
+        plain, jit = (next(iter(data.train_loader(8, 0, a, False, "instance", 0).epoch(0)))
+                      for a in ("rrc_flip", "rrc_flip_jitter"))
+    finally:
+        card_cache.load_card.cache_clear()
     norm = Normalize(tuple(c.data.mean), tuple(c.data.std), 3)
     raw = torch.round(plain[0] * norm.std + norm.mean).clamp(0, 255).to(torch.uint8)
     assert torch.equal(plain[1], jit[1]) and not torch.equal(plain[0], jit[0])
