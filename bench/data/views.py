@@ -29,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -188,15 +188,21 @@ def _seeded(seed: int) -> Iterator[None]:
             np.random.set_state(npy)
 
 
+def _each_image(transform: Callable[[torch.Tensor], torch.Tensor], images: Iterable[torch.Tensor],
+                keys: tuple[int, ...], start: int, fallback: torch.Tensor) -> torch.Tensor:
+    """`transform` of every image, the global RNGs seeded by (*keys, start + its place) for it (start: where these
+    images begin in the global batch); `fallback` when there is no image."""
+    out = []
+    for i, img in enumerate(images):
+        with _seeded(_image_seed(*keys, start + i)):
+            out.append(transform(img))
+    return torch.stack(out) if out else fallback
+
+
 def colour_jitter(x: torch.Tensor, keys: tuple[int, ...]) -> torch.Tensor:
     """uint8 (b, C, H, W), each image through ColorJitter(0.4, 0.4, 0.4, 0) (data.augment=rrc_flip_jitter: RIDE's
     and SADE's ImageNet-LT transform), seeded by `keys` and its place in the batch."""
-    jitter = _jitter_no_hue(x.shape[1])
-    images = []
-    for i, img in enumerate(x):
-        with _seeded(_image_seed(*keys, 1_000, i)):
-            images.append(jitter(img))
-    return torch.stack(images) if images else x
+    return _each_image(_jitter_no_hue(x.shape[1]), x, (*keys, 1_000), 0, x)
 
 
 def view_fn(names: Sequence[str], crop_padding: int, blur: str = "pil") -> ViewFn:
@@ -224,9 +230,5 @@ def augment_views(x: torch.Tensor, keys: tuple[int, ...], batch: int, offset: in
         assert build is not None
         transform = build(x.shape[-1], x.shape[1], crop_padding, blur)
         source = whole if whole is not None and name in WHOLE_IMAGE_VIEWS else x
-        images = []
-        for i, img in enumerate(source):
-            with _seeded(_image_seed(*keys, 2 + v, offset + i)):
-                images.append(transform(img))
-        out.append(torch.stack(images) if images else x)
+        out.append(_each_image(transform, source, (*keys, 2 + v), offset, x))
     return torch.stack(out, dim=1)

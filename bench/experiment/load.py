@@ -55,19 +55,24 @@ def _resolve_teacher(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     distill = train.get("distill")
     if not isinstance(distill, dict) or not distill.get("teacher"):
         return raw
-    seed = raw.get("seed", 0)
-    teacher = load_parent(str(distill["teacher"]), seed if isinstance(seed, int) else 0, base,
-                          key="train.distill.teacher")
+    # a teacher picked on test would carry it into a clean student: the same protocol, as a parent
+    teacher, run = _lineage(raw, str(distill["teacher"]), base, "train.distill.teacher", "teacher")
     if teacher.stage != "stage1":
         raise ConfigError(f"config key 'train.distill.teacher': {distill['teacher']} is a {teacher.stage} run; a "
                           "teacher is a trained model (stage1)")
-    protocol = raw.get("protocol", "custom")
-    if protocol != "custom" and teacher.protocol != protocol:   # a teacher picked on test would leak it into clean
-        raise ConfigError(f"config key 'protocol': {protocol} but the teacher run follows {teacher.protocol}")
-    distill = {**distill, "teacher_hash": teacher.run_hash()}
-    if not parent_path(str(distill["teacher"]), base).is_dir():
-        distill["teacher_run"] = f"{teacher.name}/{teacher.run_name()}"
+    distill = {**distill, "teacher_hash": teacher.run_hash(), **({"teacher_run": run} if run else {})}
     return {**raw, "train": {**train, "distill": distill}}
+
+
+def _lineage(raw: dict[str, Any], ref: str, base: Path, key: str, what: str) -> tuple[Config, str | None]:
+    """The run `ref` (a parent, a teacher) names, for this config's seed, checked to follow its protocol; and,
+    when `ref` is a YAML, its run directory under the runs root (<name>/<run name>, resolved once here)."""
+    seed = raw.get("seed", 0)
+    cfg = load_parent(ref, seed if isinstance(seed, int) else 0, base, key=key)
+    protocol = raw.get("protocol", "custom")
+    if protocol != "custom" and cfg.protocol != protocol:
+        raise ConfigError(f"config key 'protocol': {protocol} but the {what} run follows {cfg.protocol}")
+    return cfg, None if parent_path(ref, base).is_dir() else f"{cfg.name}/{cfg.run_name()}"
 
 
 def _inherit_from_parent(raw: dict[str, Any], base: Path) -> dict[str, Any]:
@@ -83,19 +88,15 @@ def _inherit_from_parent(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     for key in INHERITED:
         if key in raw:
             raise ConfigError(f"config key '{key}': a {stage} config takes '{key}' from its parent; set it there")
-    seed = raw.get("seed", 0)
-    parent = load_parent(str(raw["parent"]), seed if isinstance(seed, int) else 0, base)
-    protocol = raw.get("protocol", "custom")
-    if protocol != "custom" and parent.protocol != protocol:
-        raise ConfigError(f"config key 'protocol': {protocol} but the parent run follows {parent.protocol}")
+    parent, run = _lineage(raw, str(raw["parent"]), base, "parent", "parent")
     if parent.seed != raw.get("seed", parent.seed):
         raise ConfigError(f"config key 'seed': {raw.get('seed')} differs from the parent run's seed {parent.seed}")
     pd = parent.to_dict()
     out = dict(raw)
     out["seed"] = parent.seed
     out["parent_hash"] = parent.run_hash()
-    if not parent_path(str(raw["parent"]), base).is_dir():
-        out["parent_run"] = f"{parent.name}/{parent.run_name()}"   # resolved once: stage 2 finds it from here
+    if run:
+        out["parent_run"] = run   # resolved once: stage 2 finds it from here
     for key in INHERITED:
         out[key] = pd[key]
     if where:

@@ -56,9 +56,11 @@ def train_stage1(cfg: Config, run: RunDir, figures: Figures | None = None, teach
         forward = Taught(forward, load_teacher(cfg, data, teacher, device), t.distill.teacher_bn)
         loss = DistillLoss(loss, t.distill, cfg.model.experts)
     # train.backbone_lr_factor: all but the classifier at a fraction of the lr (SADE's Places-LT share_lr)
-    head_params = {id(p) for p in head_of(model).parameters()}
-    optimizer = make_optimizer(trained, t, {p: t.backbone_lr_factor for p in model.parameters()
-                                            if id(p) not in head_params} if t.backbone_lr_factor != 1 else None)
+    backbone = None
+    if t.backbone_lr_factor != 1:
+        head_params = {id(p) for p in head_of(model).parameters()}
+        backbone = {p: t.backbone_lr_factor for p in model.parameters() if id(p) not in head_params}
+    optimizer = make_optimizer(trained, t, backbone)
 
     def batches(split: str):
         return data.eval_batches(split, cfg.eval.batch_size, cfg.runtime.workers)  # type: ignore[arg-type]
