@@ -111,6 +111,9 @@ DATASET_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
     "sade-reference": {"imagenet-lt": {"eval.selection_split": "val"}, "places-lt": {"eval.selection_split": "val"},
                        "inat2018": _LAST},
     "paco-reference": {"places-lt": {"eval.selection_split": "val"}},
+    # MiSLAS's ImageNet-LT / iNaturalist / Places-LT loaders: stage 2's class-aware batches take the stage-1 transform
+    # (RandomResizedCrop, flip, ColorJitter(.4, .4, .4)); both stages validate on the test list (iNat: val2018)
+    "mislas-reference": dict.fromkeys(("imagenet-lt", "inat2018", "places-lt"), {"stage2.augment": "rrc_flip_jitter"}),
 }
 
 # Every protocol name a config can give ("custom" = none); the schema's Literal lists the same (a test checks)

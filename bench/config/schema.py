@@ -81,14 +81,16 @@ class DataConfig:
                      "shards, data.decode=cpu), crop + flip + RandomRotation(15) (RIDE / SADE CIFAR; not with "
                      "data.decode=gpu), or none")
     views: list[Literal["crop_flip", "flip", "none", "simclr", "autoaugment_cutout", "randaugment",
-                        "crop_colour_blur", "rrc_sim", "rrc_randaugment", "rrc_colour"]] = _f(
+                        "crop_colour_blur", "rrc_sim", "rrc_randaugment", "rrc_colour", "rrc_sim_randaugment"]] = _f(
         [], "several augmented views of each training image, one augmentation per view (PaCo CIFAR: "
             "[autoaugment_cutout, simclr], the query, then the key view; ImageNet-LT: [rrc_randaugment, rrc_sim]; "
-            "BCL ImageNet-LT: [rrc_randaugment, rrc_colour, rrc_colour]; docs/methods.md); [] = one view, "
+            "BCL ImageNet-LT: [rrc_randaugment, rrc_colour, rrc_colour]; GPaCo ImageNet-LT: [rrc_randaugment, "
+            "rrc_sim_randaugment]; docs/methods.md); [] = one view, "
             "data.augment; in memory or from shards (data.decode=cpu), stage 1")
-    view_blur: Literal["pil", "tensor"] = _f("pil", "the Gaussian blur of the simclr, crop_colour_blur and rrc_sim "
-                                                    "views (and SADE's test-time views): pil = MoCo v2's GaussianBlur "
-                                                    "as PaCo and SADE copy it (PIL, radius sigma ~ U(0.1, 2)); tensor "
+    view_blur: Literal["pil", "tensor"] = _f("pil", "the Gaussian blur of the simclr, crop_colour_blur, rrc_sim "
+                                                    "and rrc_sim_randaugment views (and SADE's test-time views): "
+                                                    "pil = MoCo v2's GaussianBlur as PaCo and SADE copy it (PIL, "
+                                                    "radius sigma ~ U(0.1, 2)); tensor "
                                                     "= torchvision's GaussianBlur on tensors, kernel 13 (ltbench "
                                                     "before 2026-12; 3x slower on the CPU)")
     crop_padding: int = _f(4, "zero padding of the random crop, pixels", ge=0)
@@ -408,9 +410,9 @@ class Stage2Config:
                               "only (WB)", ge=0)
     bn_mode: Literal["train", "eval"] = _f("eval", "BatchNorm of the frozen backbone: eval, or train as in the WB code "
                                                    "(running stats keep moving)")
-    augment: Literal["crop_flip", "flip", "crop_flip_rotate", "none"] = _f(
+    augment: Literal["crop_flip", "flip", "crop_flip_rotate", "rrc_flip", "rrc_flip_jitter", "none"] = _f(
         "none", "stage-2 training augmentation (the WB code keeps crop+flip; RIDE's router stage crop + flip + "
-                "rotation)")
+                "rotation; MiSLAS on ImageNet-LT / iNaturalist its stage-1 rrc_flip_jitter; rrc_*: shards only)")
     cache_features: bool = _f(True, "with augment=none, bn_mode=eval and train_blocks=0, extract features once and "
                                     "train the classifier on them")
 
@@ -500,7 +502,7 @@ class WandbConfig:
 # Fields added after run directories were first named (dotted key -> default): out of the run hash while at
 # their default, so an upgrade keeps every existing run directory and its hash.
 # The data.views that blur (data.view_blur); SADE's test-time aggregation (posthoc sade_tta) blurs its views too
-BLUR_VIEWS = {"simclr", "crop_colour_blur", "rrc_sim"}
+BLUR_VIEWS = {"simclr", "crop_colour_blur", "rrc_sim", "rrc_sim_randaugment"}
 # train.distill's fields that say where the teacher is (not what it is): out of the hash
 DISTILL_LOCATION = ("teacher", "teacher_run")
 _hashed_distill = {k: v for k, v in dataclasses.asdict(DistillConfig()).items() if k not in DISTILL_LOCATION}

@@ -14,6 +14,7 @@ from bench.data.batches import InMemoryLoader, Normalize, Split, center_pad, eva
 from bench.data.cards import DatasetError, load_card
 from bench.data.loaders import TrainLoader
 from bench.data.profiles import class_counts, indices_hash, select_indices
+from bench.data.shards.access import SampledShardLoader
 from bench.data.shards.loader import ShardLoader
 from bench.data.shards.manifest import ShardSplit, check_shard_files, load_manifest
 from bench.data.shards.plan import StreamSpec
@@ -81,12 +82,12 @@ class LTData:
         """Training batches with the (epoch, start_step) interface, normalised on `device`; batch_size is global.
         `views` (data.views): (B, V, C, H, W) batches, view v augmented by views[v] (bench/data/views.py)."""
         if isinstance(self.train, ShardSplit):
-            if sampler != "instance":
-                raise DatasetError(f"sampler {sampler} needs random access to the training set; with data.shards "
-                                   "use it on cached features (stage 2) or in-memory data")
             spec = self._spec(self.train, True, batch_size // dist.world(), seed, augment, drop_last)
-            return ShardLoader(dataclasses.replace(spec, views=tuple(views), view_blur=self.cfg.view_blur),
-                               self.normalizer(), workers)
+            spec = dataclasses.replace(spec, views=tuple(views), view_blur=self.cfg.view_blur)
+            if sampler != "instance":   # a class-balanced order: read by random access, not streamed
+                return SampledShardLoader(spec, self.normalizer(), workers, batch=batch_size, sampler=sampler,
+                                          num_classes=self.num_classes, epoch_length=epoch_length)
+            return ShardLoader(spec, self.normalizer(), workers)
         return InMemoryLoader(self.train, batch_size, seed=seed, normalize=self.normalizer(), augment=augment,
                               crop_padding=self.cfg.crop_padding, drop_last=drop_last, sampler=sampler,
                               num_classes=self.num_classes, rank=dist.rank(), world=dist.world(),

@@ -29,6 +29,7 @@ from bench.data.cards import FILE_SPLIT_SOURCES, DatasetError, load_card
 from bench.data.lt import lt_selection
 from bench.data.profiles import indices_hash, profile_config
 from bench.data.shards.manifest import FORMAT, MANIFEST, file_sha256
+from bench.data.shards.tar import shard_spans
 from bench.data.sources import in_memory, load_raw
 from bench.runtime.progress import Progress, log
 
@@ -268,6 +269,13 @@ def _write_shard(out: str, name: str, split: str, first_key: int, items: list[It
     os.replace(tmp, path)
     record = {"name": name, "samples": len(items), "bytes": path.stat().st_size, "sha256": file_sha256(path),
               "labels": [it.label for it in items], "digest": digest}
+    if split == "train":
+        # where each sample starts (and the last one ends): the class-aware samplers read them at random
+        # (bench.data.shards.access) without scanning every header first
+        spans, problem = shard_spans(str(path))
+        if problem is not None or len(spans) != len(items):
+            raise RuntimeError(f"prepare: {path} reads back as {len(spans)} samples ({problem}), wrote {len(items)}")
+        record["offsets"] = [a for a, _ in spans] + [spans[-1][1]]
     rec = Path(out) / PREP_DIR / f"{name}.json"
     rec.write_text(json.dumps(record))
     return record
@@ -355,7 +363,8 @@ def write_shards(plan: Plan, out: Path, card: dict[str, Any], samples_per_shard:
         manifest["splits"][split] = {
             "num_samples": len(items),
             "class_counts": [counts.get(c, 0) for c in range(manifest["num_classes"])],
-            "shards": [{k: r[k] for k in ("name", "samples", "bytes", "sha256", "labels")} for r in shards],
+            "shards": [{k: r[k] for k in ("name", "samples", "bytes", "sha256", "labels", "offsets") if k in r}
+                       for r in shards],
         }
     tmp = out / f".{MANIFEST}.tmp"
     tmp.write_text(json.dumps(manifest, indent=1))

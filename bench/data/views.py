@@ -15,8 +15,9 @@ of `data.augment`; the others run torchvision's v2 transforms image by image on 
 - `randaugment`: RandomCrop(padding data.crop_padding) + flip + RandAugment(2 ops, magnitude 10).
 - `crop_colour_blur`: RandomCrop(padding data.crop_padding) + the colour jitter and greyscale of `simclr` + Gaussian
   blur with p 0.2 + flip: the views of SADE's test-time aggregation (its test_training_cifar.py).
-- `rrc_randaugment`, `rrc_sim`, `rrc_colour`: PaCo's and BCL's ImageNet-LT / iNaturalist views (RandomResizedCrop
-  + jitter + timm's RandAugment; PaCo's RandomResizedCrop + jitter + greyscale + blur; BCL's without the blur).
+- `rrc_randaugment`, `rrc_sim`, `rrc_colour`, `rrc_sim_randaugment`: PaCo's and BCL's ImageNet-LT / iNaturalist
+  views (RandomResizedCrop + jitter + timm's RandAugment; PaCo's RandomResizedCrop + jitter + greyscale + blur; BCL's
+  without the blur; GPaCo's key view, jitter + greyscale + blur, then RandAugment).
   From shards of large images they crop the decoded image (WHOLE_IMAGE_VIEWS), not its centre crop.
 
 Every image's draws come from its own seed, a function of (run seed, epoch, step, view, its index in the global
@@ -137,22 +138,36 @@ def _rrc_colour(size: int, channels: int, padding: int,
 def _rrc_randaugment(size: int, channels: int, padding: int,
                      blur: str = "pil") -> Callable[[torch.Tensor], torch.Tensor]:
     """PaCo's and BCL's `augmentation_randncls` (PaCo's query view, BCL's classifier view on the large datasets):
-    RandomResizedCrop, flip, colour jitter,
-    then timm's RandAugment 'rand-n2-m10-mstd0.5' on the PIL image (PaCo's randaugment.py is a copy of timm's; each
+    RandomResizedCrop, flip, colour jitter, then timm's RandAugment (_timm_randaugment)."""
+    from torchvision.transforms import v2
+
+    return v2.Compose([v2.RandomResizedCrop(size, scale=(0.08, 1.0), antialias=True), v2.RandomHorizontalFlip(),
+                       _jitter_no_hue(channels), _timm_randaugment(size, channels)])
+
+
+def _timm_randaugment(size: int, channels: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """timm's RandAugment 'rand-n2-m10-mstd0.5' on the PIL image (PaCo's randaugment.py is a copy of timm's; each
     of the 15 ops applied with p 0.5 at a magnitude drawn from N(10, 0.5)), translations up to 45 % of the size and
     the ImageNet mean as the fill."""
     from timm.data.auto_augment import rand_augment_transform
-    from torchvision.transforms import v2
     from torchvision.transforms.v2 import functional as TF
 
     fill = (124, 116, 104) if channels == 3 else (124,)
     ra = rand_augment_transform("rand-n2-m10-mstd0.5", {"translate_const": int(size * 0.45), "img_mean": fill})
-    head = v2.Compose([v2.RandomResizedCrop(size, scale=(0.08, 1.0), antialias=True), v2.RandomHorizontalFlip(),
-                       _jitter_no_hue(channels)])
+    return lambda x: TF.pil_to_tensor(ra(TF.to_pil_image(x)))
 
-    def apply(x: torch.Tensor) -> torch.Tensor:
-        return TF.pil_to_tensor(ra(TF.to_pil_image(head(x))))
-    return apply
+
+def _rrc_sim_randaugment(size: int, channels: int, padding: int,
+                         blur: str = "pil") -> Callable[[torch.Tensor], torch.Tensor]:
+    """PaCo's `augmentation_randnclsstack` (GPaCo's ImageNet-LT key view, aug randcls_randclsstack): RandomResizedCrop,
+    flip, colour jitter, greyscale with p 0.2, blur with p 0.5, then timm's RandAugment as `rrc_randaugment`."""
+    from torchvision.transforms import v2
+
+    _, blurring = _colour_and_blur(channels, blur)
+    grey = [v2.RandomGrayscale(p=0.2)] if channels == 3 else []
+    return v2.Compose([v2.RandomResizedCrop(size, scale=(0.08, 1.0), antialias=True), v2.RandomHorizontalFlip(),
+                       _jitter_no_hue(channels), *grey, v2.RandomApply([blurring], p=0.5),
+                       _timm_randaugment(size, channels)])
 
 
 # view augmentation -> (image size, channels, crop padding, data.view_blur) -> a transform of one uint8 CHW image
@@ -161,11 +176,11 @@ VIEW_AUGMENTS: dict[str, Callable[[int, int, int, str], Callable[[torch.Tensor],
     "crop_flip": None, "flip": None, "none": None,
     "simclr": _simclr, "autoaugment_cutout": _autoaugment_cutout, "randaugment": _randaugment,
     "crop_colour_blur": _crop_colour_blur, "rrc_sim": _rrc_sim, "rrc_randaugment": _rrc_randaugment,
-    "rrc_colour": _rrc_colour,
+    "rrc_colour": _rrc_colour, "rrc_sim_randaugment": _rrc_sim_randaugment,
 }
 # The views that start with a RandomResizedCrop of the whole image: from shards of large images they read the
 # decoded image itself, not its centre crop
-WHOLE_IMAGE_VIEWS = ("rrc_sim", "rrc_randaugment", "rrc_colour")
+WHOLE_IMAGE_VIEWS = ("rrc_sim", "rrc_randaugment", "rrc_colour", "rrc_sim_randaugment")
 
 
 def _image_seed(*keys: int) -> int:

@@ -43,7 +43,7 @@ from bench.methods.classifiers import make_model
 from bench.runtime.process import keep_freed_memory
 from bench.runtime.progress import log
 
-SECTIONS = ("trainer", "data", "stage2", "ddp", "demo", "gpu", "wbref", "scale", "sweep")
+SECTIONS = ("trainer", "data", "access", "stage2", "ddp", "demo", "gpu", "wbref", "scale", "sweep")
 
 
 def bare_loop(config: str, overrides: list[str], threads: int) -> dict[str, float]:
@@ -110,30 +110,67 @@ def section_trainer(s: Setting, root: Path, repeats: int) -> dict[str, Any]:
             "target": "ltbench >= 0.97 x bare loop", "met": ratio >= 0.97}
 
 
+def _shards(s: Setting, root: Path, fmt: str) -> Path:
+    """The setting's dataset as shards of `fmt` images under root (prepared once per `ltbench perf`)."""
+    out = root / f"shards-{fmt}"
+    if not (out / "manifest.json").is_file():
+        log(f"perf: preparing {s.dataset} shards ({fmt}) in {out}")
+        prepare(s.dataset, out, data_overrides=s.prepare_args, samples_per_shard=1000, workers=2, progress="off",
+                array_format=fmt)
+    return out
+
+
+def _loader_rate(s: Setting, shard_dir: Path | None, workers: int, sampler: str | None = None) -> float:
+    """Images per second of one training epoch of the loader alone (decode + augmentation, no model)."""
+    cfg = load_config(s.config, [*s.overrides, *([f"data.shards={shard_dir}"] if shard_dir else [])])
+    data = build_lt_data(cfg.data)
+    loader = data.train_loader(cfg.train.batch_size, cfg.seed, cfg.data.augment, cfg.train.drop_last,
+                               sampler or cfg.train.sampler, workers)
+    t0, n = time.time(), 0
+    for _x, y in loader.epoch(0):
+        n += len(y)
+    return n / (time.time() - t0)
+
+
+def section_access(s: Setting, root: Path, repeats: int) -> dict[str, Any]:
+    """The class-aware sampler from shards, reading each sample at its recorded offset, against the stream loader
+    on the same PNG shards: loaders alone (decode + crop/flip, one epoch, no model, 0 workers); and the header
+    scan that shards prepared without recorded offsets need once per process (page cache warm)."""
+    from bench.data.shards.manifest import load_manifest
+    from bench.data.shards.tar import shard_spans
+
+    shards = _shards(s, root, "npy" if s.quick else "png")
+    torch.set_num_threads(s.threads)
+    split = load_manifest(shards).split("train")
+    assert split is not None
+
+    def scan() -> float:
+        t0 = time.time()
+        n = sum(len(shard_spans(split.path(k))[0]) for k in range(len(split.shards)))
+        return n / (time.time() - t0)
+
+    res = interleaved(repeats, {
+        "stream loader (instance sampler), img/s": lambda: _loader_rate(s, shards, 0, "instance"),
+        "random access (class_aware sampler), img/s": lambda: _loader_rate(s, shards, 0, "class_aware"),
+        "header scan, samples/s": scan,
+    })
+    med = {k: median(v) for k, v in res.items()}
+    ratio = med["random access (class_aware sampler), img/s"] / med["stream loader (instance sampler), img/s"]
+    return {"rows": rows(res), "ratios": {"random access / stream": ratio,
+                                          "header scan: s per 100k samples": 1e5 / med["header scan, samples/s"]},
+            "target": "random access >= 0.8 x the stream loader", "met": ratio >= 0.8}
+
+
 def section_data(s: Setting, root: Path, repeats: int) -> dict[str, Any]:
     """Loader-only images/s (decode + augment) from shards (PNG and raw .npy images) with 0 and 2 workers
     vs in memory, and training from shards vs from memory."""
 
     formats = ("npy",) if s.quick else ("png", "npy")    # quick: the code path, not the comparison
-    shards = {}
-    for fmt in formats:
-        shards[fmt] = root / f"shards-{fmt}"
-        if not (shards[fmt] / "manifest.json").is_file():
-            log(f"perf: preparing {s.dataset} shards ({fmt}) in {shards[fmt]}")
-            prepare(s.dataset, shards[fmt], data_overrides=s.prepare_args, samples_per_shard=1000, workers=2,
-                    progress="off", array_format=fmt)
+    shards = {fmt: _shards(s, root, fmt) for fmt in formats}
     torch.set_num_threads(s.threads)
 
     def loader_rate(shard_dir: Path | None, workers: int) -> float:
-        extra = [f"data.shards={shard_dir}"] if shard_dir else []
-        cfg = load_config(s.config, [*s.overrides, *extra])
-        data = build_lt_data(cfg.data)
-        loader = data.train_loader(cfg.train.batch_size, cfg.seed, cfg.data.augment, cfg.train.drop_last,
-                                   cfg.train.sampler, workers)
-        t0, n = time.time(), 0
-        for _x, y in loader.epoch(0):
-            n += len(y)
-        return n / (time.time() - t0)
+        return _loader_rate(s, shard_dir, workers)
 
     def train(fmt: str | None, workers: int) -> Callable[[], float]:
         # workers take their cores from the training threads' share, as the auto default does
@@ -227,7 +264,8 @@ def section_gpu(s: Setting, root: Path, repeats: int) -> dict[str, Any]:
     return gpu_check(root, budget_s=s.gpu_budget_s, tiny=s.quick, parts=s.gpu_parts, models=s.gpu_models)
 
 
-RUNNERS = {"trainer": section_trainer, "data": section_data, "stage2": section_stage2, "ddp": section_ddp,
+RUNNERS = {"trainer": section_trainer, "data": section_data, "access": section_access, "stage2": section_stage2,
+           "ddp": section_ddp,
            "demo": section_demo, "gpu": section_gpu, "wbref": section_wbref, "scale": section_scale,
            "sweep": section_sweep}
 

@@ -118,9 +118,13 @@ def _check_schedules(cfg: Config) -> None:
     if cfg.stage2.train.backbone_lr_factor != 1.0:
         raise ConfigError(f"config key 'stage2.train.backbone_lr_factor': {cfg.stage2.train.backbone_lr_factor}; "
                           "stage 2 trains the classifier (stage2.train_blocks for backbone blocks): leave it at 1")
-    if cfg.stage == "stage2" and cfg.stage2.augment == "crop_flip_rotate" and cfg.data.decode == "gpu":
-        raise ConfigError("config key 'stage2.augment': crop_flip_rotate is done on the CPU (data.decode=cpu); the "
+    a2 = cfg.stage2.augment
+    if cfg.stage == "stage2" and a2 in ("crop_flip_rotate", "rrc_flip_jitter") and cfg.data.decode == "gpu":
+        raise ConfigError(f"config key 'stage2.augment': {a2} is done on the CPU (data.decode=cpu); the "
                           "GPU decoder crops and flips only")
+    if cfg.stage == "stage2" and a2.startswith("rrc_flip") and cfg.data.shards is None:
+        raise ConfigError(f"config key 'stage2.augment': {a2} needs shard data (data.shards); in-memory "
+                          f"{cfg.data.dataset} supports crop_flip, flip, crop_flip_rotate or none")
     if cfg.stage2.lws_rows_lr_factor > 0 and not cfg.stage2.lws:
         raise ConfigError(f"config key 'stage2.lws_rows_lr_factor': {cfg.stage2.lws_rows_lr_factor} sets the lr of "
                           "LWS's classifier rows; set stage2.lws=true (MiSLAS) or leave it at 0")

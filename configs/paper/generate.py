@@ -255,13 +255,37 @@ def paco_large_config(folder: str) -> dict[str, dict]:
                                "momentum": 0.999, "temperature": 0.2, "alpha": 0.05, "beta": 1.0, "gamma": 1.0}}}}
 
 
+def gpaco_large_config(folder: str) -> dict[str, dict]:
+    """GPaCo with ResNet-50 on ImageNet-LT and iNaturalist 2018 (GPaCo/LT/sh/LT/ImageNetLT_train_R50.sh, Inat_train_R50.sh
+    with GPaCo/LT/paco_lt.py's defaults) under paco-reference (the best epoch on the test list): no key encoder, both
+    views through the one encoder and both anchors, keys queued (8192), the MLP Linear-ReLU-Linear-ReLU-Linear to 128
+    without BatchNorm, T 0.2, beta = gamma = 1; ImageNet-LT views randcls + randclsstack (RandAugment on both),
+    alpha 0.045, WD 5e-4; iNaturalist randcls + sim, alpha 0.05, WD 1e-4; SGD lr 0.04 momentum 0.9, batch 128
+    dropping the last, 400 epochs: warm-up 10, then cosine per epoch as PaCo's (its denominator E - w + 1, these E - w)."""
+    dataset = LARGE[folder][0]
+    if dataset not in ("imagenet-lt", "inat2018"):
+        return {}
+    inlt = dataset == "imagenet-lt"
+    return {"gpaco": {
+        "name": folder.replace("_", "-"), "method": "gpaco", "protocol": "paco-reference",
+        "data": {"dataset": dataset, "shards": "${LTBENCH_SHARDS}/" + dataset, "augment": "none",
+                 "views": ["rrc_randaugment", "rrc_sim_randaugment" if inlt else "rrc_sim"]},
+        "model": {"name": "resnet50"},
+        "train": {"epochs": 400, "batch_size": 128, "lr": 0.04, "momentum": 0.9,
+                  "weight_decay": 5.0e-4 if inlt else 1.0e-4, "drop_last": True,
+                  "schedule": "cosine", "schedule_step_at_epoch_start": True, "warmup_epochs": 10,
+                  "contrast": {"method": "gpaco", "dim": 128, "projection": "mlp3", "queue": 8192,
+                               "temperature": 0.2, "alpha": 0.045 if inlt else 0.05, "beta": 1.0, "gamma": 1.0}}}}
+
+
 def expert_large_configs(folder: str) -> dict[str, dict]:
     """RIDE and SADE on ImageNet-LT (ResNeXt-50) and iNaturalist 2018 (ResNet-50), 3 experts at 3/4 width (RIDE's
     reduce_dimension) under ride- / sade-reference, from their configs/config_imagenet_lt_resnext50_{ride,sade}.json and
     config_iNaturalist_resnet50_{ride,sade}.json: ImageNet-LT trains on RandomResizedCrop + flip + colour jitter,
-    iNaturalist on RandomResizedCrop + flip. RIDE's expert-assignment stage is not shipped here: its class-balanced
-    loader needs random access, which shards do not give. SADE's Places-LT model starts from the ImageNet-pretrained
-    ResNet-152 (LTBENCH_WEIGHTS; its code loads a caffe conversion of those weights)."""
+    iNaturalist on RandomResizedCrop + flip. RIDE's expert-assignment stage (config_*_ride_ea.json, its published
+    headline rows) reads class-balanced batches of the same transform from the shards by random access. SADE's
+    Places-LT model starts from the ImageNet-pretrained ResNet-152 (LTBENCH_WEIGHTS; its code loads a caffe conversion
+    of those weights)."""
     dataset = LARGE[folder][0]
     name = folder.replace("_", "-")
     if dataset == "places-lt":
@@ -291,11 +315,44 @@ def expert_large_configs(folder: str) -> dict[str, dict]:
     # SADE ImageNet-LT: batch 64, lr 0.025, WD 5e-4, CosineAnnealingLR(T_max 180) stepped after each epoch, no warm-up
     sade_train = ({"epochs": 180, "batch_size": 64, "lr": 0.025, "weight_decay": 5.0e-4, "schedule": "cosine"} if inlt
                   else {**steps, "batch_size": 512, "lr": 0.2, "weight_decay": 2.0e-4})
+    # config_{imagenet_lt_resnext50,iNaturalist_resnet50}_ride_ea.json: the routers alone on the frozen experts, top 50,
+    # pos_weight 100, 5 epochs of batch 512 from the balanced sampler, SGD lr 0.01 Nesterov WD 5e-4, cosine per epoch
+    router = {"router": True, "router_top": 50, "router_pos_weight": 100.0, "maxnorm": False,
+              "augment": data["augment"], "bn_mode": "eval",
+              "train": {"epochs": 5, "batch_size": 512, "lr": 0.01, **sgd, "weight_decay": 5.0e-4,
+                        "schedule": "cosine", "sampler": "class_balanced"}}
     return {
         "ride": {"name": name, "method": "ride", "protocol": "ride-reference", "data": data, "model": model,
                  "train": {**steps, **ride_train, **sgd, "weight_decay": 2.0e-4, "loss": ride_loss}},
+        "ride_ea": {"name": name, "method": "ride-ea", "protocol": "ride-reference", "stage": "stage2",
+                    "parent": "ride.yaml", "stage2": router},
         "sade": {"name": name, "method": "sade", "protocol": "sade-reference", "data": data, "model": model,
                  "train": {**sade_train, **sgd, "loss": {"name": "sade", "sade_tau": 2.0 if inlt else 1.0}}},
+    }
+
+
+def mislas_large_configs(folder: str) -> dict[str, dict]:
+    """MiSLAS with ResNet-50 on ImageNet-LT and iNaturalist 2018 under mislas-reference (the best epoch on the test
+    list), from its config/imagenet/imagenet_resnet50_stage{1_mixup,2_mislas}.yaml and config/ina2018/...: stage 1
+    CE + mixup (alpha 0.2) on RandomResizedCrop + flip + colour jitter, batch 256, lr 0.1 cosine per epoch without
+    warm-up, 180 (iNat 200) epochs, WD 5e-4 (iNat 1e-4); stage 2 re-estimates BatchNorm on class-aware batches (read
+    from the shards by random access) and trains the stage-1 classifier at 0.05 x lr with learned scales and
+    label-aware smoothing 0.3 / 0.0, 10 epochs. Its Places-LT model trains a new bottleneck block on a frozen
+    ResNet-152, which ltbench has no head for."""
+    dataset = LARGE[folder][0]
+    if dataset not in ("imagenet-lt", "inat2018"):
+        return {}
+    name, inlt = folder.replace("_", "-"), dataset == "imagenet-lt"
+    opt = {"batch_size": 256, "lr": 0.1, "momentum": 0.9, "weight_decay": 5.0e-4 if inlt else 1.0e-4}
+    return {
+        "mixup": {"name": name, "method": "mixup", "protocol": "mislas-reference",
+                  "data": {"dataset": dataset, "shards": "${LTBENCH_SHARDS}/" + dataset, "augment": "rrc_flip_jitter"},
+                  "model": {"name": "resnet50"},
+                  "train": {"epochs": 180 if inlt else 200, **opt, "schedule": "cosine", "mixup_alpha": 0.2}},
+        "mislas": {"name": name, "method": "mislas", "protocol": "mislas-reference", "stage": "stage2",
+                   "parent": "mixup.yaml",
+                   "stage2": {"train": {"epochs": 10, **opt, "loss": {"name": "las", "las_head": 0.3, "las_tail": 0.0}},
+                              "lws_rows_lr_factor": 0.05, "bn_mode": "train"}},
     }
 
 
@@ -322,9 +379,13 @@ def bcl_large_config(folder: str) -> dict[str, dict]:
 
 LARGE_HEADER = {
     "bcl": "BCL, ResNeXt-50: logit-adjusted cosine classifier + balanced contrastive loss, views sim-sim",
+    "mixup": "MiSLAS stage 1, ResNet-50: CE + mixup (alpha 0.2)",
+    "mislas": "MiSLAS stage 2: BN re-estimated on class-aware batches, scaled classifier, label-aware smoothing",
     "ride": "RIDE, 3 experts at 3/4 width: LDAM-DRW per expert + diversity term, mean of the experts (no router)",
+    "ride_ea": "RIDE + its expert-assignment router (stage 2 on the frozen experts, class-balanced batches)",
     "sade": "SADE, 3 experts: softmax / balanced / inverse-prior experts, mean of the experts",
     "paco": "PaCo, ResNet-50: class centres and supervised contrast in one softmax, momentum key encoder, queue 8192",
+    "gpaco": "GPaCo, ResNet-50: PaCo without the key encoder, both views anchors, queue 8192",
     "wd": "CE + weight decay (WB stage 1)", "wb": "+ CB & WD & MaxNorm (WB stage 2, on cached features)",
     "taunorm": "+ tau-norm, tau chosen on val", "hs_stage1": "HS single stage: ETF classifier, WD in the loss, FR",
     "hs": "HS: multiplicative logit adjustment, tau chosen on val",
@@ -345,7 +406,8 @@ def write(out: Path = HERE) -> list[Path]:
         d = out / folder
         d.mkdir(parents=True, exist_ok=True)
         for key, cfg in {**large_configs(folder), **expert_large_configs(folder), **paco_large_config(folder),
-                         **bcl_large_config(folder)}.items():
+                         **gpaco_large_config(folder), **bcl_large_config(folder),
+                         **mislas_large_configs(folder)}.items():
             p = d / f"{key}.yaml"
             text = (f"# {folder}: {LARGE_HEADER[key]}. Generated by configs/paper/generate.py.\n"
                     "# Needs LTBENCH_SHARDS (and LTBENCH_WEIGHTS for Places-LT); see docs/datasets.md, 'Preparing shards: the commands'.\n")

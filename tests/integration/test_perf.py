@@ -14,12 +14,14 @@ pytestmark = pytest.mark.slow
 
 def test_perf_quick_writes_its_report(tmp_path):
     out = tmp_path / "perf"
-    # stage 2 (cached == recomputed) has its own test in test_pipeline; here the three other sections
-    r = run_cli("perf", "--quick", "--repeats", "1", "--only", "trainer,data,gpu", "--threads", "1",
+    # stage 2 (cached == recomputed) has its own test in test_pipeline; here the four other sections
+    r = run_cli("perf", "--quick", "--repeats", "1", "--only", "trainer,data,access,gpu", "--threads", "1",
                 "--out", str(out))
     assert r.returncode == 0, r.stdout + r.stderr
     report = json.loads((out / "perf.json").read_text())
-    assert list(report["sections"]) == ["trainer", "data", "gpu"]
+    assert list(report["sections"]) == ["trainer", "data", "access", "gpu"]
+    a = report["sections"]["access"]
+    assert a["ratios"]["random access / stream"] > 0 and a["ratios"]["header scan: s per 100k samples"] > 0
     t = report["sections"]["trainer"]
     assert {row[0] for row in t["rows"]} == {"bare loop", "bare loop, glibc malloc defaults", "ltbench",
                                             "ltbench + crop/flip"}

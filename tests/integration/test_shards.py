@@ -132,7 +132,8 @@ def test_shards_of_other_data_are_not_overwritten(smoke_shards, tmp_path):
 
 # --- streaming under DDP ------------------------------------------------------------------------
 
-def _ddp_worker(rank: int, world: int, port: int, shards: str, workers: int, out: str) -> None:
+def _ddp_worker(rank: int, world: int, port: int, shards: str, workers: int, out: str,
+                sampler: str = "instance") -> None:
     import torch.distributed as dist
 
     from bench.experiment import load_config
@@ -144,7 +145,7 @@ def _ddp_worker(rank: int, world: int, port: int, shards: str, workers: int, out
     cfg = load_config(SMOKE, [f"data.shards={shards}", f"runtime.workers={workers}"])
     data = build_lt_data(cfg.data)
     res: dict = {"train": {}, "eval": {}}
-    loader = data.train_loader(16, 0, "crop_flip", False, "instance", workers)   # global 16: 8 per rank
+    loader = data.train_loader(16, 0, "crop_flip", False, sampler, workers)   # global 16: 8 per rank
     for epoch in (0, 1):
         keys, shapes = [], set()
         for x, _y in loader.epoch(epoch):
@@ -159,11 +160,11 @@ def _ddp_worker(rank: int, world: int, port: int, shards: str, workers: int, out
     dist.destroy_process_group()
 
 
-def _run_ddp(shards: Path, workers: int, out: Path, port: int) -> list[dict]:
+def _run_ddp(shards: Path, workers: int, out: Path, port: int, sampler: str = "instance") -> list[dict]:
     import torch.multiprocessing as mp
 
     out.mkdir()
-    mp.spawn(_ddp_worker, args=(2, port, str(shards), workers, str(out)), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, port, str(shards), workers, str(out), sampler), nprocs=2, join=True)
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
 
 
@@ -188,6 +189,26 @@ def test_ddp_streaming_is_exact_with_0_and_2_workers(smoke_shards, tmp_path):
             assert Counter(labels) == dict(enumerate(m["splits"][split]["class_counts"]))  # each sample once
     # the order does not depend on the number of DataLoader workers
     assert [r["train"] for r in runs[0]] == [r["train"] for r in runs[2]]
+
+
+@pytest.mark.ddp
+def test_ddp_class_aware_from_shards_splits_each_global_batch(smoke_shards, tmp_path):
+    """Random access under 2-process DDP: at every step the ranks read the two halves of the global batch one
+    process reads, so a class-aware epoch holds the same samples for any number of ranks."""
+    from bench.data.lt import build_lt_data
+    from bench.experiment import load_config
+
+    ranks = _run_ddp(smoke_shards, 2, tmp_path / "ca", 29700 + os.getpid() % 1000, "class_aware")
+    data = build_lt_data(load_config(SMOKE, [f"data.shards={smoke_shards}"]).data)
+    one = data.train_loader(16, 0, "crop_flip", False, "class_aware", 0)
+    for epoch in (0, 1):
+        keys = []
+        for _ in one.epoch(epoch):
+            keys.append(list(one.batch_keys))
+        per_rank = [r["train"][str(epoch)]["keys"] for r in ranks]
+        assert len(keys) == len(one) == len(per_rank[0]) == len(per_rank[1]) == 119   # max n_c 190 x 10 / 16
+        assert [a + b for a, b in zip(*per_rank)] == keys
+        assert all(len(a) == 8 for a in per_rank[0][:-1])
 
 
 def test_workers_ignore_sigusr2(smoke_shards):
@@ -363,6 +384,82 @@ def test_views_from_shards_are_a_function_of_the_stream_position(smoke_shards):
     assert not torch.equal(other, x0)
 
 
+def test_class_aware_from_shards_reads_the_in_memory_order(smoke_shards, tmp_path):
+    """class_aware / class_balanced from shards (random access to the samples): step s holds the samples the
+    in-memory loader draws from the same labels (the manifest's order), pixel for pixel; the same with 0 and 2
+    workers and when an epoch resumes at a step. A shard shorter than its manifest is named up front, or with
+    data.on_error=skip its missing samples are counted holes."""
+    import numpy as np
+
+    from bench.data.batches import InMemoryLoader, Split
+    from bench.data.cards import DatasetError
+    from bench.data.lt import build_lt_data
+    from bench.data.prepare import TRAIN_ORDER_SEED
+    from bench.data.shards.tar import shard_spans
+    from bench.experiment import load_config
+
+    mem = build_lt_data(load_config(SMOKE, []).data)
+    data = build_lt_data(load_config(SMOKE, [f"data.shards={smoke_shards}"]).data)
+    perm = torch.from_numpy(np.random.default_rng(TRAIN_ORDER_SEED).permutation(len(mem.train)))
+    ordered = Split(mem.train.x[perm], mem.train.y[perm])     # `prepare` shuffles the training set once
+    assert torch.equal(ordered.y, data.labels("train"))
+    for sampler in ("class_aware", "class_balanced"):
+        want = list(InMemoryLoader(ordered, 16, seed=3, normalize=mem.normalizer(), sampler=sampler,
+                                   num_classes=10).epoch(1))
+        loader = data.train_loader(16, 3, "none", False, sampler, 0)
+        got = list(loader.epoch(1))
+        assert len(got) == len(want) == len(loader) and loader.layout() == {"world_size": 1, "batch_size": 16}
+        assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(got, want))
+        two = list(data.train_loader(16, 3, "none", False, sampler, 2).epoch(1))
+        tail = list(loader.epoch(1, start_step=5))
+        assert all(torch.equal(a[0], b[0]) for a, b in zip(two, got)) and len(two) == len(got)
+        assert all(torch.equal(a[0], b[0]) for a, b in zip(tail, got[5:])) and len(tail) == len(got) - 5
+    drawn = torch.bincount(torch.cat([y for _, y in got]), minlength=10)    # class_balanced: 772 uniform draws
+    assert drawn.min() > 40
+    aware = torch.bincount(torch.cat([y for _, y in data.train_loader(16, 3, "crop_flip", False, "class_aware",
+                                                                      0).epoch(0)]), minlength=10)
+    assert aware.max() - aware.min() <= 4 and aware.sum() == 1900      # class turns of 4 in cycles: balanced
+    manifest = json.loads((smoke_shards / "manifest.json").read_text())
+    assert all(len(sh["offsets"]) == sh["samples"] + 1 for sh in manifest["splits"]["train"]["shards"])
+    first = manifest["splits"]["train"]["shards"][0]
+    spans, _ = shard_spans(str(smoke_shards / first["name"]))              # what a scan of the headers finds
+    assert [a for a, _ in spans] + [spans[-1][1]] == first["offsets"]
+
+    def epoch(shards: Path, on_error: str = "raise"):
+        d = build_lt_data(load_config(SMOKE, [f"data.shards={shards}", f"data.on_error={on_error}"]).data)
+        loader = d.train_loader(16, 3, "none", False, "class_aware", 2)
+        return sum(len(y) for _, y in loader.epoch(1)), loader
+
+    s = _copy_shards(smoke_shards, tmp_path / "s")
+    tar = bytearray((s / "train-000003.tar").read_bytes())
+    tar[tar.index(b"00000340.png")] ^= 0xFF        # a bad header checksum at the 41st sample: the size is unchanged
+    (s / "train-000003.tar").write_bytes(bytes(tar))
+    # the manifest's offsets (`prepare` records them): the damage is found when a batch reads the sample
+    with pytest.raises(DatasetError, match=r"train-000003.tar at byte \d+: unreadable sample \(InvalidHeaderError"):
+        epoch(s)
+    n, loader = epoch(s, "skip")
+    assert n + loader.skipped == 1900 and loader.skipped > 0
+    # shards prepared before the offsets were recorded: the header scan finds the damage before the first batch
+    for sh in manifest["splits"]["train"]["shards"]:
+        del sh["offsets"]
+    (s / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DatasetError, match=r"train-000003.tar: InvalidHeaderError: bad checksum; 40 readable "
+                                           r"samples, the manifest says 100$"):
+        epoch(s)
+    n, loader = epoch(s, "skip")
+    assert n + loader.skipped == 1900 and loader.skipped > 0
+    assert "train-000003.tar: InvalidHeaderError: bad checksum" in loader.pop_skipped()[1][0]
+    # a label that is not the manifest's (the shard changed since `prepare`): the balance would be wrong
+    s = _copy_shards(smoke_shards, tmp_path / "s2")
+    tar = bytearray((s / "train-000001.tar").read_bytes())
+    at = tar.index(b"00000150.cls") + 512             # the label's data block
+    tar[at] = ord("0") + (int(chr(tar[at])) + 1) % 10
+    (s / "train-000001.tar").write_bytes(bytes(tar))
+    with pytest.raises(DatasetError, match=r"train-000001.tar at byte \d+ \(key 00000150\): label \d, the "
+                                           r"manifest says \d \(the shard changed since `ltbench prepare`"):
+        epoch(s)
+
+
 def test_npy_shards_hold_the_same_pixels_as_png_and_memory(smoke_shards, tmp_path):
     """`prepare --array-format npy`: the same images as PNG shards and as in memory, bit for bit."""
     from bench.experiment import load_config
@@ -461,7 +558,7 @@ def test_shards_run_matches_memory_run_and_resumes_exactly(smoke_shards, tmp_pat
 
 def test_large_image_dataset_trains_from_shards(cards, tmp_path, monkeypatch):
     """A fake ImageNet-LT through the whole path: prepare, RandomResizedCrop training (+ colour jitter), resize +
-    centre-crop evaluation, stage 2 on cached features, PaCo's views."""
+    centre-crop evaluation, stage 2 on cached features, MiSLAS's stage 2 on class-aware batches, PaCo's views."""
     images = make_split_file_tree(tmp_path / "src", "imagenet-lt")
     env = {"LTBENCH_DATASETS_DIR": str(cards)}
     out = tmp_path / "shards"
@@ -494,6 +591,28 @@ stage2: {{train: {{epochs: 2, batch_size: 8}}, maxnorm: true, bn_mode: eval, aug
 """)
     r = run_cli("run", str(child), "--runs-root", str(tmp_path / "runs"), env=env)
     assert r.returncode == 0, r.stderr
+    # MiSLAS's stage 2 from the shards: BN re-estimated on class-aware batches of the stage-1 transform (random access
+    # to the samples), the stage-1 classifier at 0.05 x lr with learned scales, label-aware smoothing
+    mislas = tmp_path / "mislas.yaml"
+    mislas.write_text(f"""
+name: fake-inlt
+method: mislas
+protocol: clean
+stage: stage2
+parent: {cfg}
+stage2:
+  train: {{epochs: 1, batch_size: 8, sampler: class_aware, epoch_length: dataset_plus_one,
+           loss: {{name: las, las_head: 0.3, las_tail: 0.0}}}}
+  lws: true
+  lws_rows_lr_factor: 0.05
+  maxnorm: false
+  bn_mode: train
+  augment: rrc_flip_jitter
+""")
+    r = run_cli("run", str(mislas), "--runs-root", str(tmp_path / "runs"), env=env)
+    assert r.returncode == 0, r.stderr
+    res3 = json.loads(next((tmp_path / "runs").glob("fake-inlt/mislas-*/result.json")).read_text())
+    assert res3["cached_features"] is False and res3["steps_per_epoch"] == 5    # ceil(30 / 8) + 1
     # rrc_flip_jitter (RIDE's / SADE's ImageNet-LT transform): the rrc_flip batch, each image colour-jittered
     from bench.data.batches import Normalize
     from bench.data.lt import build_lt_data

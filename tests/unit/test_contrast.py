@@ -101,7 +101,8 @@ def test_momentum_encoder_moves_by_the_moving_average_and_gpaco_has_none():
 
 
 @pytest.mark.parametrize("names", [("autoaugment_cutout", "simclr"), ("crop_flip", "randaugment"),
-                                   ("rrc_randaugment", "rrc_sim"), ("rrc_colour", "rrc_colour")])
+                                   ("rrc_randaugment", "rrc_sim"), ("rrc_colour", "rrc_colour"),
+                                   ("rrc_randaugment", "rrc_sim_randaugment")])
 def test_views_are_a_function_of_the_position_on_any_rank(names):
     """Each image's draws come from (seed, epoch, step, view, global index): two ranks' halves make the one-process
     batch, and the same position draws the same views again (a resume)."""
@@ -139,6 +140,9 @@ def test_large_image_views_crop_the_whole_image_and_keep_the_global_rngs():
     assert torch.equal(v, again)
     # from memory (no whole images) they crop the images themselves: black stays nearly black
     assert augment_views(centre, (1, 0, 0), 4, 0, names=["rrc_sim"], crop_padding=4).float().mean() < 5
+    # GPaCo's key view (randclsstack) reads the whole image too
+    g = augment_views(centre, (1, 0, 0, 3), 4, 0, names=["rrc_sim_randaugment"], crop_padding=4, whole=whole)
+    assert g.shape == (4, 1, 3, 24, 24) and g.float().mean() > 60
 
 
 def test_views_blur_with_pil_as_mocos_gaussianblur():

@@ -130,7 +130,8 @@ def large_env(large_shards, monkeypatch, tmp_path):
 def test_large_scale_configs(repo, large_env, large_shards):
     d = repo / "configs" / "paper"
     inlt = {p.stem: load_config(p) for p in sorted((d / "imagenet_lt").glob("*.yaml"))}
-    assert set(inlt) == {"wd", "wb", "taunorm", "hs_stage1", "hs", "paco", "ride", "sade", "bcl"}
+    assert set(inlt) == {"wd", "wb", "taunorm", "hs_stage1", "hs", "paco", "gpaco", "ride", "ride_ea", "sade", "bcl",
+                         "mixup", "mislas"}
     # BCL (its README command, main.py's defaults; ResNeXt-50 as its table): the best epoch on the val list
     bcl = inlt["bcl"]
     assert bcl.protocol == "clean" and (bcl.eval.selection_split, bcl.eval.select) == ("val", "best")
@@ -150,7 +151,21 @@ def test_large_scale_configs(repo, large_env, large_shards):
     assert hs.protocol == "hs-reference" and hs.eval.select == "best" and hs.train.weight_decay == 0.0
     assert hs.data.val_per_class == 20 and hs.data.mean == [0.485, 0.456, 0.406]   # split files; ImageNet card
     inat = {p.stem: load_config(p) for p in sorted((d / "inat2018").glob("*.yaml"))}
-    assert set(inat) == {"wd", "wb", "paco", "ride", "sade"}   # no val split: wd / wb choose nothing on it
+    # no val split: wd / wb choose nothing on it
+    assert set(inat) == {"wd", "wb", "paco", "gpaco", "ride", "ride_ea", "sade", "mixup", "mislas"}
+    # MiSLAS (its config/imagenet, config/ina2018): mixup 0.2 with cosine per epoch, then stage 2 on class-aware batches
+    # of the stage-1 transform, read from the shards; the best epoch on the test list in both stages
+    for cfgs, wd_, epochs in ((inlt, 5e-4, 180), (inat, 1e-4, 200)):
+        mix, mis = cfgs["mixup"], cfgs["mislas"]
+        assert mix.protocol == mis.protocol == "mislas-reference" and mis.parent_hash == mix.run_hash()
+        assert (mix.train.mixup_alpha, mix.train.epochs, mix.train.schedule, mix.train.warmup_epochs) == (
+            0.2, epochs, "cosine", 0) and mix.data.augment == "rrc_flip_jitter" and mix.train.weight_decay == wd_
+        s2 = mis.stage2
+        assert (s2.augment, s2.train.sampler, s2.train.epoch_length, s2.bn_mode, s2.lws, s2.lws_rows_lr_factor) == (
+            "rrc_flip_jitter", "class_aware", "dataset_plus_one", "train", True, 0.05)
+        assert (s2.train.loss.las_head, s2.train.loss.las_tail, s2.train.weight_decay) == (0.3, 0.0, wd_)
+        assert (mis.eval.selection_split, mis.eval.select) == (mix.eval.selection_split, mix.eval.select) == (
+            "test", "best")
     # RIDE / SADE (their ImageNet-LT ResNeXt-50 and iNaturalist ResNet-50 configs): 3 experts at 3/4 width; what
     # their loaders select on: SADE's ImageNet-LT val list, else the last epoch
     for cfgs, arch, aug in ((inlt, "resnext50_32x4d", "rrc_flip_jitter"), (inat, "resnet50", "rrc_flip")):
@@ -158,6 +173,12 @@ def test_large_scale_configs(repo, large_env, large_shards):
             c = cfgs[key]
             assert c.protocol == f"{key}-reference" and c.model.name == arch and c.data.augment == aug
             assert (c.model.experts, c.model.expert_width, c.train.nesterov) == (3, 0.75, True)
+    # RIDE's router (its *_ride_ea.json, the published headline rows): class-balanced batches of the stage-1 transform
+    for cfgs in (inlt, inat):
+        ea = cfgs["ride_ea"]
+        assert ea.parent_hash == cfgs["ride"].run_hash() and ea.stage2.router and ea.stage2.router_top == 50
+        assert ea.stage2.augment == cfgs["ride"].data.augment and ea.stage2.train.sampler == "class_balanced"
+        assert ea.eval.select == "last"
     assert (inlt["sade"].eval.selection_split, inlt["sade"].eval.select) == ("val", "best")
     assert inlt["ride"].eval.select == inat["ride"].eval.select == inat["sade"].eval.select == "last"
     assert (inlt["sade"].train.epochs, inlt["sade"].train.schedule, inlt["sade"].train.loss.sade_tau) == (180, "cosine",
@@ -174,6 +195,14 @@ def test_large_scale_configs(repo, large_env, large_shards):
         assert paco.model.name == "resnet50" and paco.train.weight_decay == wd_ and paco.train.epochs == 400
         c = paco.train.contrast
         assert (c.queue, c.dim, c.temperature, c.alpha, c.projection) == (8192, 128, 0.2, 0.05, "mlp2_bn")
+    # GPaCo (GPaCo/LT/sh/LT/ImageNetLT_train_R50.sh, Inat_train_R50.sh): no key encoder, GPaCo's MLP, RandAugment on
+    # both ImageNet-LT views (randcls_randclsstack), randcls_sim on iNaturalist
+    for g, views, alpha in ((inlt["gpaco"], ["rrc_randaugment", "rrc_sim_randaugment"], 0.045),
+                            (inat["gpaco"], ["rrc_randaugment", "rrc_sim"], 0.05)):
+        c = g.train.contrast
+        assert g.protocol == "paco-reference" and g.data.views == views and g.data.view_blur == "pil"
+        assert (c.method, c.projection, c.queue, c.alpha, g.train.lr, g.train.epochs) == ("gpaco", "mlp3", 8192, alpha,
+                                                                                          0.04, 400)
     assert inat["wd"].model.name == "resnet50" and inat["wd"].train.batch_size == 512
     assert inat["wd"].eval.selection_split == "test" and inat["wd"].eval.select == "last"
     assert inat["wd"].data.val_per_class == 0 and inat["wd"].data.imbalance_factor == 500

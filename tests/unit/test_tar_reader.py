@@ -12,6 +12,7 @@ import pytest
 
 from bench.data.cards import DatasetError
 from bench.data.shards import _load_npy, decode_sample, read_shard
+from bench.data.shards.tar import read_span, shard_spans
 
 
 def write_tar(path: Path, n: int, fmt: int = tarfile.USTAR_FORMAT, long_prefix: str = "") -> list[dict]:
@@ -37,6 +38,35 @@ def test_every_format_reads_the_same_samples(tmp_path, fmt, prefix):
     samples = write_tar(path, 7, fmt, prefix)
     assert list(read_shard(str(path), 0, 7, "raise")) == samples
     assert list(read_shard(str(path), 3, 2, "raise")) == samples[3:5]      # skip seeks over data
+
+
+@pytest.mark.parametrize("fmt, prefix", [(tarfile.USTAR_FORMAT, ""), (tarfile.USTAR_FORMAT, "d/" * 60),
+                                         (tarfile.PAX_FORMAT, ""), (tarfile.GNU_FORMAT, "long" * 40)])
+def test_sample_spans_read_each_sample_alone(tmp_path, fmt, prefix):
+    """Random access (class-aware sampling from shards): the headers give each sample's byte span, and the span
+    parsed alone is the sample read_shard streams, in any format."""
+    path = tmp_path / "s.tar"
+    samples = write_tar(path, 7, fmt, prefix)
+    spans, problem = shard_spans(str(path))
+    assert problem is None and len(spans) == 7
+    assert all(a < b <= c for (a, b), (c, _) in zip(spans, spans[1:]))     # in file order, not overlapping
+    with open(path, "rb") as f:
+        assert [read_span(f, a, b) for a, b in reversed(spans)] == samples[::-1]
+
+
+def test_sample_spans_of_a_torn_shard_keep_the_whole_samples(tmp_path):
+    path = tmp_path / "s.tar"
+    write_tar(path, 5)
+    data = path.read_bytes()
+    third = data.index(b"000002.png")
+    (tmp_path / "torn.tar").write_bytes(data[:third + 600])            # inside the third sample's data
+    spans, problem = shard_spans(str(tmp_path / "torn.tar"))
+    assert len(spans) == 2 and problem == "the file ends inside its last sample"
+    (tmp_path / "torn2.tar").write_bytes(data[:third + 300])           # inside the third sample's header
+    spans, problem = shard_spans(str(tmp_path / "torn2.tar"))
+    assert len(spans) == 2 and problem == "ReadError: unexpected end of data (torn header)"
+    with open(path, "rb") as f, pytest.raises(tarfile.ReadError, match="two samples"):
+        read_span(f, 0, spans[1][1])
 
 
 def test_bad_header_checksum_and_tear_are_named(tmp_path):

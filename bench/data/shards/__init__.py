@@ -19,6 +19,9 @@ The data order is a pure function of (seed, epoch, rank, world size, data.stream
 4. Resuming at step s: each stream replays its reads and buffer without decoding and drops the
    batches before s, so a resumed epoch neither repeats nor skips a sample.
 
+The class-aware and class-balanced samplers (cRT, MiSLAS's stage 2, RIDE's router) are no streams: they
+draw the order the in-memory loader draws and read each sample at its byte offset (access.py).
+
 Bad data (a truncated tar, an undecodable image, a missing label) raises a DatasetError naming the
 shard and key; with data.on_error=skip it leaves a hole that is dropped from its batch, counted and
 reported, so batch counts (and DDP) are unaffected.
@@ -29,6 +32,8 @@ Modules, each leaning only on the ones above it:
     tar       the samples of one tar shard, grouped by key
     plan      which shard positions each rank and stream reads in an epoch (StreamSpec)
     loader    ShardLoader: workers, batches, the DataLoader glue
+    access    SampledShardLoader: class-aware / class-balanced batches read by random access (each sample's
+              byte span from the headers), in the in-memory loader's order (bench.data.batches.SampleOrder)
 """
 
 from __future__ import annotations
@@ -45,7 +50,8 @@ _HOME = {
                      "load_manifest", "verify_shards"), "manifest"),
     **dict.fromkeys(("StreamSpec", "_buffer_shuffle", "batch_sizes", "batches_per_rank", "epoch_shard_order",
                      "rank_ranges", "segments", "stream_pieces"), "plan"),
-    **dict.fromkeys(("Hole", "read_shard"), "tar"),
+    **dict.fromkeys(("Hole", "read_shard", "read_span", "shard_spans"), "tar"),
+    **dict.fromkeys(("SampledShardLoader", "sample_index"), "access"),
 }
 # _load_npy, _rrc_box and _buffer_shuffle are re-exported for the unit tests that import them from here; the
 # function plan() is imported from its module (the package's attribute `plan` is that module).
@@ -58,7 +64,8 @@ if TYPE_CHECKING:
     from bench.data.shards.plan import (StreamSpec, _buffer_shuffle,  # noqa: F401
                                         batch_sizes, batches_per_rank, epoch_shard_order,
                                         rank_ranges, segments, stream_pieces)
-    from bench.data.shards.tar import Hole, read_shard
+    from bench.data.shards.access import SampledShardLoader, sample_index
+    from bench.data.shards.tar import Hole, read_shard, read_span, shard_spans
 
 
 def __getattr__(name: str) -> Any:
@@ -67,7 +74,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'bench.data.shards' has no attribute {name!r}")
 
 
-__all__ = ["FORMAT", "IMAGE_EXTS", "MANIFEST", "Hole", "Manifest", "ShardLoader", "ShardSplit", "StreamSpec",
-           "batch_sizes", "batches_per_rank", "check_shard_files", "decode_sample", "epoch_shard_order",
-           "file_sha256", "load_manifest", "rank_ranges", "read_shard", "segments", "stream_batches",
-           "stream_pieces", "verify_shards"]
+__all__ = ["FORMAT", "IMAGE_EXTS", "MANIFEST", "Hole", "Manifest", "SampledShardLoader", "ShardLoader", "ShardSplit",
+           "StreamSpec", "batch_sizes", "batches_per_rank", "check_shard_files", "decode_sample", "epoch_shard_order",
+           "file_sha256", "load_manifest", "rank_ranges", "read_shard", "read_span", "sample_index", "segments",
+           "shard_spans", "stream_batches", "stream_pieces", "verify_shards"]

@@ -177,11 +177,16 @@ class ShardLoader:
         self.skipped, self.skipped_examples = 0, []
         return out
 
-    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        spec = dataclasses.replace(self.spec, epoch=epoch, start_step=start_step)
+    def _dataset(self, spec: StreamSpec) -> tuple[torch.utils.data.IterableDataset, int]:
+        """The epoch's batches as a dataset for the DataLoader, and how many workers serve them."""
         # Workers serve whole streams; the round-robin order is the batch order only when k divides S.
         k = max((d for d in range(1, spec.streams + 1) if spec.streams % d == 0 and d <= self.workers), default=0)
-        loader = torch.utils.data.DataLoader(_Streams(spec), batch_size=None, num_workers=k,
+        return _Streams(spec), k
+
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        spec = dataclasses.replace(self.spec, epoch=epoch, start_step=start_step)
+        dataset, k = self._dataset(spec)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=k,
                                              worker_init_fn=_worker_init if k else None,
                                              pin_memory=torch.cuda.is_available(),
                                              prefetch_factor=4 if k else None)

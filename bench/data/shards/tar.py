@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import tarfile
 from collections.abc import Iterator
@@ -98,6 +99,89 @@ def _tarfile_members(f: Any, want: Any) -> Iterator[tuple[str, bytes | None]]:
                 yield info.name, None
 
 
+def _members(f: Any, want: Any) -> Iterator[tuple[str, bytes | None]]:
+    """(name, data or None) of the regular files from f's position: the hand parser, else tarfile."""
+    start, seen = f.tell(), 0
+    try:
+        for m in _ustar_members(f, want):
+            seen += 1
+            yield m
+    except _NotPlainUstar:
+        # restart with tarfile, passing over the members already seen
+        f.seek(start)
+        for i, m in enumerate(_tarfile_members(f, want)):
+            if i >= seen:
+                yield m
+
+
+def shard_spans(path: str) -> tuple[list[tuple[int, int]], str | None]:
+    """(start, end) byte span of each sample of a tar shard, in file order, from its headers alone, and what
+    stopped the scan early (None: the whole file was read).
+
+    A sample's span runs from the first header of its first member to the padded end of its last one, so
+    `read_span` parses it as a small tar of its own (random access: bench.data.shards.access). A span that
+    would end past the end of the file (a torn last sample) is left out.
+    """
+    spans: list[tuple[int, int]] = []
+    last_key: str | None = None
+    fields: set[str] = set()
+
+    def add(name: str, start: int, end: int) -> None:
+        nonlocal last_key, fields
+        key, ext = _split_name(name)
+        if key == last_key:
+            spans[-1] = (spans[-1][0], end)
+        else:
+            spans.append((start, end))
+            last_key, fields = key, set()
+        fields.add(ext)
+
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            try:
+                members = _ustar_members(f, lambda _: False)
+                while True:
+                    start = f.tell()
+                    try:
+                        name, _ = next(members)
+                    except StopIteration:
+                        break
+                    add(name, start, f.tell())
+            except _NotPlainUstar:
+                # pax / GNU headers: tarfile knows each member's first header (info.offset) and its data's end
+                f.seek(0)
+                spans.clear()
+                last_key, fields = None, set()
+                for info in tarfile.open(fileobj=f, mode="r:"):
+                    if info.isreg():
+                        add(info.name, info.offset, info.offset_data + -(-info.size // 512) * 512)
+    except (tarfile.TarError, EOFError, OSError) as e:
+        # the sample being scanned may lack the members after the damage (as read_shard, keep it only if whole)
+        whole = "cls" in fields and any(x in fields for x in IMAGE_EXTS)
+        return (spans if whole else spans[:-1]), f"{type(e).__name__}: {e}"
+    if spans and spans[-1][1] > size:
+        return spans[:-1], "the file ends inside its last sample"
+    return spans, None
+
+
+def read_span(f: Any, start: int, end: int) -> dict[str, Any]:
+    """The sample whose members fill bytes start .. end of the open shard f, as {"__key__", field: bytes}."""
+    f.seek(start)
+    data = f.read(end - start)
+    if len(data) < end - start:
+        raise tarfile.ReadError("unexpected end of data")
+    sample: dict[str, Any] = {}
+    for name, payload in _members(io.BytesIO(data), lambda _: True):
+        key, ext = _split_name(name)
+        if sample.setdefault("__key__", key) != key:
+            raise tarfile.ReadError(f"members of two samples ({sample['__key__']}, {key}) in one span")
+        sample[ext] = payload
+    if not sample:
+        raise tarfile.ReadError("no member")
+    return sample
+
+
 def read_shard(path: str, skip: int, count: int, on_error: str) -> Iterator[dict[str, Any] | Hole]:
     """Samples skip .. skip+count-1 of a tar shard as {"__key__", field: bytes}, in file order.
 
@@ -115,23 +199,10 @@ def read_shard(path: str, skip: int, count: int, on_error: str) -> Iterator[dict
         new_sample = current is None or _split_name(name)[0] != current["__key__"]
         return k + new_sample >= skip
 
-    def members(f: Any) -> Iterator[tuple[str, bytes | None]]:
-        start, seen = f.tell(), 0
-        try:
-            for m in _ustar_members(f, want):
-                seen += 1
-                yield m
-        except _NotPlainUstar:
-            # restart with tarfile, passing over the members already seen
-            f.seek(start)
-            for i, m in enumerate(_tarfile_members(f, want)):
-                if i >= seen:
-                    yield m
-
     try:
         # a local file only: never an opener that interprets the name (webdataset's gopen runs "pipe:...")
         with open(path, "rb") as f:
-            for name, data in members(f):
+            for name, data in _members(f, want):
                 key, ext = _split_name(name)
                 if current is None or key != current["__key__"]:
                     if current is not None and k >= skip:
