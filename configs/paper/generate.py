@@ -243,7 +243,7 @@ def paco_large_config(folder: str) -> dict[str, dict]:
     dataset = LARGE[folder][0]
     if dataset not in ("imagenet-lt", "inat2018"):
         return {}
-    return {"paco": {
+    paco = {
         "name": folder.replace("_", "-"), "method": "paco", "protocol": "paco-reference",
         "data": {"dataset": dataset, "shards": "${LTBENCH_SHARDS}/" + dataset, "augment": "none",
                  "views": ["rrc_randaugment", "rrc_sim"]},
@@ -252,7 +252,15 @@ def paco_large_config(folder: str) -> dict[str, dict]:
                   "weight_decay": 5.0e-4 if dataset == "imagenet-lt" else 1.0e-4, "drop_last": True,
                   "schedule": "cosine", "schedule_step_at_epoch_start": True, "warmup_epochs": 10,
                   "contrast": {"method": "paco", "dim": 128, "projection": "mlp2_bn", "queue": 8192,
-                               "momentum": 0.999, "temperature": 0.2, "alpha": 0.05, "beta": 1.0, "gamma": 1.0}}}}
+                               "momentum": 0.999, "temperature": 0.2, "alpha": 0.05, "beta": 1.0, "gamma": 1.0}}}
+    if dataset != "imagenet-lt":
+        return {"paco": paco}
+    # ImageNetLT_train_X50.sh: ResNeXt-50, T 0.07, aug randclsstack_sim (RandAugment n2 after the SimCLR-style
+    # steps on the query view); the ResNeXt-101 script's RandAugment n3 has no view here
+    x50 = {**paco, "data": {**paco["data"], "views": ["rrc_sim_randaugment", "rrc_sim"]},
+           "model": {"name": "resnext50_32x4d"},
+           "train": {**paco["train"], "contrast": {**paco["train"]["contrast"], "temperature": 0.07}}}
+    return {"paco": paco, "paco_x50": x50}
 
 
 def gpaco_large_config(folder: str) -> dict[str, dict]:
@@ -386,6 +394,7 @@ LARGE_HEADER = {
     "sade": "SADE, 3 experts: softmax / balanced / inverse-prior experts, mean of the experts",
     "paco": "PaCo, ResNet-50: class centres and supervised contrast in one softmax, momentum key encoder, queue 8192",
     "gpaco": "GPaCo, ResNet-50: PaCo without the key encoder, both views anchors, queue 8192",
+    "paco_x50": "PaCo, ResNeXt-50: as paco.yaml with T 0.07 and RandAugment after the SimCLR-style query view",
     "wd": "CE + weight decay (WB stage 1)", "wb": "+ CB & WD & MaxNorm (WB stage 2, on cached features)",
     "taunorm": "+ tau-norm, tau chosen on val", "hs_stage1": "HS single stage: ETF classifier, WD in the loss, FR",
     "hs": "HS: multiplicative logit adjustment, tau chosen on val",
