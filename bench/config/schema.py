@@ -93,6 +93,9 @@ class DataConfig:
                                                     "radius sigma ~ U(0.1, 2)); tensor "
                                                     "= torchvision's GaussianBlur on tensors, kernel 13 (ltbench "
                                                     "before 2026-12; 3x slower on the CPU)")
+    randaugment_n: int = _f(2, "operations per image of timm's RandAugment in the rrc_randaugment and "
+                               "rrc_sim_randaugment views (PaCo's --randaug_n: 2; PaCo ResNeXt-101 and GPaCo "
+                               "ResNeXt-50: 3; GPaCo ResNeXt-101: 5)", ge=1)
     crop_padding: int = _f(4, "zero padding of the random crop, pixels", ge=0)
     to_rgb: bool = _f(False, "repeat a one-channel (grey) image to three channels before the model, as the WB "
                              "reference run on Fashion-MNIST-LT did; the first convolution then has three input "
@@ -503,6 +506,8 @@ class WandbConfig:
 # their default, so an upgrade keeps every existing run directory and its hash.
 # The data.views that blur (data.view_blur); SADE's test-time aggregation (posthoc sade_tta) blurs its views too
 BLUR_VIEWS = {"simclr", "crop_colour_blur", "rrc_sim", "rrc_sim_randaugment"}
+# The data.views with timm's RandAugment, whose number of operations data.randaugment_n sets
+RANDAUGMENT_VIEWS = {"rrc_randaugment", "rrc_sim_randaugment"}
 # train.distill's fields that say where the teacher is (not what it is): out of the hash
 DISTILL_LOCATION = ("teacher", "teacher_run")
 _hashed_distill = {k: v for k, v in dataclasses.asdict(DistillConfig()).items() if k not in DISTILL_LOCATION}
@@ -515,7 +520,7 @@ HASH_NEUTRAL_AT_DEFAULT: dict[str, Any] = {"data.to_rgb": False, "stage2.reinit_
                                            "model.cosine_scale": 30.0, "posthoc.tta_epochs": 5, "posthoc.tta_lr": 0.1,
                                            "posthoc.tta_weight_decay": 5e-4, "posthoc.tta_batch_size": 128,
                                            "posthoc.tta_min_weight": 0.05,
-                                           "data.views": [],
+                                           "data.views": [], "data.randaugment_n": 2,
                                            # the section while it is all default, then each field (a field
                                            # added later keeps the hashes of the configs that use the section)
                                            **{f"{t}.contrast": dataclasses.asdict(ContrastConfig())

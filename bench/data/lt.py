@@ -19,7 +19,7 @@ from bench.data.shards.loader import ShardLoader
 from bench.data.shards.manifest import ShardSplit, check_shard_files, load_manifest
 from bench.data.shards.plan import StreamSpec
 from bench.data.sources import RawData, load_raw
-from bench.data.views import view_fn
+from bench.data.views import ViewOptions, view_fn
 from bench.runtime import dist
 
 
@@ -83,7 +83,8 @@ class LTData:
         `views` (data.views): (B, V, C, H, W) batches, view v augmented by views[v] (bench/data/views.py)."""
         if isinstance(self.train, ShardSplit):
             spec = self._spec(self.train, True, batch_size // dist.world(), seed, augment, drop_last)
-            spec = dataclasses.replace(spec, views=tuple(views), view_blur=self.cfg.view_blur)
+            spec = dataclasses.replace(spec, views=tuple(views), view_blur=self.cfg.view_blur,
+                                       randaugment_n=self.cfg.randaugment_n)
             if sampler != "instance":   # a class-balanced order: read by random access, not streamed
                 return SampledShardLoader(spec, self.normalizer(), workers, batch=batch_size, sampler=sampler,
                                           num_classes=self.num_classes, epoch_length=epoch_length)
@@ -92,7 +93,8 @@ class LTData:
                               crop_padding=self.cfg.crop_padding, drop_last=drop_last, sampler=sampler,
                               num_classes=self.num_classes, rank=dist.rank(), world=dist.world(),
                               epoch_length=epoch_length,
-                              views=view_fn(views, self.cfg.crop_padding, self.cfg.view_blur) if views else None)
+                              views=view_fn(views, self.cfg.crop_padding,
+                                            ViewOptions(self.cfg.view_blur, self.cfg.randaugment_n)) if views else None)
 
     def eval_batches(self, name: str, batch_size: int, workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The split in order (on this rank), normalised on `device`, no augmentation."""

@@ -31,6 +31,7 @@ import contextlib
 import functools
 import random
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -38,6 +39,17 @@ import torch
 from bench.data.batches import ViewFn, derived_generator, random_crop_flip
 
 BATCHED = ("crop_flip", "flip", "none")
+
+
+@dataclass(frozen=True)
+class ViewOptions:
+    """The data.* fields the view augmentations read besides their names."""
+
+    blur: str = "pil"             # data.view_blur
+    randaugment_n: int = 2        # data.randaugment_n
+
+
+DEFAULT = ViewOptions()
 
 
 def _cutout(length: int) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -73,16 +85,16 @@ def _colour_and_blur(channels: int, blur: str = "pil") -> tuple[list[Callable[[t
 
 
 def _simclr(size: int, channels: int, padding: int,
-            blur: str = "pil") -> Callable[[torch.Tensor], torch.Tensor]:
+            opts: ViewOptions = DEFAULT) -> Callable[[torch.Tensor], torch.Tensor]:
     from torchvision.transforms import v2
 
-    colour, blurring = _colour_and_blur(channels, blur)
+    colour, blurring = _colour_and_blur(channels, opts.blur)
     return v2.Compose([v2.RandomResizedCrop(size, scale=(0.2, 1.0), antialias=True), v2.RandomHorizontalFlip(),
                        *colour, v2.RandomApply([blurring], p=0.5)])
 
 
 def _autoaugment_cutout(size: int, channels: int, padding: int,
-                        blur: str = "pil") -> Callable[[torch.Tensor], torch.Tensor]:
+                        opts: ViewOptions = DEFAULT) -> Callable[[torch.Tensor], torch.Tensor]:
     from torchvision.transforms import v2
 
     return v2.Compose([v2.RandomCrop(size, padding=padding), v2.RandomHorizontalFlip(),
@@ -90,16 +102,16 @@ def _autoaugment_cutout(size: int, channels: int, padding: int,
 
 
 def _crop_colour_blur(size: int, channels: int, padding: int,
-                      blur: str = "pil") -> Callable[[torch.Tensor], torch.Tensor]:
+                      opts: ViewOptions = DEFAULT) -> Callable[[torch.Tensor], torch.Tensor]:
     from torchvision.transforms import v2
 
-    colour, blurring = _colour_and_blur(channels, blur)
+    colour, blurring = _colour_and_blur(channels, opts.blur)
     return v2.Compose([v2.RandomCrop(size, padding=padding), *colour, v2.RandomApply([blurring], p=0.2),
                        v2.RandomHorizontalFlip()])
 
 
 def _randaugment(size: int, channels: int, padding: int,
-                 blur: str = "pil") -> Callable[[torch.Tensor], torch.Tensor]:
+                 opts: ViewOptions = DEFAULT) -> Callable[[torch.Tensor], torch.Tensor]:
     from torchvision.transforms import v2
 
     return v2.Compose([v2.RandomCrop(size, padding=padding), v2.RandomHorizontalFlip(), v2.RandAugment(2, 10)])
@@ -114,65 +126,65 @@ def _jitter_no_hue(channels: int) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 def _rrc_sim(size: int, channels: int, padding: int,
-             blur: str = "pil") -> Callable[[torch.Tensor], torch.Tensor]:
+             opts: ViewOptions = DEFAULT) -> Callable[[torch.Tensor], torch.Tensor]:
     """PaCo's `augmentation_sim` (paco_lt.py, ImageNet-LT / iNaturalist / Places-LT key view)."""
     from torchvision.transforms import v2
 
-    _, blurring = _colour_and_blur(channels, blur)
+    _, blurring = _colour_and_blur(channels, opts.blur)
     grey = [v2.RandomGrayscale(p=0.2)] if channels == 3 else []
     return v2.Compose([v2.RandomResizedCrop(size, scale=(0.08, 1.0), antialias=True), _jitter_no_hue(channels), *grey,
                        v2.RandomApply([blurring], p=0.5), v2.RandomHorizontalFlip()])
 
 
 def _rrc_colour(size: int, channels: int, padding: int,
-                blur: str = "pil") -> Callable[[torch.Tensor], torch.Tensor]:
+                opts: ViewOptions = DEFAULT) -> Callable[[torch.Tensor], torch.Tensor]:
     """BCL's `augmentation_sim` (main.py, its contrastive views on ImageNet-LT / iNaturalist): RandomResizedCrop,
     flip, ColorJitter(0.4, 0.4, 0.4, 0.1) with p 0.8, greyscale with p 0.2; no blur."""
     from torchvision.transforms import v2
 
-    colour, _ = _colour_and_blur(channels, blur)
+    colour, _ = _colour_and_blur(channels, opts.blur)
     return v2.Compose([v2.RandomResizedCrop(size, scale=(0.08, 1.0), antialias=True), v2.RandomHorizontalFlip(),
                        *colour])
 
 
 def _rrc_randaugment(size: int, channels: int, padding: int,
-                     blur: str = "pil") -> Callable[[torch.Tensor], torch.Tensor]:
+                     opts: ViewOptions = DEFAULT) -> Callable[[torch.Tensor], torch.Tensor]:
     """PaCo's and BCL's `augmentation_randncls` (PaCo's query view, BCL's classifier view on the large datasets):
     RandomResizedCrop, flip, colour jitter, then timm's RandAugment (_timm_randaugment)."""
     from torchvision.transforms import v2
 
     return v2.Compose([v2.RandomResizedCrop(size, scale=(0.08, 1.0), antialias=True), v2.RandomHorizontalFlip(),
-                       _jitter_no_hue(channels), _timm_randaugment(size, channels)])
+                       _jitter_no_hue(channels), _timm_randaugment(size, channels, opts.randaugment_n)])
 
 
-def _timm_randaugment(size: int, channels: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    """timm's RandAugment 'rand-n2-m10-mstd0.5' on the PIL image (PaCo's randaugment.py is a copy of timm's; each
-    of the 15 ops applied with p 0.5 at a magnitude drawn from N(10, 0.5)), translations up to 45 % of the size and
-    the ImageNet mean as the fill."""
+def _timm_randaugment(size: int, channels: int, n: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """timm's RandAugment 'rand-n{n}-m10-mstd0.5' on the PIL image (PaCo's randaugment.py is a copy of timm's; n of
+    the 15 ops (data.randaugment_n, PaCo's --randaug_n), each applied with p 0.5 at a magnitude drawn from
+    N(10, 0.5)), translations up to 45 % of the size and the ImageNet mean as the fill."""
     from timm.data.auto_augment import rand_augment_transform
     from torchvision.transforms.v2 import functional as TF
 
     fill = (124, 116, 104) if channels == 3 else (124,)
-    ra = rand_augment_transform("rand-n2-m10-mstd0.5", {"translate_const": int(size * 0.45), "img_mean": fill})
+    ra = rand_augment_transform(f"rand-n{n}-m10-mstd0.5", {"translate_const": int(size * 0.45), "img_mean": fill})
     return lambda x: TF.pil_to_tensor(ra(TF.to_pil_image(x)))
 
 
 def _rrc_sim_randaugment(size: int, channels: int, padding: int,
-                         blur: str = "pil") -> Callable[[torch.Tensor], torch.Tensor]:
+                         opts: ViewOptions = DEFAULT) -> Callable[[torch.Tensor], torch.Tensor]:
     """PaCo's `augmentation_randnclsstack` (GPaCo's ImageNet-LT key view, aug randcls_randclsstack): RandomResizedCrop,
     flip, colour jitter, greyscale with p 0.2, blur with p 0.5, then timm's RandAugment as `rrc_randaugment`."""
     from torchvision.transforms import v2
 
-    _, blurring = _colour_and_blur(channels, blur)
+    _, blurring = _colour_and_blur(channels, opts.blur)
     grey = [v2.RandomGrayscale(p=0.2)] if channels == 3 else []
     return v2.Compose([v2.RandomResizedCrop(size, scale=(0.08, 1.0), antialias=True), v2.RandomHorizontalFlip(),
                        _jitter_no_hue(channels), *grey, v2.RandomApply([blurring], p=0.5),
-                       _timm_randaugment(size, channels)])
+                       _timm_randaugment(size, channels, opts.randaugment_n)])
 
 
-# view augmentation -> (image size, channels, crop padding, data.view_blur) -> a transform of one uint8 CHW image
+# view augmentation -> (image size, channels, crop padding, ViewOptions) -> a transform of one uint8 CHW image
 # drawing from torch's, Python's and NumPy's global RNGs (seeded per image below)
-VIEW_AUGMENTS: dict[str, Callable[[int, int, int, str], Callable[[torch.Tensor], torch.Tensor]] | None] = {
+VIEW_AUGMENTS: dict[str, Callable[[int, int, int, ViewOptions], Callable[[torch.Tensor], torch.Tensor]] | None] = {
     "crop_flip": None, "flip": None, "none": None,
     "simclr": _simclr, "autoaugment_cutout": _autoaugment_cutout, "randaugment": _randaugment,
     "crop_colour_blur": _crop_colour_blur, "rrc_sim": _rrc_sim, "rrc_randaugment": _rrc_randaugment,
@@ -220,13 +232,14 @@ def colour_jitter(x: torch.Tensor, keys: tuple[int, ...]) -> torch.Tensor:
     return _each_image(_jitter_no_hue(x.shape[1]), x, (*keys, 1_000), 0, x)
 
 
-def view_fn(names: Sequence[str], crop_padding: int, blur: str = "pil") -> ViewFn:
+def view_fn(names: Sequence[str], crop_padding: int, opts: ViewOptions = DEFAULT) -> ViewFn:
     """The InMemoryLoader's `views`: each batch as the views `names` (data.views)."""
-    return functools.partial(augment_views, names=tuple(names), crop_padding=crop_padding, blur=blur)
+    return functools.partial(augment_views, names=tuple(names), crop_padding=crop_padding, opts=opts)
 
 
 def augment_views(x: torch.Tensor, keys: tuple[int, ...], batch: int, offset: int, *, names: Sequence[str],
-                  crop_padding: int, whole: Sequence[torch.Tensor] | None = None, blur: str = "pil") -> torch.Tensor:
+                  crop_padding: int, whole: Sequence[torch.Tensor] | None = None,
+                  opts: ViewOptions = DEFAULT) -> torch.Tensor:
     """uint8 (b, C, H, W), this rank's part (from `offset`) of a global batch of `batch` images -> uint8 (b, V, C, H,
     W), view v augmented as names[v] says. `keys` = (seed, epoch, step) of an in-memory batch, (seed, epoch, rank,
     batch index) of a shard stream's. `whole`: the decoded images x was cut from (shards of large images), which the
@@ -243,7 +256,7 @@ def augment_views(x: torch.Tensor, keys: tuple[int, ...], batch: int, offset: in
             continue
         build = VIEW_AUGMENTS[name]
         assert build is not None
-        transform = build(x.shape[-1], x.shape[1], crop_padding, blur)
+        transform = build(x.shape[-1], x.shape[1], crop_padding, opts)
         source = whole if whole is not None and name in WHOLE_IMAGE_VIEWS else x
         out.append(_each_image(transform, source, (*keys, 2 + v), offset, x))
     return torch.stack(out, dim=1)

@@ -9,6 +9,7 @@ from typing import Any
 from bench.config import (Config, ConfigError, ContrastConfig, DataConfig, DistillConfig, LossConfig, PeftConfig,
                           Stage2Config)
 from bench.config.load import expand_path
+from bench.config.schema import RANDAUGMENT_VIEWS
 from bench.data.cards import FILE_SPLIT_SOURCES, load_card
 from bench.data.profiles import resolve_profile
 
@@ -38,6 +39,9 @@ def resolve(cfg: Config) -> Config:
         # the in-memory loader has no RandomResizedCrop: it would train on flips alone
         raise ConfigError(f"config key 'data.augment': {d.augment} needs shard data (data.shards); in-memory "
                           f"{d.dataset} supports crop_flip, flip, crop_flip_rotate or none")
+    if d.randaugment_n != 2 and not set(d.views) & RANDAUGMENT_VIEWS:
+        raise ConfigError(f"config key 'data.randaugment_n': {d.randaugment_n} sets timm's RandAugment of the "
+                          f"rrc_randaugment / rrc_sim_randaugment views; data.views is {d.views}")
     if d.views and d.decode == "gpu":
         raise ConfigError(f"config key 'data.views': {d.views} are drawn from the decoded images on the CPU "
                           "(data.decode=cpu); the GPU decoder crops and flips one view")

@@ -10,7 +10,7 @@ import torch
 
 from bench.config import Config, ConfigError
 from bench.data.batches import InMemoryLoader, Split
-from bench.data.views import view_fn
+from bench.data.views import ViewOptions, view_fn
 from bench.methods.posthoc import choose_tau, class_prior, fit_aggregation
 from bench.registry import POSTHOC
 from bench.models.experts import ExpertCosineClassifiers
@@ -88,7 +88,7 @@ def _aggregate_experts(cfg: Config, st: Stage, model: torch.nn.Module, parent: R
     model.eval()
     # every process fits on the whole batches (rank 0 of 1): the same draws, so the same weights everywhere, as
     # the reference's one process; the evaluation below splits the test set over the processes as usual
-    tta_views = view_fn(["crop_colour_blur", "crop_colour_blur"], 4, cfg.data.view_blur)
+    tta_views = view_fn(["crop_colour_blur", "crop_colour_blur"], 4, ViewOptions(blur=cfg.data.view_blur))
     views = InMemoryLoader(data.test, ph.tta_batch_size, seed=cfg.seed + 2_000_003, normalize=data.normalizer(),
                            crop_padding=4, rank=0, world=1, views=tta_views)
     weights, passes = fit_aggregation(

@@ -255,12 +255,16 @@ def paco_large_config(folder: str) -> dict[str, dict]:
                                "momentum": 0.999, "temperature": 0.2, "alpha": 0.05, "beta": 1.0, "gamma": 1.0}}}
     if dataset != "imagenet-lt":
         return {"paco": paco}
-    # ImageNetLT_train_X50.sh: ResNeXt-50, T 0.07, aug randclsstack_sim (RandAugment n2 after the SimCLR-style
-    # steps on the query view); the ResNeXt-101 script's RandAugment n3 has no view here
-    x50 = {**paco, "data": {**paco["data"], "views": ["rrc_sim_randaugment", "rrc_sim"]},
-           "model": {"name": "resnext50_32x4d"},
-           "train": {**paco["train"], "contrast": {**paco["train"]["contrast"], "temperature": 0.07}}}
-    return {"paco": paco, "paco_x50": x50}
+    # ImageNetLT_train_X50.sh / _X101.sh: aug randclsstack_sim (RandAugment after the SimCLR-style steps on the query
+    # view); ResNeXt-50 with T 0.07, ResNeXt-101 (32x4d) with lr 0.03 and RandAugment n3
+    def variant(model: str, views: list[str], randaugment_n: int, lr: float, **contrast: float) -> dict:
+        return {**paco, "data": {**paco["data"], "views": views, **({"randaugment_n": randaugment_n}
+                                                                     if randaugment_n != 2 else {})},
+                "model": {"name": model}, "train": {**paco["train"], "lr": lr,
+                                                     "contrast": {**paco["train"]["contrast"], **contrast}}}
+    stack = ["rrc_sim_randaugment", "rrc_sim"]
+    return {"paco": paco, "paco_x50": variant("resnext50_32x4d", stack, 2, 0.02, temperature=0.07),
+            "paco_x101": variant("resnext101_32x4d", stack, 3, 0.03)}
 
 
 def gpaco_large_config(folder: str) -> dict[str, dict]:
@@ -274,7 +278,7 @@ def gpaco_large_config(folder: str) -> dict[str, dict]:
     if dataset not in ("imagenet-lt", "inat2018"):
         return {}
     inlt = dataset == "imagenet-lt"
-    return {"gpaco": {
+    gpaco = {
         "name": folder.replace("_", "-"), "method": "gpaco", "protocol": "paco-reference",
         "data": {"dataset": dataset, "shards": "${LTBENCH_SHARDS}/" + dataset, "augment": "none",
                  "views": ["rrc_randaugment", "rrc_sim_randaugment" if inlt else "rrc_sim"]},
@@ -283,7 +287,15 @@ def gpaco_large_config(folder: str) -> dict[str, dict]:
                   "weight_decay": 5.0e-4 if inlt else 1.0e-4, "drop_last": True,
                   "schedule": "cosine", "schedule_step_at_epoch_start": True, "warmup_epochs": 10,
                   "contrast": {"method": "gpaco", "dim": 128, "projection": "mlp3", "queue": 8192,
-                               "temperature": 0.2, "alpha": 0.045 if inlt else 0.05, "beta": 1.0, "gamma": 1.0}}}}
+                               "temperature": 0.2, "alpha": 0.045 if inlt else 0.05, "beta": 1.0, "gamma": 1.0}}}
+    if not inlt:
+        return {"gpaco": gpaco}
+    # ImageNetLT_train_X50.sh / _X101.sh: alpha 0.05, lr 0.06, RandAugment n3 / n5 on both views
+
+    def variant(model: str, randaugment_n: int) -> dict:
+        return {**gpaco, "data": {**gpaco["data"], "randaugment_n": randaugment_n}, "model": {"name": model},
+                "train": {**gpaco["train"], "lr": 0.06, "contrast": {**gpaco["train"]["contrast"], "alpha": 0.05}}}
+    return {"gpaco": gpaco, "gpaco_x50": variant("resnext50_32x4d", 3), "gpaco_x101": variant("resnext101_32x4d", 5)}
 
 
 def expert_large_configs(folder: str) -> dict[str, dict]:
@@ -395,6 +407,9 @@ LARGE_HEADER = {
     "paco": "PaCo, ResNet-50: class centres and supervised contrast in one softmax, momentum key encoder, queue 8192",
     "gpaco": "GPaCo, ResNet-50: PaCo without the key encoder, both views anchors, queue 8192",
     "paco_x50": "PaCo, ResNeXt-50: as paco.yaml with T 0.07 and RandAugment after the SimCLR-style query view",
+    "paco_x101": "PaCo, ResNeXt-101 32x4d: as paco_x50.yaml with T 0.2, lr 0.03 and RandAugment n3",
+    "gpaco_x50": "GPaCo, ResNeXt-50: as gpaco.yaml with alpha 0.05, lr 0.06 and RandAugment n3",
+    "gpaco_x101": "GPaCo, ResNeXt-101 32x4d: as gpaco.yaml with alpha 0.05, lr 0.06 and RandAugment n5",
     "wd": "CE + weight decay (WB stage 1)", "wb": "+ CB & WD & MaxNorm (WB stage 2, on cached features)",
     "taunorm": "+ tau-norm, tau chosen on val", "hs_stage1": "HS single stage: ETF classifier, WD in the loss, FR",
     "hs": "HS: multiplicative logit adjustment, tau chosen on val",

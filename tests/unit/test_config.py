@@ -99,7 +99,7 @@ def test_hash_neutral_fields_keep_old_run_names_until_set():
 
     a = load_config(None, ["data.dataset=fashion-mnist"])
     d = a.result_dict()
-    for key in ("to_rgb", "input_stats", "resize", "views"):
+    for key in ("to_rgb", "input_stats", "resize", "views", "randaugment_n"):
         del d["data"][key]
     for key in ("embedding", "zeroshot", "peft", "experts", "expert_width", "expert_scale", "cosine_scale"):
         del d["model"][key]
@@ -114,6 +114,12 @@ def test_hash_neutral_fields_keep_old_run_names_until_set():
                   "train.mixup_alpha=1", "train.loss.las_head=0.3", "train.warmup_unit=epoch",
                   "train.backbone_lr_factor=0.5"):
         assert load_config(None, ["data.dataset=fashion-mnist", other]).run_hash() != a.run_hash()
+    # data.randaugment_n: only with a view that has timm's RandAugment, and then it names another run
+    paco = ["data.dataset=fashion-mnist", "data.augment=none", "data.views=[rrc_randaugment,rrc_sim]",
+            "train.contrast.method=paco", "train.drop_last=true"]
+    assert load_config(None, [*paco, "data.randaugment_n=3"]).run_hash() != load_config(None, paco).run_hash()
+    with pytest.raises(ConfigError, match=r"config key 'data.randaugment_n': 3 sets timm's RandAugment of the "):
+        load_config(None, ["data.dataset=fashion-mnist", "data.randaugment_n=3"])
 
 
 def test_to_rgb_only_on_one_channel_data():

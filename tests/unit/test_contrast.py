@@ -143,6 +143,15 @@ def test_large_image_views_crop_the_whole_image_and_keep_the_global_rngs():
     # GPaCo's key view (randclsstack) reads the whole image too
     g = augment_views(centre, (1, 0, 0, 3), 4, 0, names=["rrc_sim_randaugment"], crop_padding=4, whole=whole)
     assert g.shape == (4, 1, 3, 24, 24) and g.float().mean() > 60
+    # data.randaugment_n: more RandAugment operations after the same crop, flip and colour draws
+    from bench.data.views import ViewOptions
+
+    names = ["rrc_randaugment", "rrc_sim_randaugment"]
+    two, five = (augment_views(centre, (1, 0, 0, 3), 4, 0, names=names, crop_padding=4, whole=whole,
+                               opts=ViewOptions(randaugment_n=n)) for n in (2, 5))
+    assert not torch.equal(two, five) and torch.equal(two, augment_views(centre, (1, 0, 0, 3), 4, 0, names=names,
+                                                                          crop_padding=4, whole=whole))
+
 
 
 def test_views_blur_with_pil_as_mocos_gaussianblur():

@@ -130,8 +130,8 @@ def large_env(large_shards, monkeypatch, tmp_path):
 def test_large_scale_configs(repo, large_env, large_shards):
     d = repo / "configs" / "paper"
     inlt = {p.stem: load_config(p) for p in sorted((d / "imagenet_lt").glob("*.yaml"))}
-    assert set(inlt) == {"wd", "wb", "taunorm", "hs_stage1", "hs", "paco", "paco_x50", "gpaco", "ride", "ride_ea",
-                         "sade", "bcl", "mixup", "mislas"}
+    assert set(inlt) == {"wd", "wb", "taunorm", "hs_stage1", "hs", "paco", "paco_x50", "paco_x101", "gpaco",
+                         "gpaco_x50", "gpaco_x101", "ride", "ride_ea", "sade", "bcl", "mixup", "mislas"}
     # BCL (its README command, main.py's defaults; ResNeXt-50 as its table): the best epoch on the val list
     bcl = inlt["bcl"]
     assert bcl.protocol == "clean" and (bcl.eval.selection_split, bcl.eval.select) == ("val", "best")
@@ -195,9 +195,15 @@ def test_large_scale_configs(repo, large_env, large_shards):
         assert paco.model.name == "resnet50" and paco.train.weight_decay == wd_ and paco.train.epochs == 400
         c = paco.train.contrast
         assert (c.queue, c.dim, c.temperature, c.alpha, c.projection) == (8192, 128, 0.2, 0.05, "mlp2_bn")
-    x50 = inlt["paco_x50"]     # ImageNetLT_train_X50.sh: randclsstack_sim, T 0.07
-    assert x50.model.name == "resnext50_32x4d" and x50.data.views == ["rrc_sim_randaugment", "rrc_sim"]
-    assert (x50.train.contrast.temperature, x50.train.lr, x50.protocol) == (0.07, 0.02, "paco-reference")
+    # PaCo's and GPaCo's ResNeXt scripts (ImageNetLT_train_X50.sh, _X101.sh): the stacked view, RandAugment n2 / 3 / 5
+    for key, model, views, n, lr, t, alpha in (
+            ("paco_x50", "resnext50_32x4d", ["rrc_sim_randaugment", "rrc_sim"], 2, 0.02, 0.07, 0.05),
+            ("paco_x101", "resnext101_32x4d", ["rrc_sim_randaugment", "rrc_sim"], 3, 0.03, 0.2, 0.05),
+            ("gpaco_x50", "resnext50_32x4d", ["rrc_randaugment", "rrc_sim_randaugment"], 3, 0.06, 0.2, 0.05),
+            ("gpaco_x101", "resnext101_32x4d", ["rrc_randaugment", "rrc_sim_randaugment"], 5, 0.06, 0.2, 0.05)):
+        c = inlt[key]
+        assert (c.model.name, c.data.views, c.data.randaugment_n, c.train.lr) == (model, views, n, lr), key
+        assert (c.train.contrast.temperature, c.train.contrast.alpha, c.protocol) == (t, alpha, "paco-reference"), key
     # GPaCo (GPaCo/LT/sh/LT/ImageNetLT_train_R50.sh, Inat_train_R50.sh): no key encoder, GPaCo's MLP, RandAugment on
     # both ImageNet-LT views (randcls_randclsstack), randcls_sim on iNaturalist
     for g, views, alpha in ((inlt["gpaco"], ["rrc_randaugment", "rrc_sim_randaugment"], 0.045),

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from bench.data.batches import ROTATE, center_pad, crop_flip_draws, derived_generator, random_crop_flip
-from bench.data.views import augment_views, colour_jitter
+from bench.data.views import ViewOptions, augment_views, colour_jitter
 from bench.data.cards import DatasetError
 from bench.data.gpu_decode import decode_batch
 from bench.data.shards.decode import _jpeg_for_gpu, _to_fixed_size, decode_sample
@@ -86,7 +86,8 @@ def _make_batch(items: list[Any], spec: StreamSpec, index: int) -> dict[str, Any
         # seeded by (seed, epoch, rank, batch index) and the image's place in the batch: a pure function of the
         # stream position, as the crops below, so a resumed epoch draws the same views
         x = augment_views(x, (spec.seed, spec.epoch, spec.rank, index), len(x), 0, names=spec.views,
-                          crop_padding=spec.crop_padding, whole=whole, blur=spec.view_blur)
+                          crop_padding=spec.crop_padding, whole=whole,
+                          opts=ViewOptions(spec.view_blur, spec.randaugment_n))
     elif spec.train and spec.augment != "none":
         # the same batched crop / flip as the in-memory loader; RandomResizedCrop already cropped
         gen = derived_generator(spec.seed, spec.epoch, spec.rank, index, 1)

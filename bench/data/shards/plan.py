@@ -103,6 +103,7 @@ class StreamSpec:
     decode: str = "cpu"               # gpu: JPEGs leave the worker as bytes + crop box (bench.data.gpu_decode)
     views: tuple[str, ...] = ()       # data.views: (B, V, C, H, W) training batches (bench.data.views)
     view_blur: str = "pil"            # data.view_blur
+    randaugment_n: int = 2            # data.randaugment_n
 
 
 def plan(spec: StreamSpec) -> tuple[list[tuple[list[tuple[int, int, int]], list[tuple[int, int]]]], int]:
