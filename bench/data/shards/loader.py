@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from bench.data.batches import ROTATE, center_pad, crop_flip_draws, derived_generator, random_crop_flip
-from bench.data.views import ViewOptions, augment_views, colour_jitter
+from bench.data.views import WHOLE_IMAGE_VIEWS, ViewOptions, augment_views, colour_jitter
 from bench.data.cards import DatasetError
 from bench.data.gpu_decode import decode_batch
 from bench.data.shards.decode import _jpeg_for_gpu, _to_fixed_size, decode_sample
@@ -49,6 +49,10 @@ def _make_batch(items: list[Any], spec: StreamSpec, index: int) -> dict[str, Any
     rrc = spec.train and spec.augment.startswith("rrc_flip")
     # data.views of large images: the views that RandomResizedCrop read the decoded image, not its centre crop
     whole: list[torch.Tensor] | None = [] if spec.train and spec.views and spec.image_size is not None else None
+    # every view crops the decoded image: its centre crop would go unused (a resize of the whole image saved)
+    size = spec.image_size
+    blank = (np.zeros((size, size, spec.channels), np.uint8)
+             if size is not None and whole is not None and all(v in WHOLE_IMAGE_VIEWS for v in spec.views) else None)
     for it in items:
         if isinstance(it, Hole):
             holes.append(it.where)
@@ -69,7 +73,7 @@ def _make_batch(items: list[Any], spec: StreamSpec, index: int) -> dict[str, Any
             jpegs.append((len(ys), data, box))
             xs.append(None)   # filled on the GPU
         else:
-            xs.append(_to_fixed_size(img, spec.image_size, spec.eval_resize, rrc, rng))
+            xs.append(blank if blank is not None else _to_fixed_size(img, spec.image_size, spec.eval_resize, rrc, rng))
             if whole is not None:
                 a = np.asarray(img)
                 a = np.ascontiguousarray(a[..., None] if a.ndim == 2 else a)
