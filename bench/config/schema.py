@@ -213,6 +213,10 @@ class ModelConfig:
                                            "differ); timm or open_clip format (an open_clip checkpoint's image tower "
                                            "is converted by timm)")
     drop_rate: float = _f(0.0, "dropout before the classifier", ge=0, le=1)
+    zero_init_last: bool | None = _f(None, "timm ResNet / ResNeXt trained from scratch: start the last BatchNorm of "
+                                           "every residual block at 0 (timm's default, None = leave it to timm) or "
+                                           "at 1 (false: torchvision's zero_init_residual=False, which MiSLAS, PaCo, "
+                                           "GPaCo and BCL build)")
     embedding: Literal["pooled", "clip"] = _f("pooled", "what the classifier sees: timm's pooled penultimate feature "
                                                         "(pooled), or for a CLIP image tower (timm vit_*_clip_*) the "
                                                         "CLIP image embedding, the projection of the pooled token, "
@@ -520,7 +524,7 @@ HASH_NEUTRAL_AT_DEFAULT: dict[str, Any] = {"data.to_rgb": False, "stage2.reinit_
                                            "model.cosine_scale": 30.0, "posthoc.tta_epochs": 5, "posthoc.tta_lr": 0.1,
                                            "posthoc.tta_weight_decay": 5e-4, "posthoc.tta_batch_size": 128,
                                            "posthoc.tta_min_weight": 0.05,
-                                           "data.views": [], "data.randaugment_n": 2,
+                                           "data.views": [], "data.randaugment_n": 2, "model.zero_init_last": None,
                                            # the section while it is all default, then each field (a field
                                            # added later keeps the hashes of the configs that use the section)
                                            **{f"{t}.contrast": dataclasses.asdict(ContrastConfig())

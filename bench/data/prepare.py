@@ -275,7 +275,7 @@ def _write_shard(out: str, name: str, split: str, first_key: int, items: list[It
         spans, problem = shard_spans(str(path))
         if problem is not None or len(spans) != len(items):
             raise RuntimeError(f"prepare: {path} reads back as {len(spans)} samples ({problem}), wrote {len(items)}")
-        record["offsets"] = [a for a, _ in spans] + [spans[-1][1]]
+        record["offsets"] = [a for a, _ in spans] + [spans[-1][1] if spans else 0]
     rec = Path(out) / PREP_DIR / f"{name}.json"
     rec.write_text(json.dumps(record))
     return record

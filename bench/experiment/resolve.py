@@ -117,6 +117,11 @@ def _check_schedules(cfg: Config) -> None:
             raise ConfigError(f"config key '{prefix}.epoch_length': {t.epoch_length} cuts a class_aware or "
                               "class_balanced epoch; the instance sampler's epoch is the dataset already")
     _check_experts(cfg)
+    m = cfg.model
+    if m.zero_init_last is not None and (m.pretrained_file or m.experts > 1 or m.embedding != "pooled"):
+        raise ConfigError(f"config key 'model.zero_init_last': {m.zero_init_last} sets the initialisation of a timm "
+                          "ResNet trained from scratch; this model starts from model.pretrained_file, is a "
+                          "multi-expert model (whose experts start at 1) or a CLIP tower")
     _check_contrast(cfg)
     _check_distill(cfg)
     if cfg.stage2.train.backbone_lr_factor != 1.0:

@@ -270,8 +270,10 @@ def make_model(cfg: Config, data: LTData, init: bool = True) -> nn.Module:
         model = build_resnet_experts(m.name, data.num_classes, data.in_chans, drop_rate=m.drop_rate,
                                      pretrained_file=m.pretrained_file, **experts)
     else:
+        # model.zero_init_last reaches timm only when set: other architectures have no such argument
+        zero = {} if m.zero_init_last is None else {"zero_init_last": m.zero_init_last}
         model = build(m.name, num_classes=data.num_classes, in_chans=data.in_chans,
-                      pretrained_file=m.pretrained_file, drop_rate=m.drop_rate, **experts)
+                      pretrained_file=m.pretrained_file, drop_rate=m.drop_rate, **experts, **zero)
     spec: Head = HEADS[m.classifier]
     head = spec.build(head_of(model), data.num_classes, cfg.seed)
     if init and spec.init is not None:

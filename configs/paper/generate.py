@@ -205,6 +205,11 @@ LARGE = {
 }
 
 
+# MiSLAS, PaCo, GPaCo and BCL build torchvision's ResNet / ResNeXt (or copies of it) with zero_init_residual=False:
+# every residual block's last BatchNorm starts at 1, where timm starts it at 0
+TORCHVISION_INIT = {"zero_init_last": False}
+
+
 def large_configs(folder: str) -> dict[str, dict]:
     dataset, model, train, protocol = LARGE[folder]
     name = folder.replace("_", "-")
@@ -247,7 +252,7 @@ def paco_large_config(folder: str) -> dict[str, dict]:
         "name": folder.replace("_", "-"), "method": "paco", "protocol": "paco-reference",
         "data": {"dataset": dataset, "shards": "${LTBENCH_SHARDS}/" + dataset, "augment": "none",
                  "views": ["rrc_randaugment", "rrc_sim"]},
-        "model": {"name": "resnet50"},
+        "model": {"name": "resnet50", **TORCHVISION_INIT},
         "train": {"epochs": 400, "batch_size": 128, "lr": 0.02, "momentum": 0.9,
                   "weight_decay": 5.0e-4 if dataset == "imagenet-lt" else 1.0e-4, "drop_last": True,
                   "schedule": "cosine", "schedule_step_at_epoch_start": True, "warmup_epochs": 10,
@@ -260,7 +265,7 @@ def paco_large_config(folder: str) -> dict[str, dict]:
     def variant(model: str, views: list[str], randaugment_n: int, lr: float, **contrast: float) -> dict:
         return {**paco, "data": {**paco["data"], "views": views, **({"randaugment_n": randaugment_n}
                                                                      if randaugment_n != 2 else {})},
-                "model": {"name": model}, "train": {**paco["train"], "lr": lr,
+                "model": {"name": model, **TORCHVISION_INIT}, "train": {**paco["train"], "lr": lr,
                                                      "contrast": {**paco["train"]["contrast"], **contrast}}}
     stack = ["rrc_sim_randaugment", "rrc_sim"]
     return {"paco": paco, "paco_x50": variant("resnext50_32x4d", stack, 2, 0.02, temperature=0.07),
@@ -282,7 +287,7 @@ def gpaco_large_config(folder: str) -> dict[str, dict]:
         "name": folder.replace("_", "-"), "method": "gpaco", "protocol": "paco-reference",
         "data": {"dataset": dataset, "shards": "${LTBENCH_SHARDS}/" + dataset, "augment": "none",
                  "views": ["rrc_randaugment", "rrc_sim_randaugment" if inlt else "rrc_sim"]},
-        "model": {"name": "resnet50"},
+        "model": {"name": "resnet50", **TORCHVISION_INIT},
         "train": {"epochs": 400, "batch_size": 128, "lr": 0.04, "momentum": 0.9,
                   "weight_decay": 5.0e-4 if inlt else 1.0e-4, "drop_last": True,
                   "schedule": "cosine", "schedule_step_at_epoch_start": True, "warmup_epochs": 10,
@@ -293,7 +298,7 @@ def gpaco_large_config(folder: str) -> dict[str, dict]:
     # ImageNetLT_train_X50.sh / _X101.sh: alpha 0.05, lr 0.06, RandAugment n3 / n5 on both views
 
     def variant(model: str, randaugment_n: int) -> dict:
-        return {**gpaco, "data": {**gpaco["data"], "randaugment_n": randaugment_n}, "model": {"name": model},
+        return {**gpaco, "data": {**gpaco["data"], "randaugment_n": randaugment_n}, "model": {"name": model, **TORCHVISION_INIT},
                 "train": {**gpaco["train"], "lr": 0.06, "contrast": {**gpaco["train"]["contrast"], "alpha": 0.05}}}
     return {"gpaco": gpaco, "gpaco_x50": variant("resnext50_32x4d", 3), "gpaco_x101": variant("resnext101_32x4d", 5)}
 
@@ -367,7 +372,7 @@ def mislas_large_configs(folder: str) -> dict[str, dict]:
     return {
         "mixup": {"name": name, "method": "mixup", "protocol": "mislas-reference",
                   "data": {"dataset": dataset, "shards": "${LTBENCH_SHARDS}/" + dataset, "augment": "rrc_flip_jitter"},
-                  "model": {"name": "resnet50"},
+                  "model": {"name": "resnet50", **TORCHVISION_INIT},
                   "train": {"epochs": 180 if inlt else 200, **opt, "schedule": "cosine", "mixup_alpha": 0.2}},
         "mislas": {"name": name, "method": "mislas", "protocol": "mislas-reference", "stage": "stage2",
                    "parent": "mixup.yaml",
@@ -388,7 +393,7 @@ def bcl_large_config(folder: str) -> dict[str, dict]:
         "name": folder.replace("_", "-"), "method": "bcl", "protocol": "clean",
         "data": {"dataset": "imagenet-lt", "shards": "${LTBENCH_SHARDS}/imagenet-lt", "augment": "none",
                  "views": ["rrc_randaugment", "rrc_colour", "rrc_colour"]},
-        "model": {"name": "resnext50_32x4d", "classifier": "cosine", "cosine_scale": 30.0},
+        "model": {"name": "resnext50_32x4d", "classifier": "cosine", "cosine_scale": 30.0, **TORCHVISION_INIT},
         "train": {"epochs": 90, "batch_size": 256, "lr": 0.1, "momentum": 0.9, "weight_decay": 5.0e-4,
                   "wd_scope": "all", "schedule": "cosine", "schedule_unit": "epoch",
                   "schedule_step_at_epoch_start": True, "loss": {"name": "logit_adjusted"},

@@ -387,8 +387,9 @@ def test_views_from_shards_are_a_function_of_the_stream_position(smoke_shards):
 def test_class_aware_from_shards_reads_the_in_memory_order(smoke_shards, tmp_path):
     """class_aware / class_balanced from shards (random access to the samples): step s holds the samples the
     in-memory loader draws from the same labels (the manifest's order), pixel for pixel; the same with 0 and 2
-    workers and when an epoch resumes at a step. A shard shorter than its manifest is named up front, or with
-    data.on_error=skip its missing samples are counted holes."""
+    workers and when an epoch resumes at a step. A damaged sample is named when a batch reads it (the manifest's
+    offsets) or before the first batch (shards without offsets: the header scan stops there), or with
+    data.on_error=skip counted as holes; a sample whose label is not the manifest's is named."""
     import numpy as np
 
     from bench.data.batches import InMemoryLoader, Split
@@ -613,6 +614,15 @@ stage2:
     assert r.returncode == 0, r.stderr
     res3 = json.loads(next((tmp_path / "runs").glob("fake-inlt/mislas-*/result.json")).read_text())
     assert res3["cached_features"] is False and res3["steps_per_epoch"] == 5    # ceil(30 / 8) + 1
+    before, after = (torch.load(next((tmp_path / "runs").glob(f"fake-inlt/{m}-*/checkpoints/final.pt")),
+                                weights_only=True)
+                     for m in ("wd", "mislas"))
+    before, after = (d.get("model", d) for d in (before, after))
+    bn = [k for k in before if k.endswith("running_mean")]
+    convs = [k for k in before if k.endswith("conv1.weight")]
+    assert bn and all(not torch.equal(before[k], after[k]) for k in bn)      # BN statistics re-estimated
+    assert convs and all(torch.equal(before[k], after[k]) for k in convs)    # the backbone itself frozen
+    assert not torch.equal(before["fc.weight"], after["fc.weight"])          # the rows scaled and trained
     # rrc_flip_jitter (RIDE's / SADE's ImageNet-LT transform): the rrc_flip batch, each image colour-jittered
     from bench.data.batches import Normalize
     from bench.data.lt import build_lt_data

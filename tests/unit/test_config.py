@@ -101,7 +101,8 @@ def test_hash_neutral_fields_keep_old_run_names_until_set():
     d = a.result_dict()
     for key in ("to_rgb", "input_stats", "resize", "views", "randaugment_n"):
         del d["data"][key]
-    for key in ("embedding", "zeroshot", "peft", "experts", "expert_width", "expert_scale", "cosine_scale"):
+    for key in ("embedding", "zeroshot", "peft", "experts", "expert_width", "expert_scale", "cosine_scale",
+                "zero_init_last"):
         del d["model"][key]
     for key in ("mixup_alpha", "lr_milestones", "lr_step_gamma", "warmup_unit", "epoch_length", "contrast",
                 "distill", "backbone_lr_factor"):

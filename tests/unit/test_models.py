@@ -197,3 +197,21 @@ def test_network_sources_rejected() -> None:
         build_model("hf-hub:timm/resnet18.a1_in1k", num_classes=10)
     with pytest.raises(ModelError):
         build_model("resnet18", num_classes=10, pretrained=True)
+
+
+def test_zero_init_last_false_starts_every_residual_bn_at_one() -> None:
+    """model.zero_init_last=false: torchvision's zero_init_residual=False (MiSLAS, PaCo, GPaCo, BCL build it), each
+    block's last BatchNorm weight 1; timm's default starts it at 0. It is refused where it cannot act."""
+    from bench.config import ConfigError
+    from bench.data.lt import build_lt_data
+    from bench.experiment import load_config
+    from bench.methods.classifiers import make_model
+
+    base = ["data.dataset=fashion-mnist", "model.name=resnet18"]
+    for extra, value in (([], 0.0), (["model.zero_init_last=false"], 1.0)):
+        cfg = load_config(None, [*base, *extra])
+        model = make_model(cfg, build_lt_data(cfg.data))
+        last = [b.bn2.weight for layer in (model.layer1, model.layer4) for b in layer]
+        assert all(torch.all(w == value) for w in last)
+    with pytest.raises(ConfigError, match="config key 'model.zero_init_last': False sets the initialisation"):
+        load_config(None, [*base, "model.zero_init_last=false", "model.experts=3"])

@@ -204,6 +204,9 @@ def test_large_scale_configs(repo, large_env, large_shards):
         c = inlt[key]
         assert (c.model.name, c.data.views, c.data.randaugment_n, c.train.lr) == (model, views, n, lr), key
         assert (c.train.contrast.temperature, c.train.contrast.alpha, c.protocol) == (t, alpha, "paco-reference"), key
+    # torchvision's ResNet init in the codes that build it (zero_init_residual=False), timm's elsewhere
+    assert all(cfgs[k].model.zero_init_last is False for cfgs in (inlt, inat) for k in ("mixup", "paco", "gpaco"))
+    assert inlt["bcl"].model.zero_init_last is False and inlt["wd"].model.zero_init_last is None
     # GPaCo (GPaCo/LT/sh/LT/ImageNetLT_train_R50.sh, Inat_train_R50.sh): no key encoder, GPaCo's MLP, RandAugment on
     # both ImageNet-LT views (randcls_randclsstack), randcls_sim on iNaturalist
     for g, views, alpha in ((inlt["gpaco"], ["rrc_randaugment", "rrc_sim_randaugment"], 0.045),

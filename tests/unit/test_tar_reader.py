@@ -41,7 +41,8 @@ def test_every_format_reads_the_same_samples(tmp_path, fmt, prefix):
 
 
 @pytest.mark.parametrize("fmt, prefix", [(tarfile.USTAR_FORMAT, ""), (tarfile.USTAR_FORMAT, "d/" * 60),
-                                         (tarfile.PAX_FORMAT, ""), (tarfile.GNU_FORMAT, "long" * 40)])
+                                         (tarfile.PAX_FORMAT, ""), (tarfile.PAX_FORMAT, "päx/" * 40),
+                                         (tarfile.GNU_FORMAT, "long" * 40)])
 def test_sample_spans_read_each_sample_alone(tmp_path, fmt, prefix):
     """Random access (class-aware sampling from shards): the headers give each sample's byte span, and the span
     parsed alone is the sample read_shard streams, in any format."""
@@ -49,7 +50,9 @@ def test_sample_spans_read_each_sample_alone(tmp_path, fmt, prefix):
     samples = write_tar(path, 7, fmt, prefix)
     spans, problem = shard_spans(str(path))
     assert problem is None and len(spans) == 7
-    assert all(a < b <= c for (a, b), (c, _) in zip(spans, spans[1:]))     # in file order, not overlapping
+    # back to back from the first byte: each span starts at its sample's first header (a pax or GNU long-name one
+    # included), where the previous one ends
+    assert spans[0][0] == 0 and all(b == c for (_, b), (c, _) in zip(spans, spans[1:]))
     with open(path, "rb") as f:
         assert [read_span(f, a, b) for a, b in reversed(spans)] == samples[::-1]
 
@@ -65,6 +68,11 @@ def test_sample_spans_of_a_torn_shard_keep_the_whole_samples(tmp_path):
     (tmp_path / "torn2.tar").write_bytes(data[:third + 300])           # inside the third sample's header
     spans, problem = shard_spans(str(tmp_path / "torn2.tar"))
     assert len(spans) == 2 and problem == "ReadError: unexpected end of data (torn header)"
+    # a file that ends between the members of a sample (at a block boundary): the half sample is left out
+    cls = data.index(b"000002.cls")                     # the header of the third sample's label
+    (tmp_path / "half.tar").write_bytes(data[:cls])
+    spans, problem = shard_spans(str(tmp_path / "half.tar"))
+    assert len(spans) == 2 and problem.startswith("its last sample has no label or no image")
     with open(path, "rb") as f, pytest.raises(tarfile.ReadError, match="two samples"):
         read_span(f, 0, spans[1][1])
 

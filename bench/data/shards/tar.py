@@ -120,7 +120,9 @@ def shard_spans(path: str) -> tuple[list[tuple[int, int]], str | None]:
 
     A sample's span runs from the first header of its first member to the padded end of its last one, so
     `read_span` parses it as a small tar of its own (random access: bench.data.shards.access). A span that
-    would end past the end of the file (a torn last sample) is left out.
+    would end past the end of the file, or a last sample without its label or image (a torn file), is left out.
+    A pax global header (none in what `ltbench prepare` writes) stays outside every span: its fields would be
+    lost to a sample read alone.
     """
     spans: list[tuple[int, int]] = []
     last_key: str | None = None
@@ -135,6 +137,9 @@ def shard_spans(path: str) -> tuple[list[tuple[int, int]], str | None]:
             spans.append((start, end))
             last_key, fields = key, set()
         fields.add(ext)
+
+    def whole() -> bool:
+        return "cls" in fields and any(x in fields for x in IMAGE_EXTS)
 
     try:
         with open(path, "rb") as f:
@@ -158,10 +163,11 @@ def shard_spans(path: str) -> tuple[list[tuple[int, int]], str | None]:
                         add(info.name, info.offset, info.offset_data + -(-info.size // 512) * 512)
     except (tarfile.TarError, EOFError, OSError) as e:
         # the sample being scanned may lack the members after the damage (as read_shard, keep it only if whole)
-        whole = "cls" in fields and any(x in fields for x in IMAGE_EXTS)
-        return (spans if whole else spans[:-1]), f"{type(e).__name__}: {e}"
+        return (spans if whole() else spans[:-1]), f"{type(e).__name__}: {e}"
     if spans and spans[-1][1] > size:
         return spans[:-1], "the file ends inside its last sample"
+    if spans and not whole():
+        return spans[:-1], "its last sample has no label or no image (the file ends between its members)"
     return spans, None
 
 
