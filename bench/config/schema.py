@@ -334,6 +334,9 @@ class TrainConfig:
     lr_scaling: Literal["none", "linear"] = _f("none", "none: lr as given; linear: lr * batch_size / lr_base_batch "
                                                        "(Goyal et al. 2017)")
     lr_base_batch: int = _f(256, "the batch size `lr` refers to when lr_scaling=linear", ge=1)
+    freeze_convs: bool = _f(False, "freeze every convolution's weights but those of the model's last block (PaCo's and "
+                                   "GPaCo's Places-LT script: disable_conv, layer4[-1] trainable); BatchNorm, the "
+                                   "projection and the classifier train; stage 1")
     amp: Literal["none", "bf16", "fp16"] = _f("none", "mixed precision: autocast to bf16, or fp16 with a gradient "
                                                       "scaler (saved in checkpoints); none on CPU")
     momentum: float = _f(0.9, "SGD momentum", ge=0, le=1)
@@ -541,7 +544,7 @@ HASH_NEUTRAL_AT_DEFAULT: dict[str, Any] = {"data.to_rgb": False, "stage2.reinit_
                                                ("loss.las_shape", "concave"), ("loss.ride_diversity", -0.2),
                                                ("loss.ride_temperature", 1.0), ("loss.ride_temperature_factor", 0.05),
                                                ("loss.sade_tau", 2.0), ("lr_milestones", []),
-                                               ("lr_step_gamma", 0.1), ("warmup_unit", "step"),
+                                               ("lr_step_gamma", 0.1), ("warmup_unit", "step"), ("freeze_convs", False),
                                                ("epoch_length", "sampler"), ("backbone_lr_factor", 1.0))}}
 
 

@@ -124,6 +124,9 @@ def _check_schedules(cfg: Config) -> None:
                           "multi-expert model (whose experts start at 1) or a CLIP tower")
     _check_contrast(cfg)
     _check_distill(cfg)
+    if cfg.stage2.train.freeze_convs:
+        raise ConfigError("config key 'stage2.train.freeze_convs': stage 2 freezes the backbone already "
+                          "(stage2.train_blocks chooses blocks to retrain); leave it false")
     if cfg.stage2.train.backbone_lr_factor != 1.0:
         raise ConfigError(f"config key 'stage2.train.backbone_lr_factor': {cfg.stage2.train.backbone_lr_factor}; "
                           "stage 2 trains the classifier (stage2.train_blocks for backbone blocks): leave it at 1")

@@ -39,3 +39,21 @@ def set_head(model: nn.Module, head: nn.Module) -> None:
     if not isinstance(getattr(parent, leaf, None), nn.Module):
         raise ModelError(f"model {type(model).__name__}: classifier '{name}' not found")
     setattr(parent, leaf, head)
+
+
+def freeze_convs_but_last_block(model: nn.Module) -> int:
+    """Freeze the weight of every convolution outside the model's last block (timm's fine-grained group_matcher
+    order: layer4's last bottleneck on a ResNet), as PaCo's and GPaCo's Places-LT script does (`disable_conv`, then
+    `layer4[-1]` trainable again); BatchNorm and linear layers keep training. Returns how many were frozen."""
+    from timm.models import group_parameters
+
+    if not hasattr(model, "group_matcher"):
+        raise ModelError(f"train.freeze_convs: {type(model).__name__} has no timm group_matcher to find its last block")
+    groups = group_parameters(model, model.group_matcher(coarse=False))  # type: ignore[operator]
+    last = set([groups[g] for g in sorted(groups)][-2])      # the final group is the classifier
+    frozen = 0
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d) and f"{name}.weight" not in last:
+            module.weight.requires_grad_(False)
+            frozen += 1
+    return frozen

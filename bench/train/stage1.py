@@ -16,7 +16,7 @@ from bench.methods.distill import DistillLoss, Taught
 from bench.methods.losses import LossFn, make_loss
 from bench.methods.mixup import Mixup
 from bench.methods.regularizers import make_regularizers
-from bench.models.parts import encode, head_of
+from bench.models.parts import encode, freeze_convs_but_last_block, head_of
 from bench.registry import CONTRAST
 from bench.runtime.rundir import Result, RunDir
 from bench.train.features import load_teacher
@@ -32,6 +32,8 @@ def train_stage1(cfg: Config, run: RunDir, figures: Figures | None = None, teach
     st = Stage.start(cfg, run, figures)
     device, data, groups = st.device, st.data, st.groups
     model = make_model(cfg, data).to(device)
+    if cfg.train.freeze_convs:     # before a contrastive wrapper copies the model into its key encoder
+        freeze_convs_but_last_block(model)
     trainable = parameter_counts(model)
     if cfg.runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)

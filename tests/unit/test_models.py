@@ -215,3 +215,32 @@ def test_zero_init_last_false_starts_every_residual_bn_at_one() -> None:
         assert all(torch.all(w == value) for w in last)
     with pytest.raises(ConfigError, match="config key 'model.zero_init_last': False sets the initialisation"):
         load_config(None, [*base, "model.zero_init_last=false", "model.experts=3"])
+
+
+def test_freeze_convs_keeps_only_the_last_blocks_convolutions_training() -> None:
+    """train.freeze_convs (PaCo's / GPaCo's Places-LT script: disable_conv, then layer4[-1] trainable): the
+    optimiser steps the last block's convolutions, every BatchNorm and the classifier; no other convolution moves."""
+    import torch.nn.functional as F
+
+    from bench.config import ConfigError
+    from bench.data.lt import build_lt_data
+    from bench.experiment import load_config
+    from bench.methods.classifiers import make_model
+    from bench.models.parts import freeze_convs_but_last_block
+    from bench.train.optim import make_optimizer
+
+    cfg = load_config(None, ["data.dataset=fashion-mnist", "model.name=resnet18", "train.freeze_convs=true"])
+    model = make_model(cfg, build_lt_data(cfg.data))
+    assert freeze_convs_but_last_block(model) == 18          # 20 convolutions, 2 in layer4.1
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = make_optimizer(model, cfg.train)
+    loss = F.cross_entropy(model(torch.randn(4, 1, 28, 28)), torch.tensor([0, 1, 2, 3]))
+    loss.backward()
+    opt.step()
+    after = model.state_dict()
+    moved = {k for k in before if k.endswith("weight") and not torch.equal(before[k], after[k])}
+    convs = {k for k in before if ".conv" in k or "downsample.0" in k or k == "conv1.weight"}
+    assert moved & convs == {"layer4.1.conv1.weight", "layer4.1.conv2.weight"}
+    assert {"bn1.weight", "layer1.0.bn1.weight", "fc.weight"} <= moved
+    with pytest.raises(ConfigError, match="config key 'stage2.train.freeze_convs'"):
+        load_config(None, ["data.dataset=fashion-mnist", "stage2.train.freeze_convs=true"])

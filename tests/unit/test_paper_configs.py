@@ -223,6 +223,14 @@ def test_large_scale_configs(repo, large_env, large_shards):
     assert (sp.model.experts, sp.model.expert_width, sp.train.backbone_lr_factor, sp.train.loss.sade_tau) == (
         3, 1.0, 0.1, 1.0) and sp.model.pretrained_file.endswith("resnet152_imagenet.pth")
     assert (sp.eval.selection_split, sp.eval.select, sp.protocol) == ("val", "best", "sade-reference")
+    # PaCo / GPaCo Places-LT (their PlacesLT_train_R152.sh): the pretrained ResNet-152, convolutions frozen but the last
+    # block, fp16, sim_sim views, the best epoch on the val list (the script's only eval list)
+    for key, alpha in (("paco", 0.05), ("gpaco", 0.02)):
+        c = load_config(d / "places_lt" / f"{key}.yaml")
+        assert (c.method, c.train.contrast.method, c.train.contrast.alpha, c.train.freeze_convs, c.train.amp) == (
+            key, key, alpha, True, "fp16")
+        assert c.data.views == ["rrc_sim", "rrc_sim"] and (c.train.epochs, c.train.warmup_epochs) == (30, 5)
+        assert (c.eval.selection_split, c.eval.select) == ("val", "best") and c.model.name == "resnet152"
     places = load_config(d / "places_lt" / "wd.yaml")
     assert places.model.name == "resnet152" and places.model.pretrained_file.endswith("resnet152_imagenet.pth")
     assert places.data.n_max == 4980
