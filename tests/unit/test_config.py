@@ -105,7 +105,7 @@ def test_hash_neutral_fields_keep_old_run_names_until_set():
                 "zero_init_last"):
         del d["model"][key]
     for key in ("mixup_alpha", "lr_milestones", "lr_step_gamma", "warmup_unit", "epoch_length", "contrast",
-                "distill", "backbone_lr_factor"):
+                "distill", "backbone_lr_factor", "freeze_convs"):
         del d["train"][key]
     for key in ("las_head", "las_tail", "las_shape", "ride_diversity", "ride_temperature", "ride_temperature_factor",
                 "sade_tau"):
