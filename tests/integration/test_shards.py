@@ -669,6 +669,40 @@ stage2:
     assert "features of train: reusing" in r.stdout and "features of test: reusing" in r.stdout
 
 
+def test_ride_router_trains_on_class_balanced_batches_from_shards(cards, tmp_path):
+    """RIDE's expert-assignment router on a fake ImageNet-LT: its class-balanced batches of the stage-1 transform are
+    read from the shards at random (as configs/paper/imagenet_lt/ride_ea.yaml)."""
+    images = make_split_file_tree(tmp_path / "src", "imagenet-lt")
+    env = {"LTBENCH_DATASETS_DIR": str(cards)}
+    out = tmp_path / "shards"
+    assert run_cli("prepare", "imagenet-lt", "--src", str(images), "--splits", str(tmp_path / "src" / "splits"),
+                   "--out", str(out), "--samples-per-shard", "8", env=env).returncode == 0
+    ride, ea = tmp_path / "ride.yaml", tmp_path / "ea.yaml"
+    ride.write_text(f"""
+name: fake-inlt
+method: ride
+protocol: clean
+data: {{dataset: imagenet-lt, shards: {out}, augment: rrc_flip_jitter}}
+model: {{name: resnet8_cifar, experts: 3, expert_width: 0.75}}
+train: {{epochs: 1, batch_size: 8, lr: 0.05, loss: {{name: ride}}}}
+runtime: {{threads: 1, workers: 2}}
+""")
+    ea.write_text(f"""
+name: fake-inlt
+method: ride-ea
+protocol: clean
+stage: stage2
+parent: {ride}
+stage2: {{router: true, router_top: 3, maxnorm: false, augment: rrc_flip_jitter, bn_mode: eval,
+          train: {{epochs: 1, batch_size: 8, lr: 0.01, sampler: class_balanced}}}}
+""")
+    for c in (ride, ea):
+        r = run_cli("run", str(c), "--runs-root", str(tmp_path / "runs"), env=env)
+        assert r.returncode == 0, r.stderr
+    res = json.loads(next((tmp_path / "runs").glob("fake-inlt/ride-ea-*/result.json")).read_text())
+    assert res["stage"] == "stage2" and res["steps_per_epoch"] == 4 and 1 <= res["experts_used_mean"] <= 3
+
+
 def test_config_errors_for_shard_datasets(tmp_path):
     plain = tmp_path / "inlt.yaml"
     plain.write_text("data: {dataset: imagenet-lt}\n")
