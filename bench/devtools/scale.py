@@ -204,7 +204,8 @@ def copy_runs(stage1: Path, stage2: Path, root: Path, parents: int, children: in
 def section_scale(s: Setting, root: Path, repeats: int) -> dict[str, Any]:
     """At iNaturalist 2018's size (8,142 classes, 437,513 training images of tiny JPEGs; --quick: 50 classes): prepare,
     a stage-1 epoch, stage-2 feature extraction and epoch against a bare linear loop, a cRT epoch with the class-aware
-    sampler, `table` / `status` over 1,000 run directories and `submit --dry-run` of a 1,010-run sweep, each with its
+    sampler, MiSLAS's stage 2 reading class-aware batches from the shards, `table` / `status` over 1,000 run
+    directories and `submit --dry-run` of a 1,010-run sweep, each with its
     wall time and peak RSS. One pass (`--repeats` does not apply: the full pass takes about 20 minutes)."""
     shape = QUICK if s.quick else FULL
     steps: dict[str, dict[str, float]] = {}
@@ -274,6 +275,17 @@ def section_scale(s: Setting, root: Path, repeats: int) -> dict[str, Any]:
         crt_row = read_run(next((root / "runs-stage2" / "inat2018").glob("crt-*")))[0][0]
         figures["cRT: samples in the epoch"] = max(counts) * len(counts)
         figures["cRT: samples/s of the training steps"] = crt_row["images_per_s"]
+
+    # MiSLAS's stage 2 from the shards: class-aware batches read by random access (the manifest's offsets), the
+    # stage-1 transform, BatchNorm re-estimated in train mode, an epoch cut after ceil(N / B) + 1 batches
+    step("MiSLAS stage 2 from the shards, class-aware batches by random access", bench_cmd(
+        "run", wb, "method=mislas", "stage2.lws=true", "stage2.maxnorm=false", "stage2.lws_rows_lr_factor=0.05",
+        "stage2.bn_mode=train", "stage2.augment=rrc_flip_jitter", "stage2.train.sampler=class_aware",
+        "stage2.train.epoch_length=dataset_plus_one", "stage2.train.loss.name=las", "stage2.train.loss.las_head=0.3",
+        "stage2.train.loss.las_tail=0.0", "stage2.train.weight_decay=1e-4", *stage2), cards)
+    mislas = read_run(next((root / "runs-stage2" / "inat2018").glob("mislas-*")))[0][0]
+    figures["MiSLAS stage 2: samples/s of the training steps (random access + backbone forward)"] = (
+        mislas["images_per_s"])
 
     many = root / "runs-many"
     n_runs = copy_runs(parent, child, many, shape.parents, shape.children)

@@ -56,7 +56,8 @@ def test_perf_scale_quick_goes_through_every_step(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     sec = json.loads((out / "perf.json").read_text())["sections"]["scale"]
     assert [k.split(" (")[0].split(",")[0] for k in sec["steps"]] == [
-        "prepare", "stage-1 epoch", "WB stage 2", "table over 100 runs", "status over 100 runs", "submit --dry-run"]
+        "prepare", "stage-1 epoch", "WB stage 2", "MiSLAS stage 2 from the shards", "table over 100 runs",
+        "status over 100 runs", "submit --dry-run"]
     assert all(v["wall_s"] > 0 and v["peak_rss_mib"] > 0 for v in sec["steps"].values())
     f = sec["figures"]
     assert f["run directories for table / status"] == 100
