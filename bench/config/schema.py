@@ -81,7 +81,8 @@ class DataConfig:
                      "shards, data.decode=cpu), crop + flip + RandomRotation(15) (RIDE / SADE CIFAR; not with "
                      "data.decode=gpu), or none")
     views: list[Literal["crop_flip", "flip", "none", "simclr", "autoaugment_cutout", "randaugment",
-                        "crop_colour_blur", "rrc_sim", "rrc_randaugment", "rrc_colour", "rrc_sim_randaugment"]] = _f(
+                        "crop_colour_blur", "rrc_sim", "rrc_randaugment", "rrc_colour", "rrc_sim_randaugment",
+                        "rrc_colour_randaugment"]] = _f(
         [], "several augmented views of each training image, one augmentation per view (PaCo CIFAR: "
             "[autoaugment_cutout, simclr], the query, then the key view; ImageNet-LT: [rrc_randaugment, rrc_sim]; "
             "BCL ImageNet-LT: [rrc_randaugment, rrc_colour, rrc_colour]; GPaCo ImageNet-LT: [rrc_randaugment, "
@@ -93,9 +94,9 @@ class DataConfig:
                                                     "radius sigma ~ U(0.1, 2)); tensor "
                                                     "= torchvision's GaussianBlur on tensors, kernel 13 (ltbench "
                                                     "before 2026-12; 3x slower on the CPU)")
-    randaugment_n: int = _f(2, "operations per image of timm's RandAugment in the rrc_randaugment and "
-                               "rrc_sim_randaugment views (PaCo's --randaug_n: 2; PaCo ResNeXt-101 and GPaCo "
-                               "ResNeXt-50: 3; GPaCo ResNeXt-101: 5)", ge=1)
+    randaugment_n: int = _f(2, "operations per image of timm's RandAugment in the rrc_randaugment, "
+                               "rrc_sim_randaugment and rrc_colour_randaugment views (PaCo's and BCL's --randaug_n: "
+                               "2; PaCo ResNeXt-101 and GPaCo ResNeXt-50: 3; GPaCo ResNeXt-101: 5)", ge=1)
     crop_padding: int = _f(4, "zero padding of the random crop, pixels", ge=0)
     to_rgb: bool = _f(False, "repeat a one-channel (grey) image to three channels before the model, as the WB "
                              "reference run on Fashion-MNIST-LT did; the first convolution then has three input "
@@ -514,7 +515,7 @@ class WandbConfig:
 # The data.views that blur (data.view_blur); SADE's test-time aggregation (posthoc sade_tta) blurs its views too
 BLUR_VIEWS = {"simclr", "crop_colour_blur", "rrc_sim", "rrc_sim_randaugment"}
 # The data.views with timm's RandAugment, whose number of operations data.randaugment_n sets
-RANDAUGMENT_VIEWS = {"rrc_randaugment", "rrc_sim_randaugment"}
+RANDAUGMENT_VIEWS = {"rrc_randaugment", "rrc_sim_randaugment", "rrc_colour_randaugment"}
 # train.distill's fields that say where the teacher is (not what it is): out of the hash
 DISTILL_LOCATION = ("teacher", "teacher_run")
 _hashed_distill = {k: v for k, v in dataclasses.asdict(DistillConfig()).items() if k not in DISTILL_LOCATION}

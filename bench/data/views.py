@@ -15,9 +15,10 @@ of `data.augment`; the others run torchvision's v2 transforms image by image on 
 - `randaugment`: RandomCrop(padding data.crop_padding) + flip + RandAugment(2 ops, magnitude 10).
 - `crop_colour_blur`: RandomCrop(padding data.crop_padding) + the colour jitter and greyscale of `simclr` + Gaussian
   blur with p 0.2 + flip: the views of SADE's test-time aggregation (its test_training_cifar.py).
-- `rrc_randaugment`, `rrc_sim`, `rrc_colour`, `rrc_sim_randaugment`: PaCo's and BCL's ImageNet-LT / iNaturalist
-  views (RandomResizedCrop + jitter + timm's RandAugment; PaCo's RandomResizedCrop + jitter + greyscale + blur; BCL's
-  without the blur; GPaCo's key view, jitter + greyscale + blur, then RandAugment).
+- `rrc_randaugment`, `rrc_sim`, `rrc_colour`, `rrc_sim_randaugment`, `rrc_colour_randaugment`: PaCo's and BCL's
+  ImageNet-LT / iNaturalist views (RandomResizedCrop + jitter + timm's RandAugment; PaCo's RandomResizedCrop + jitter
+  + greyscale + blur; BCL's without the blur; GPaCo's key view, jitter + greyscale + blur, then RandAugment; BCL's
+  stacked view, its own then RandAugment).
   From shards of large images they crop the decoded image (WHOLE_IMAGE_VIEWS), not its centre crop.
 
 Every image's draws come from its own seed, a function of (run seed, epoch, step, view, its index in the global
@@ -182,6 +183,16 @@ def _rrc_sim_randaugment(size: int, channels: int, padding: int,
                        _timm_randaugment(size, channels, opts.randaugment_n)])
 
 
+def _rrc_colour_randaugment(size: int, channels: int, padding: int,
+                            opts: ViewOptions = DEFAULT) -> Callable[[torch.Tensor], torch.Tensor]:
+    """BCL's `augmentation_randnclsstack` (main.py, its sim-rand / rand-rand contrastive views): `rrc_colour`, then
+    timm's RandAugment as `rrc_randaugment`."""
+    from torchvision.transforms import v2
+
+    return v2.Compose([_rrc_colour(size, channels, padding, opts),
+                       _timm_randaugment(size, channels, opts.randaugment_n)])
+
+
 # view augmentation -> (image size, channels, crop padding, ViewOptions) -> a transform of one uint8 CHW image
 # drawing from torch's, Python's and NumPy's global RNGs (seeded per image below)
 VIEW_AUGMENTS: dict[str, Callable[[int, int, int, ViewOptions], Callable[[torch.Tensor], torch.Tensor]] | None] = {
@@ -189,10 +200,11 @@ VIEW_AUGMENTS: dict[str, Callable[[int, int, int, ViewOptions], Callable[[torch.
     "simclr": _simclr, "autoaugment_cutout": _autoaugment_cutout, "randaugment": _randaugment,
     "crop_colour_blur": _crop_colour_blur, "rrc_sim": _rrc_sim, "rrc_randaugment": _rrc_randaugment,
     "rrc_colour": _rrc_colour, "rrc_sim_randaugment": _rrc_sim_randaugment,
+    "rrc_colour_randaugment": _rrc_colour_randaugment,
 }
 # The views that start with a RandomResizedCrop of the whole image: from shards of large images they read the
 # decoded image itself, not its centre crop
-WHOLE_IMAGE_VIEWS = ("rrc_sim", "rrc_randaugment", "rrc_colour", "rrc_sim_randaugment")
+WHOLE_IMAGE_VIEWS = ("rrc_sim", "rrc_randaugment", "rrc_colour", "rrc_sim_randaugment", "rrc_colour_randaugment")
 
 
 def _image_seed(*keys: int) -> int:

@@ -41,7 +41,7 @@ def resolve(cfg: Config) -> Config:
                           f"{d.dataset} supports crop_flip, flip, crop_flip_rotate or none")
     if d.randaugment_n != 2 and not set(d.views) & RANDAUGMENT_VIEWS:
         raise ConfigError(f"config key 'data.randaugment_n': {d.randaugment_n} sets timm's RandAugment of the "
-                          f"rrc_randaugment / rrc_sim_randaugment views; data.views is {d.views}")
+                          f"rrc_*randaugment views; data.views is {d.views}")
     if d.views and d.decode == "gpu":
         raise ConfigError(f"config key 'data.views': {d.views} are drawn from the decoded images on the CPU "
                           "(data.decode=cpu); the GPU decoder crops and flips one view")

@@ -371,11 +371,20 @@ def expert_large_configs(folder: str) -> dict[str, dict]:
               "augment": data["augment"], "bn_mode": "eval",
               "train": {"epochs": 5, "batch_size": 512, "lr": 0.01, **sgd, "weight_decay": 5.0e-4,
                         "schedule": "cosine", "sampler": "class_balanced"}}
+    ride = {"name": name, "method": "ride", "protocol": "ride-reference", "data": data, "model": model,
+            "train": {**steps, **ride_train, **sgd, "weight_decay": 2.0e-4, "loss": ride_loss}}
+    ea = {"name": name, "method": "ride-ea", "protocol": "ride-reference", "stage": "stage2", "parent": "ride.yaml",
+          "stage2": router}
     return {
-        "ride": {"name": name, "method": "ride", "protocol": "ride-reference", "data": data, "model": model,
-                 "train": {**steps, **ride_train, **sgd, "weight_decay": 2.0e-4, "loss": ride_loss}},
-        "ride_ea": {"name": name, "method": "ride-ea", "protocol": "ride-reference", "stage": "stage2",
-                    "parent": "ride.yaml", "stage2": router},
+        "ride": ride,
+        "ride_ea": ea,
+        # config_*_distill_ride.json: 3 experts taught by a 6-expert model of the same recipe (its checkpoint
+        # *_6_experts.pth; no config of its own: ride.yaml with 6 experts), RIDELossWithDistill at T 1.5; the router
+        # then runs on the distilled experts. MODEL_ZOO's distilled rows say 4 experts; the repository's configs 3.
+        "ride_teacher": {**ride, "method": "ride-teacher", "model": {**model, "experts": 6}},
+        "ride_distill": {**ride, "method": "ride-distill", "train": {
+            **ride["train"], "distill": {"teacher": "ride_teacher.yaml", "temperature": 1.5}}},
+        "ride_distill_ea": {**ea, "method": "ride-distill-ea", "parent": "ride_distill.yaml"},
         "sade": {"name": name, "method": "sade", "protocol": "sade-reference", "data": data, "model": model,
                  "train": {**sade_train, **sgd, "loss": {"name": "sade", "sade_tau": 2.0 if inlt else 1.0}}},
     }
@@ -414,7 +423,7 @@ def bcl_large_config(folder: str) -> dict[str, dict]:
     code keeps the epoch with the best accuracy on the val list, so the clean protocol selects as it did."""
     if LARGE[folder][0] != "imagenet-lt":
         return {}
-    return {"bcl": {
+    bcl = {
         "name": folder.replace("_", "-"), "method": "bcl", "protocol": "clean",
         "data": {"dataset": "imagenet-lt", "shards": "${LTBENCH_SHARDS}/imagenet-lt", "augment": "none",
                  "views": ["rrc_randaugment", "rrc_colour", "rrc_colour"]},
@@ -424,15 +433,28 @@ def bcl_large_config(folder: str) -> dict[str, dict]:
                   "schedule_step_at_epoch_start": True, "loss": {"name": "logit_adjusted"},
                   "contrast": {"method": "bcl", "dim": 1024, "projection": "mlp2_bn", "temperature": 0.07,
                                "weight": 0.35}},
-        "eval": {"select": "best"}}}
+        "eval": {"select": "best"}}
+    # its other contrastive views (README "sim-rand", "rand-rand"; main.py's sim-rand and randstack-randstack
+    # branches): augmentation_randnclsstack = the sim view, then RandAugment
+    stack = "rrc_colour_randaugment"
+    return {"bcl": bcl,
+            "bcl_sim_rand": {**bcl, "method": "bcl-sim-rand",
+                             "data": {**bcl["data"], "views": ["rrc_randaugment", stack, "rrc_colour"]}},
+            "bcl_rand_rand": {**bcl, "method": "bcl-rand-rand",
+                              "data": {**bcl["data"], "views": ["rrc_randaugment", stack, stack]}}}
 
 
 LARGE_HEADER = {
     "bcl": "BCL, ResNeXt-50: logit-adjusted cosine classifier + balanced contrastive loss, views sim-sim",
+    "bcl_sim_rand": "BCL, ResNeXt-50, views sim-rand: one contrastive view with RandAugment after its colour steps",
+    "bcl_rand_rand": "BCL, ResNeXt-50, views rand-rand: both contrastive views with RandAugment after their colour steps",
     "mixup": "MiSLAS stage 1, ResNet-50: CE + mixup (alpha 0.2)",
     "mislas": "MiSLAS stage 2: BN re-estimated on class-aware batches, scaled classifier, label-aware smoothing",
     "ride": "RIDE, 3 experts at 3/4 width: LDAM-DRW per expert + diversity term, mean of the experts (no router)",
     "ride_ea": "RIDE + its expert-assignment router (stage 2 on the frozen experts, class-balanced batches)",
+    "ride_teacher": "RIDE's 6-expert teacher (ride.yaml with 6 experts)",
+    "ride_distill": "RIDE, 3 experts distilled from ride_teacher.yaml (T 1.5)",
+    "ride_distill_ea": "RIDE + Distill + its router on the distilled experts",
     "sade": "SADE, 3 experts: softmax / balanced / inverse-prior experts, mean of the experts",
     "paco": "PaCo: class centres and supervised contrast in one softmax, momentum key encoder, queue 8192",
     "gpaco": "GPaCo: PaCo without the key encoder, both views anchors, queue 8192",

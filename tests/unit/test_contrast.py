@@ -102,7 +102,8 @@ def test_momentum_encoder_moves_by_the_moving_average_and_gpaco_has_none():
 
 @pytest.mark.parametrize("names", [("autoaugment_cutout", "simclr"), ("crop_flip", "randaugment"),
                                    ("rrc_randaugment", "rrc_sim"), ("rrc_colour", "rrc_colour"),
-                                   ("rrc_randaugment", "rrc_sim_randaugment")])
+                                   ("rrc_randaugment", "rrc_sim_randaugment"),
+                                   ("rrc_colour_randaugment", "rrc_colour_randaugment")])
 def test_views_are_a_function_of_the_position_on_any_rank(names):
     """Each image's draws come from (seed, epoch, step, view, global index): two ranks' halves make the one-process
     batch, and the same position draws the same views again (a resume)."""

@@ -131,13 +131,19 @@ def test_large_scale_configs(repo, large_env, large_shards):
     d = repo / "configs" / "paper"
     inlt = {p.stem: load_config(p) for p in sorted((d / "imagenet_lt").glob("*.yaml"))}
     assert set(inlt) == {"wd", "wb", "taunorm", "hs_stage1", "hs", "paco", "paco_x50", "paco_x101", "gpaco",
-                         "gpaco_x50", "gpaco_x101", "ride", "ride_ea", "sade", "bcl", "mixup", "mislas"}
+                         "gpaco_x50", "gpaco_x101", "ride", "ride_ea", "ride_teacher", "ride_distill",
+                         "ride_distill_ea", "sade", "bcl", "bcl_sim_rand", "bcl_rand_rand", "mixup", "mislas"}
     # BCL (its README command, main.py's defaults; ResNeXt-50 as its table): the best epoch on the val list
     bcl = inlt["bcl"]
     assert bcl.protocol == "clean" and (bcl.eval.selection_split, bcl.eval.select) == ("val", "best")
     assert bcl.data.views == ["rrc_randaugment", "rrc_colour", "rrc_colour"] and not bcl.train.drop_last
     assert (bcl.model.classifier, bcl.train.loss.name, bcl.train.contrast.dim, bcl.train.contrast.weight) == (
         "cosine", "logit_adjusted", 1024, 0.35)
+    # its sim-rand / rand-rand rows: RandAugment after the contrastive views' colour steps (augmentation_randnclsstack)
+    stack = "rrc_colour_randaugment"
+    assert inlt["bcl_sim_rand"].data.views == ["rrc_randaugment", stack, "rrc_colour"]
+    assert inlt["bcl_rand_rand"].data.views == ["rrc_randaugment", stack, stack]
+    assert (inlt["bcl_sim_rand"].method, inlt["bcl_rand_rand"].method) == ("bcl-sim-rand", "bcl-rand-rand")
     wd = inlt["wd"]
     assert wd.model.name == "resnext50_32x4d" and wd.data.profile == "files" and wd.data.imbalance_factor == 256
     assert wd.data.shards == str(large_shards / "imagenet-lt") and wd.data.shards_manifest
@@ -152,7 +158,8 @@ def test_large_scale_configs(repo, large_env, large_shards):
     assert hs.data.val_per_class == 20 and hs.data.mean == [0.485, 0.456, 0.406]   # split files; ImageNet card
     inat = {p.stem: load_config(p) for p in sorted((d / "inat2018").glob("*.yaml"))}
     # no val split: wd / wb choose nothing on it
-    assert set(inat) == {"wd", "wb", "paco", "gpaco", "ride", "ride_ea", "sade", "mixup", "mislas"}
+    assert set(inat) == {"wd", "wb", "paco", "gpaco", "ride", "ride_ea", "ride_teacher", "ride_distill",
+                         "ride_distill_ea", "sade", "mixup", "mislas"}
     # MiSLAS (its config/imagenet, config/ina2018): mixup 0.2 with cosine per epoch, then stage 2 on class-aware batches
     # of the stage-1 transform, read from the shards; the best epoch on the test list in both stages
     for cfgs, wd_, epochs in ((inlt, 5e-4, 180), (inat, 1e-4, 200)):
@@ -179,6 +186,10 @@ def test_large_scale_configs(repo, large_env, large_shards):
         assert ea.parent_hash == cfgs["ride"].run_hash() and ea.stage2.router and ea.stage2.router_top == 50
         assert ea.stage2.augment == cfgs["ride"].data.augment and ea.stage2.train.sampler == "class_balanced"
         assert ea.eval.select == "last"
+        # config_*_distill_ride.json: 3 experts taught by 6 at T 1.5, then the router on them
+        teacher, student, dea = cfgs["ride_teacher"], cfgs["ride_distill"], cfgs["ride_distill_ea"]
+        assert (teacher.model.experts, student.model.experts, student.train.distill.temperature) == (6, 3, 1.5)
+        assert student.train.distill.teacher_hash == teacher.run_hash() and dea.parent_hash == student.run_hash()
     assert (inlt["sade"].eval.selection_split, inlt["sade"].eval.select) == ("val", "best")
     assert inlt["ride"].eval.select == inat["ride"].eval.select == inat["sade"].eval.select == "last"
     assert (inlt["sade"].train.epochs, inlt["sade"].train.schedule, inlt["sade"].train.loss.sade_tau) == (180, "cosine",
