@@ -18,6 +18,10 @@ import yaml
 
 from tests.conftest import REPO
 
+SMOKE = str(REPO / "configs" / "smoke.yaml")
+# The smoke config's long-tailed cut of the synthetic dataset, as `ltbench prepare` arguments.
+SMOKE_DATA = ["imbalance_factor=10", "val_per_class=10", "synthetic.train_per_class=200",
+              "synthetic.test_per_class=40", "synthetic.image_size=16"]
 TRAIN = [12, 8, 5, 3, 2]   # long-tailed training counts of the 5 fake classes
 VAL, TEST = 2, 3           # per class
 

@@ -319,7 +319,8 @@ def gpaco_large_config(folder: str) -> dict[str, dict]:
                   "contrast": {"method": "gpaco", "dim": 128, "projection": "mlp3", "queue": 8192,
                                "temperature": 0.2, "alpha": 0.045 if inlt else 0.05, "beta": 1.0, "gamma": 1.0}}}
     if not inlt:
-        return {"gpaco": gpaco}
+        # Inat_train_R152.sh: the ResNet-50 recipe on ResNet-152
+        return {"gpaco": gpaco, "gpaco_r152": {**gpaco, "model": {"name": "resnet152", **TORCHVISION_INIT}}}
     # ImageNetLT_train_X50.sh / _X101.sh: alpha 0.05, lr 0.06, RandAugment n3 / n5 on both views
 
     def variant(model: str, randaugment_n: int) -> dict:
@@ -461,6 +462,7 @@ LARGE_HEADER = {
     "paco_x50": "PaCo, ResNeXt-50: as paco.yaml with T 0.07 and RandAugment after the SimCLR-style query view",
     "paco_x101": "PaCo, ResNeXt-101 32x4d: as paco_x50.yaml with T 0.2, lr 0.03 and RandAugment n3",
     "gpaco_x50": "GPaCo, ResNeXt-50: as gpaco.yaml with alpha 0.05, lr 0.06 and RandAugment n3",
+    "gpaco_r152": "GPaCo, ResNet-152: as gpaco.yaml",
     "gpaco_x101": "GPaCo, ResNeXt-101 32x4d: as gpaco.yaml with alpha 0.05, lr 0.06 and RandAugment n5",
     "wd": "CE + weight decay (WB stage 1)", "wb": "+ CB & WD & MaxNorm (WB stage 2, on cached features)",
     "taunorm": "+ tau-norm, tau chosen on val", "hs_stage1": "HS single stage: ETF classifier, WD in the loss, FR",

@@ -158,8 +158,9 @@ def test_large_scale_configs(repo, large_env, large_shards):
     assert hs.data.val_per_class == 20 and hs.data.mean == [0.485, 0.456, 0.406]   # split files; ImageNet card
     inat = {p.stem: load_config(p) for p in sorted((d / "inat2018").glob("*.yaml"))}
     # no val split: wd / wb choose nothing on it
-    assert set(inat) == {"wd", "wb", "paco", "gpaco", "ride", "ride_ea", "ride_teacher", "ride_distill",
+    assert set(inat) == {"wd", "wb", "paco", "gpaco", "gpaco_r152", "ride", "ride_ea", "ride_teacher", "ride_distill",
                          "ride_distill_ea", "sade", "mixup", "mislas"}
+    assert inat["gpaco_r152"].model.name == "resnet152" and inat["gpaco_r152"].train.lr == inat["gpaco"].train.lr
     # MiSLAS (its config/imagenet, config/ina2018): mixup 0.2 with cosine per epoch, then stage 2 on class-aware batches
     # of the stage-1 transform, read from the shards; the best epoch on the test list in both stages
     for cfgs, wd_, epochs in ((inlt, 5e-4, 180), (inat, 1e-4, 200)):
