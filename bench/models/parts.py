@@ -41,16 +41,22 @@ def set_head(model: nn.Module, head: nn.Module) -> None:
     setattr(parent, leaf, head)
 
 
-def freeze_convs_but_last_block(model: nn.Module) -> int:
-    """Freeze the weight of every convolution outside the model's last block (timm's fine-grained group_matcher
-    order: layer4's last bottleneck on a ResNet), as PaCo's and GPaCo's Places-LT script does (`disable_conv`, then
-    `layer4[-1]` trainable again); BatchNorm and linear layers keep training. Returns how many were frozen."""
+def backbone_blocks(model: nn.Module) -> list[list[str]]:
+    """Parameter names of the model's blocks in order, by timm's fine-grained group_matcher (its final group, the
+    classifier, left out): a ResNet's stem, then each residual block."""
     from timm.models import group_parameters
 
     if not hasattr(model, "group_matcher"):
-        raise ModelError(f"train.freeze_convs: {type(model).__name__} has no timm group_matcher to find its last block")
+        raise ModelError(f"model {type(model).__name__} has no timm group_matcher to find its blocks")
     groups = group_parameters(model, model.group_matcher(coarse=False))  # type: ignore[operator]
-    last = set([groups[g] for g in sorted(groups)][-2])      # the final group is the classifier
+    return [groups[g] for g in sorted(groups)][:-1]
+
+
+def freeze_convs_but_last_block(model: nn.Module) -> int:
+    """Freeze the weight of every convolution outside the model's last block (layer4's last bottleneck on a
+    ResNet), as PaCo's and GPaCo's Places-LT script does (`disable_conv`, then `layer4[-1]` trainable again);
+    BatchNorm and linear layers keep training. Returns how many were frozen."""
+    last = set(backbone_blocks(model)[-1])
     frozen = 0
     for name, module in model.named_modules():
         if isinstance(module, nn.Conv2d) and f"{name}.weight" not in last:

@@ -17,7 +17,7 @@ from bench.data.batches import InMemoryLoader
 from bench.data.loaders import TrainLoader
 from bench.methods.classifiers import MaxNorm, ScaledLinear, fold_head, maxnorm_radius
 from bench.methods.losses import make_loss
-from bench.models.parts import encode, head_of, set_head
+from bench.models.parts import backbone_blocks, encode, head_of, set_head
 from bench.runtime import dist
 from bench.runtime.progress import log
 from bench.runtime.rundir import Result, RunDir
@@ -30,14 +30,10 @@ from bench.train.stage import Figures, Stage
 
 
 def last_blocks(model: torch.nn.Module, k: int) -> list[str]:
-    """Parameter names of the last k backbone blocks, by timm's fine-grained group_matcher (the final
-    group is the classifier and is excluded)."""
+    """Parameter names of the last k backbone blocks (bench.models.parts.backbone_blocks)."""
     if k == 0:
         return []
-    from timm.models import group_parameters
-
-    groups = group_parameters(model, model.group_matcher(coarse=False))  # type: ignore[operator]
-    blocks = [groups[g] for g in sorted(groups)][:-1]
+    blocks = backbone_blocks(model)
     if k > len(blocks):
         raise ConfigError(f"config key 'stage2.train_blocks': {k} is more than the {len(blocks)} blocks "
                           f"of {type(model).__name__}")

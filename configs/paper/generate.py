@@ -238,6 +238,16 @@ def large_configs(folder: str) -> dict[str, dict]:
     return out
 
 
+def contrast_variant(base: dict, model: str, lr: float, randaugment_n: int = 2, views: list[str] | None = None,
+                     **contrast: float) -> dict:
+    """A PaCo / GPaCo large-image config on another backbone (torchvision's init), with its lr, RandAugment
+    operations, views and contrast fields."""
+    data = {**base["data"], **({"views": views} if views else {}),
+            **({"randaugment_n": randaugment_n} if randaugment_n != 2 else {})}
+    return {**base, "data": data, "model": {"name": model, **TORCHVISION_INIT},
+            "train": {**base["train"], "lr": lr, "contrast": {**base["train"]["contrast"], **contrast}}}
+
+
 def paco_large_config(folder: str) -> dict[str, dict]:
     """PaCo with ResNet-50 on ImageNet-LT and iNaturalist 2018 (its PaCo/LT/sh/ImageNetLT_train_R50.sh and
     Inat_train_R50.sh with paco_lt.py's defaults) under paco-reference (the best epoch on the test list): the query
@@ -262,14 +272,9 @@ def paco_large_config(folder: str) -> dict[str, dict]:
         return {"paco": paco}
     # ImageNetLT_train_X50.sh / _X101.sh: aug randclsstack_sim (RandAugment after the SimCLR-style steps on the query
     # view); ResNeXt-50 with T 0.07, ResNeXt-101 (32x4d) with lr 0.03 and RandAugment n3
-    def variant(model: str, views: list[str], randaugment_n: int, lr: float, **contrast: float) -> dict:
-        return {**paco, "data": {**paco["data"], "views": views, **({"randaugment_n": randaugment_n}
-                                                                     if randaugment_n != 2 else {})},
-                "model": {"name": model, **TORCHVISION_INIT}, "train": {**paco["train"], "lr": lr,
-                                                     "contrast": {**paco["train"]["contrast"], **contrast}}}
     stack = ["rrc_sim_randaugment", "rrc_sim"]
-    return {"paco": paco, "paco_x50": variant("resnext50_32x4d", stack, 2, 0.02, temperature=0.07),
-            "paco_x101": variant("resnext101_32x4d", stack, 3, 0.03)}
+    return {"paco": paco, "paco_x50": contrast_variant(paco, "resnext50_32x4d", 0.02, views=stack, temperature=0.07),
+            "paco_x101": contrast_variant(paco, "resnext101_32x4d", 0.03, 3, views=stack)}
 
 
 def contrast_places_configs(folder: str) -> dict[str, dict]:
@@ -320,13 +325,10 @@ def gpaco_large_config(folder: str) -> dict[str, dict]:
                                "temperature": 0.2, "alpha": 0.045 if inlt else 0.05, "beta": 1.0, "gamma": 1.0}}}
     if not inlt:
         # Inat_train_R152.sh: the ResNet-50 recipe on ResNet-152
-        return {"gpaco": gpaco, "gpaco_r152": {**gpaco, "model": {"name": "resnet152", **TORCHVISION_INIT}}}
+        return {"gpaco": gpaco, "gpaco_r152": contrast_variant(gpaco, "resnet152", 0.04)}
     # ImageNetLT_train_X50.sh / _X101.sh: alpha 0.05, lr 0.06, RandAugment n3 / n5 on both views
-
-    def variant(model: str, randaugment_n: int) -> dict:
-        return {**gpaco, "data": {**gpaco["data"], "randaugment_n": randaugment_n}, "model": {"name": model, **TORCHVISION_INIT},
-                "train": {**gpaco["train"], "lr": 0.06, "contrast": {**gpaco["train"]["contrast"], "alpha": 0.05}}}
-    return {"gpaco": gpaco, "gpaco_x50": variant("resnext50_32x4d", 3), "gpaco_x101": variant("resnext101_32x4d", 5)}
+    return {"gpaco": gpaco, "gpaco_x50": contrast_variant(gpaco, "resnext50_32x4d", 0.06, 3, alpha=0.05),
+            "gpaco_x101": contrast_variant(gpaco, "resnext101_32x4d", 0.06, 5, alpha=0.05)}
 
 
 def expert_large_configs(folder: str) -> dict[str, dict]:

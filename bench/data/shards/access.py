@@ -132,7 +132,8 @@ class _Sampled(torch.utils.data.IterableDataset):
 
     def _item(self, files: _OpenShards, pos: int) -> Any:
         spec, ix = self.spec, self.index
-        k, path = int(ix.shard[pos]), spec.split.path(int(ix.shard[pos]))
+        k = int(ix.shard[pos])
+        path = spec.split.path(k)
         if ix.end[pos] < 0:
             return Hole(ix.where(spec.split, pos))
         where = f"shard {path} at byte {int(ix.start[pos])}"
@@ -141,11 +142,12 @@ class _Sampled(torch.utils.data.IterableDataset):
             problem = None
         except (tarfile.TarError, EOFError, OSError) as e:
             problem = f"{where}: unreadable sample ({type(e).__name__}: {e})"
-        if problem is None and _label(sample) not in (None, int(self.labels[pos])):
+        label, want = (_label(sample), int(self.labels[pos])) if problem is None else (None, None)
+        if label not in (None, want):
             # the sampler balanced the classes by the manifest's labels: a sample that disagrees means the shard
             # is not the one the manifest describes (a missing or bad label is decode_sample's error)
-            problem = (f"{where} (key {sample['__key__']}): label {_label(sample)}, the manifest says "
-                       f"{int(self.labels[pos])} (the shard changed since `ltbench prepare`; prepare it again)")
+            problem = (f"{where} (key {sample['__key__']}): label {label}, the manifest says {want} (the shard "
+                       "changed since `ltbench prepare`; prepare it again)")
         if problem is None:
             return sample, path
         if spec.on_error != "skip":
@@ -177,8 +179,8 @@ class SampledShardLoader(ShardLoader):
                  num_classes: int, epoch_length: str = "sampler") -> None:
         super().__init__(spec, normalize, workers)
         self.batch = batch
-        self.sampling = SampleOrder(spec.split.y, batch, spec.seed, sampler, num_classes, spec.drop_last,
-                                    epoch_length)
+        self.labels = spec.split.y            # the manifest's, built once (437,513 of them at iNaturalist's size)
+        self.sampling = SampleOrder(self.labels, batch, spec.seed, sampler, num_classes, spec.drop_last, epoch_length)
         self.index = sample_index(spec.split, spec.on_error)
 
     def __len__(self) -> int:
@@ -192,5 +194,5 @@ class SampledShardLoader(ShardLoader):
         return 0
 
     def _dataset(self, spec: StreamSpec) -> tuple[torch.utils.data.IterableDataset, int]:
-        return (_Sampled(spec, self.sampling.order(spec.epoch), self.batch, len(self), self.index, spec.split.y),
+        return (_Sampled(spec, self.sampling.order(spec.epoch), self.batch, len(self), self.index, self.labels),
                 self.workers)
