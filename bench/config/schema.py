@@ -214,6 +214,9 @@ class ModelConfig:
                                            "differ); timm or open_clip format (an open_clip checkpoint's image tower "
                                            "is converted by timm)")
     drop_rate: float = _f(0.0, "dropout before the classifier", ge=0, le=1)
+    reinit_last_blocks: int = _f(0, "re-initialise the last k backbone blocks of model.pretrained_file as freshly "
+                                    "built layers (PyTorch's default initialisation; MiSLAS on Places-LT: 1, a new "
+                                    "bottleneck in place of ResNet-152's last)", ge=0)
     zero_init_last: bool | None = _f(None, "timm ResNet / ResNeXt trained from scratch: start the last BatchNorm of "
                                            "every residual block at 0 (timm's default, None = leave it to timm) or "
                                            "at 1 (false: torchvision's zero_init_residual=False, which MiSLAS, PaCo, "
@@ -338,6 +341,10 @@ class TrainConfig:
     freeze_convs: bool = _f(False, "freeze every convolution's weights but those of the model's last block (PaCo's and "
                                    "GPaCo's Places-LT script: disable_conv, layer4[-1] trainable); BatchNorm, the "
                                    "projection and the classifier train; stage 1")
+    train_only_last_blocks: int = _f(0, "k > 0: only the last k backbone blocks and the classifier train; the rest "
+                                        "is frozen and stays in eval mode, its BatchNorm statistics as loaded "
+                                        "(MiSLAS on Places-LT: 1, a new block on a frozen ImageNet ResNet-152); "
+                                        "0 = the whole model trains; stage 1", ge=0)
     amp: Literal["none", "bf16", "fp16"] = _f("none", "mixed precision: autocast to bf16, or fp16 with a gradient "
                                                       "scaler (saved in checkpoints); none on CPU")
     momentum: float = _f(0.9, "SGD momentum", ge=0, le=1)
@@ -421,6 +428,9 @@ class Stage2Config:
                               "only (WB)", ge=0)
     bn_mode: Literal["train", "eval"] = _f("eval", "BatchNorm of the frozen backbone: eval, or train as in the WB code "
                                                    "(running stats keep moving)")
+    bn_last_blocks: int = _f(0, "bn_mode=train: only the BatchNorm of the last k backbone blocks re-estimates its "
+                                "statistics, the rest keeps its parent's (MiSLAS on Places-LT: 1, the block its "
+                                "stage 1 trained on a frozen trunk); 0 = every BatchNorm", ge=0)
     augment: Literal["crop_flip", "flip", "crop_flip_rotate", "rrc_flip", "rrc_flip_jitter", "none"] = _f(
         "none", "stage-2 training augmentation (the WB code keeps crop+flip; RIDE's router stage crop + flip + "
                 "rotation; MiSLAS on ImageNet-LT / iNaturalist its stage-1 rrc_flip_jitter; rrc_*: shards only)")
@@ -529,6 +539,7 @@ HASH_NEUTRAL_AT_DEFAULT: dict[str, Any] = {"data.to_rgb": False, "stage2.reinit_
                                            "posthoc.tta_weight_decay": 5e-4, "posthoc.tta_batch_size": 128,
                                            "posthoc.tta_min_weight": 0.05,
                                            "data.views": [], "data.randaugment_n": 2, "model.zero_init_last": None,
+                                           "model.reinit_last_blocks": 0, "stage2.bn_last_blocks": 0,
                                            # the section while it is all default, then each field (a field
                                            # added later keeps the hashes of the configs that use the section)
                                            **{f"{t}.contrast": dataclasses.asdict(ContrastConfig())
@@ -546,7 +557,8 @@ HASH_NEUTRAL_AT_DEFAULT: dict[str, Any] = {"data.to_rgb": False, "stage2.reinit_
                                                ("loss.ride_temperature", 1.0), ("loss.ride_temperature_factor", 0.05),
                                                ("loss.sade_tau", 2.0), ("lr_milestones", []),
                                                ("lr_step_gamma", 0.1), ("warmup_unit", "step"), ("freeze_convs", False),
-                                               ("epoch_length", "sampler"), ("backbone_lr_factor", 1.0))}}
+                                               ("epoch_length", "sampler"), ("backbone_lr_factor", 1.0),
+                                               ("train_only_last_blocks", 0))}}
 
 
 @dataclass

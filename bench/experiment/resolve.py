@@ -103,6 +103,27 @@ def resolve(cfg: Config) -> Config:
     return cfg
 
 
+def _check_frozen_trunk(cfg: Config) -> None:
+    """A new block on a frozen pretrained trunk (MiSLAS on Places-LT): the fields that build and train it."""
+    m, t, s2 = cfg.model, cfg.train, cfg.stage2
+    if m.reinit_last_blocks and (not m.pretrained_file or m.experts > 1):
+        raise ConfigError(f"config key 'model.reinit_last_blocks': {m.reinit_last_blocks} re-initialises blocks of "
+                          "a pretrained single model (model.pretrained_file, model.experts=1); a model trained from "
+                          "scratch is initialised already")
+    if t.train_only_last_blocks:
+        other = ("train.freeze_convs" if t.freeze_convs else "train.contrast.method" if t.contrast.method else
+                 "model.experts" if m.experts > 1 else "model.peft.method" if m.peft.method != "none" else None)
+        if other:
+            raise ConfigError(f"config key 'train.train_only_last_blocks': {t.train_only_last_blocks} freezes all "
+                              f"but the last blocks and the classifier, which {other} also decides; choose one")
+    if s2.train.train_only_last_blocks:
+        raise ConfigError("config key 'stage2.train.train_only_last_blocks': stage 2 freezes the backbone already "
+                          "(stage2.train_blocks chooses blocks to retrain); leave it 0")
+    if s2.bn_last_blocks and s2.bn_mode != "train":
+        raise ConfigError(f"config key 'stage2.bn_last_blocks': {s2.bn_last_blocks} chooses which BatchNorm "
+                          "re-estimates with stage2.bn_mode=train; stage2.bn_mode is eval")
+
+
 def _check_schedules(cfg: Config) -> None:
     """Schedule and epoch fields that would change the run hash without changing what it trains."""
     for prefix, t in (("train", cfg.train), ("stage2.train", cfg.stage2.train)):
@@ -127,6 +148,7 @@ def _check_schedules(cfg: Config) -> None:
     if cfg.stage2.train.freeze_convs:
         raise ConfigError("config key 'stage2.train.freeze_convs': stage 2 freezes the backbone already "
                           "(stage2.train_blocks chooses blocks to retrain); leave it false")
+    _check_frozen_trunk(cfg)
     if cfg.stage2.train.backbone_lr_factor != 1.0:
         raise ConfigError(f"config key 'stage2.train.backbone_lr_factor': {cfg.stage2.train.backbone_lr_factor}; "
                           "stage 2 trains the classifier (stage2.train_blocks for backbone blocks): leave it at 1")

@@ -28,7 +28,7 @@ from bench.models import build_model
 from bench.models.cifar_resnet import MULTI_EXPERT_NAMES
 from bench.models.factory import build_resnet_experts
 from bench.models.clip import build_clip_model
-from bench.models.parts import head_of, set_head
+from bench.models.parts import head_of, reset_last_blocks, set_head
 from bench.registry import HEADS
 
 
@@ -274,6 +274,8 @@ def make_model(cfg: Config, data: LTData, init: bool = True) -> nn.Module:
         zero = {} if m.zero_init_last is None else {"zero_init_last": m.zero_init_last}
         model = build(m.name, num_classes=data.num_classes, in_chans=data.in_chans,
                       pretrained_file=m.pretrained_file, drop_rate=m.drop_rate, **experts, **zero)
+        if init and m.reinit_last_blocks:   # MiSLAS's Places-LT model: a new block where the pretrained one was
+            reset_last_blocks(model, m.reinit_last_blocks)
     spec: Head = HEADS[m.classifier]
     head = spec.build(head_of(model), data.num_classes, cfg.seed)
     if init and spec.init is not None:

@@ -52,6 +52,69 @@ def backbone_blocks(model: nn.Module) -> list[list[str]]:
     return [groups[g] for g in sorted(groups)][:-1]
 
 
+def _last_k(model: nn.Module, k: int, key: str) -> list[list[str]]:
+    blocks = backbone_blocks(model)
+    if k > len(blocks):
+        raise ModelError(f"config key '{key}': {k} is more than the {len(blocks)} blocks of {type(model).__name__}")
+    return blocks[len(blocks) - k:]
+
+
+def last_blocks(model: nn.Module, k: int, key: str) -> list[str]:
+    """Parameter names of the model's last k blocks (backbone_blocks); `key` names the config field asking."""
+    return [n for names in _last_k(model, k, key) for n in names]
+
+
+def reset_last_blocks(model: nn.Module, k: int) -> int:
+    """Re-initialise every layer of the last k blocks as a freshly built one (each module's reset_parameters:
+    PyTorch's default initialisation, BatchNorm at weight 1, bias 0 and fresh running statistics), as MiSLAS's
+    Places-LT model appends a new `Bottleneck(2048, 512)` to a ResNet-152 whose last pretrained block it drops.
+    Returns how many layers were reset."""
+    names = set(last_blocks(model, k, "model.reinit_last_blocks"))
+    reset = 0
+    for prefix, module in model.named_modules():
+        own = [f"{prefix}.{n}" if prefix else n for n, _ in module.named_parameters(recurse=False)]
+        if own and all(n in names for n in own):
+            if not hasattr(module, "reset_parameters"):
+                raise ModelError(f"config key 'model.reinit_last_blocks': layer {prefix} ({type(module).__name__}) "
+                                 "has no reset_parameters to re-initialise it")
+            module.reset_parameters()  # type: ignore[operator]
+            reset += 1
+    return reset
+
+
+def modules_outside(model: nn.Module, keep: set[str]) -> list[nn.Module]:
+    """The outermost modules none of whose parameters is in `keep`: the rest of the model, to keep in eval mode
+    while only `keep` trains (one .eval() covers a module's children). A module without parameters goes with its
+    parent (a trunk's DropPath is outside, a kept block's is not; one beside both, as a global pool, is neither)."""
+    status: dict[str, str] = {}
+    out = []
+    for name, module in model.named_modules():
+        names = [f"{name}.{n}" if name else n for n, _ in module.named_parameters()]
+        if names:
+            kept = sum(n in keep for n in names)
+            status[name] = "in" if kept == len(names) else "out" if kept == 0 else "mixed"
+        else:
+            status[name] = status.get(name.rsplit(".", 1)[0] if "." in name else "", "mixed") if name else "mixed"
+        parent = name.rsplit(".", 1)[0] if "." in name else ""
+        if status[name] == "out" and (not name or status[parent] != "out"):
+            out.append(module)
+    return out
+
+
+def freeze_all_but_last_blocks(model: nn.Module, k: int) -> list[nn.Module]:
+    """Freeze every parameter but those of the last k blocks and the classifier, as MiSLAS's Places-LT stage 1
+    trains its new block and classifier on a ResNet-152 trunk run under no_grad in eval mode (its
+    train_stage1.py: `model.eval()`, `block.train()`). Returns the rest of the model, which the training loop keeps
+    in eval mode (BatchNorm statistics as pretrained); no graph is built through it (nothing there requires
+    grad)."""
+    head = {id(p) for p in head_of(model).parameters()}
+    keep = set(last_blocks(model, k, "train.train_only_last_blocks"))
+    keep |= {n for n, p in model.named_parameters() if id(p) in head}
+    for name, p in model.named_parameters():
+        p.requires_grad_(name in keep)
+    return modules_outside(model, keep)
+
+
 def freeze_convs_but_last_block(model: nn.Module) -> int:
     """Freeze the weight of every convolution outside the model's last block (layer4's last bottleneck on a
     ResNet), as PaCo's and GPaCo's Places-LT script does (`disable_conv`, then `layer4[-1]` trainable again);

@@ -17,7 +17,7 @@ from bench.data.batches import InMemoryLoader
 from bench.data.loaders import TrainLoader
 from bench.methods.classifiers import MaxNorm, ScaledLinear, fold_head, maxnorm_radius
 from bench.methods.losses import make_loss
-from bench.models.parts import backbone_blocks, encode, head_of, set_head
+from bench.models.parts import encode, head_of, last_blocks, modules_outside, set_head
 from bench.runtime import dist
 from bench.runtime.progress import log
 from bench.runtime.rundir import Result, RunDir
@@ -27,17 +27,6 @@ from bench.train.optim import make_optimizer, make_scheduler
 from bench.train.router import train_router
 from bench.train.select import Evaluator, select_and_report, select_reported
 from bench.train.stage import Figures, Stage
-
-
-def last_blocks(model: torch.nn.Module, k: int) -> list[str]:
-    """Parameter names of the last k backbone blocks (bench.models.parts.backbone_blocks)."""
-    if k == 0:
-        return []
-    blocks = backbone_blocks(model)
-    if k > len(blocks):
-        raise ConfigError(f"config key 'stage2.train_blocks': {k} is more than the {len(blocks)} blocks "
-                          f"of {type(model).__name__}")
-    return [n for names in blocks[-k:] for n in names]
 
 
 def check_stage2(cfg: Config) -> None:
@@ -65,7 +54,7 @@ def train_stage2(cfg: Config, run: RunDir, parent: RunDir, figures: Figures | No
     st.open(parent)
 
     # Freeze the backbone; the classifier (weight and bias) and the last `train_blocks` blocks train.
-    trained = set(last_blocks(model, s2.train_blocks))
+    trained = set(last_blocks(model, s2.train_blocks, "stage2.train_blocks"))
     for name, p in model.named_parameters():
         p.requires_grad_(name in trained)
     for p in head.parameters():
@@ -112,8 +101,14 @@ def train_stage2(cfg: Config, run: RunDir, parent: RunDir, figures: Figures | No
             lambda s: data.eval_batches(s, cfg.eval.batch_size, cfg.runtime.workers),  # type: ignore[arg-type]
             data.num_classes, groups, device, tta, modules=[model]))
 
+        # stage2.bn_last_blocks: the BatchNorm outside the last blocks keeps its statistics (MiSLAS on Places-LT)
+        fixed = modules_outside(model, set(last_blocks(model, s2.bn_last_blocks, "stage2.bn_last_blocks"))) \
+            if s2.bn_last_blocks else []
+
         def set_train_mode() -> None:
             model.train(s2.bn_mode == "train")
+            for m in fixed:
+                m.eval()
 
     # over what requires grad: the head (+ trained blocks); MiSLAS's LWS rows at lws_rows_lr_factor x lr
     rows = list(head.linear.parameters()) if isinstance(head, ScaledLinear) and s2.lws_rows_lr_factor > 0 else []

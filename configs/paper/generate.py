@@ -394,27 +394,34 @@ def expert_large_configs(folder: str) -> dict[str, dict]:
 
 
 def mislas_large_configs(folder: str) -> dict[str, dict]:
-    """MiSLAS with ResNet-50 on ImageNet-LT and iNaturalist 2018 under mislas-reference (the best epoch on the test
-    list), from its config/imagenet/imagenet_resnet50_stage{1_mixup,2_mislas}.yaml and config/ina2018/...: stage 1
+    """MiSLAS on ImageNet-LT and iNaturalist 2018 (ResNet-50) and Places-LT (ResNet-152) under mislas-reference (the
+    best epoch on the test list), from its config/{imagenet,ina2018,places}/*_stage{1_mixup,2_mislas}.yaml: stage 1
     CE + mixup (alpha 0.2) on RandomResizedCrop + flip + colour jitter, batch 256, lr 0.1 cosine per epoch without
-    warm-up, 180 (iNat 200) epochs, WD 5e-4 (iNat 1e-4); stage 2 re-estimates BatchNorm on class-aware batches (read
-    from the shards by random access) and trains the stage-1 classifier at 0.05 x lr with learned scales and
-    label-aware smoothing 0.3 / 0.0, 10 epochs. Its Places-LT model trains a new bottleneck block on a frozen
-    ResNet-152, which ltbench has no head for."""
+    warm-up, 180 (iNat 200, Places 90) epochs, WD 5e-4 (iNat 1e-4); stage 2 re-estimates BatchNorm on class-aware
+    batches (read from the shards by random access) and trains the stage-1 classifier at 0.05 x lr with learned
+    scales and label-aware smoothing 0.3 / 0.0 (Places 0.4 / 0.1), 10 epochs. On Places-LT its model is the
+    ImageNet-pretrained ResNet-152 with a new last bottleneck (resnet_places.py's resnet152_fe drops layer4.2, and
+    train_stage1.py appends a fresh Bottleneck(2048, 512)): only that block and the classifier train, the trunk in
+    eval mode, and stage 2 re-estimates the BatchNorm of that block alone."""
     dataset = LARGE[folder][0]
-    if dataset not in ("imagenet-lt", "inat2018"):
-        return {}
-    name, inlt = folder.replace("_", "-"), dataset == "imagenet-lt"
-    opt = {"batch_size": 256, "lr": 0.1, "momentum": 0.9, "weight_decay": 5.0e-4 if inlt else 1.0e-4}
+    name, inlt, places = folder.replace("_", "-"), dataset == "imagenet-lt", dataset == "places-lt"
+    opt = {"batch_size": 256, "lr": 0.1, "momentum": 0.9, "weight_decay": 1.0e-4 if dataset == "inat2018" else 5.0e-4}
+    model = {"name": "resnet50", **TORCHVISION_INIT}
+    frozen_trunk: dict[str, dict] = {"train": {}, "stage2": {}}
+    if places:
+        model = {**LARGE[folder][1], "reinit_last_blocks": 1}
+        frozen_trunk = {"train": {"train_only_last_blocks": 1}, "stage2": {"bn_last_blocks": 1}}
+    las = {"las_head": 0.4, "las_tail": 0.1} if places else {"las_head": 0.3, "las_tail": 0.0}
     return {
         "mixup": {"name": name, "method": "mixup", "protocol": "mislas-reference",
                   "data": {"dataset": dataset, "shards": "${LTBENCH_SHARDS}/" + dataset, "augment": "rrc_flip_jitter"},
-                  "model": {"name": "resnet50", **TORCHVISION_INIT},
-                  "train": {"epochs": 180 if inlt else 200, **opt, "schedule": "cosine", "mixup_alpha": 0.2}},
+                  "model": model,
+                  "train": {"epochs": 90 if places else 180 if inlt else 200, **opt, "schedule": "cosine",
+                            "mixup_alpha": 0.2, **frozen_trunk["train"]}},
         "mislas": {"name": name, "method": "mislas", "protocol": "mislas-reference", "stage": "stage2",
                    "parent": "mixup.yaml",
-                   "stage2": {"train": {"epochs": 10, **opt, "loss": {"name": "las", "las_head": 0.3, "las_tail": 0.0}},
-                              "lws_rows_lr_factor": 0.05, "bn_mode": "train"}},
+                   "stage2": {"train": {"epochs": 10, **opt, "loss": {"name": "las", **las}},
+                              "lws_rows_lr_factor": 0.05, "bn_mode": "train", **frozen_trunk["stage2"]}},
     }
 
 
@@ -451,7 +458,7 @@ LARGE_HEADER = {
     "bcl": "BCL, ResNeXt-50: logit-adjusted cosine classifier + balanced contrastive loss, views sim-sim",
     "bcl_sim_rand": "BCL, ResNeXt-50, views sim-rand: one contrastive view with RandAugment after its colour steps",
     "bcl_rand_rand": "BCL, ResNeXt-50, views rand-rand: both contrastive views with RandAugment after their colour steps",
-    "mixup": "MiSLAS stage 1, ResNet-50: CE + mixup (alpha 0.2)",
+    "mixup": "MiSLAS stage 1: CE + mixup (alpha 0.2), ResNet-50 (Places-LT: a new last block on a frozen ResNet-152)",
     "mislas": "MiSLAS stage 2: BN re-estimated on class-aware batches, scaled classifier, label-aware smoothing",
     "ride": "RIDE, 3 experts at 3/4 width: LDAM-DRW per expert + diversity term, mean of the experts (no router)",
     "ride_ea": "RIDE + its expert-assignment router (stage 2 on the frozen experts, class-balanced batches)",

@@ -102,10 +102,10 @@ def test_hash_neutral_fields_keep_old_run_names_until_set():
     for key in ("to_rgb", "input_stats", "resize", "views", "randaugment_n"):
         del d["data"][key]
     for key in ("embedding", "zeroshot", "peft", "experts", "expert_width", "expert_scale", "cosine_scale",
-                "zero_init_last"):
+                "zero_init_last", "reinit_last_blocks"):
         del d["model"][key]
     for key in ("mixup_alpha", "lr_milestones", "lr_step_gamma", "warmup_unit", "epoch_length", "contrast",
-                "distill", "backbone_lr_factor", "freeze_convs"):
+                "distill", "backbone_lr_factor", "freeze_convs", "train_only_last_blocks"):
         del d["train"][key]
     for key in ("las_head", "las_tail", "las_shape", "ride_diversity", "ride_temperature", "ride_temperature_factor",
                 "sade_tau"):
@@ -113,7 +113,7 @@ def test_hash_neutral_fields_keep_old_run_names_until_set():
     assert a.run_hash() == hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
     for other in ("data.to_rgb=true", "data.resize=32", "model.peft.method=lora", "model.zeroshot.templates=['{}']",
                   "train.mixup_alpha=1", "train.loss.las_head=0.3", "train.warmup_unit=epoch",
-                  "train.backbone_lr_factor=0.5"):
+                  "train.backbone_lr_factor=0.5", "train.train_only_last_blocks=1"):
         assert load_config(None, ["data.dataset=fashion-mnist", other]).run_hash() != a.run_hash()
     # data.randaugment_n: only with a view that has timm's RandAugment, and then it names another run
     paco = ["data.dataset=fashion-mnist", "data.augment=none", "data.views=[rrc_randaugment,rrc_sim]",

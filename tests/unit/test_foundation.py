@@ -356,11 +356,11 @@ def test_lws_with_the_class_aware_sampler_on_an_adaptformer_parent(adaptformer_r
 
 
 def test_group_matcher_reaches_the_tower_blocks(towers):
-    from bench.train.stage2 import last_blocks
+    from bench.models.parts import last_blocks
 
     cfg = load_config(CONFIGS / "smoke.yaml", clip_args(towers, "model.classifier=linear"))
     model = make_model(cfg, build_lt_data(cfg.data))
-    names = last_blocks(model, 1)            # as on a plain timm ViT: the last block with the final norm
+    names = last_blocks(model, 1, "k")          # as on a plain timm ViT: the last block with the final norm
     assert {n.split(".")[1] for n in names} == {"blocks", "norm"}
     assert all(n.startswith(("tower.blocks.1.", "tower.norm.")) for n in names)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -244,3 +245,82 @@ def test_freeze_convs_keeps_only_the_last_blocks_convolutions_training() -> None
     assert {"bn1.weight", "layer1.0.bn1.weight", "fc.weight"} <= moved
     with pytest.raises(ConfigError, match="config key 'stage2.train.freeze_convs'"):
         load_config(None, ["data.dataset=fashion-mnist", "stage2.train.freeze_convs=true"])
+
+
+def test_reinit_last_blocks_builds_a_fresh_block_at_pytorchs_default_init(tmp_path) -> None:
+    """model.reinit_last_blocks (MiSLAS's Places-LT model: resnet152_fe without layer4.2, then a new
+    Bottleneck(2048, 512)): the last block of the loaded weights starts as a freshly built module would, PyTorch's
+    kaiming_uniform(a=sqrt(5)), |w| <= 1/sqrt(fan_in), BatchNorm at 1 / 0 with running statistics 0 / 1; every
+    other weight is the file's."""
+    from bench.config import ConfigError
+    from bench.data.lt import build_lt_data
+    from bench.experiment import load_config
+    from bench.methods.classifiers import make_model
+
+    base = ["data.dataset=fashion-mnist", "model.name=resnet18"]
+    cfg = load_config(None, base)
+    pre = make_model(cfg, data := build_lt_data(cfg.data))
+    with torch.no_grad():       # weights unlike any fresh init: the reset must replace them
+        for p in pre.parameters():
+            p.add_(3.0)
+        for name, b in pre.named_buffers():
+            if name.endswith("running_mean"):
+                b.fill_(0.5)
+    torch.save(pre.state_dict(), tmp_path / "pre.pt")
+    cfg = load_config(None, [*base, f"model.pretrained_file={tmp_path / 'pre.pt'}", "model.reinit_last_blocks=1"])
+    model = make_model(cfg, data)
+    sd, file = model.state_dict(), pre.state_dict()
+    block = {k for k in sd if k.startswith("layer4.1.")}
+    assert all(torch.equal(sd[k], file[k]) for k in sd if k not in block)
+    for conv in (model.layer4[1].conv1, model.layer4[1].conv2):
+        w = conv.weight.detach()
+        bound = 1 / math.sqrt(w[0].numel())
+        assert float(w.abs().max()) <= bound and float(w.abs().max()) > 0.9 * bound
+    bn = model.layer4[1].bn2
+    assert torch.all(bn.weight == 1) and torch.all(bn.bias == 0)
+    assert torch.all(bn.running_mean == 0) and torch.all(bn.running_var == 1)
+    with pytest.raises(ConfigError, match="config key 'model.reinit_last_blocks': 1 re-initialises blocks of a "
+                                          "pretrained single model"):
+        load_config(None, [*base, "model.reinit_last_blocks=1"])
+
+
+def test_train_only_last_blocks_freezes_the_trunk_in_eval_mode() -> None:
+    """train.train_only_last_blocks (MiSLAS's Places-LT stage 1: `model.eval()` under no_grad, `block.train()`): one
+    optimiser step moves only the last block and the classifier; the trunk's BatchNorm statistics stay as loaded
+    while the block's move; no gradient reaches the trunk."""
+    import torch.nn.functional as F
+
+    from bench.config import ConfigError
+    from bench.data.lt import build_lt_data
+    from bench.experiment import load_config
+    from bench.methods.classifiers import make_model
+    from bench.models.parts import freeze_all_but_last_blocks, modules_outside
+    from bench.train.optim import make_optimizer
+
+    cfg = load_config(None, ["data.dataset=fashion-mnist", "model.name=resnet18", "train.train_only_last_blocks=1"])
+    model = make_model(cfg, build_lt_data(cfg.data))
+    trunk = freeze_all_but_last_blocks(model, 1)
+    names = {id(m): n for n, m in model.named_modules()}
+    assert [names[id(m)] for m in trunk] == ["conv1", "bn1", "layer1", "layer2", "layer3", "layer4.0"]
+    # the outermost modules only; a module without parameters goes with its parent
+    assert [names[id(m)] for m in modules_outside(model, {"layer4.1.conv1.weight"})] == [
+        "conv1", "bn1", "layer1", "layer2", "layer3", "layer4.0", "layer4.1.bn1", "layer4.1.conv2", "layer4.1.bn2",
+        "fc"]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = make_optimizer(model, cfg.train)
+    model.train()
+    for m in trunk:
+        m.eval()
+    F.cross_entropy(model(torch.randn(4, 1, 28, 28)), torch.tensor([0, 1, 2, 3])).backward()
+    opt.step()
+    after = model.state_dict()
+    kept = ("layer4.1.", "fc.")
+    moved = {k for k in before if not k.endswith("num_batches_tracked") and not torch.equal(before[k], after[k])}
+    assert moved and all(k.startswith(kept) for k in moved)
+    assert {"layer4.1.bn1.running_mean", "layer4.1.conv1.weight", "fc.weight"} <= moved
+    assert all(p.grad is None for n, p in model.named_parameters() if not n.startswith(kept))
+    with pytest.raises(ConfigError, match="config key 'train.train_only_last_blocks': 1 freezes all but the last "
+                                          "blocks and the classifier, which train.freeze_convs also decides"):
+        load_config(None, ["data.dataset=fashion-mnist", "train.train_only_last_blocks=1", "train.freeze_convs=true"])
+    with pytest.raises(ConfigError, match="config key 'stage2.bn_last_blocks': 1 chooses which BatchNorm"):
+        load_config(None, ["data.dataset=fashion-mnist", "stage2.bn_last_blocks=1"])

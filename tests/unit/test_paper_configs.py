@@ -243,6 +243,19 @@ def test_large_scale_configs(repo, large_env, large_shards):
             key, key, alpha, True, "fp16")
         assert c.data.views == ["rrc_sim", "rrc_sim"] and (c.train.epochs, c.train.warmup_epochs) == (30, 5)
         assert (c.eval.selection_split, c.eval.select) == ("val", "best") and c.model.name == "resnet152"
+    # MiSLAS Places-LT (config/places/places_resnet152_stage{1_mixup,2_mislas}.yaml, resnet_places.py): the
+    # pretrained ResNet-152 with a new last bottleneck, which alone trains with the classifier on the eval-mode
+    # trunk (90 epochs); stage 2 re-estimates that block's BatchNorm only, smoothing 0.4 / 0.1; the best epoch on the
+    # test list
+    mix, mis = (load_config(d / "places_lt" / f"{k}.yaml") for k in ("mixup", "mislas"))
+    assert (mix.model.name, mix.model.reinit_last_blocks, mix.train.train_only_last_blocks) == ("resnet152", 1, 1)
+    assert (mix.train.epochs, mix.train.mixup_alpha, mix.train.weight_decay, mix.data.augment) == (
+        90, 0.2, 5e-4, "rrc_flip_jitter") and mix.model.pretrained_file.endswith("resnet152_imagenet.pth")
+    s2 = mis.stage2
+    assert (s2.bn_mode, s2.bn_last_blocks, s2.train.loss.las_head, s2.train.loss.las_tail, s2.augment) == (
+        "train", 1, 0.4, 0.1, "rrc_flip_jitter") and mis.parent_hash == mix.run_hash()
+    assert (mis.eval.selection_split, mis.eval.select, mix.eval.selection_split, mix.eval.select) == (
+        "test", "best", "test", "best")
     places = load_config(d / "places_lt" / "wd.yaml")
     assert places.model.name == "resnet152" and places.model.pretrained_file.endswith("resnet152_imagenet.pth")
     assert places.data.n_max == 4980

@@ -132,6 +132,40 @@ def test_mislas_stage2_trains_rows_and_scales_and_re_estimates_batchnorm(stage1)
     assert all(torch.equal(before[k], after[k]) for k in frozen)
 
 
+def test_mislas_places_form_trains_a_new_block_on_a_frozen_trunk_then_re_estimates_its_batchnorm(tmp_path):
+    """MiSLAS's Places-LT recipe in small (resnet_places.py, train_stage{1,2}.py): stage 1 trains a new last block
+    and the classifier with mixup on a pretrained trunk kept in eval mode, so every trunk tensor, BatchNorm
+    statistics included, ends as the file's; stage 2 re-estimates the BatchNorm of that block alone."""
+    from bench.data.lt import build_lt_data
+    from bench.methods.classifiers import make_model
+
+    tiny = [*TINY, "model.name=resnet18", "train.epochs=1"]
+    pre = make_model(cfg := load_config(CONFIGS / "smoke.yaml", tiny), build_lt_data(cfg.data))
+    torch.save(pre.state_dict(), tmp_path / "pre.pt")
+    cfg = load_config(CONFIGS / "smoke.yaml", [*tiny, f"model.pretrained_file={tmp_path / 'pre.pt'}",
+                                               "model.reinit_last_blocks=1", "train.train_only_last_blocks=1",
+                                               "train.mixup_alpha=0.2"])
+    parent = RunDir.for_config(cfg, tmp_path)
+    result = run_experiment(cfg, parent, runs_root=tmp_path)
+    file, s1 = pre.state_dict(), torch.load(parent.final_ckpt, weights_only=False)["model"]
+    block = [k for k in s1 if k.startswith("layer4.1.") and not k.endswith("num_batches_tracked")]
+    assert all(torch.equal(file[k], s1[k]) for k in s1 if not k.startswith(("layer4.1.", "fc.")))
+    assert all(not torch.equal(file[k], s1[k]) for k in block)
+    assert result["trainable_params"]["trainable"] == sum(s1[k].numel() for k in s1 if k.startswith(
+        ("layer4.1.", "fc.")) and k.endswith(("weight", "bias")))
+    cfg2 = load_config(CONFIGS / "smoke_stage2.yaml", [
+        *QUIET, f"parent={parent.path}", "stage2.lws=true", "stage2.lws_rows_lr_factor=0.05", "stage2.maxnorm=false",
+        "stage2.bn_mode=train", "stage2.bn_last_blocks=1", "stage2.train.sampler=class_aware",
+        "stage2.train.loss.name=las", "stage2.train.epochs=1", "stage2.train.batch_size=16"])
+    run = RunDir.for_config(cfg2, tmp_path)
+    run_experiment(cfg2, run, runs_root=tmp_path)
+    s2 = torch.load(run.final_ckpt, weights_only=False)["model"]
+    stats = {k for k in s1 if k.endswith(("running_mean", "running_var"))}
+    assert {k for k in stats if not torch.equal(s1[k], s2[k])} == {k for k in stats if k.startswith("layer4.1.")}
+    assert all(torch.equal(s1[k], s2[k]) for k in s1 if k not in stats and not k.startswith("fc.")
+               and not k.endswith("num_batches_tracked"))
+
+
 @pytest.mark.parametrize("loss", [["train.loss.name=sade"],
                                   ["train.loss.name=ride", "train.loss.drw_epoch=1", "train.loss.ride_diversity=-0.45",
                                    "train.loss.cb_normalizer=weights"]])
