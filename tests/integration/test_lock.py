@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -33,17 +34,28 @@ def _wait_for(cond, timeout: float = 120) -> None:
 
 def test_a_second_run_of_the_same_directory_refuses_or_waits(tmp_path):
     d = tmp_path / "run"
-    first = _start("run", SMOKE, *ARGS, "train.epochs=40", "--run-dir", str(d))    # ~20 s: long enough to race
+    first = _start("run", SMOKE, *ARGS, "train.epochs=4", "--run-dir", str(d))
     _wait_for(lambda: (d / "config.yaml").is_file())          # the first holds the lock and is training
-    holder = json.loads((d / ".lock").read_text())
-    assert holder["pid"] == first.pid and holder["host"] == platform.node()
-    second = run_cli("run", SMOKE, *ARGS, "train.epochs=40", "--run-dir", str(d))
-    assert second.returncode == 2 and second.stderr.strip().count("\n") == 0, second.stderr
-    assert f"is in use by pid {first.pid} on {platform.node()}" in second.stderr
-    waiting = _start("run", SMOKE, *ARGS, "train.epochs=40", "--run-dir", str(d), "--wait")
-    out, err = waiting.communicate(timeout=300)
-    assert first.wait(timeout=60) == 0
-    assert waiting.returncode == 0 and "waiting" in out and "run complete, nothing to do" in out, out + err
+    # stopped, it holds the lock without taking the CPU the others need (its 4 epochs last seconds)
+    os.kill(first.pid, signal.SIGSTOP)
+    log = tmp_path / "waiting.log"
+    try:
+        holder = json.loads((d / ".lock").read_text())
+        assert holder["pid"] == first.pid and holder["host"] == platform.node()
+        second = run_cli("run", SMOKE, *ARGS, "train.epochs=4", "--run-dir", str(d))
+        assert second.returncode == 2 and second.stderr.strip().count("\n") == 0, second.stderr
+        assert f"is in use by pid {first.pid} on {platform.node()}" in second.stderr
+        with open(log, "w") as out:
+            waiting = subprocess.Popen([sys.executable, "-m", "bench", "run", SMOKE, *ARGS, "train.epochs=4",
+                                        "--run-dir", str(d), "--wait"], cwd=REPO, stdout=out,
+                                       stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        _wait_for(lambda: "waiting" in log.read_text() or waiting.poll() is not None)
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    assert first.wait(timeout=120) == 0
+    assert waiting.wait(timeout=120) == 0
+    out = log.read_text()
+    assert "waiting" in out and "run complete, nothing to do" in out, out
     assert not (d / ".lock").exists()
 
 

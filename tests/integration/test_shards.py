@@ -117,41 +117,51 @@ def test_shards_of_other_data_are_not_overwritten(smoke_shards, tmp_path):
 
 # --- streaming under DDP ------------------------------------------------------------------------
 
-def _ddp_worker(rank: int, world: int, port: int, shards: str, workers: int, out: str,
+def _ddp_worker(rank: int, world: int, port: int, shards: str, workers: tuple[int, ...], out: str,
                 sampler: str = "instance", epochs: tuple[int, ...] = (0, 1)) -> None:
+    import multiprocessing
+
     import torch.distributed as dist
 
     from bench.experiment import load_config
     from bench.data.lt import build_lt_data
 
+    # mp.spawn makes "spawn" this child's default, so each DataLoader would start its workers by importing torch
+    # again (3 s each); ranks that torchrun or srun start fork them, as here
+    multiprocessing.set_start_method("fork", force=True)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.set_num_threads(1)
-    cfg = load_config(SMOKE, [f"data.shards={shards}", f"runtime.workers={workers}"])
-    data = build_lt_data(cfg.data)
-    res: dict = {"train": {}, "eval": {}}
-    loader = data.train_loader(16, 0, "crop_flip", False, sampler, workers)   # global 16: 8 per rank
-    for epoch in epochs:
-        keys, shapes = [], set()
-        for x, _y in loader.epoch(epoch):
-            keys.append(list(loader.batch_keys))
-            shapes.add(tuple(x.shape[1:]))
-        res["train"][epoch] = {"batches": len(keys), "len": len(loader), "keys": keys, "shapes": sorted(shapes)}
-    for split in ("val", "test"):
-        ys = [y.tolist() for _, y in data.eval_batches(split, 16, workers)]
-        res["eval"][split] = sum(ys, [])
+    res: dict = {}
+    for w in workers:        # one process group for every worker count: the start-up is the slow part
+        cfg = load_config(SMOKE, [f"data.shards={shards}", f"runtime.workers={w}"])
+        data = build_lt_data(cfg.data)
+        res[w] = {"train": {}, "eval": {}}
+        loader = data.train_loader(16, 0, "crop_flip", False, sampler, w)   # global 16: 8 per rank
+        for epoch in epochs:
+            keys, shapes = [], set()
+            for x, _y in loader.epoch(epoch):
+                keys.append(list(loader.batch_keys))
+                shapes.add(tuple(x.shape[1:]))
+            res[w]["train"][epoch] = {"batches": len(keys), "len": len(loader), "keys": keys,
+                                      "shapes": sorted(shapes)}
+        for split in ("val", "test"):
+            ys = [y.tolist() for _, y in data.eval_batches(split, 16, w)]
+            res[w]["eval"][split] = sum(ys, [])
     Path(out, f"rank{rank}.json").write_text(json.dumps(res))
     dist.barrier()
     dist.destroy_process_group()
 
 
-def _run_ddp(shards: Path, workers: int, out: Path, port: int, sampler: str = "instance",
-             epochs: tuple[int, ...] = (0, 1)) -> list[dict]:
+def _run_ddp(shards: Path, workers: tuple[int, ...], out: Path, port: int, sampler: str = "instance",
+             epochs: tuple[int, ...] = (0, 1)) -> dict[int, list[dict]]:
+    """Each worker count's loaders in 2 gloo processes: {workers: [rank 0's batches, rank 1's]}."""
     import torch.multiprocessing as mp
 
     out.mkdir()
     mp.spawn(_ddp_worker, args=(2, port, str(shards), workers, str(out), sampler, epochs), nprocs=2, join=True)
-    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+    return {w: [r[str(w)] for r in ranks] for w in workers}
 
 
 @pytest.mark.ddp
@@ -161,7 +171,7 @@ def test_ddp_streaming_is_exact_with_0_and_2_workers(smoke_shards, tmp_path):
                  for k in range(int(sh["name"][-10:-4]) * 100, int(sh["name"][-10:-4]) * 100 + sh["samples"])}
     n_train = m["splits"]["train"]["num_samples"]
     assert len(all_train) == n_train == 772   # 772 = 2 ranks x 48 full batches of 8 + 4: no repeats needed
-    runs = {w: _run_ddp(smoke_shards, w, tmp_path / f"w{w}", 29500 + 7 * w + os.getpid() % 1000) for w in (0, 2)}
+    runs = _run_ddp(smoke_shards, (0, 2), tmp_path / "ddp", 29500 + os.getpid() % 1000)
     for _workers, ranks in runs.items():
         for epoch in ("0", "1"):
             per_rank = [r["train"][epoch] for r in ranks]

@@ -25,7 +25,7 @@ def test_ddp_class_aware_from_shards_splits_each_global_batch(smoke_shards, tmp_
     from bench.data.lt import build_lt_data
     from bench.experiment import load_config
 
-    ranks = _run_ddp(smoke_shards, 2, tmp_path / "ca", 29700 + os.getpid() % 1000, "class_aware", (1,))
+    ranks = _run_ddp(smoke_shards, (2,), tmp_path / "ca", 29700 + os.getpid() % 1000, "class_aware", (1,))[2]
     data = build_lt_data(load_config(SMOKE, [f"data.shards={smoke_shards}"]).data)
     one = data.train_loader(16, 0, "crop_flip", False, "class_aware", 0)
     for epoch in (1,):
