@@ -305,6 +305,9 @@ class ContrastConfig:
     beta: float = _f(1.0, "weight of the class-centre positive", ge=0)
     gamma: float = _f(1.0, "weight of the contrastive terms in the denominator", ge=0)
     weight: float = _f(0.35, "bcl: weight of the balanced contrastive term added to train.loss (BCL: 0.35)", ge=0)
+    gather: bool = _f(False, "bcl under DDP: contrast each anchor with the views of the whole global batch (every "
+                             "rank's, gathered with their gradients), as BCL's DataParallel computes its loss on the "
+                             "whole batch; false: each process contrasts its own part")
 
 
 @dataclass

@@ -239,6 +239,9 @@ def _check_contrast(cfg: Config) -> None:
     if cfg.data.augment != "none":
         raise ConfigError(f"config key 'data.augment': {cfg.data.augment} is not used with data.views (each view has "
                           "its own augmentation); set data.augment=none")
+    if c.gather and c.method != "bcl":
+        raise ConfigError(f"config key 'train.contrast.gather': {c.method} contrasts each process's part of the batch "
+                          "with the queue, as its code under DDP; gather is BCL's (its DataParallel loss)")
     if c.method != "bcl" and c.beta <= 0:
         raise ConfigError(f"config key 'train.contrast.beta': {c.beta}; {c.method}'s centre term must be > 0 (an "
                           "anchor without positives would divide by 0)")

@@ -167,8 +167,8 @@ class BCLModel(nn.Module):
         return h[:b], {"logits": z, "features": f, "prototypes": prototypes}
 
 
-def balanced_supcon(features: torch.Tensor, prototypes: torch.Tensor, y: torch.Tensor,
-                    temperature: float) -> torch.Tensor:
+def balanced_supcon(features: torch.Tensor, prototypes: torch.Tensor, y: torch.Tensor, temperature: float,
+                    gather: bool = False) -> torch.Tensor:
     """BCL's balanced supervised contrastive loss (its BalSCL): anchors the 2B view projections [views 1; views 2],
     the set them plus one prototype per class, labels [y; y; 0..C-1]. Every term of the denominator is divided by
     its class's count in the set, n_c = 2 b_c + 1, less one for the anchor's own class (class averaging):
@@ -176,15 +176,23 @@ def balanced_supcon(features: torch.Tensor, prototypes: torch.Tensor, y: torch.T
         L_i = -1/|P(i)| sum_{p in P(i)} log( e^{s_ip} / sum_{j != i} e^{s_ij} / (n_{l_j} - [l_j = y_i]) ),  s = f.f / T
 
     P(i) the same-label entries but i (the other view of the image and the class prototype among them); the mean
-    over the 2B anchors."""
+    over the 2B anchors. gather: the set holds the views of every DDP rank's part of the batch (gathered with their
+    gradients) and n_c counts them all, as BCL's DataParallel computes the loss on the whole batch; the anchors
+    are this rank's, so the ranks' means weighted by their shares make the whole batch's."""
     b2, c = len(features), len(prototypes)
-    labels = torch.cat([y, y, torch.arange(c, device=y.device)])
+    views = torch.cat([y, y])
+    if gather:
+        others, start = dist.gather_cat_with_grad(features)
+        other_labels = dist.gather_cat(views)
+    else:
+        others, start, other_labels = features, 0, views
+    labels = torch.cat([other_labels, torch.arange(c, device=y.device)])
     count = torch.bincount(labels, minlength=c).to(features.dtype)
-    logits = features @ torch.cat([features, prototypes]).T / temperature
+    logits = features @ torch.cat([others, prototypes]).T / temperature
     logits = logits - logits.max(dim=1, keepdim=True).values.detach()
     not_self = torch.ones_like(logits)
-    not_self[torch.arange(b2), torch.arange(b2)] = 0
-    positives = (labels[:b2, None] == labels[None, :]).to(logits.dtype) * not_self
+    not_self[torch.arange(b2), start + torch.arange(b2)] = 0
+    positives = (views[:, None] == labels[None, :]).to(logits.dtype) * not_self
     per_class = count[labels][None, :] - positives
     log_prob = logits - torch.log((logits.exp() * not_self / per_class).sum(1, keepdim=True))
     return -((positives * log_prob).sum(1) / positives.sum(1)).mean()
@@ -194,9 +202,9 @@ class BCLLoss(LossFn):
     """BCL's objective: train.loss on view 0's logits (BCL: the logit-adjusted CE, tau 1) + weight x the balanced
     contrastive loss of views 1 and 2 with the class prototypes (weights 1 and 0.35 in its main.py)."""
 
-    def __init__(self, ce: LossFn, weight: float, temperature: float) -> None:
+    def __init__(self, ce: LossFn, weight: float, temperature: float, gather: bool = False) -> None:
         super().__init__()
-        self.ce, self.weight, self.temperature = ce, weight, temperature
+        self.ce, self.weight, self.temperature, self.gather = ce, weight, temperature, gather
 
     def set_epoch(self, epoch: int) -> None:
         self.ce.set_epoch(epoch)
@@ -206,7 +214,7 @@ class BCLLoss(LossFn):
 
     def forward(self, out: Any, y: torch.Tensor) -> torch.Tensor:
         return self.ce(out["logits"], y) + self.weight * balanced_supcon(out["features"], out["prototypes"], y,
-                                                                         self.temperature)
+                                                                         self.temperature, self.gather)
 
 
 # The builders bench/registry.py CONTRAST names: (the timm model, train.contrast, n_c, train.loss built) -> (what trains
@@ -224,4 +232,4 @@ def build_gpaco(model: nn.Module, cfg: ContrastConfig, counts: list[int], seed: 
 
 def build_bcl(model: nn.Module, cfg: ContrastConfig, counts: list[int], seed: int,
               base: LossFn) -> tuple[nn.Module, LossFn]:
-    return BCLModel(model, cfg), BCLLoss(base, cfg.weight, cfg.temperature)
+    return BCLModel(model, cfg), BCLLoss(base, cfg.weight, cfg.temperature, cfg.gather)

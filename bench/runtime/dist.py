@@ -98,20 +98,53 @@ def broadcast_buffers(module: torch.nn.Module) -> None:
             b.data.copy_(buf)
 
 
+def _gather_sizes(t: torch.Tensor) -> list[int]:
+    n = torch.tensor([t.shape[0]], dtype=torch.int64, device=t.device)
+    sizes = [torch.zeros_like(n) for _ in range(world())]
+    dist.all_gather(sizes, n)
+    return [int(s.item()) for s in sizes]
+
+
+def _cat_over_ranks(t: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    home, t = t.device, t.to(_comm_device(t))
+    padded = torch.zeros((max(sizes), *t.shape[1:]), dtype=t.dtype, device=t.device)
+    padded[: t.shape[0]] = t
+    parts = [torch.zeros_like(padded) for _ in range(world())]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[:n] for p, n in zip(parts, sizes)]).to(home)
+
+
 def gather_cat(t: torch.Tensor) -> torch.Tensor:
     """Concatenate each rank's tensor (sizes may differ along dim 0) in rank order, on every rank."""
     if not active():
         return t
-    home, t = t.device, t.to(_comm_device(t))
-    n = torch.tensor([t.shape[0]], dtype=torch.int64, device=t.device)
-    sizes = [torch.zeros_like(n) for _ in range(world())]
-    dist.all_gather(sizes, n)
-    m = int(max(s.item() for s in sizes))
-    padded = torch.zeros((m, *t.shape[1:]), dtype=t.dtype, device=t.device)
-    padded[: t.shape[0]] = t
-    parts = [torch.zeros_like(padded) for _ in range(world())]
-    dist.all_gather(parts, padded)
-    return torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes)]).to(home)
+    return _cat_over_ranks(t, _gather_sizes(t.to(_comm_device(t))))
+
+
+class _GatherCat(torch.autograd.Function):
+    """gather_cat forward; backward, each rank's rows take the sum over ranks of their copies' gradients (every
+    rank's loss may read every row), as if one process had computed all the losses on the whole batch."""
+
+    @staticmethod
+    def forward(ctx: Any, t: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+        ctx.start, ctx.n = sum(sizes[: rank()]), t.shape[0]
+        return _cat_over_ranks(t.detach(), sizes)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        home, g = grad.device, grad.contiguous().to(_comm_device(grad))
+        if g is grad:
+            g = g.clone()        # autograd's gradient buffer is not ours to reduce in place
+        dist.all_reduce(g, op=dist.ReduceOp.SUM)
+        return g[ctx.start: ctx.start + ctx.n].to(home), None
+
+
+def gather_cat_with_grad(t: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Every rank's rows in rank order, differentiable (_GatherCat), and where this rank's rows start in it."""
+    if not active():
+        return t, 0
+    sizes = _gather_sizes(t.detach().to(_comm_device(t)))
+    return _GatherCat.apply(t, sizes), sum(sizes[: rank()])
 
 
 def gather_objects(obj: Any) -> list[Any]:

@@ -430,7 +430,8 @@ def bcl_large_config(folder: str) -> dict[str, dict]:
     resnext50`): views sim-sim (the classifier view RandomResizedCrop + jitter + RandAugment, two MoCo-v2-style
     contrastive views without blur), a cosine classifier x30 with logit-adjusted CE (tau 1) + 0.35 x BalSCL (T 0.07,
     an MLP to 1024 with BatchNorm), SGD lr 0.1 momentum 0.9 WD 5e-4, batch 256, 90 epochs of cosine per epoch. Its
-    code keeps the epoch with the best accuracy on the val list, so the clean protocol selects as it did."""
+    code keeps the epoch with the best accuracy on the val list, so the clean protocol selects as it did. Its
+    DataParallel computes the contrastive loss on the whole batch, which `gather` does under DDP."""
     if LARGE[folder][0] != "imagenet-lt":
         return {}
     bcl = {
@@ -442,7 +443,7 @@ def bcl_large_config(folder: str) -> dict[str, dict]:
                   "wd_scope": "all", "schedule": "cosine", "schedule_unit": "epoch",
                   "schedule_step_at_epoch_start": True, "loss": {"name": "logit_adjusted"},
                   "contrast": {"method": "bcl", "dim": 1024, "projection": "mlp2_bn", "temperature": 0.07,
-                               "weight": 0.35}},
+                               "weight": 0.35, "gather": True}},
         "eval": {"select": "best"}}
     # its other contrastive views (README "sim-rand", "rand-rand"; main.py's sim-rand and randstack-randstack
     # branches): augmentation_randnclsstack = the sim view, then RandAugment

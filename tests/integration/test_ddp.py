@@ -232,3 +232,68 @@ def test_paco_queue_takes_every_ranks_keys(tmp_path):
     newest = (int(ptr) - 1) % 100
     assert torch.allclose(queue[newest].norm(), torch.tensor(1.0), atol=1e-5) and 0 <= int(labels[newest]) < 10
     assert any(k.startswith("key_model.") for k in saved["model"])
+
+
+def _bcl_worker(rank: int, world: int, port: int, sizes: list[int], out: str) -> None:
+    """One rank of test_bcl_gathered_contrast_is_the_whole_batchs: its part of a fixed global batch."""
+    import torch.distributed as dist
+    import torch.nn.functional as F
+
+    from bench.methods.contrast import balanced_supcon
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    b, lo = sum(sizes), sum(sizes[:rank])
+    f, y, proto = _bcl_batch(b)
+    mine = torch.cat([f[lo:lo + sizes[rank]], f[b + lo:b + lo + sizes[rank]]]).requires_grad_(True)
+    p = proto.clone().requires_grad_(True)
+    res = {}
+    for gather in (True, False):
+        mine.grad = p.grad = None
+        loss = balanced_supcon(mine, F.normalize(p, dim=1), y[lo:lo + sizes[rank]], 0.5, gather=gather)
+        (loss * world * sizes[rank] / b).backward()      # the loop's share of the global batch (rank_shares)
+        dist.all_reduce(p.grad)                           # DDP's average of a parameter's gradients
+        res[gather] = {"loss": float(loss), "features": (mine.grad / world).tolist(),
+                       "proto": (p.grad / world).tolist()}
+    torch.save(res, Path(out) / f"rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def _bcl_batch(b: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    f = torch.nn.functional.normalize(torch.randn(2 * b, 5, generator=g), dim=1)   # [views 1; views 2]
+    return f, torch.randint(0, 3, (b,), generator=g), torch.randn(3, 5, generator=g)
+
+
+def test_bcl_gathered_contrast_is_the_whole_batchs(tmp_path):
+    """train.contrast.gather (BCL's DataParallel computes its loss on the whole batch): 2 ranks holding 3 and 5 of
+    8 images, each anchoring its own views against every rank's, give the one-process loss of the 8 (their
+    losses weighted by their shares), and, once DDP averages, its gradients for every view and for the
+    prototypes' parameters. Without gather each rank contrasts its own part, and the numbers differ."""
+    import torch.multiprocessing as mp
+    import torch.nn.functional as F
+
+    from bench.methods.contrast import balanced_supcon
+
+    sizes, b = [3, 5], 8
+    mp.spawn(_bcl_worker, args=(2, _port(9), sizes, str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    f, y, proto = _bcl_batch(b)
+    f.requires_grad_(True)
+    p = proto.clone().requires_grad_(True)
+    loss = balanced_supcon(f, F.normalize(p, dim=1), y, 0.5)
+    loss.backward()
+    for gather in (True, False):
+        weighted = sum(r[gather]["loss"] * n / b for r, n in zip(ranks, sizes))
+        grads = [torch.tensor(r[gather]["features"]) for r in ranks]
+        got = torch.cat([grads[0][:3], grads[1][:5], grads[0][3:], grads[1][5:]])   # back to [views 1; views 2]
+        same = (abs(weighted - loss.item()) < 1e-5 and torch.allclose(got, f.grad, atol=1e-6)
+                and all(torch.allclose(torch.tensor(r[gather]["proto"]), p.grad, atol=1e-6) for r in ranks))
+        assert same == gather, gather
+    # and through the training loop: the gather's backward collective beside DDP's gradient all-reduce
+    root = tmp_path / "runs"
+    r = torchrun("run", SMOKE, *FIXED, "train.epochs=1", "train.batch_size=32", "train.contrast.method=bcl",
+                 "train.contrast.gather=true", "train.contrast.dim=8", "model.classifier=cosine",
+                 "data.views=[crop_flip,simclr,simclr]", "data.augment=none", "--runs-root", str(root), port=_port(8))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert result(root)["world_size"] == 2

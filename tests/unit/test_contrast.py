@@ -277,6 +277,8 @@ def test_the_view_names_are_the_schemas():
     (["train.contrast.method=gpaco", "data.views=[simclr,simclr]", "data.augment=none"],
      "config key 'train.drop_last': gpaco's code drops an epoch's last incomplete batch"),
     (["stage2.train.contrast.method=paco"], "config key 'stage2.train.contrast': a contrastive method trains stage 1"),
+    (["train.contrast.method=paco", "data.views=[simclr,simclr]", "data.augment=none", "train.drop_last=true",
+      "train.contrast.gather=true"], "config key 'train.contrast.gather': paco contrasts each process's part"),
     (["train.contrast.method=moco"], "config key 'train.contrast.method': expected one of 'paco', 'gpaco', 'bcl'"),
 ])
 def test_contrast_settings_that_name_no_method(overrides, message):

@@ -141,6 +141,8 @@ def test_large_scale_configs(repo, large_env, large_shards):
         "cosine", "logit_adjusted", 1024, 0.35)
     # its sim-rand / rand-rand rows: RandAugment after the contrastive views' colour steps (augmentation_randnclsstack)
     stack = "rrc_colour_randaugment"
+    # its DataParallel loss on the whole batch: under DDP the contrast set is every process's views
+    assert all(inlt[k].train.contrast.gather for k in ("bcl", "bcl_sim_rand", "bcl_rand_rand"))
     assert inlt["bcl_sim_rand"].data.views == ["rrc_randaugment", stack, "rrc_colour"]
     assert inlt["bcl_rand_rand"].data.views == ["rrc_randaugment", stack, stack]
     assert (inlt["bcl_sim_rand"].method, inlt["bcl_rand_rand"].method) == ("bcl-sim-rand", "bcl-rand-rand")
