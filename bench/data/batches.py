@@ -166,7 +166,7 @@ class SampleOrder:
 
     def __init__(self, labels: torch.Tensor, batch_size: int, seed: int, sampler: str = "instance",
                  num_classes: int | None = None, drop_last: bool = False, epoch_length: str = "sampler") -> None:
-        self.seed, self.sampler = seed, sampler
+        self.seed, self.sampler, self.batch_size = seed, sampler, batch_size
         self.samples = len(labels)          # per epoch
         if sampler in ("class_balanced", "class_aware"):
             nc = num_classes or int(labels.max()) + 1
@@ -184,6 +184,23 @@ class SampleOrder:
             # the epoch draws at least that many samples (a long-tailed set's max_c n_c x C always has them)
             self.steps = -(-len(labels) // batch_size) + (epoch_length == "dataset_plus_one")
             self.samples = max(self.samples, self.steps * batch_size)
+
+    def rank_part(self, order: torch.Tensor, step: int, rank: int, world: int) -> tuple[torch.Tensor, int, int]:
+        """(this rank's sample indices at `step` of the epoch `order`, the global batch size, where the part starts
+        in it): a contiguous slice of the global batch. When the epoch's last batch holds fewer samples than there
+        are ranks, a rank left without one takes the epoch's first sample at place 0 (as the stream pads; counted
+        by `padded`): every rank must step, or the collectives its model and loss run (DDP's buffer broadcast, a
+        contrast set's gather) would leave the others waiting for it."""
+        idx = order[step * self.batch_size:(step + 1) * self.batch_size]
+        start, length = rank_slice(len(idx), rank, world)
+        if length == 0:
+            return order[:1], len(idx), 0
+        return idx[start:start + length], len(idx), start
+
+    def padded(self, world: int) -> int:
+        """Samples repeated per epoch by rank_part: world - n when the last batch holds 0 < n < world samples."""
+        last = min(self.samples, self.steps * self.batch_size) - (self.steps - 1) * self.batch_size
+        return world - last if 0 < last < world else 0
 
     def order(self, epoch: int) -> torch.Tensor:
         """The sample indices of epoch `epoch` (N of them; class_aware: max_c n_c x C).
@@ -258,8 +275,8 @@ class InMemoryLoader:
         return {"world_size": self.world, "batch_size": self.batch_size}
 
     def padded(self) -> int:
-        """0: the ranks slice every global batch, so none repeats a sample to keep the step counts equal."""
-        return 0
+        """Samples repeated per epoch so that every rank has one in the last step (SampleOrder.rank_part)."""
+        return self.sampling.padded(self.world)
 
     def pop_skipped(self) -> tuple[int, list[str]]:
         """(0, []): tensors in memory have no unreadable samples."""
@@ -268,17 +285,15 @@ class InMemoryLoader:
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = self.order(epoch)
         for step in range(start_step, len(self)):
-            idx = order[step * self.batch_size:(step + 1) * self.batch_size]
-            start, length = rank_slice(len(idx), self.rank, self.world)
-            mine = idx[start:start + length]
+            mine, batch, start = self.sampling.rank_part(order, step, self.rank, self.world)
             x = self.split.x[mine]
             if self.views is not None:
-                x = self.views(x, (self.seed, epoch, step), len(idx), start)
-            elif self.augment != "none" and length:
+                x = self.views(x, (self.seed, epoch, step), batch, start)
+            elif self.augment != "none":
                 gen = derived_generator(self.seed, epoch, step, 1)
                 x = random_crop_flip(x, gen, self.crop_padding if self.augment.startswith("crop_flip") else 0,
                                      flip=True,
-                                     batch=len(idx), offset=start, rotate=ROTATE.get(self.augment, 0.0))
+                                     batch=batch, offset=start, rotate=ROTATE.get(self.augment, 0.0))
             yield (self.normalize(x) if self.normalize else x), self.split.y[mine]
 
 

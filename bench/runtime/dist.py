@@ -99,7 +99,8 @@ def broadcast_buffers(module: torch.nn.Module) -> None:
 
 
 def _gather_sizes(t: torch.Tensor) -> list[int]:
-    n = torch.tensor([t.shape[0]], dtype=torch.int64, device=t.device)
+    """Every rank's len(t) (the count made on the device the backend moves; t itself is not copied)."""
+    n = torch.tensor([t.shape[0]], dtype=torch.int64, device=_comm_device(t))
     sizes = [torch.zeros_like(n) for _ in range(world())]
     dist.all_gather(sizes, n)
     return [int(s.item()) for s in sizes]
@@ -118,7 +119,7 @@ def gather_cat(t: torch.Tensor) -> torch.Tensor:
     """Concatenate each rank's tensor (sizes may differ along dim 0) in rank order, on every rank."""
     if not active():
         return t
-    return _cat_over_ranks(t, _gather_sizes(t.to(_comm_device(t))))
+    return _cat_over_ranks(t, _gather_sizes(t))
 
 
 class _GatherCat(torch.autograd.Function):
@@ -143,7 +144,7 @@ def gather_cat_with_grad(t: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Every rank's rows in rank order, differentiable (_GatherCat), and where this rank's rows start in it."""
     if not active():
         return t, 0
-    sizes = _gather_sizes(t.detach().to(_comm_device(t)))
+    sizes = _gather_sizes(t)
     return _GatherCat.apply(t, sizes), sum(sizes[: rank()])
 
 

@@ -195,7 +195,8 @@ def train_step(p: Parts, x: torch.Tensor, y: torch.Tensor, scaler: torch.amp.Gra
     data_loss: torch.Tensor
     reg: torch.Tensor | float                          # 0 without regularisers
     if len(y) == 0:
-        # this rank has no sample in this step: a zero loss still joins DDP's gradient all-reduce
+        # this rank has no sample in this step (shards with data.on_error=skip; the loaders repeat a sample rather
+        # than leave a rank empty): a zero loss still joins DDP's gradient all-reduce
         data_loss = reg = sum((q * 0).sum() for q in trained)  # type: ignore[assignment]
         logits = None
     else:

@@ -178,6 +178,18 @@ def test_resume_with_another_world_size_is_refused(ddp_run, tmp_path):
     assert r.returncode == 2 and "world_size': 2" in r.stderr and "same world size" in r.stderr
 
 
+def test_a_last_batch_smaller_than_the_ranks_repeats_a_sample_and_finishes(tmp_path):
+    """793 training images in global batches of 132 leave 1 image for the last step of 2 ranks. The rank without
+    one repeats the epoch's first image (data_padded_per_epoch 1, as the stream pads); before, it skipped the
+    forward pass while the other ran DDP's buffer broadcast, and both waited for each other until killed."""
+    root = tmp_path / "runs"
+    r = torchrun("run", SMOKE, *FIXED, "data.synthetic.train_per_class=205", "train.batch_size=132",
+                 "train.epochs=1", "--runs-root", str(root), port=_port(7), timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    res = result(root)
+    assert sum(res["class_counts"]) % 132 == 1 and res["data_padded_per_epoch"] == 1 and res["world_size"] == 2
+
+
 def test_batch_not_divisible_by_world_size_is_a_clear_error(tmp_path):
     r = torchrun("run", SMOKE, *FIXED, "train.batch_size=33", "--runs-root", str(tmp_path), port=_port(5))
     assert r.returncode != 0

@@ -113,8 +113,17 @@ def test_ddp_ranks_split_each_global_batch_exactly_as_one_process_sees_it():
                             rank=r, world=3) for r in range(3)]
     assert all(len(r) == len(one) == 7 for r in ranks)                     # the same number of steps
     for step, ((x, y), *parts) in enumerate(zip(one.epoch(1), *(r.epoch(1) for r in ranks))):
-        assert torch.equal(torch.cat([p[0] for p in parts]), x) and torch.equal(torch.cat([p[1] for p in parts]), y)
-        assert [len(p[1]) for p in parts] == ([3, 3, 2] if step < 6 else [1, 1, 0])   # last batch: 2 of 50
+        real = parts if step < 6 else parts[:2]
+        assert torch.equal(torch.cat([p[0] for p in real]), x) and torch.equal(torch.cat([p[1] for p in real]), y)
+        assert [len(p[1]) for p in parts] == ([3, 3, 2] if step < 6 else [1, 1, 1])
+    # the last batch holds 2 of the 50 images for 3 ranks: the third repeats the epoch's first image, so that
+    # every rank steps (a rank without a sample would leave the others waiting in DDP's collectives)
+    assert int(parts[2][1]) == int(_split().y[one.order(1)[0]])
+    assert [r.padded() for r in ranks] == [1, 1, 1] and one.padded() == 0
+    # a last batch of 0 or >= world samples repeats nothing
+    assert InMemoryLoader(_split(48), 8, seed=3, normalize=norm, rank=0, world=3).padded() == 0
+    assert InMemoryLoader(_split(50), 8, seed=3, normalize=norm, rank=0, world=2).padded() == 0
+    assert InMemoryLoader(_split(49), 8, seed=3, normalize=norm, rank=0, world=4).padded() == 3
 
 
 def test_to_rgb_feeds_three_channels_to_the_model():

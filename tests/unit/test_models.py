@@ -276,9 +276,9 @@ def test_reinit_last_blocks_builds_a_fresh_block_at_pytorchs_default_init(tmp_pa
         w = conv.weight.detach()
         bound = 1 / math.sqrt(w[0].numel())
         assert float(w.abs().max()) <= bound and float(w.abs().max()) > 0.9 * bound
-    bn = model.layer4[1].bn2
-    assert torch.all(bn.weight == 1) and torch.all(bn.bias == 0)
-    assert torch.all(bn.running_mean == 0) and torch.all(bn.running_var == 1)
+    for bn in (model.layer4[1].bn1, model.layer4[1].bn2):
+        assert torch.all(bn.weight == 1) and torch.all(bn.bias == 0)
+        assert torch.all(bn.running_mean == 0) and torch.all(bn.running_var == 1)
     with pytest.raises(ConfigError, match="config key 'model.reinit_last_blocks': 1 re-initialises blocks of a "
                                           "pretrained single model"):
         load_config(None, [*base, "model.reinit_last_blocks=1"])

@@ -32,7 +32,6 @@ from bench.data.shards.loader import ShardLoader, _make_batch
 from bench.data.shards.manifest import ShardSplit
 from bench.data.shards.plan import StreamSpec
 from bench.data.shards.tar import Hole, read_span, shard_spans
-from bench.runtime.dist import rank_slice
 
 _SPANS: dict[tuple[str, int, int], tuple[list[tuple[int, int]], str | None]] = {}   # (path, size, mtime) -> scan
 
@@ -124,10 +123,10 @@ class _Sampled(torch.utils.data.IterableDataset):
     """The batches of one rank and epoch, read by random access; worker w of k serves the steps
     start_step + w, + w + k, ..., so torch's round-robin returns them in order."""
 
-    def __init__(self, spec: StreamSpec, order: torch.Tensor, batch: int, steps: int, index: SampleIndex,
-                 labels: torch.Tensor) -> None:
+    def __init__(self, spec: StreamSpec, sampling: SampleOrder, index: SampleIndex, labels: torch.Tensor) -> None:
         super().__init__()
-        self.spec, self.order, self.batch, self.steps, self.index = spec, order, batch, steps, index
+        self.spec, self.sampling, self.index = spec, sampling, index
+        self.order, self.steps = sampling.order(spec.epoch), sampling.steps
         self.labels = labels        # the manifest's, which drew the order
 
     def _item(self, files: _OpenShards, pos: int) -> Any:
@@ -160,9 +159,8 @@ class _Sampled(torch.utils.data.IterableDataset):
         spec, files = self.spec, _OpenShards(self.spec.split)
         try:
             for step in range(spec.start_step + w, self.steps, k):
-                idx = self.order[step * self.batch:(step + 1) * self.batch]
-                a, n = rank_slice(len(idx), spec.rank, spec.world)
-                yield _make_batch([self._item(files, int(p)) for p in idx[a:a + n]], spec, step)
+                mine = self.sampling.rank_part(self.order, step, spec.rank, spec.world)[0]
+                yield _make_batch([self._item(files, int(p)) for p in mine], spec, step)
         except DatasetError as e:
             yield {"error": str(e)}    # raised in the main process as it is (see loader._Streams)
         finally:
@@ -190,9 +188,9 @@ class SampledShardLoader(ShardLoader):
         return {"world_size": self.spec.world, "batch_size": self.batch}
 
     def padded(self) -> int:
-        """0: the ranks slice every global batch, as in memory."""
-        return 0
+        """Samples repeated per epoch so that every rank has one in the last step, as in memory."""
+        return self.sampling.padded(self.spec.world)
 
     def _dataset(self, spec: StreamSpec) -> tuple[torch.utils.data.IterableDataset, int]:
-        return (_Sampled(spec, self.sampling.order(spec.epoch), self.batch, len(self), self.index, self.labels),
+        return (_Sampled(spec, self.sampling, self.index, self.labels),
                 self.workers)
