@@ -282,6 +282,10 @@ class InMemoryLoader:
         """(0, []): tensors in memory have no unreadable samples."""
         return 0, []
 
+    def may_drop(self) -> bool:
+        """False: nothing in memory is unreadable, and every rank has a sample at every step (rank_part)."""
+        return False
+
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = self.order(epoch)
         for step in range(start_step, len(self)):

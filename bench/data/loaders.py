@@ -32,3 +32,8 @@ class TrainLoader(Protocol):
         """Unreadable samples dropped since the last call (data.on_error=skip) and up to 10 of their names;
         resets the count."""
         ...
+
+    def may_drop(self) -> bool:
+        """Whether a batch can lose samples (shards with data.on_error=skip), so that a DDP rank's part of a step
+        may be empty; otherwise every rank has a sample at every step."""
+        ...

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -112,16 +112,17 @@ class TrainState:
 
 
 def rank_shares(normalizer: torch.Tensor, n: int, world: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss share, count share) of this rank, times the world size, in one all-reduce; and the global
-    batch's sample count (on the device: reading it is a host synchronisation).
+    """(loss share, count share) of this rank, times the world size, in one all-reduce; and (the global batch's
+    sample count, the number of ranks without a sample), on the device: reading them is a host synchronisation.
 
     The loss divides by its normalizer (a count, or sum_i w_{y_i}); the regularisers are batch means
     (feature regularisation) or parameter terms (WD in the loss), whose exact share is the sample count.
     Weighting each by its share makes DDP's gradient average that of the global batch's objective.
     """
-    local = torch.stack([normalizer, torch.full((), float(n), dtype=torch.float64, device=normalizer.device)])
+    local = torch.stack([normalizer, torch.full((), float(n), dtype=torch.float64, device=normalizer.device),
+                         torch.full((), float(n == 0), dtype=torch.float64, device=normalizer.device)])
     total = dist.all_reduce_sum(local.clone())
-    return local * world / total.clamp_min(1e-12), total[1]
+    return local[:2] * world / total[:2].clamp_min(1e-12), total[1:]
 
 
 class LastCheckpoint:
@@ -184,45 +185,41 @@ class LastCheckpoint:
 
 
 def train_step(p: Parts, x: torch.Tensor, y: torch.Tensor, scaler: torch.amp.GradScaler,
-               autocast_dtype: torch.dtype | None, trained: Sequence[torch.Tensor],
-               at: tuple[int, int] = (0, 0)) -> tuple[torch.Tensor, Any]:
+               autocast_dtype: torch.dtype | None, at: tuple[int, int] = (0, 0)) -> tuple[torch.Tensor, Any]:
     """One optimiser step on a batch already on the device: loss + regularisers, backward (under DDP this
     rank's share of the global batch's objective), optimiser and scheduler step, per-step constraints.
-    `at` = (epoch, step) draws the step's mixup. Returns (loss, logits); logits None when this rank had no
-    sample."""
+    `at` = (epoch, step) draws the step's mixup. Returns (loss, logits); logits None when the step was skipped
+    (a rank without a sample)."""
     world = dist.world()
     p.optimizer.zero_grad(set_to_none=True)
+    if world > 1:
+        # before the forward pass, so that every rank decides alike
+        share, (total, empty) = rank_shares(p.loss.normalizer(y), len(y), world)
+        # only shards with data.on_error=skip can leave a rank without a sample (the loaders repeat one otherwise),
+        # so only then is `empty` read (a host synchronisation). That rank cannot run the forward pass whose
+        # collectives the others would wait on (DDP's buffer broadcast, a contrast set's gather): every rank skips
+        # the step. With no sample anywhere that is what one process does (weight decay and momentum would still
+        # move the weights); else the other ranks' samples of the step go unused, and the log says so
+        if p.loader.may_drop() and float(empty) > 0:
+            if float(total) > 0:
+                log(f"a process has no readable sample in this step: every process skips it ({int(total)} "
+                    "samples unused)")
+            p.scheduler.step()
+            return torch.zeros((), device=y.device), None
     data_loss: torch.Tensor
     reg: torch.Tensor | float                          # 0 without regularisers
-    if len(y) == 0:
-        # this rank has no sample in this step (shards with data.on_error=skip; the loaders repeat a sample rather
-        # than leave a rank empty): a zero loss still joins DDP's gradient all-reduce
-        data_loss = reg = sum((q * 0).sum() for q in trained)  # type: ignore[assignment]
-        logits = None
-    else:
-        with torch.autocast(x.device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext():
-            if p.mixup is None:
-                h, logits = p.forward(x)
-                data_loss = p.loss(logits, y)
-            else:          # mixup: lambda L(z, y) + (1 - lambda) L(z, y[perm]) on the mixed images
-                x, y_perm, lam = p.mixup(x, y, *at)
-                h, logits = p.forward(x)
-                data_loss = lam * p.loss(logits, y) + (1.0 - lam) * p.loss(logits, y_perm)
-            # batch means beside the regularisers: RIDE's diversity term (LossFn.extra)
-            reg = sum(r(h) for r in p.regularizers) + p.loss.extra(logits)
+    with torch.autocast(x.device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext():
+        if p.mixup is None:
+            h, logits = p.forward(x)
+            data_loss = p.loss(logits, y)
+        else:          # mixup: lambda L(z, y) + (1 - lambda) L(z, y[perm]) on the mixed images
+            x, y_perm, lam = p.mixup(x, y, *at)
+            h, logits = p.forward(x)
+            data_loss = lam * p.loss(logits, y) + (1.0 - lam) * p.loss(logits, y_perm)
+        # batch means beside the regularisers: RIDE's diversity term (LossFn.extra)
+        reg = sum(r(h) for r in p.regularizers) + p.loss.extra(logits)
     loss = data_loss + reg
-    if world > 1:
-        share, total = rank_shares(p.loss.normalizer(y), len(y), world)
-        if len(y) == 0 and float(total) == 0:
-            # no rank has a sample (shards with data.on_error=skip): skip the step, as one process does, or
-            # weight decay and momentum would still move the weights. Every rank decides alike: only ranks
-            # without a sample read the count (ranks with one keep their steps free of a host sync)
-            p.scheduler.step()
-            return loss, None
-        share = share.to(loss.dtype)
-        objective = data_loss * share[0] + reg * share[1]
-    else:
-        objective = loss
+    objective = data_loss * share[0].to(loss.dtype) + reg * share[1].to(loss.dtype) if world > 1 else loss
     scaler.scale(objective).backward()
     scaler.step(p.optimizer)
     scaler.update()
@@ -274,7 +271,6 @@ def fit(parts: Parts, run: RunDir, epochs: int, selection_split: str, device: to
         sums.zero_()
 
     steps = len(p.loader)
-    trained = [q for q in p.state_module.parameters() if q.requires_grad]
     for epoch in range(state.epoch, epochs):
         p.set_train_mode()
         p.loss.set_epoch(epoch)  # deferred re-weighting switches its class weights on by epoch
@@ -295,7 +291,7 @@ def fit(parts: Parts, run: RunDir, epochs: int, selection_split: str, device: to
                 bar.update()
                 continue
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            loss, logits = train_step(p, x, y, scaler, autocast_dtype, trained, (epoch, state.step))
+            loss, logits = train_step(p, x, y, scaler, autocast_dtype, (epoch, state.step))
             if logits is not None:
                 sums[0] += loss.detach().double() * len(y)
                 sums[1] += (prediction(logits).detach().argmax(1) == y).sum()

@@ -604,3 +604,27 @@ def test_ddp_takes_no_step_on_a_global_batch_of_only_bad_samples(smoke_shards, t
     assert all(torch.equal(w1[k], w2[k]) for k in w1)
     r2 = json.loads(next((tmp_path / "two").glob("smoke/ce-*/result.json")).read_text())
     assert r2["world_size"] == 2 and r2["data_errors"]["train_skipped"] == 772
+
+
+@pytest.mark.ddp
+def test_ddp_skips_a_step_where_one_process_has_no_readable_sample(smoke_shards, tmp_path):
+    """Every training shard but the first unreadable (data.on_error=skip): in many steps one process has readable
+    samples and the other none. That process cannot run the forward pass whose collectives the other waits on,
+    so both skip the step and say so; before, the run hung."""
+    from tests.integration.test_ddp import torchrun
+
+    s = _copy_shards(smoke_shards, tmp_path / "s")
+
+    def garble_all(samples):
+        for sample in samples:
+            sample["png"] = b"garbage"
+        return samples
+
+    for shard in sorted(s.glob("train-*.tar"))[1:]:
+        rewrite_shard(shard, s / "manifest.json", garble_all)
+    two = torchrun("run", SMOKE, *FIXED, f"data.shards={s}", "data.on_error=skip", "train.epochs=1",
+                   "--runs-root", str(tmp_path / "two"), port=29800 + os.getpid() % 97, timeout=300)
+    assert two.returncode == 0, two.stdout + two.stderr
+    assert "a process has no readable sample in this step: every process skips it" in two.stdout
+    r2 = json.loads(next((tmp_path / "two").glob("smoke/ce-*/result.json")).read_text())
+    assert r2["world_size"] == 2 and r2["data_errors"]["train_skipped"] == 672

@@ -182,6 +182,9 @@ class ShardLoader:
         self.skipped, self.skipped_examples = 0, []
         return out
 
+    def may_drop(self) -> bool:
+        return self.spec.on_error == "skip"
+
     def _dataset(self, spec: StreamSpec) -> tuple[torch.utils.data.IterableDataset, int]:
         """The epoch's batches as a dataset for the DataLoader, and how many workers serve them."""
         # Workers serve whole streams; the round-robin order is the batch order only when k divides S.
