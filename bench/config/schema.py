@@ -344,7 +344,8 @@ class TrainConfig:
     freeze_convs: bool = _f(False, "freeze every convolution's weights but those of the model's last block (PaCo's and "
                                    "GPaCo's Places-LT script: disable_conv, layer4[-1] trainable); BatchNorm, the "
                                    "projection and the classifier train; stage 1")
-    train_only_last_blocks: int = _f(0, "k > 0: only the last k backbone blocks and the classifier train; the rest "
+    train_only_last_blocks: int = _f(0, "k > 0: only the last k backbone blocks and the head (the classifier, with "
+                                        "its norm where the head has one) train; the rest "
                                         "is frozen and stays in eval mode, its BatchNorm statistics as loaded "
                                         "(MiSLAS on Places-LT: 1, a new block on a frozen ImageNet ResNet-152); "
                                         "0 = the whole model trains; stage 1", ge=0)

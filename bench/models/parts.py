@@ -41,15 +41,20 @@ def set_head(model: nn.Module, head: nn.Module) -> None:
     setattr(parent, leaf, head)
 
 
-def backbone_blocks(model: nn.Module) -> list[list[str]]:
-    """Parameter names of the model's blocks in order, by timm's fine-grained group_matcher (its final group, the
-    classifier, left out): a ResNet's stem, then each residual block."""
+def _groups(model: nn.Module) -> list[list[str]]:
+    """Parameter names by timm's fine-grained group_matcher, in order: a ResNet's stem, each residual block, then
+    the head (fc; ConvNeXt's head.norm with head.fc)."""
     from timm.models import group_parameters
 
     if not hasattr(model, "group_matcher"):
         raise ModelError(f"model {type(model).__name__} has no timm group_matcher to find its blocks")
     groups = group_parameters(model, model.group_matcher(coarse=False))  # type: ignore[operator]
-    return [groups[g] for g in sorted(groups)][:-1]
+    return [groups[g] for g in sorted(groups)]
+
+
+def backbone_blocks(model: nn.Module) -> list[list[str]]:
+    """Parameter names of the model's blocks in order (timm's groups without the final one, the head)."""
+    return _groups(model)[:-1]
 
 
 def _last_k(model: nn.Module, k: int, key: str) -> list[list[str]]:
@@ -102,13 +107,14 @@ def modules_outside(model: nn.Module, keep: set[str]) -> list[nn.Module]:
 
 
 def freeze_all_but_last_blocks(model: nn.Module, k: int) -> list[nn.Module]:
-    """Freeze every parameter but those of the last k blocks and the classifier, as MiSLAS's Places-LT stage 1
+    """Freeze every parameter but those of the last k blocks and the head (the classifier, with a norm before it
+    where the model's head has one), as MiSLAS's Places-LT stage 1
     trains its new block and classifier on a ResNet-152 trunk run under no_grad in eval mode (its
     train_stage1.py: `model.eval()`, `block.train()`). Returns the rest of the model, which the training loop keeps
     in eval mode (BatchNorm statistics as pretrained); no graph is built through it (nothing there requires
     grad)."""
     head = {id(p) for p in head_of(model).parameters()}
-    keep = set(last_blocks(model, k, "train.train_only_last_blocks"))
+    keep = set(last_blocks(model, k, "train.train_only_last_blocks")) | set(_groups(model)[-1])   # + a head's norm
     keep |= {n for n, p in model.named_parameters() if id(p) in head}
     for name, p in model.named_parameters():
         p.requires_grad_(name in keep)
