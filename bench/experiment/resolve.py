@@ -104,7 +104,8 @@ def resolve(cfg: Config) -> Config:
 
 
 def _check_frozen_trunk(cfg: Config) -> None:
-    """A new block on a frozen pretrained trunk (MiSLAS on Places-LT): the fields that build and train it."""
+    """What freezes part of a model: a new block on a frozen pretrained trunk (MiSLAS on Places-LT), PaCo's frozen
+    convolutions; stage 2 freezes its backbone itself."""
     m, t, s2 = cfg.model, cfg.train, cfg.stage2
     if m.reinit_last_blocks and (not m.pretrained_file or m.experts > 1):
         raise ConfigError(f"config key 'model.reinit_last_blocks': {m.reinit_last_blocks} re-initialises blocks of "
@@ -116,9 +117,11 @@ def _check_frozen_trunk(cfg: Config) -> None:
         if other:
             raise ConfigError(f"config key 'train.train_only_last_blocks': {t.train_only_last_blocks} freezes all "
                               f"but the last blocks and the classifier, which {other} also decides; choose one")
-    if s2.train.train_only_last_blocks:
-        raise ConfigError("config key 'stage2.train.train_only_last_blocks': stage 2 freezes the backbone already "
-                          "(stage2.train_blocks chooses blocks to retrain); leave it 0")
+    for key, value, default in (("freeze_convs", s2.train.freeze_convs, "false"),
+                                ("train_only_last_blocks", s2.train.train_only_last_blocks, "0")):
+        if value:
+            raise ConfigError(f"config key 'stage2.train.{key}': stage 2 freezes the backbone already "
+                              f"(stage2.train_blocks chooses blocks to retrain); leave it {default}")
     if s2.bn_last_blocks and s2.bn_mode != "train":
         raise ConfigError(f"config key 'stage2.bn_last_blocks': {s2.bn_last_blocks} chooses which BatchNorm "
                           "re-estimates with stage2.bn_mode=train; stage2.bn_mode is eval")
@@ -145,9 +148,6 @@ def _check_schedules(cfg: Config) -> None:
                           "multi-expert model (whose experts start at 1) or a CLIP tower")
     _check_contrast(cfg)
     _check_distill(cfg)
-    if cfg.stage2.train.freeze_convs:
-        raise ConfigError("config key 'stage2.train.freeze_convs': stage 2 freezes the backbone already "
-                          "(stage2.train_blocks chooses blocks to retrain); leave it false")
     _check_frozen_trunk(cfg)
     if cfg.stage2.train.backbone_lr_factor != 1.0:
         raise ConfigError(f"config key 'stage2.train.backbone_lr_factor': {cfg.stage2.train.backbone_lr_factor}; "

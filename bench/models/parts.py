@@ -57,8 +57,7 @@ def backbone_blocks(model: nn.Module) -> list[list[str]]:
     return _groups(model)[:-1]
 
 
-def _last_k(model: nn.Module, k: int, key: str) -> list[list[str]]:
-    blocks = backbone_blocks(model)
+def _last_k(blocks: list[list[str]], k: int, key: str, model: nn.Module) -> list[list[str]]:
     if k > len(blocks):
         raise ModelError(f"config key '{key}': {k} is more than the {len(blocks)} blocks of {type(model).__name__}")
     return blocks[len(blocks) - k:]
@@ -66,7 +65,9 @@ def _last_k(model: nn.Module, k: int, key: str) -> list[list[str]]:
 
 def last_blocks(model: nn.Module, k: int, key: str) -> list[str]:
     """Parameter names of the model's last k blocks (backbone_blocks); `key` names the config field asking."""
-    return [n for names in _last_k(model, k, key) for n in names]
+    if k == 0:
+        return []
+    return [n for names in _last_k(backbone_blocks(model), k, key, model) for n in names]
 
 
 def reset_last_blocks(model: nn.Module, k: int) -> int:
@@ -93,17 +94,24 @@ def modules_outside(model: nn.Module, keep: set[str]) -> list[nn.Module]:
     parent (a trunk's DropPath is outside, a kept block's is not; one beside both, as a global pool, is neither)."""
     status: dict[str, str] = {}
     out = []
-    for name, module in model.named_modules():
+    for name, module in model.named_modules():     # parents before their children
+        parent = name.rsplit(".", 1)[0] if "." in name else ""
         names = [f"{name}.{n}" if name else n for n, _ in module.named_parameters()]
         if names:
             kept = sum(n in keep for n in names)
             status[name] = "in" if kept == len(names) else "out" if kept == 0 else "mixed"
         else:
-            status[name] = status.get(name.rsplit(".", 1)[0] if "." in name else "", "mixed") if name else "mixed"
-        parent = name.rsplit(".", 1)[0] if "." in name else ""
+            status[name] = status[parent] if name else "mixed"
         if status[name] == "out" and (not name or status[parent] != "out"):
             out.append(module)
     return out
+
+
+def train_all_but(module: nn.Module, fixed: list[nn.Module], mode: bool = True) -> None:
+    """module.train(mode), then the `fixed` modules back in eval mode: their BatchNorm keeps its statistics."""
+    module.train(mode)
+    for m in fixed:
+        m.eval()
 
 
 def freeze_all_but_last_blocks(model: nn.Module, k: int) -> list[nn.Module]:
@@ -113,9 +121,9 @@ def freeze_all_but_last_blocks(model: nn.Module, k: int) -> list[nn.Module]:
     train_stage1.py: `model.eval()`, `block.train()`). Returns the rest of the model, which the training loop keeps
     in eval mode (BatchNorm statistics as pretrained); no graph is built through it (nothing there requires
     grad)."""
-    head = {id(p) for p in head_of(model).parameters()}
-    keep = set(last_blocks(model, k, "train.train_only_last_blocks")) | set(_groups(model)[-1])   # + a head's norm
-    keep |= {n for n, p in model.named_parameters() if id(p) in head}
+    groups, head = _groups(model), {id(p) for p in head_of(model).parameters()}
+    keep = {n for names in _last_k(groups[:-1], k, "train.train_only_last_blocks", model) for n in names}
+    keep |= set(groups[-1]) | {n for n, p in model.named_parameters() if id(p) in head}   # the head, its norm too
     for name, p in model.named_parameters():
         p.requires_grad_(name in keep)
     return modules_outside(model, keep)

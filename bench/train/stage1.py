@@ -16,7 +16,8 @@ from bench.methods.distill import DistillLoss, Taught
 from bench.methods.losses import LossFn, make_loss
 from bench.methods.mixup import Mixup
 from bench.methods.regularizers import make_regularizers
-from bench.models.parts import encode, freeze_all_but_last_blocks, freeze_convs_but_last_block, head_of
+from bench.models.parts import (encode, freeze_all_but_last_blocks, freeze_convs_but_last_block, head_of,
+                                train_all_but)
 from bench.registry import CONTRAST
 from bench.runtime.rundir import Result, RunDir
 from bench.train.features import load_teacher
@@ -72,14 +73,9 @@ def train_stage1(cfg: Config, run: RunDir, figures: Figures | None = None, teach
 
     select, evaluator = select_and_report(cfg, lambda tta: Evaluator(
         lambda x: encode(model, x), head_of(model), batches, data.num_classes, groups, device, tta, modules=[model]))
-
-    def set_train_mode() -> None:
-        trained.train()
-        for m in trunk:       # MiSLAS's `model.eval()` beside `block.train()`
-            m.eval()
-
+    # the trunk in eval mode: MiSLAS's `model.eval()` beside `block.train()`
     parts = Parts(forward=forward, loss=loss.to(device), state_module=trained,
-                  set_train_mode=set_train_mode, loader=loader, optimizer=optimizer,
+                  set_train_mode=lambda: train_all_but(trained, trunk), loader=loader, optimizer=optimizer,
                   scheduler=make_scheduler(optimizer, t, len(loader)), evaluate=select,
                   analyze=select.analyze if cfg.eval.analysis_each_epoch else None,
                   regularizers=make_regularizers(t, model), amp=t.amp,

@@ -17,7 +17,7 @@ from bench.data.batches import InMemoryLoader
 from bench.data.loaders import TrainLoader
 from bench.methods.classifiers import MaxNorm, ScaledLinear, fold_head, maxnorm_radius
 from bench.methods.losses import make_loss
-from bench.models.parts import encode, head_of, last_blocks, modules_outside, set_head
+from bench.models.parts import encode, head_of, last_blocks, modules_outside, set_head, train_all_but
 from bench.runtime import dist
 from bench.runtime.progress import log
 from bench.runtime.rundir import Result, RunDir
@@ -106,9 +106,7 @@ def train_stage2(cfg: Config, run: RunDir, parent: RunDir, figures: Figures | No
             if s2.bn_last_blocks else []
 
         def set_train_mode() -> None:
-            model.train(s2.bn_mode == "train")
-            for m in fixed:
-                m.eval()
+            train_all_but(model, fixed, s2.bn_mode == "train")
 
     # over what requires grad: the head (+ trained blocks); MiSLAS's LWS rows at lws_rows_lr_factor x lr
     rows = list(head.linear.parameters()) if isinstance(head, ScaledLinear) and s2.lws_rows_lr_factor > 0 else []
